@@ -1,0 +1,48 @@
+# The two set-up commands of the README are `make all` (main job) and `make test` (tests).
+# Both create the virtual environment and install the pinned dependencies first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SCALE ?= quick
+RESULTS ?= results
+OUT ?= out
+# Tests use both cores; XLA then gets one thread per worker.
+PYTEST_WORKERS ?= 2
+
+.PHONY: all venv test test-slow test-all lint bench clean-results
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Main job: every simulation at the chosen scale, the theorem report, then every figure.
+all: $(STAMP)
+	$(PY) -m sims all --scale $(SCALE) --results-dir $(RESULTS)
+	$(PY) -m figures --results-dir $(RESULTS) --out-dir $(OUT)
+	@echo "figures in $(OUT)/, theorem report in $(RESULTS)/checks/report.md"
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_core.py
+
+clean-results:
+	rm -rf $(RESULTS) $(OUT)
