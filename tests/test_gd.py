@@ -1,0 +1,198 @@
+"""The compiled GD+WD runner: against a Python loop, exact identities, EoS tracking, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests._losses import random_loss
+from theory.gd import DivergenceError, gd_wd, predicted_eos_onset
+from theory.invariance import ScaleInvarianceError, make_scale_invariant, normalize
+
+
+def _circle(u):
+    """Great circle u3 = 0 in R^3 with lambda_1 = 1 + 3 u1^2 on it."""
+    return 0.5 * (1 + 3 * u[0] ** 2) * u[2] ** 2
+
+
+CIRCLE = make_scale_invariant(_circle)
+W0 = jnp.array([0.8, 0.55, 0.1])
+
+
+def _python_loop(loss, w0, eta, wd, steps):
+    grad = jax.jit(jax.grad(loss))
+    ws = [w0]
+    w = w0
+    for _ in range(steps):
+        w = (1 - eta * wd) * w - eta * grad(w)
+        ws.append(w)
+    return jnp.stack(ws)
+
+
+@pytest.mark.parametrize("groups", [None, (3, 4, 5)])
+def test_runner_matches_python_loop(groups):
+    # float64, 60 steps: the runner takes its gradient from a linearization, the loop from
+    # jax.grad; both are exact up to reassociation, so rows agree to ~1e-13 relative.
+    loss, w0 = random_loss(12, groups, 0)
+    eta, wd = 0.5, 0.01
+    ref = _python_loop(loss, w0, eta, wd, 60)
+    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=60, groups=groups, record_every=1)
+    np.testing.assert_array_equal(res.step, np.arange(61))
+    np.testing.assert_allclose(res.w, ref, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(res.loss, jax.vmap(loss)(ref), rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(res.norm, jnp.linalg.norm(ref, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(res.eta_eff, eta / jnp.sum(ref**2, axis=1), rtol=1e-12)
+    # Sharpness and EoS at a few rows against dense eigh.
+    for t in (0, 17, 60):
+        w_hat = normalize(ref[t], groups)
+        s = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(w_hat)))[-1]
+        e = eta * np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(ref[t])))[-1]
+        np.testing.assert_allclose(res.sharpness[t], s, rtol=1e-9)
+        np.testing.assert_allclose(res.eos[t], e, rtol=1e-9)
+
+
+def test_norm_recursion_exact():
+    # |w_{t+1}|^2 = (1 - eta wd)^2 |w_t|^2 + eta^2 |grad L(w_hat_t)|^2 / |w_t|^2 (float64).
+    loss, w0 = random_loss(12, None, 1)
+    eta, wd = 0.3, 0.02
+    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=200, track_sharpness=False)
+    n2 = res.norm**2
+    g_hat = jax.vmap(jax.grad(loss))(jnp.asarray(res.w) / res.norm[:, None])
+    pred = (1 - eta * wd) ** 2 * n2[:-1] + eta**2 * jnp.sum(g_hat[:-1] ** 2, axis=1) / n2[:-1]
+    np.testing.assert_allclose(n2[1:], pred, rtol=1e-12)
+    # The gradient norm recorded is the raw one: |grad L(w)| = |grad L(w_hat)| / |w|.
+    np.testing.assert_allclose(res.grad_norm, jnp.linalg.norm(g_hat, axis=1) / res.norm, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("c", "rtol"), [(2.0, 1e-14), (3.7, 1e-10)])
+def test_intrinsic_lr_equivalence(c, rtol):
+    # (eta, wd, w0) and (c^2 eta, wd / c^2, c w0) give w_t -> c w_t; exactly in floating point
+    # for c = 2 (scaling by a power of two is exact), to rounding otherwise.
+    loss, w0 = random_loss(12, None, 2)
+    a = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=150, track_sharpness=False)
+    b = gd_wd(loss, c * w0, eta=c**2 * 0.4, wd=0.01 / c**2, steps=150, track_sharpness=False)
+    np.testing.assert_allclose(b.w, c * a.w, rtol=rtol, atol=0)
+    np.testing.assert_allclose(b.eta_eff, a.eta_eff, rtol=rtol * 10)
+
+
+def test_recording_and_chunking_layout():
+    loss, w0 = random_loss(12, None, 3)
+    kw = {"eta": 0.4, "wd": 0.01, "steps": 53, "record_every": 5, "sharpness_every": 5}
+    whole = gd_wd(loss, w0, **kw)
+    np.testing.assert_array_equal(whole.step, [*range(0, 51, 5), 53])
+    calls = []
+    chunked = gd_wd(loss, w0, chunk_steps=10, callback=lambda d, n: calls.append((d, n)), **kw)
+    for name in ("w", "loss", "sharpness", "eos", "norm"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    assert calls[-1] == (53, 53) and len(calls) == 6
+    # Every row has its own step's sharpness; rows agree with a step-by-step run.
+    fine = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=53)
+    np.testing.assert_allclose(whole.sharpness, fine.sharpness[whole.step], rtol=1e-9)
+    np.testing.assert_allclose(whole.w, fine.w[whole.step], rtol=1e-12)
+    untracked = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=53, track_sharpness=False)
+    assert np.all(np.isnan(untracked.sharpness)) and untracked.onset_step is None
+    np.testing.assert_allclose(untracked.w, fine.w, rtol=1e-12)
+
+
+def test_eos_on_the_great_circle():
+    # Phases I-III on the great circle: onset near the prediction, then eta_eff * S hovers at 2
+    # and S falls. eta*wd = 2e-3 keeps this short (the mean EoS quantity sits ~25 eta*wd above
+    # 2: it is measured at the oscillating iterate, off the manifold); the kick seeds the
+    # oscillation (exact arithmetic would put u3 exactly to 0 during phase II).
+    eta, wd = 0.1, 0.02
+    res = gd_wd(CIRCLE, W0, eta=eta, wd=wd, steps=8000, perturbation=1e-10)
+    on = res.onset_step
+    first = int(np.argmax(res.eos >= 2))
+    assert on == first
+    s_gamma = res.sharpness[on // 2]  # phase I is over long before the onset
+    pred = predicted_eos_onset(eta, wd, res.eta_eff[0] * s_gamma)
+    assert abs(on - pred) <= 0.02 * pred
+    late = res.eos[6000:]
+    assert abs(late.mean() - 2) < 0.1  # within 5%
+    assert res.sharpness[-1] < 0.5 * res.sharpness[on]
+
+
+def test_exactly_on_gamma_needs_the_kick():
+    # Started exactly on Gamma the gradient is exactly 0: the norm decays geometrically and
+    # eta_eff * S grows without bound (~0.29 e^{2 eta wd t}); a 1e-10 kick restores the EoS.
+    w_on = jnp.array([0.8, 0.6, 0.0])
+    kw = {"eta": 0.1, "wd": 0.02, "steps": 3000, "record_every": 100}
+    frozen = gd_wd(CIRCLE, w_on, **kw)
+    assert np.all(frozen.w[:, 2] == 0.0)
+    np.testing.assert_allclose(frozen.norm, (1 - 2e-3) ** frozen.step, rtol=1e-12)
+    assert frozen.eos[-1] > 1e4
+    kicked = gd_wd(CIRCLE, w_on, perturbation=1e-10, **kw)
+    assert abs(kicked.eos[-10:].mean() - 2) < 0.2
+
+
+def test_no_weight_decay_norm_grows():
+    loss, w0 = random_loss(12, None, 4)
+    res = gd_wd(loss, w0, eta=0.5, wd=0.0, steps=100, track_sharpness=False)
+    assert np.all(np.diff(res.norm) >= 0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_dtype_is_kept(dtype):
+    loss, w0 = random_loss(12, None, 5, dtype)
+    res = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=20)
+    assert res.w.dtype == dtype and res.sharpness.dtype == dtype and res.loss.dtype == dtype
+
+
+def _tripwire(u):
+    # Fine while u1 > 0.3; NaN once the sharpness-reducing drift carries u1 below it.
+    return _circle(u) + 0.0 * jnp.log(u[0] - 0.3)
+
+
+def test_divergence_stops_and_keeps_rows():
+    loss = make_scale_invariant(_tripwire)
+    kw = {"eta": 0.1, "wd": 0.05, "steps": 3000, "perturbation": 1e-10, "check_invariance": False}
+    with pytest.raises(DivergenceError, match=r"non-finite \(NaN/inf\) at step (\d+)") as err:
+        gd_wd(loss, W0, **kw)
+    bad = err.value.step
+    part = err.value.result
+    assert part.diverged_at == bad and 0 < bad < 3000
+    assert part.step[-1] == bad - 1 and np.all(np.isfinite(part.w))
+    u = part.w[-1] / np.linalg.norm(part.w[-1])
+    assert u[0] > 0.3
+    stopped = gd_wd(loss, W0, on_nonfinite="stop", **kw)
+    assert stopped.diverged_at == bad
+    np.testing.assert_array_equal(stopped.w, part.w)
+
+
+def test_bad_inputs():
+    loss, w0 = random_loss(12, None, 0)
+    ok = {"eta": 0.1, "wd": 0.01, "steps": 10}
+    cases = [
+        ({"eta": 0.0}, ValueError, "eta must be a positive"),
+        ({"eta": -1.0}, ValueError, "eta must be a positive"),
+        ({"eta": float("nan")}, ValueError, "eta must be a positive"),
+        ({"wd": -0.1}, ValueError, "wd must be a non-negative"),
+        ({"steps": 0}, ValueError, "steps must be >= 1"),
+        ({"steps": 2.5}, TypeError, "steps must be a positive int"),
+        ({"record_every": 4, "sharpness_every": 3}, ValueError, "must divide record_every"),
+        ({"eta": 10.0, "wd": 0.1}, ValueError, "eta \\* wd must be < 1"),
+        ({"on_nonfinite": "ignore"}, ValueError, "on_nonfinite"),
+    ]
+    for extra, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            gd_wd(loss, w0, **{**ok, **extra})
+    with pytest.raises(ValueError, match="w0 must be nonzero"):
+        gd_wd(loss, jnp.zeros(12), **ok)
+    with pytest.raises(ValueError, match="w0 must be finite"):
+        gd_wd(loss, w0.at[0].set(jnp.inf), **ok)
+    with pytest.raises(ValueError, match="w0 must be a flat vector"):
+        gd_wd(loss, w0.reshape(3, 4), **ok)
+    with pytest.raises(ScaleInvarianceError, match="not scale-invariant"):
+        gd_wd(lambda w: loss(w) + 1e-2 * jnp.sum(w**2), w0, **ok)
+
+
+def test_result_take_and_arrays():
+    loss, w0 = random_loss(12, None, 6)
+    res = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=10)
+    sub = res.take(slice(2, 5))
+    np.testing.assert_array_equal(sub.step, [2, 3, 4])
+    np.testing.assert_array_equal(sub.w, res.w[2:5])
+    np.testing.assert_array_equal(sub.v1, res.v1)
+    assert set(res.arrays()) >= {"step", "w", "norm", "eta_eff", "sharpness", "loss", "eos"}
+    bare = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=10, record_iterates=False)
+    assert bare.w is None and "w" not in bare.arrays()

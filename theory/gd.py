@@ -1,0 +1,522 @@
+"""GD with weight decay on a scale-invariant loss, compiled whole, with EoS tracking.
+
+The update (MATH.md section 2; ``wd`` is LLA22's lambda, never the eigenvalue):
+
+    w_{t+1} = (1 - eta * wd) w_t - eta * grad L(w_t)
+
+Recorded per recorded step ``t`` (one row; row 0 is step 0, the last row is step ``steps``): the
+iterate, its norm (and per-group norms), the effective learning rate ``eta / |w_t|^2``, the loss,
+``|grad L(w_t)|``, the spherical sharpness ``S(w_t) = lambda_1(hess L(w_hat_t))`` and the EoS
+quantity ``eta * lambda_1(hess L(w_t))`` (``= eta_eff * S`` for one group; the top eigenvalue of
+``D^{1/2} H(w_hat) D^{1/2}`` with per-group effective rates for several groups).
+
+Sharpness is computed by Lanczos on the Hessian at the iterate, warm-started from the previous
+eigenvector; the gradient that the GD step needs comes from the same linearization, so the
+primal pass is shared. The whole run is a ``lax.scan`` over recorded blocks inside ``jit``, split
+into equal chunks (one compilation) so long runs can report progress between chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _validate as check
+from ._types import Array, Groups, LossFn
+from .invariance import (
+    check_scale_invariance,
+    expand_groups,
+    group_norms,
+    normalize,
+)
+from .lanczos import default_tol, lanczos
+from .sharpness import eos_quantity, sharpness_eigs
+
+
+class DivergenceError(FloatingPointError):
+    """The iterate became non-finite. ``step`` is the first bad step, ``result`` the rows before."""
+
+    def __init__(self, step: int, result: GDResult):
+        self.step = step
+        self.result = result
+        super().__init__(
+            f"GD+WD diverged: the iterate is non-finite (NaN/inf) at step {step} (eta={result.eta},"
+            f" wd={result.wd}). The {len(result.step)} rows recorded before it are in "
+            "`err.result`; pass on_nonfinite='stop' to get them as the return value instead."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class GDResult:
+    """A GD+WD run: one row per recorded step (NumPy arrays on the host).
+
+    Attributes:
+        step: ``(n,)`` step index of each row; row 0 is step 0.
+        w: ``(n, D)`` iterates (``None`` if ``record_iterates=False``).
+        norm: ``(n,)`` ``|w_t|``.
+        group_norms: ``(n, G)`` per-group norms.
+        eta_eff: ``(n,)`` ``eta / |w_t|^2``.
+        group_eta_eff: ``(n, G)`` ``eta / |w_g|^2``.
+        loss: ``(n,)`` ``L(w_t)``.
+        grad_norm: ``(n,)`` ``|grad L(w_t)|`` (raw; times ``|w_t|`` for the sphere's gradient).
+        sharpness: ``(n,)`` spherical sharpness ``S(w_t)`` (NaN where not tracked).
+        eos: ``(n,)`` EoS quantity ``eta * lambda_1(hess L(w_t))`` (NaN where not tracked).
+        lanczos_matvecs: ``(n,)`` HVPs spent on the row's sharpness.
+        lanczos_residual: ``(n,)`` relative Ritz residual achieved.
+        onset_step: first tracked step with ``eos >= 2`` (``None`` if never), resolved to
+            ``sharpness_every`` steps and found inside the run, not only on recorded rows.
+        diverged_at: first step with a non-finite iterate (``None`` if none).
+        v1: ``(D,)`` last top eigenvector of ``eta * hess L(w)`` (warm start for a continuation).
+        eta, wd, groups, config: the run's settings.
+    """
+
+    step: np.ndarray
+    w: np.ndarray | None
+    norm: np.ndarray
+    group_norms: np.ndarray
+    eta_eff: np.ndarray
+    group_eta_eff: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    sharpness: np.ndarray
+    eos: np.ndarray
+    lanczos_matvecs: np.ndarray
+    lanczos_residual: np.ndarray
+    onset_step: int | None
+    diverged_at: int | None
+    v1: np.ndarray
+    eta: float
+    wd: float
+    groups: Groups
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    ARRAYS = (
+        "step",
+        "w",
+        "norm",
+        "group_norms",
+        "eta_eff",
+        "group_eta_eff",
+        "loss",
+        "grad_norm",
+        "sharpness",
+        "eos",
+        "lanczos_matvecs",
+        "lanczos_residual",
+        "v1",
+    )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The array attributes by name (``w`` omitted when not recorded)."""
+        out = {name: getattr(self, name) for name in self.ARRAYS}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def take(self, rows: np.ndarray | slice) -> GDResult:
+        """The same run restricted to some rows."""
+        sub: dict[str, Any] = {}
+        for name in self.ARRAYS:
+            arr = getattr(self, name)
+            if name != "v1" and arr is not None:
+                sub[name] = arr[rows]
+        return dataclasses.replace(self, **sub)
+
+
+def predicted_eos_onset(eta: float, wd: float, eos0: float, *, exact: bool = True) -> float:
+    """Steps for ``eta_eff * S`` to grow from ``eos0`` to 2 when the gradient is negligible.
+
+    Near the minimizer manifold ``|w_t|^2 = (1 - eta wd)^{2t} |w_0|^2``, so
+    ``eta_eff_t S = eos0 (1 - eta wd)^{-2t}`` reaches 2 after
+    ``log(2 / eos0) / (-2 log(1 - eta wd))`` steps (``exact=True``), which is
+    ``log(2 / eos0) / (2 eta wd)`` to first order (``exact=False``; MATH.md section 3) [derived].
+    Assumes the sharpness stays at its initial value (phase I has already converged).
+    """
+    if eos0 >= 2:
+        return 0.0
+    rate = -2.0 * math.log1p(-eta * wd) if exact else 2.0 * eta * wd
+    return math.log(2.0 / eos0) / rate
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled core
+# --------------------------------------------------------------------------------------------
+
+
+class _Static(NamedTuple):
+    """Settings that change the compiled program (hashable, passed as static)."""
+
+    groups: Groups
+    track: bool
+    max_iters: int
+    record_iterates: bool
+
+
+class _Params(NamedTuple):
+    """Settings that are plain data (traced)."""
+
+    eta: Array
+    wd: Array
+    tol: Array
+    record_every: Array
+    sharpness_every: Array
+    perturbation: Array
+    perturb_every: Array
+
+
+class _Carry(NamedTuple):
+    w: Array
+    v: Array  # warm start: top eigenvector of eta * H(w)
+    vs: Array  # warm start: top eigenvector of H(w_hat) (several groups only)
+    t: Array
+    onset: Array
+    bad: Array
+    key: Array
+
+
+class _Obs(NamedTuple):
+    """What one step learns about the current iterate (before the update)."""
+
+    loss: Array
+    grad: Array
+    eos: Array
+    sharpness: Array
+    matvecs: Array
+    residual: Array
+
+
+class _Row(NamedTuple):
+    step: Array
+    w: Array
+    group_norms: Array
+    loss: Array
+    grad_norm: Array
+    sharpness: Array
+    eos: Array
+    matvecs: Array
+    residual: Array
+
+
+def _observe(loss: LossFn, c: _Carry, p: _Params, st: _Static, track: Array) -> tuple[_Obs, _Carry]:
+    """Loss, gradient and (if ``track``) sharpness at ``c.w``; updates the warm starts."""
+    dtype = c.w.dtype
+    nan = jnp.asarray(jnp.nan, dtype)
+
+    def tracked(c: _Carry) -> tuple[_Obs, _Carry]:
+        (val, grad), lin = jax.linearize(jax.value_and_grad(loss), c.w)
+
+        def hvp_fn(x: Array) -> Array:
+            return lin(x)[1]
+
+        key = jax.random.fold_in(c.key, c.t)
+        res = lanczos(lambda x: p.eta * hvp_fn(x), c.v, max_iters=st.max_iters, tol=p.tol, key=key)
+        eos, v = res.eigenvalues[0], res.eigenvectors[:, 0]
+        resid = res.residuals[0] / jnp.abs(eos)
+        matvecs = res.num_matvecs
+        if len(st.groups) == 1:
+            sharp, vs = eos * jnp.vdot(c.w, c.w) / p.eta, v
+        else:
+            m = expand_groups(group_norms(c.w, st.groups), st.groups)
+            res_s = lanczos(
+                lambda x: m * hvp_fn(m * x), c.vs, max_iters=st.max_iters, tol=p.tol, key=key
+            )
+            sharp, vs = res_s.eigenvalues[0], res_s.eigenvectors[:, 0]
+            resid = jnp.maximum(resid, res_s.residuals[0] / jnp.abs(sharp))
+            matvecs = matvecs + res_s.num_matvecs
+        obs = _Obs(val, grad, eos, sharp, jnp.asarray(matvecs, jnp.int32), resid)
+        return obs, c._replace(v=v, vs=vs)
+
+    def untracked(c: _Carry) -> tuple[_Obs, _Carry]:
+        val, grad = jax.value_and_grad(loss)(c.w)
+        return _Obs(val, grad, nan, nan, jnp.asarray(0, jnp.int32), nan), c
+
+    if not st.track:
+        return untracked(c)
+    return jax.lax.cond(track, tracked, untracked, c)
+
+
+def _perturb(w: Array, key: Array, scale: Array, groups: Groups) -> Array:
+    """Random tangent perturbation of relative size ``scale`` per group (norm kept to 2nd order)."""
+    xi = jax.random.normal(key, w.shape, w.dtype)
+    w_hat = normalize(w, groups)
+    radial = jax.ops.segment_sum(
+        xi * w_hat, jnp.asarray(np.repeat(np.arange(len(groups)), groups)), len(groups)
+    )
+    xi = xi - expand_groups(radial, groups) * w_hat
+    per_coord = group_norms(w, groups) / jnp.sqrt(jnp.asarray(groups, w.dtype))
+    return w + scale * expand_groups(per_coord, groups) * xi
+
+
+def _step(loss: LossFn, c: _Carry, p: _Params, st: _Static) -> tuple[_Carry, _Obs]:
+    """One GD+WD step from ``c`` (a no-op once the run has diverged)."""
+    track = (c.t % p.sharpness_every) == 0
+    obs, c = _observe(loss, c, p, st, track)
+    w_new = (1 - p.eta * p.wd) * c.w - p.eta * obs.grad
+    due = (p.perturbation > 0) & ((c.t % p.perturb_every) == 0)
+    w_new = jax.lax.cond(
+        due,
+        lambda w: _perturb(w, jax.random.fold_in(c.key, -1 - c.t), p.perturbation, st.groups),
+        lambda w: w,
+        w_new,
+    )
+    finite = jnp.all(jnp.isfinite(w_new)) & jnp.isfinite(obs.loss)
+    ok = c.bad < 0
+    onset = jnp.where(ok & track & (obs.eos >= 2) & (c.onset < 0), c.t, c.onset)
+    bad = jnp.where(ok & ~finite, c.t + jnp.where(jnp.isfinite(obs.loss), 1, 0), c.bad)
+    w_next = jnp.where(ok & finite, w_new, c.w)
+    return c._replace(w=w_next, t=c.t + 1, onset=onset, bad=bad), obs
+
+
+def _row(c: _Carry, obs: _Obs, st: _Static) -> _Row:
+    w = c.w if st.record_iterates else jnp.zeros((0,), c.w.dtype)
+    return _Row(
+        c.t,
+        w,
+        group_norms(c.w, st.groups),
+        obs.loss,
+        jnp.linalg.norm(obs.grad),
+        obs.sharpness,
+        obs.eos,
+        obs.matvecs,
+        obs.residual,
+    )
+
+
+@eqx.filter_jit
+def _segment(
+    loss: LossFn, c: _Carry, p: _Params, st: _Static, n_blocks: int, active: Array, last: Array
+) -> tuple[_Carry, _Row]:
+    """``active`` of ``n_blocks`` recorded blocks run, the last of them for ``last`` steps.
+
+    A block records the row of its first step and runs ``record_every`` steps in all; blocks
+    past ``active`` pad the last chunk to the compiled length and are discarded.
+    """
+
+    def quiet(_: Any, c: _Carry) -> _Carry:
+        return jax.lax.cond(c.bad < 0, lambda c: _step(loss, c, p, st)[0], lambda c: c, c)
+
+    def block(c: _Carry, i: Array) -> tuple[_Carry, _Row]:
+        def run(c: _Carry) -> tuple[_Carry, _Row]:
+            c_next, obs = _step(loss, c, p, st)
+            length = jnp.where(i == active - 1, last, p.record_every)
+            return jax.lax.fori_loop(1, length, quiet, c_next), _row(c, obs, st)
+
+        def skip(c: _Carry) -> tuple[_Carry, _Row]:
+            zero = jnp.zeros((), c.w.dtype)
+            obs = _Obs(zero, jnp.zeros_like(c.w), zero, zero, jnp.asarray(0, jnp.int32), zero)
+            return c, _row(c, obs, st)
+
+        return jax.lax.cond(i < active, run, skip, c)
+
+    return jax.lax.scan(block, c, jnp.arange(n_blocks))
+
+
+@eqx.filter_jit
+def _final(loss: LossFn, c: _Carry, p: _Params, st: _Static) -> tuple[_Carry, _Row]:
+    obs, c = _observe(loss, c, p, st, jnp.asarray(st.track))
+    return c, _row(c, obs, st)
+
+
+# --------------------------------------------------------------------------------------------
+# The public runner
+# --------------------------------------------------------------------------------------------
+
+
+def gd_wd(
+    loss: LossFn,
+    w0: Array,
+    *,
+    eta: float,
+    wd: float,
+    steps: int,
+    record_every: int = 1,
+    groups: Sequence[int] | None = None,
+    track_sharpness: bool = True,
+    sharpness_every: int | None = None,
+    lanczos_tol: float | None = None,
+    lanczos_iters: int = 12,
+    v0: Array | None = None,
+    perturbation: float = 0.0,
+    perturb_every: int = 1,
+    key: Array | None = None,
+    record_iterates: bool = True,
+    chunk_steps: int = 20_000,
+    callback: Callable[[int, int], None] | None = None,
+    on_nonfinite: Literal["raise", "stop"] = "raise",
+    check_invariance: bool = True,
+) -> GDResult:
+    """Run GD with weight decay on a scale-invariant loss, tracking sharpness and the EoS.
+
+    ``w_{t+1} = (1 - eta wd) w_t - eta grad L(w_t)`` for ``steps`` steps, compiled as one
+    ``lax.scan`` per chunk. The dtype is ``w0``'s (float64 needs x64 enabled).
+
+    Args:
+        loss: scale-invariant loss ``(D,) -> ()``; data-carrying losses should be pytrees
+            (``jax.tree_util.Partial``, ``eqx.Module``) so data are jit arguments.
+        w0: initial point ``(D,)``, finite, nonzero in every group.
+        eta: learning rate ``> 0``.
+        wd: weight decay ``>= 0`` (0 is the no-WD ablation).
+        steps: number of GD steps ``>= 1``.
+        record_every: record a row every this many steps (and always at step ``steps``).
+        groups: contiguous block sizes for multi-group invariance (``None``: one group).
+        track_sharpness: compute ``S`` and the EoS quantity (Lanczos); ``False`` runs bare GD.
+        sharpness_every: track every this many steps (must divide ``record_every``; default
+            ``record_every``). EoS onset is detected at this resolution.
+        lanczos_tol: relative Ritz residual (default ``3 sqrt(eps)``).
+        lanczos_iters: Krylov dimension (= HVP) cap per tracked step. The first eigenvector is
+            solved cold and accurately before the run; later steps start from the previous
+            one and usually converge in 1-3 HVPs. A step that hits the cap shows it in
+            ``lanczos_residual``.
+        v0: start vector for the first tracked step (default: an accurate cold solve).
+        perturbation: relative size of a random tangent kick that seeds the EoS oscillation when
+            exact arithmetic sits exactly on the manifold (ALP22); 0 disables it.
+        perturb_every: kick every this many steps (when ``perturbation > 0``).
+        key: PRNG key for the start vector, kicks and Lanczos restarts (default ``PRNGKey(0)``).
+        record_iterates: store ``w`` per row (``False`` for large ``D``: ``w`` is then None).
+        chunk_steps: steps per compiled chunk (rounded to whole recorded blocks); the callback
+            runs and divergence is checked between chunks.
+        callback: ``callback(steps_done, steps)`` after each chunk (for progress bars).
+        on_nonfinite: ``"raise"`` a :class:`DivergenceError` (carrying the rows before the bad
+            step) or ``"stop"`` and return those rows with ``diverged_at`` set.
+        check_invariance: reject a loss that is not scale-invariant around ``w0``.
+
+    Returns:
+        :class:`GDResult`.
+    """
+    eta = check.positive(eta, "eta")
+    wd = check.nonnegative(wd, "wd")
+    steps = check.positive_int(steps, "steps")
+    record_every = check.positive_int(record_every, "record_every")
+    s_every = record_every if sharpness_every is None else sharpness_every
+    s_every = check.positive_int(s_every, "sharpness_every")
+    if record_every % s_every:
+        raise ValueError(
+            f"sharpness_every ({s_every}) must divide record_every ({record_every}) so that every "
+            "recorded row carries the sharpness of its own step"
+        )
+    perturbation = check.nonnegative(perturbation, "perturbation")
+    perturb_every = check.positive_int(perturb_every, "perturb_every")
+    lanczos_iters = check.positive_int(lanczos_iters, "lanczos_iters")
+    chunk_steps = check.positive_int(chunk_steps, "chunk_steps")
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    if eta * wd >= 1:
+        raise ValueError(
+            f"eta * wd must be < 1 (the decay factor 1 - eta*wd must stay positive), "
+            f"got eta={eta}, wd={wd}"
+        )
+    w0, sizes = check.flat_vector(w0, "w0", groups)
+    if check_invariance:
+        check_scale_invariance(loss, w0, groups=sizes)
+    dtype = w0.dtype
+    key = jax.random.PRNGKey(0) if key is None else key
+    tol = default_tol(dtype) if lanczos_tol is None else check.positive(lanczos_tol, "lanczos_tol")
+    if v0 is not None:
+        v0, _ = check.flat_vector(v0, "v0")
+        if v0.shape != w0.shape:
+            raise ValueError(f"v0 must have the shape of w0 {w0.shape}, got {v0.shape}")
+        v0 = vs0 = v0.astype(dtype)
+    elif track_sharpness:
+        # One accurate cold solve up front; every tracked step then starts warm, so a small
+        # Krylov cap per step suffices.
+        _, v0 = eos_quantity(loss, w0, eta, groups=sizes, tol=tol, key=key, check_invariance=False)
+        vs0 = v0
+        if len(sizes) > 1:
+            res0 = sharpness_eigs(loss, w0, groups=sizes, tol=tol, key=key, check_invariance=False)
+            vs0 = res0.eigenvectors[:, 0]
+    else:
+        v0 = vs0 = jnp.zeros_like(w0)
+    st = _Static(sizes, bool(track_sharpness), min(lanczos_iters, w0.shape[0]), record_iterates)
+    p = _Params(
+        jnp.asarray(eta, dtype),
+        jnp.asarray(wd, dtype),
+        jnp.asarray(tol, dtype),
+        jnp.asarray(record_every),
+        jnp.asarray(s_every),
+        jnp.asarray(perturbation, dtype),
+        jnp.asarray(perturb_every),
+    )
+    carry = _Carry(w0, v0, vs0, jnp.asarray(0), jnp.asarray(-1), jnp.asarray(-1), key)
+
+    n_blocks = -(-steps // record_every)  # rows before the final one
+    last_len = steps - (n_blocks - 1) * record_every
+    chunk = max(1, min(n_blocks, chunk_steps // record_every))
+    rows: list[_Row] = []
+    done_blocks = 0
+    while done_blocks < n_blocks:
+        active = min(chunk, n_blocks - done_blocks)
+        final_chunk = done_blocks + active == n_blocks
+        last = last_len if final_chunk else record_every
+        carry, seg = _segment(loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last))
+        rows.append(jax.tree.map(lambda a, n=active: np.asarray(a[:n]), seg))
+        done_blocks += active
+        if callback is not None:
+            callback(min(int(carry.t), steps), steps)
+        if int(carry.bad) >= 0:
+            break
+    carry, final = _final(loss, carry, p, st)
+    rows.append(jax.tree.map(lambda a: np.asarray(a)[None], final))
+    config = {
+        "eta": eta,
+        "wd": wd,
+        "steps": steps,
+        "record_every": record_every,
+        "sharpness_every": s_every,
+        "groups": list(sizes),
+        "track_sharpness": bool(track_sharpness),
+        "lanczos_tol": tol,
+        "lanczos_iters": st.max_iters,
+        "perturbation": perturbation,
+        "perturb_every": perturb_every,
+        "dtype": jnp.dtype(dtype).name,
+    }
+    result = _assemble(rows, carry, eta, wd, sizes, st, config)
+    if result.diverged_at is not None and on_nonfinite == "raise":
+        raise DivergenceError(result.diverged_at, result)
+    return result
+
+
+def _assemble(
+    rows: list[_Row],
+    c: _Carry,
+    eta: float,
+    wd: float,
+    sizes: Groups,
+    st: _Static,
+    config: dict[str, Any],
+) -> GDResult:
+    names = _Row._fields
+    cols = {n: np.concatenate([np.asarray(getattr(r, n)) for r in rows]) for n in names}
+    bad = int(c.bad)
+    if bad >= 0:
+        keep = cols["step"] < bad
+        cols = {n: a[keep] for n, a in cols.items()}
+    gsq = cols["group_norms"] ** 2
+    norm = np.sqrt(gsq.sum(axis=1))
+    onset = int(c.onset)
+    return GDResult(
+        step=cols["step"].astype(np.int64),
+        w=cols["w"] if st.record_iterates else None,
+        norm=norm,
+        group_norms=cols["group_norms"],
+        eta_eff=eta / norm**2,
+        group_eta_eff=eta / gsq,
+        loss=cols["loss"],
+        grad_norm=cols["grad_norm"],
+        sharpness=cols["sharpness"],
+        eos=cols["eos"],
+        lanczos_matvecs=cols["matvecs"],
+        lanczos_residual=cols["residual"],
+        onset_step=onset if onset >= 0 else None,
+        diverged_at=bad if bad >= 0 else None,
+        v1=np.asarray(c.v),
+        eta=eta,
+        wd=wd,
+        groups=sizes,
+        config=config,
+    )
