@@ -1,0 +1,447 @@
+"""Registry of numerical checks of the papers' statements, and the theorem report.
+
+Each check states a claim, where it comes from (``identity``: exact mathematics of scale
+invariance; ``theorem``: stated in a paper; ``derived``: a prediction derived in MATH.md and not
+read in a paper), the predicted value, the measured value, a tolerance and pass/fail.
+``python -m sims check`` runs them all and writes ``<results>/checks/report.md`` and
+``report.json`` (atomically). Checks that need simulation results read the stored ones, running
+the simulation at the chosen scale first if there are none.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.curvature import grad_lambda1
+from theory.gd import gd_wd
+from theory.problems import PROBLEMS
+from theory.sharpness import spherical_sharpness
+
+from . import phases
+from ._runtime import dtype_from_config
+from ._store import ResultStore, StoredRun, _write_text, provenance
+
+Kind = Literal["identity", "theorem", "derived"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One measured statement."""
+
+    name: str
+    claim: str
+    kind: Kind
+    source: str
+    predicted: float
+    measured: float
+    tolerance: str
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What checks may use: the results store and the scale for missing simulations."""
+
+    store: ResultStore
+    scale: str = "quick"
+    _cache: dict[str, StoredRun] = field(default_factory=dict)
+
+    def results(self, sim: str) -> StoredRun:
+        """Stored results of ``sim`` at ``scale`` (computed first if absent)."""
+        if sim not in self._cache:
+            if sim != phases.NAME:
+                raise KeyError(f"no simulation named {sim!r}")
+            cfg = phases.Config.preset(self.scale)
+            self._cache[sim] = phases.run_and_store(cfg, results_dir=self.store.root)
+        return self._cache[sim]
+
+
+CheckFn = Callable[[Context], list[CheckResult]]
+REGISTRY: dict[str, CheckFn] = {}
+
+
+def register(name: str) -> Callable[[CheckFn], CheckFn]:
+    def deco(fn: CheckFn) -> CheckFn:
+        REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def _rel(measured: float, predicted: float) -> float:
+    return abs(measured - predicted) / abs(predicted)
+
+
+def _within(
+    name: str,
+    claim: str,
+    kind: Kind,
+    source: str,
+    predicted: float,
+    measured: float,
+    rtol: float,
+    **details: Any,
+) -> CheckResult:
+    ok = bool(np.isfinite(measured) and _rel(measured, predicted) <= rtol)
+    return CheckResult(
+        name,
+        claim,
+        kind,
+        source,
+        float(predicted),
+        float(measured),
+        f"relative {rtol:g}",
+        ok,
+        details,
+    )
+
+
+def _at_most(
+    name: str, claim: str, kind: Kind, source: str, measured: float, bound: float, **details: Any
+) -> CheckResult:
+    ok = bool(np.isfinite(measured) and measured <= bound)
+    return CheckResult(
+        name, claim, kind, source, 0.0, float(measured), f"<= {bound:g}", ok, details
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Identities on every analytic problem (float64, dense oracles)
+# --------------------------------------------------------------------------------------------
+
+
+def _near_points(prob: Any, n: int, seed: int) -> jnp.ndarray:
+    keys = jax.random.split(jax.random.PRNGKey(seed), 2 * n)
+    on = jnp.stack([prob.sample_on_manifold(k, jnp.float64) for k in keys[:n]])
+    noise = jnp.stack([jax.random.normal(k, (prob.dim,), jnp.float64) for k in keys[n:]])
+    return on + 0.05 * noise
+
+
+@register("scale_invariance_identities")
+def _identities(ctx: Context) -> list[CheckResult]:
+    dtype_from_config("float64")
+    out = []
+    for name in PROBLEMS:
+        prob = PROBLEMS[name]()
+        pts = _near_points(prob, 4, 0) * 3.7
+        loss = prob.loss
+        vals = jax.vmap(loss)(pts)
+        homog = float(jnp.max(jnp.abs(jax.vmap(loss)(0.31 * pts) - vals)) / jnp.max(jnp.abs(vals)))
+        grads = jax.vmap(jax.grad(loss))(pts)
+        euler = float(
+            jnp.max(
+                jnp.abs(jnp.sum(grads * pts, 1))
+                / (jnp.linalg.norm(grads, axis=1) * jnp.linalg.norm(pts, axis=1))
+            )
+        )
+        hess = jax.vmap(jax.hessian(loss))(pts)
+        hw = float(
+            jnp.max(
+                jnp.linalg.norm(jnp.einsum("nij,nj->ni", hess, pts) + grads, axis=1)
+                / jnp.linalg.norm(grads, axis=1)
+            )
+        )
+        src = "MATH.md section 1"
+        out += [
+            _at_most(
+                f"{name}: L(cw) = L(w)", "homogeneity of degree 0", "identity", src, homog, 1e-12
+            ),
+            _at_most(
+                f"{name}: <grad L(w), w> = 0",
+                "Euler identity (cosine)",
+                "identity",
+                src,
+                euler,
+                1e-12,
+            ),
+            _at_most(
+                f"{name}: H w = -grad L",
+                "relative error of H(w) w + grad L(w)",
+                "identity",
+                src,
+                hw,
+                1e-10,
+            ),
+        ]
+    return out
+
+
+@register("closed_form_sharpness")
+def _closed_forms(ctx: Context) -> list[CheckResult]:
+    """Lanczos spherical sharpness and third-derivative gradient vs the closed forms on Gamma."""
+    dtype_from_config("float64")
+    out = []
+    for name in PROBLEMS:
+        prob = PROBLEMS[name]()
+        keys = jax.random.split(jax.random.PRNGKey(1), 3)
+        err_l, err_g = 0.0, 0.0
+        for k in keys:
+            u = prob.sample_on_manifold(k, jnp.float64)
+            lam, v = spherical_sharpness(prob.loss, u, check_invariance=False)
+            err_l = max(err_l, float(abs(lam - prob.lambda1(u)) / prob.lambda1(u)))
+            g = prob.tangent_projector(u) @ grad_lambda1(prob.loss, u, v) / lam
+            ref = prob.riemannian_grad_log_lambda1(u)
+            err_g = max(err_g, float(jnp.linalg.norm(g - ref) / max(jnp.linalg.norm(ref), 1e-3)))
+        out += [
+            _at_most(
+                f"{name}: Lanczos S = closed-form lambda_1",
+                "relative error on Gamma",
+                "identity",
+                "MATH.md section 1",
+                err_l,
+                1e-10,
+            ),
+            _at_most(
+                f"{name}: P D^3L[v1,v1]/lambda_1 = closed-form g",
+                "Hellmann-Feynman gradient of log lambda_1 (relative)",
+                "identity",
+                "MATH.md section 3",
+                err_g,
+                1e-8,
+            ),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# GD+WD: exact identities of the update
+# --------------------------------------------------------------------------------------------
+
+
+@register("norm_recursion")
+def _norm_recursion(ctx: Context) -> list[CheckResult]:
+    dtype_from_config("float64")
+    prob = PROBLEMS["curved_manifold"]()
+    w0 = jnp.asarray(prob.start) * 0.5
+    eta, wd = 0.1, 0.05
+    res = gd_wd(prob.loss, w0, eta=eta, wd=wd, steps=400, track_sharpness=False)
+    assert res.w is not None
+    n2 = res.norm**2
+    u = res.w / res.norm[:, None]
+    g = np.asarray(jax.vmap(jax.grad(prob.loss))(jnp.asarray(u)))
+    pred = (1 - eta * wd) ** 2 * n2[:-1] + eta**2 * np.sum(g[:-1] ** 2, 1) / n2[:-1]
+    err = float(np.max(np.abs(n2[1:] - pred) / n2[1:]))
+    return [
+        _at_most(
+            "|w_{t+1}|^2 = (1-eta wd)^2 |w_t|^2 + eta^2 |grad L(w_hat)|^2/|w_t|^2",
+            "max relative error over 400 steps (curved_manifold)",
+            "identity",
+            "MATH.md section 2",
+            err,
+            1e-12,
+        )
+    ]
+
+
+@register("intrinsic_lr")
+def _intrinsic_lr(ctx: Context) -> list[CheckResult]:
+    """Exact for c = 2 (power-of-two scaling is exact in floating point) over a run that enters
+    the EoS; for c = 3.7 rounding differs, and the EoS oscillation amplifies the difference, so
+    it is checked over the first 250 steps (before the onset near step 290) and the deviation
+    after 2000 steps is reported in the details."""
+    dtype_from_config("float64")
+    prob = PROBLEMS["great_circle"]()
+    w0 = jnp.asarray(prob.start) * 0.7
+    out = []
+    for c, steps, tol in ((2.0, 2000, 1e-14), (3.7, 250, 1e-12)):
+        a = gd_wd(
+            prob.loss, w0, eta=0.1, wd=0.02, steps=2000, track_sharpness=False, perturbation=0.0
+        )
+        b = gd_wd(
+            prob.loss, c * w0, eta=c**2 * 0.1, wd=0.02 / c**2, steps=2000, track_sharpness=False
+        )
+        assert a.w is not None and b.w is not None
+        dev = np.max(np.abs(b.w - c * a.w), axis=1) / np.max(np.abs(c * a.w), axis=1)
+        out.append(
+            _at_most(
+                f"(c^2 eta, wd/c^2, c w0) gives c w_t, c = {c}",
+                f"max relative deviation over {steps} steps",
+                "identity",
+                "MATH.md section 2",
+                float(dev[: steps + 1].max()),
+                tol,
+                deviation_after_2000_steps=float(dev[-1]),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The Edge of Stability, from the phases simulation
+# --------------------------------------------------------------------------------------------
+
+
+@register("edge_of_stability")
+def _eos(ctx: Context) -> list[CheckResult]:
+    stored = ctx.results(phases.NAME)
+    cfg = stored.meta["config"]
+    out = []
+    for name, s in stored.meta["summary"].items():
+        d = {"eta": cfg["eta"], "wd": cfg["wd"], "steps": cfg["steps"], "run": str(stored.path)}
+        if s.get("onset") is None:
+            out.append(
+                CheckResult(
+                    f"{name}: EoS reached",
+                    "eta_eff * S reaches 2",
+                    "theorem",
+                    "LLA22",
+                    2.0,
+                    float(s["eos_mean_last_quarter"]),
+                    "reached",
+                    False,
+                    d,
+                )
+            )
+            continue
+        out += [
+            _within(
+                f"{name}: eta_eff * S -> 2",
+                "mean over the last quarter of the run",
+                "theorem",
+                "LLA22 (EoS); MATH.md section 2",
+                2.0,
+                s["eos_mean_last_quarter"],
+                0.05,
+                std=s["eos_std_last_quarter"],
+                **d,
+            ),
+            _within(
+                f"{name}: EoS onset step",
+                "log(2/(eta_eff_0 S)) / (-2 log(1 - eta wd))",
+                "derived",
+                "MATH.md section 3",
+                s["predicted_onset"],
+                s["onset"],
+                0.02,
+                **d,
+            ),
+            CheckResult(
+                f"{name}: S falls during EoS",
+                "S at the end < S at the onset",
+                "theorem",
+                "LLA22 (sharpness reduction)",
+                s["sharpness_at_onset"],
+                s["sharpness_end"],
+                "end < onset",
+                bool(s["sharpness_end"] < s["sharpness_at_onset"]),
+                d,
+            ),
+            _within(
+                f"{name}: |w|^2 ~ eta lambda_1 / 2",
+                "<|w|^2> / (eta <S> / 2), last quarter",
+                "derived",
+                "MATH.md section 3",
+                1.0,
+                s["norm_sq_ratio"],
+                0.05,
+                **d,
+            ),
+            _within(
+                f"{name}: amplitude^2 ~ eta wd / 2",
+                "<dist(w_hat, Gamma)^2> / (eta wd / 2), last quarter (g ~ 0 there)",
+                "derived",
+                "MATH.md section 3",
+                1.0,
+                s["amplitude_sq_ratio"],
+                0.25,
+                **d,
+            ),
+            _within(
+                f"{name}: loss ~ eta wd lambda_1 / 4",
+                "<L> / (eta wd <S> / 4), last quarter",
+                "derived",
+                "MATH.md section 3",
+                1.0,
+                s["loss_ratio"],
+                0.25,
+                **d,
+            ),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reporting
+# --------------------------------------------------------------------------------------------
+
+
+def run_checks(ctx: Context, names: Sequence[str] | None = None) -> list[CheckResult]:
+    names = list(REGISTRY) if not names else list(names)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise KeyError(f"unknown check(s) {unknown}; available: {list(REGISTRY)}")
+    out: list[CheckResult] = []
+    for name in names:
+        out += REGISTRY[name](ctx)
+    return out
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if np.isfinite(x) else str(x)
+
+
+def write_report(results: list[CheckResult], root: Path, scale: str) -> tuple[Path, Path]:
+    """``report.json`` and ``report.md`` under ``<root>/checks/`` (atomic writes)."""
+    out = root / "checks"
+    out.mkdir(parents=True, exist_ok=True)
+    passed = sum(r.passed for r in results)
+    payload = {
+        "scale": scale,
+        "passed": passed,
+        "total": len(results),
+        "checks": [asdict(r) for r in results],
+        "provenance": provenance(),
+    }
+    _write_text(out / "report.json", json.dumps(payload, indent=2, default=str))
+    lines = [
+        "# Theorem report",
+        "",
+        f"{passed} of {len(results)} checks pass (scale `{scale}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}). Kinds: *identity* (exact mathematics), *theorem* "
+        "(stated in a paper), *derived* (predicted in MATH.md, not read in a paper).",
+        "",
+        "| check | kind | claim | predicted | measured | tolerance | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.kind} | {r.claim} | {_fmt(r.predicted)} | {_fmt(r.measured)} | "
+            f"{r.tolerance} | {'pass' if r.passed else '**FAIL**'} |"
+        )
+    _write_text(out / "report.md", "\n".join(lines) + "\n")
+    return out / "report.md", out / "report.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sims check", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"checks to run (default all: {list(REGISTRY)})")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--scale", choices=("quick", "full"), default="quick")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any check fails")
+    ns = parser.parse_args(argv)
+    ctx = Context(ResultStore(ns.results_dir), ns.scale)
+    try:
+        results = run_checks(ctx, ns.names)
+    except KeyError as err:
+        parser.error(str(err))
+    md, _ = write_report(results, Path(ns.results_dir), ns.scale)
+    failed = [r for r in results if not r.passed]
+    print(f"checks: {len(results) - len(failed)} of {len(results)} pass; report in {md}")
+    for r in failed:
+        print(
+            f"  FAIL {r.name}: predicted {_fmt(r.predicted)}, measured {_fmt(r.measured)} "
+            f"({r.tolerance})"
+        )
+    return 1 if ns.strict and failed else 0

@@ -1,0 +1,168 @@
+"""GD+WD on the analytic problems: the three phases (LLA22 section 4; MATH.md section 2-3).
+
+Each problem starts at its default point off the manifold, rescaled so that the initial
+``eta_eff * S`` is ``eos0 < 2``. Then (I) the spherical gradient flow brings the direction to
+``Gamma``; (II) the gradient vanishes and the norm decays like ``(1 - eta wd)^t`` until
+``eta_eff * S`` reaches 2; (III) GD oscillates along the top eigenvector at the Edge of
+Stability, ``eta_eff * S`` hovers at 2 and the spherical sharpness ``S`` falls along ``Gamma``.
+
+Stored per problem (prefix ``<problem>.``): every array of :class:`theory.gd.GDResult` plus
+``distance`` (geodesic distance of the direction to ``Gamma``: the oscillation amplitude).
+``python -m sims phases --help`` lists the options.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.gd import GDResult, gd_wd
+from theory.problems import PROBLEMS
+from theory.sharpness import spherical_sharpness
+
+from . import _cli
+from ._runtime import Progress, dtype_from_config
+from ._store import ResultStore, StoredRun
+from .analysis import eos_summary
+
+NAME = "phases"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the phases simulation (``eta * wd`` is the intrinsic learning rate)."""
+
+    problems: tuple[str, ...] = field(
+        default=("great_circle", "curved_manifold", "ire_toy"),
+        metadata={"help": "analytic problems to run"},
+    )
+    eta: float = field(default=0.1, metadata={"help": "learning rate"})
+    wd: float = field(default=0.01, metadata={"help": "weight decay"})
+    steps: int = field(default=30_000, metadata={"help": "GD steps"})
+    eos0: float = field(default=0.3, metadata={"help": "initial eta_eff * S (sets |w0|)"})
+    record_every: int = field(default=10, metadata={"help": "record a row every N steps"})
+    perturbation: float = field(
+        default=1e-10, metadata={"help": "relative tangent kick per step (seeds the EoS)"}
+    )
+    dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "precision"})
+    seed: int = field(default=0, metadata={"help": "PRNG seed (kicks, Lanczos start)"})
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.problems if p not in PROBLEMS]
+        if not self.problems or unknown:
+            raise ValueError(f"problems must be among {sorted(PROBLEMS)}, got {self.problems}")
+        for name in ("eta", "wd", "eos0"):
+            val = getattr(self, name)
+            if not (math.isfinite(val) and val > 0):
+                raise ValueError(f"{name} must be a positive finite float, got {val}")
+        if not self.eos0 < 2:
+            raise ValueError(f"eos0 must be < 2 so that phase II exists, got {self.eos0}")
+        if self.steps < 1 or self.record_every < 1:
+            raise ValueError(
+                f"steps and record_every must be >= 1, got {self.steps}, {self.record_every}"
+            )
+        if self.perturbation < 0:
+            raise ValueError(f"perturbation must be >= 0, got {self.perturbation}")
+
+    @classmethod
+    def preset(cls, scale: str) -> Config:
+        """``quick``: eta*wd = 1e-3, 30k steps (seconds); ``full``: eta*wd = 1e-4, 300k steps."""
+        if scale == "quick":
+            return cls()
+        if scale == "full":
+            return cls(wd=1e-3, steps=300_000, record_every=50)
+        raise ValueError(f"scale must be 'quick' or 'full', got {scale!r}")
+
+
+@dataclass(frozen=True)
+class Results:
+    """Runs by problem, with their EoS summaries."""
+
+    config: Config
+    runs: dict[str, GDResult]
+    distance: dict[str, np.ndarray]
+    summary: dict[str, dict[str, Any]]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, res in self.runs.items():
+            for key, arr in res.arrays().items():
+                out[f"{name}.{key}"] = arr
+            out[f"{name}.distance"] = self.distance[name]
+        return out
+
+
+def initial_point(problem_name: str, eta: float, eos0: float, dtype: Any) -> np.ndarray:
+    """The problem's start, scaled so that ``eta / |w0|^2 * S(w0) = eos0``."""
+    prob = PROBLEMS[problem_name]()
+    u0 = jnp.asarray(prob.start, dtype)
+    s0, _ = spherical_sharpness(prob.loss, u0)
+    return np.asarray(u0 * jnp.sqrt(eta * s0 / eos0))
+
+
+def run(cfg: Config, *, progress: bool = True) -> Results:
+    """Run GD+WD on every configured problem."""
+    dtype = dtype_from_config(cfg.dtype)
+    runs, dist, summary = {}, {}, {}
+    for i, name in enumerate(cfg.problems):
+        prob = PROBLEMS[name]()
+        w0 = jnp.asarray(initial_point(name, cfg.eta, cfg.eos0, dtype))
+        with Progress(f"phases/{name}", cfg.steps, progress) as bar:
+            res = gd_wd(
+                prob.loss,
+                w0,
+                eta=cfg.eta,
+                wd=cfg.wd,
+                steps=cfg.steps,
+                record_every=cfg.record_every,
+                sharpness_every=1,
+                perturbation=cfg.perturbation,
+                key=jax.random.PRNGKey(cfg.seed * 1000 + i),
+                callback=bar,
+                chunk_steps=max(cfg.steps // 20, cfg.record_every),
+            )
+        assert res.w is not None
+        u = jnp.asarray(res.w) / jnp.asarray(res.norm)[:, None]
+        dist[name] = np.asarray(jax.vmap(prob.distance_to_manifold)(u))
+        runs[name] = res
+        summary[name] = eos_summary(
+            {k: getattr(res, k) for k in ("step", "norm", "eta_eff", "loss", "sharpness", "eos")},
+            eta=cfg.eta,
+            wd=cfg.wd,
+            onset=res.onset_step,
+            distance=dist[name],
+        )
+    return Results(cfg, runs, dist, summary)
+
+
+def run_and_store(
+    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
+) -> StoredRun:
+    """The stored result of ``cfg``, computing and saving it first unless already there."""
+    store = ResultStore(results_dir)
+    found = store.find(NAME, cfg)
+    if found is not None and not force:
+        return store.load(found)
+    res = run(cfg, progress=progress)
+    path = store.save(NAME, cfg, res.arrays(), res.summary, extra_meta={"seed": cfg.seed})
+    return store.load(path)
+
+
+def main(argv: Sequence[str] | None = None) -> StoredRun:
+    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
+    print(f"{NAME}: results in {stored.path}")
+    for name, s in stored.meta["summary"].items():
+        pred = s.get("predicted_onset", float("nan"))
+        print(
+            f"  {name}: onset {s.get('onset')} (predicted {pred:.0f}),"
+            f" <eta_eff*S> last quarter {s['eos_mean_last_quarter']:.4f},"
+            f" S {s['sharpness_start']:.4g} -> {s['sharpness_end']:.4g}"
+        )
+    return stored

@@ -1,0 +1,110 @@
+"""Simulations, the results store, the command lines, the check registry and figures."""
+
+import json
+
+import numpy as np
+import pytest
+
+import figures.__main__ as figures_cli
+import figures.phases
+import sims.__main__ as sims_cli
+from sims import checks, phases
+from sims._store import MissingResultsError, ResultStore, config_hash
+
+TINY = phases.Config(problems=("great_circle",), wd=0.05, steps=3000, record_every=10)
+
+
+def test_phases_run_store_reuse_and_figure(tmp_path, monkeypatch):
+    stored = phases.run_and_store(TINY, results_dir=tmp_path, progress=False)
+    s = stored.meta["summary"]["great_circle"]
+    # eta*wd = 5e-3: onset near log(2/0.3)/(2 eta wd) ~ 190 steps, then EoS and a falling S.
+    assert s["onset"] is not None and abs(s["onset_rel_error"]) < 0.02
+    assert abs(s["eos_mean_last_quarter"] - 2) < 0.3
+    assert s["sharpness_end"] < s["sharpness_at_onset"]
+    for key in ("great_circle.w", "great_circle.eos", "great_circle.distance"):
+        assert key in stored.arrays
+    assert stored.arrays["great_circle.step"][-1] == 3000
+    meta = stored.meta
+    assert meta["config"]["wd"] == 0.05 and meta["seed"] == 0
+    assert meta["provenance"]["versions"]["jax"]
+    assert meta["hash"] == config_hash("phases", TINY)
+    # An identical config reuses the stored run without recomputing.
+    monkeypatch.setattr(phases, "run", lambda *a, **k: pytest.fail("recomputed"))
+    again = phases.run_and_store(TINY, results_dir=tmp_path)
+    assert again.path == stored.path
+    paths = figures.phases.main(tmp_path, tmp_path / "out")
+    assert paths[0].is_file() and paths[0].stat().st_size > 10_000
+
+
+def test_figures_fail_loudly_without_results(tmp_path):
+    with pytest.raises(MissingResultsError, match="python -m sims phases"):
+        figures.phases.main(tmp_path, tmp_path / "out")
+    with pytest.raises(SystemExit):
+        figures_cli.main(["nonexistent", "--results-dir", str(tmp_path)])
+
+
+def test_store_is_atomic_and_detects_damage(tmp_path):
+    store = ResultStore(tmp_path)
+    path = store.save("demo", {"a": 1}, {"x": np.arange(3)}, {"ok": True})
+    run = store.load(path)
+    np.testing.assert_array_equal(run.arrays["x"], [0, 1, 2])
+    assert run.meta["summary"] == {"ok": True}
+    assert store.latest("demo").path == path
+
+    class Boom:
+        def __array__(self, *a, **k):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.save("demo", {"a": 2}, {"x": Boom()}, {})
+    leftovers = [p.name for p in (tmp_path / "demo").iterdir()]
+    assert sorted(leftovers) == sorted([path.name, "LATEST"])  # no half-written run
+    (path / "arrays.npz").write_bytes(b"not a zip file")
+    with pytest.raises(MissingResultsError, match="damaged"):
+        store.load(path)
+    (path / "meta.json").unlink()
+    with pytest.raises(MissingResultsError, match="no complete run"):
+        store.load(path)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="eos0 must be < 2"):
+        phases.Config(eos0=3.0)
+    with pytest.raises(ValueError, match="problems must be among"):
+        phases.Config(problems=("nope",))
+    with pytest.raises(ValueError, match="eta must be a positive"):
+        phases.Config(eta=0.0)
+    with pytest.raises(ValueError, match="scale must be"):
+        phases.Config.preset("huge")
+    assert phases.Config.preset("full").wd == 1e-3
+
+
+def test_command_lines(tmp_path, capsys):
+    assert sims_cli.main(["list"]) == 0
+    assert "phases" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        sims_cli.main(["phases", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--eta" in out and "--scale" in out and "--record-every" in out
+    with pytest.raises(SystemExit) as exc:
+        sims_cli.main(["phases", "--eta", "-1", "--results-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "eta must be a positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sims_cli.main(["phases", "--steps", "many"])
+    assert sims_cli.main(["frobnicate"]) == 2
+    assert not any(tmp_path.iterdir())  # nothing written by failed commands
+
+
+def test_checks_registry_and_report(tmp_path):
+    ctx = checks.Context(ResultStore(tmp_path))
+    results = checks.run_checks(ctx, ["norm_recursion", "intrinsic_lr"])
+    assert len(results) == 3 and all(r.passed for r in results)
+    md, js = checks.write_report(results, tmp_path, "quick")
+    text = md.read_text()
+    assert "3 of 3 checks pass" in text and "| identity |" in text
+    payload = json.loads(js.read_text())
+    assert payload["total"] == 3 and payload["checks"][0]["kind"] == "identity"
+    with pytest.raises(KeyError, match="unknown check"):
+        checks.run_checks(ctx, ["no_such_check"])
