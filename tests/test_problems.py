@@ -172,6 +172,30 @@ def test_identity_checks_can_fail():
     assert np.max(np.abs(scaled - vals)) > 1e-3 * np.max(vals)
 
 
+@eqx.filter_jit
+def _residual_identities(loss, residuals, ws):
+    res = jax.vmap(residuals)(ws)
+    return jax.vmap(loss)(ws), res, jax.vmap(residuals)(3.7 * ws)
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_residuals_reproduce_the_loss(case):
+    """``1/2 |r(w)|^2 = L(w)`` off Gamma (float64; both sides are a few roundings of the same
+    products, so 1e-13 relative), ``r`` is scale-invariant and vanishes on Gamma."""
+    problem = _problem(case)
+    assert problem.residuals is not None
+    ws = _near_points(case, jnp.float64)
+    vals, res, scaled = (
+        np.asarray(x) for x in _residual_identities(problem.loss, problem.residuals, ws)
+    )
+    assert res.shape == (ws.shape[0], problem.dim - 1 - problem.manifold_dim)  # codimension
+    assert np.all(vals > 1e-5)  # off Gamma: not a trivial 0 = 0
+    np.testing.assert_allclose(0.5 * np.sum(res**2, axis=1), vals, rtol=1e-13)
+    np.testing.assert_allclose(scaled, res, rtol=1e-13, atol=1e-15)
+    on_gamma = _residual_identities(problem.loss, problem.residuals, jnp.asarray(_on_points(case)))
+    np.testing.assert_array_less(np.abs(np.asarray(on_gamma[1])), 1e-14)
+
+
 @pytest.mark.parametrize("case", MAIN)
 def test_float32_in_float32_out(case):
     """The closed forms compute in the input's dtype; float32 agrees with float64 (float32

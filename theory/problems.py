@@ -90,6 +90,10 @@ class AnalyticProblem:
             or a first-order estimate, see each factory).
         flow_solution: ``(u0, tau, form) -> theta(tau)`` or ``None``; use
             :meth:`flow_closed_form`.
+        residuals: ``w -> r(w)``, ``(D,) -> (n,)``, scale-invariant residuals with
+            ``loss(w) = 1/2 |r(w)|^2`` (the loss is a weighted sum of squares
+            ``1/2 sum_j a_j r_j^2`` and ``r_j`` here is ``sqrt(a_j) r_j``), zero exactly on
+            ``Gamma``; for :mod:`theory.gauss_newton`. ``None`` if not a least-squares problem.
         config: the factory's arguments (provenance).
     """
 
@@ -108,6 +112,7 @@ class AnalyticProblem:
     flow_solution: Callable[[Array, Array, str], Array] | None = dataclasses.field(
         default=None, repr=False
     )
+    residuals: Callable[[Array], Array] | None = dataclasses.field(default=None, repr=False)
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -242,6 +247,12 @@ class GreatCircleLoss(eqx.Module):
         return 0.5 * (1 + jnp.asarray(self.beta, w.dtype) * u[0] ** 2) * u[2] ** 2
 
 
+def _gc_residuals(loss: GreatCircleLoss, w: Array) -> Array:
+    """``r(w) = [sqrt(1 + beta u_1^2) u_3]``, ``u = w / |w|``: ``loss(w) = 1/2 |r(w)|^2``."""
+    u = _unit(w)
+    return (jnp.sqrt(1 + jnp.asarray(loss.beta, w.dtype) * u[0] ** 2) * u[2])[None]
+
+
 def _gc_cos_sin(u: Array) -> tuple[Array, Array]:
     """``(cos phi, sin phi)`` of the nearest equator point ``(cos phi, sin phi, 0)``."""
     rho = jnp.hypot(u[..., 0], u[..., 1])
@@ -355,6 +366,7 @@ def great_circle(beta: float = 3.0) -> AnalyticProblem:
         tangent_projector=_gc_projector,
         distance_to_manifold=_gc_distance,
         flow_solution=Partial(_gc_flow, loss),
+        residuals=Partial(_gc_residuals, loss),
         config={"beta": float(beta)},
     )
 
@@ -387,6 +399,12 @@ def ire_to_sphere(u: Any, v: Any) -> Array:
 def ire_to_chart(w: Array) -> tuple[Array, Array]:
     """Unit (or any) ``w`` with ``w_3 > 0`` -> chart ``(u, v) = (w_1 / w_3, w_2 / w_3)``."""
     return w[..., 0] / w[..., 2], w[..., 1] / w[..., 2]
+
+
+def _ire_residuals(w: Array) -> Array:
+    """``r(w) = [sqrt(1 + (w_1/w_3)^2) w_2/w_3]`` (degree 0): ``loss(w) = 1/2 |r(w)|^2``."""
+    u, v = w[0] / w[2], w[1] / w[2]
+    return (jnp.sqrt(1 + u**2) * v)[None]
 
 
 def _ire_cos_sin(u: Array) -> tuple[Array, Array]:
@@ -498,6 +516,7 @@ def ire_toy(psi_max: float = 1.0) -> AnalyticProblem:
         tangent_projector=_ire_projector,
         distance_to_manifold=_ire_distance,
         flow_solution=_ire_flow,
+        residuals=Partial(_ire_residuals),
         config={"psi_max": float(psi_max)},
     )
 
@@ -550,6 +569,14 @@ def _cm_jacobian(quad: Array, x: Array) -> Array:
     """``J = dr/du = [-Dphi(x), I_k]``, ``(k, D)``, ``Dphi(x) = 2 Q_j x`` stacked."""
     k = quad.shape[0]
     return jnp.concatenate([-2 * (quad @ x), jnp.eye(k, dtype=x.dtype)], axis=1)
+
+
+def _cm_residuals(loss: CurvedManifoldLoss, w: Array) -> Array:
+    """``r_j(w) = sqrt(a_j(x)) (y_j - phi_j(x))``, ``(x, y) = w / |w|``, shape ``(k,)``."""
+    u = _unit(w)
+    quad, alpha, beta, dirs = _cm_coeffs(loss, w.dtype)
+    x = u[: quad.shape[1]]
+    return jnp.sqrt(_cm_weights(alpha, beta, dirs, x)) * (u[quad.shape[1] :] - _cm_phi(quad, x))
 
 
 def _cm_reduced(loss: CurvedManifoldLoss, u: Array) -> tuple[Array, Array, Array, Array]:
@@ -726,6 +753,7 @@ def curved_manifold(
         riemannian_grad_log_lambda1=Partial(_cm_grad, loss),
         tangent_projector=Partial(_cm_projector, loss),
         distance_to_manifold=Partial(_cm_distance, loss),
+        residuals=Partial(_cm_residuals, loss),
         config={"m": m, "k": k, "curvature": float(curvature), "seed": seed},
     )
 
