@@ -1,14 +1,23 @@
 """Pure mathematics of the sharpness-reduction simulator (no I/O, no plotting, no CLI).
 
-Public surface (stable): :func:`spherical_sharpness`, :func:`gd_wd` and the helpers below.
-Everything works on flat parameter vectors ``w`` of shape ``(D,)``; see MATH.md for the
-definitions and STYLE.md for the conventions.
+Public surface (stable): :func:`spherical_sharpness`, :func:`gd_wd`,
+:func:`project_to_manifold`, :func:`sharpness_flow` and the helpers below. Everything works on
+flat parameter vectors ``w`` of shape ``(D,)``; see MATH.md for the definitions and STYLE.md
+for the conventions.
 """
 
 from .curvature import grad_and_hvp as grad_and_hvp
 from .curvature import grad_lambda1 as grad_lambda1
 from .curvature import hvp as hvp
 from .curvature import linearize_grad as linearize_grad
+from .errors import DegenerateSharpnessError as DegenerateSharpnessError
+from .errors import DegenerateSharpnessWarning as DegenerateSharpnessWarning
+from .errors import ProjectionError as ProjectionError
+from .flow import FlowResult as FlowResult
+from .flow import SharpnessFlowField as SharpnessFlowField
+from .flow import sharpness_flow as sharpness_flow
+from .gauss_newton import gauss_newton_project as gauss_newton_project
+from .gauss_newton import ls_tangent_projector as ls_tangent_projector
 from .gd import DivergenceError as DivergenceError
 from .gd import GDResult as GDResult
 from .gd import gd_wd as gd_wd
@@ -21,6 +30,11 @@ from .invariance import make_scale_invariant as make_scale_invariant
 from .invariance import normalize as normalize
 from .lanczos import LanczosResult as LanczosResult
 from .lanczos import lanczos as lanczos
+from .manifold import project_to_manifold as project_to_manifold
+from .manifold import projection_info as projection_info
+from .manifold import tangent_projector as tangent_projector
 from .sharpness import eos_quantity as eos_quantity
 from .sharpness import sharpness_eigs as sharpness_eigs
 from .sharpness import spherical_sharpness as spherical_sharpness
+from .tracking import compare_with_flow as compare_with_flow
+from .tracking import eos_equilibrium_start as eos_equilibrium_start

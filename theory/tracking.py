@@ -1,0 +1,143 @@
+"""GD+WD against the sharpness-reduction flow on matched time (MATH.md section 3).
+
+A GD run at the Edge of Stability is compared with the flow started at ``Phi`` of the direction
+at a chosen step ``t0`` (the EoS onset, or 0 for a run started on the EoS equilibrium), on the
+slow time ``tau(t) = 2 eta wd (t - t0)``:
+
+* ``|Phi(w_hat_t) - theta(tau)|``: where the projected iterate is against the flow;
+* ``|w_hat_t - theta(tau)|``: the direction itself (includes the oscillation amplitude);
+* the angle between ``Phi(w_hat_t)`` and ``theta(tau)``;
+* the sharpness along both: ``lambda_1(Phi(w_hat_t))`` and ``lambda_1(theta(tau))``.
+
+:func:`eos_equilibrium_start` builds the start that MATH.md calls the EoS equilibrium:
+``|w|^2 = eta lambda_1 / 2`` and amplitude ``A = sqrt(eta wd / 2 / (1 + |g|^2/4))`` along
+``v_1`` (the (F1) amplitude; ``sqrt(eta wd / 2)`` for (F0)) [derived].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._types import Array, LossFn
+from .flow import FlowResult, SharpnessFlowField, sharpness_flow
+from .manifold import hessian_rank, project_to_manifold
+
+
+def eos_equilibrium_start(
+    loss: LossFn,
+    theta: Array,
+    *,
+    eta: float,
+    wd: float,
+    form: Literal["F0", "F1"] = "F1",
+    rank: int | None = None,
+) -> Array:
+    """A GD+WD start on the EoS equilibrium near ``Phi(theta)`` (dense geometry, small ``D``).
+
+    Returns ``w0 = sqrt(eta lambda_1 / 2) * normalize(theta + A v_1)`` with
+    ``A^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (form F1) or ``eta wd / 2`` (F0).
+    """
+    th = project_to_manifold(loss, theta)
+    rank = hessian_rank(loss, th) if rank is None else rank
+    q = SharpnessFlowField(loss, rank, form).quantities(th)
+    amp_sq = jnp.asarray(eta * wd / 2, th.dtype)
+    if form == "F1":
+        amp_sq = amp_sq / (1 + 0.25 * jnp.vdot(q.g, q.g))
+    u = th + jnp.sqrt(amp_sq) * q.v1
+    return jnp.sqrt(eta * q.lam1 / 2) * u / jnp.linalg.norm(u)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """GD rows against the flow on matched time (NumPy arrays, one entry per GD row used)."""
+
+    step: np.ndarray
+    tau: np.ndarray
+    phi: np.ndarray  # Phi(w_hat_t), (n, D)
+    flow: np.ndarray  # theta(tau), (n, D)
+    dist_phi: np.ndarray
+    dist_w: np.ndarray
+    angle: np.ndarray
+    sharpness_phi: np.ndarray
+    sharpness_flow: np.ndarray
+    flow_result: FlowResult
+
+    def at(self, tau: float) -> dict[str, float]:
+        """The row whose ``tau`` is closest to the given one."""
+        i = int(np.argmin(np.abs(self.tau - tau)))
+        return {
+            "tau": float(self.tau[i]),
+            "dist_phi": float(self.dist_phi[i]),
+            "dist_w": float(self.dist_w[i]),
+            "angle": float(self.angle[i]),
+        }
+
+
+def compare_with_flow(
+    loss: LossFn,
+    step: np.ndarray,
+    w: np.ndarray,
+    *,
+    eta: float,
+    wd: float,
+    t0: int,
+    form: Literal["F0", "F1"] = "F1",
+    rank: int | None = None,
+    **flow_kwargs: Any,
+) -> Comparison:
+    """Compare recorded GD iterates with the flow started at ``Phi(w_hat_{t0})``.
+
+    Args:
+        loss: the scale-invariant loss.
+        step, w: recorded steps ``(n,)`` and iterates ``(n, D)``; rows before ``t0`` are ignored
+            and ``t0`` must be one of the recorded steps.
+        eta, wd: the run's hyperparameters (they set ``tau = 2 eta wd (t - t0)``).
+        t0: the step where the flow starts (EoS onset, or 0 from the equilibrium).
+        form: flow form, ``"F1"`` or ``"F0"``.
+        rank: codimension of ``Gamma`` (default: counted at the start).
+        flow_kwargs: passed to :func:`theory.sharpness_flow` (``rtol``, ``geometry``, ...).
+    """
+    step = np.asarray(step)
+    idx = np.flatnonzero(step >= t0)
+    if idx.size == 0 or step[idx[0]] != t0:
+        raise ValueError(f"t0={t0} must be one of the recorded steps")
+    rows = np.asarray(w)[idx]
+    tau = 2.0 * eta * wd * (step[idx] - t0).astype(np.float64)
+    phi = np.asarray(project_to_manifold(loss, jnp.asarray(rows)))
+    flow = sharpness_flow(loss, jnp.asarray(phi[0]), tau=tau, form=form, rank=rank, **flow_kwargs)
+    n = len(flow.tau)  # shorter if the flow stopped at a degeneracy
+    phi, rows, tau = phi[:n], rows[:n], tau[:n]
+    w_hat = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    field_ = SharpnessFlowField(loss, flow.rank, form)
+    sharp_phi = np.asarray(jax.vmap(lambda y: field_.quantities(y).lam1)(jnp.asarray(phi)))
+    return Comparison(
+        step=step[idx][:n],
+        tau=tau,
+        phi=phi,
+        flow=flow.theta,
+        dist_phi=np.linalg.norm(phi - flow.theta, axis=1),
+        dist_w=np.linalg.norm(w_hat - flow.theta, axis=1),
+        angle=_angle(phi, flow.theta),
+        sharpness_phi=sharp_phi,
+        sharpness_flow=flow.sharpness,
+        flow_result=flow,
+    )
+
+
+def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angle between rows, ``2 arcsin(|a_hat - b_hat| / 2)`` (accurate for tiny angles)."""
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return 2.0 * np.arcsin(np.clip(np.linalg.norm(a - b, axis=-1) / 2.0, 0.0, 1.0))
+
+
+def fit_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of ``log y`` against ``log x``."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    slope, intercept = np.polyfit(lx, ly, 1)
+    return float(slope), float(intercept)
