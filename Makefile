@@ -43,6 +43,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_flow.py
 
 clean-results:
 	rm -rf $(RESULTS) $(OUT)

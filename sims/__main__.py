@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 SIMS = {
     "phases": "sims.phases",
+    "gd_vs_flow": "sims.gd_vs_flow",
 }
 
 

@@ -27,8 +27,8 @@ def dtype_from_config(name: str) -> Any:
 class Progress:
     """A tqdm bar (steps/s, time left) fed by the runners' ``callback(done, total)``."""
 
-    def __init__(self, desc: str, total: int, enabled: bool = True):
-        self._bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
+    def __init__(self, desc: str, total: int, enabled: bool = True, unit: str = "step"):
+        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
         self._done = 0
 
     def __call__(self, done: int, total: int) -> None:

@@ -108,3 +108,27 @@ def test_checks_registry_and_report(tmp_path):
     assert payload["total"] == 3 and payload["checks"][0]["kind"] == "identity"
     with pytest.raises(KeyError, match="unknown check"):
         checks.run_checks(ctx, ["no_such_check"])
+
+
+def test_gd_vs_flow_tiny_store_and_figures(tmp_path):
+    from sims import gd_vs_flow
+
+    cfg = gd_vs_flow.Config(
+        problems=("great_circle",),
+        eta_wd=(1e-2, 3e-3),
+        rows=8,
+        tau_end=1.0,
+        starts=("equilibrium",),
+    )
+    stored = gd_vs_flow.run_and_store(cfg, results_dir=tmp_path, progress=False)
+    s = stored.meta["summary"]["great_circle.equilibrium"]
+    # From the equilibrium, GD tracks F1 to ~1e-4..1e-3 at these eta*wd and F0 worse.
+    assert max(s["dist_tau2_F1"]) < 2e-3
+    assert s["dist_end_F1"][-1] < s["dist_end_F0"][-1]
+    assert stored.arrays["great_circle.equilibrium.0.tau"][-1] >= 1.0
+    import figures.gd_vs_flow
+
+    paths = figures.gd_vs_flow.main(tmp_path, tmp_path / "out")
+    assert len(paths) == 3 and all(p.stat().st_size > 10_000 for p in paths)
+    with pytest.raises(ValueError, match="eta_wd values"):
+        gd_vs_flow.Config(eta_wd=(0.5,))

@@ -1,0 +1,210 @@
+"""GD+WD against the sharpness-reduction flow on matched time, over several ``eta * wd``.
+
+For each analytic problem, start and intrinsic learning rate ``eta * wd``:
+
+* ``equilibrium`` start: GD begins on the EoS equilibrium (``|w|^2 = eta lambda_1 / 2``,
+  amplitude ``sqrt(eta wd / 2 / (1 + |g|^2/4))`` along ``v_1``) next to the problem's start
+  projected onto ``Gamma``; the flow starts at ``Phi`` of the first iterate, ``t0 = 0``.
+* ``generic`` start: the phases simulation's start (off ``Gamma``, ``eta_eff * S = eos0``); GD
+  runs through phases I and II (with a 1e-10 kick per step), and the flow starts at ``Phi`` of
+  the direction at the measured EoS onset ``t0``.
+
+Then both flows (F1, F0) are integrated on ``tau = 2 eta wd (t - t0)`` and compared with
+``Phi(w_hat_t)`` at ``rows`` recorded steps up to ``tau_end``. Stored per
+``<problem>.<start>.<i>`` (``i`` indexes ``eta_wd``): steps, tau, the GD directions, ``Phi`` of
+them, both flows, distances and sharpness along both; the summary has the distances at
+``tau = 2`` and ``tau_end`` and the fitted log-log slopes against ``eta * wd``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.gd import gd_wd, predicted_eos_onset
+from theory.manifold import project_to_manifold
+from theory.problems import PROBLEMS
+from theory.tracking import compare_with_flow, eos_equilibrium_start, fit_slope
+
+from . import _cli
+from ._runtime import Progress, dtype_from_config
+from ._store import ResultStore, StoredRun
+from .phases import initial_point
+
+NAME = "gd_vs_flow"
+STARTS = ("equilibrium", "generic")
+FORMS = ("F1", "F0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the GD-versus-flow study."""
+
+    problems: tuple[str, ...] = field(
+        default=("great_circle", "curved_manifold"), metadata={"help": "analytic problems"}
+    )
+    eta: float = field(default=0.1, metadata={"help": "learning rate (wd = eta_wd / eta)"})
+    eta_wd: tuple[float, ...] = field(
+        default=(1e-2, 3e-3, 1e-3, 3e-4), metadata={"help": "intrinsic learning rates"}
+    )
+    tau_end: float = field(default=4.0, metadata={"help": "slow time to compare up to"})
+    rows: int = field(default=80, metadata={"help": "GD rows recorded up to tau_end"})
+    starts: tuple[str, ...] = field(default=STARTS, metadata={"help": "equilibrium, generic"})
+    eos0: float = field(default=0.3, metadata={"help": "initial eta_eff * S (generic start)"})
+    perturbation: float = field(default=1e-10, metadata={"help": "kick per step (generic)"})
+    dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "precision"})
+    seed: int = field(default=0, metadata={"help": "PRNG seed"})
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.problems if p not in PROBLEMS]
+        if not self.problems or bad:
+            raise ValueError(f"problems must be among {sorted(PROBLEMS)}, got {self.problems}")
+        if not self.starts or any(s not in STARTS for s in self.starts):
+            raise ValueError(f"starts must be among {STARTS}, got {self.starts}")
+        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
+            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
+        for name in ("eta", "tau_end", "eos0"):
+            val = getattr(self, name)
+            if not (math.isfinite(val) and val > 0):
+                raise ValueError(f"{name} must be a positive finite float, got {val}")
+        if self.rows < 4:
+            raise ValueError(f"rows must be >= 4, got {self.rows}")
+
+    @classmethod
+    def preset(cls, scale: str) -> Config:
+        """``quick``: 2 problems, eta*wd 1e-2..3e-4; ``full``: 3 problems, 1e-2..3e-5."""
+        if scale == "quick":
+            return cls()
+        if scale == "full":
+            return cls(
+                problems=tuple(PROBLEMS),
+                eta_wd=(1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5),
+                rows=200,
+            )
+        raise ValueError(f"scale must be 'quick' or 'full', got {scale!r}")
+
+
+def _segment_steps(cfg: Config, ewd: float) -> tuple[int, int]:
+    """(steps, record_every): ``rows`` equal blocks covering at least ``tau_end``."""
+    every = max(1, math.ceil(cfg.tau_end / (2 * ewd) / cfg.rows))
+    return every * cfg.rows, every
+
+
+def _run_one(cfg: Config, problem: str, start: str, ewd: float, key: jax.Array) -> dict[str, Any]:
+    prob = PROBLEMS[problem]()
+    dtype = dtype_from_config(cfg.dtype)
+    wd = ewd / cfg.eta
+    steps, every = _segment_steps(cfg, ewd)
+    if start == "equilibrium":
+        theta = project_to_manifold(prob.loss, jnp.asarray(prob.start, dtype))
+        w0 = eos_equilibrium_start(prob.loss, theta, eta=cfg.eta, wd=wd)
+        onset, kick = 0, 0.0
+    else:
+        w_init = jnp.asarray(initial_point(problem, cfg.eta, cfg.eos0, dtype))
+        pred = predicted_eos_onset(cfg.eta, wd, cfg.eos0)
+        pre = gd_wd(
+            prob.loss,
+            w_init,
+            eta=cfg.eta,
+            wd=wd,
+            steps=int(2 * pred) + 100,
+            perturbation=cfg.perturbation,
+            key=key,
+            on_nonfinite="raise",
+        )
+        if pre.onset_step is None:
+            raise RuntimeError(f"{problem}: no EoS onset within {int(2 * pred) + 100} steps")
+        onset, kick = pre.onset_step, cfg.perturbation
+        assert pre.w is not None
+        w0 = jnp.asarray(pre.w[onset])
+    run = gd_wd(
+        prob.loss,
+        w0,
+        eta=cfg.eta,
+        wd=wd,
+        steps=steps,
+        record_every=every,
+        track_sharpness=False,
+        perturbation=kick,
+        key=jax.random.fold_in(key, 1),
+    )
+    assert run.w is not None
+    out: dict[str, Any] = {"onset": onset, "steps": steps, "record_every": every}
+    out["F1"] = compare_with_flow(prob.loss, run.step, run.w, eta=cfg.eta, wd=wd, t0=0, form="F1")
+    out["F0"] = compare_with_flow(prob.loss, run.step, run.w, eta=cfg.eta, wd=wd, t0=0, form="F0")
+    out["w_hat"] = run.w / np.linalg.norm(run.w, axis=1, keepdims=True)
+    return out
+
+
+def run(cfg: Config, *, progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run the study; returns (arrays, summary) ready to store."""
+    dtype_from_config(cfg.dtype)
+    arrays: dict[str, np.ndarray] = {}
+    summary: dict[str, Any] = {}
+    total = len(cfg.problems) * len(cfg.starts) * len(cfg.eta_wd)
+    with Progress(NAME, total, progress, unit="run") as bar:
+        done = 0
+        for p_i, problem in enumerate(cfg.problems):
+            for start in cfg.starts:
+                entry: dict[str, Any] = {"eta_wd": list(cfg.eta_wd), "onset": []}
+                for form in FORMS:
+                    entry[f"dist_tau2_{form}"] = []
+                    entry[f"dist_end_{form}"] = []
+                entry["dist_w_tau2"] = []
+                for i, ewd in enumerate(cfg.eta_wd):
+                    key = jax.random.PRNGKey(cfg.seed * 100_003 + p_i * 1009 + i)
+                    res = _run_one(cfg, problem, start, ewd, key)
+                    prefix = f"{problem}.{start}.{i}"
+                    c1, c0 = res["F1"], res["F0"]
+                    arrays[f"{prefix}.step"] = c1.step
+                    arrays[f"{prefix}.tau"] = c1.tau
+                    arrays[f"{prefix}.w_hat"] = res["w_hat"][: len(c1.tau)]
+                    arrays[f"{prefix}.phi"] = c1.phi
+                    arrays[f"{prefix}.dist_w"] = c1.dist_w
+                    arrays[f"{prefix}.sharpness_phi"] = c1.sharpness_phi
+                    for form, c in (("F1", c1), ("F0", c0)):
+                        arrays[f"{prefix}.flow_{form}"] = c.flow
+                        arrays[f"{prefix}.dist_phi_{form}"] = c.dist_phi
+                        arrays[f"{prefix}.sharpness_flow_{form}"] = c.sharpness_flow
+                        entry[f"dist_tau2_{form}"].append(c.at(2.0)["dist_phi"])
+                        entry[f"dist_end_{form}"].append(c.at(cfg.tau_end)["dist_phi"])
+                    entry["dist_w_tau2"].append(c1.at(2.0)["dist_w"])
+                    entry["onset"].append(res["onset"])
+                    done += 1
+                    bar(done, total)
+                for form in FORMS:
+                    for where in ("tau2", "end"):
+                        slope, _ = fit_slope(np.asarray(cfg.eta_wd), entry[f"dist_{where}_{form}"])
+                        entry[f"slope_{where}_{form}"] = slope
+                summary[f"{problem}.{start}"] = entry
+    return arrays, summary
+
+
+def run_and_store(
+    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
+) -> StoredRun:
+    store = ResultStore(results_dir)
+    found = store.find(NAME, cfg)
+    if found is not None and not force:
+        return store.load(found)
+    arrays, summary = run(cfg, progress=progress)
+    return store.load(store.save(NAME, cfg, arrays, summary, extra_meta={"seed": cfg.seed}))
+
+
+def main(argv: Sequence[str] | None = None) -> StoredRun:
+    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
+    print(f"{NAME}: results in {stored.path}")
+    for key, s in stored.meta["summary"].items():
+        d1 = ", ".join(f"{x:.2e}" for x in s["dist_tau2_F1"])
+        print(
+            f"  {key}: |Phi(w_t) - theta_F1(tau=2)| = [{d1}] for eta*wd = {s['eta_wd']};"
+            f" slope F1 {s['slope_tau2_F1']:.2f}, F0 {s['slope_tau2_F0']:.2f}"
+        )
+    return stored
