@@ -26,6 +26,7 @@ from theory.flow import sharpness_flow
 from theory.gd import gd_wd
 from theory.problems import PROBLEMS
 from theory.sharpness import spherical_sharpness
+from theory.tracking import fit_slope
 
 from . import gd_vs_flow, phases
 from ._runtime import dtype_from_config
@@ -454,6 +455,90 @@ def _flow_monotone(ctx: Context) -> list[CheckResult]:
                     5e-3,
                 )
             )
+    return out
+
+
+@register("flow_independent")
+def _flow_independent(ctx: Context) -> list[CheckResult]:
+    """curved_manifold (no closed-form flow): sharpness_flow against an independent RK4 of the
+    closed-form Riemannian field (no loss derivatives, no diffrax; dt = 1e-3, renormalized)."""
+    dtype_from_config("float64")
+    prob = PROBLEMS["curved_manifold"]()
+    res = sharpness_flow(
+        prob.loss, jnp.asarray(prob.start), tau=2.0, num_saves=3, rtol=1e-10, atol=1e-12
+    )
+
+    def field(y: jax.Array) -> jax.Array:
+        g = prob.riemannian_grad_log_lambda1(y / jnp.linalg.norm(y))
+        return -0.25 * g / (1 + 0.25 * jnp.vdot(g, g))
+
+    def rk4(y: jax.Array, _: None) -> tuple[jax.Array, None]:
+        h = 1e-3
+        k1 = field(y)
+        k2 = field(y + h / 2 * k1)
+        k3 = field(y + h / 2 * k2)
+        k4 = field(y + h * k3)
+        y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return y / jnp.linalg.norm(y), None
+
+    ref, _ = jax.lax.scan(rk4, jnp.asarray(res.theta[0]), None, length=2000)
+    err = float(jnp.linalg.norm(res.theta[-1] - ref))
+    return [
+        _at_most(
+            "curved_manifold: flow F1 at tau = 2 = independent integration",
+            "|theta(2) - RK4 of the closed-form field (dt 1e-3)|",
+            "identity",
+            "MATH.md section 3; theory/problems.py",
+            err,
+            1e-6,
+        )
+    ]
+
+
+@register("integrator_accuracy")
+def _integrators(ctx: Context) -> list[CheckResult]:
+    """Adaptive error against the requested tolerance; the fixed-step projected RK4's order."""
+    dtype_from_config("float64")
+    prob = PROBLEMS["great_circle"]()
+    start = jnp.asarray(prob.start)
+    out = []
+
+    def error(res: Any) -> float:
+        ref = np.asarray(prob.flow_closed_form(jnp.asarray(res.theta[0]), 2.0, "F1"))
+        return float(np.linalg.norm(res.theta[-1] - ref))
+
+    for rtol in (1e-4, 1e-6, 1e-8, 1e-10):
+        res = sharpness_flow(prob.loss, start, tau=2.0, num_saves=3, rtol=rtol, atol=rtol / 100)
+        out.append(
+            _at_most(
+                f"adaptive flow error at rtol = {rtol:g} (great_circle, F1)",
+                "|theta(2) - closed form| / rtol",
+                "identity",
+                "diffrax Tsit5 + PID",
+                error(res) / rtol,
+                30.0,
+                steps=res.num_steps,
+            )
+        )
+    dts = (0.2, 0.1, 0.05, 0.025)
+    errs = [
+        error(sharpness_flow(prob.loss, start, tau=2.0, num_saves=3, method="rk4", dt=dt))
+        for dt in dts
+    ]
+    slope, _ = fit_slope(np.asarray(dts), np.asarray(errs))
+    out.append(
+        _within(
+            "projected RK4 convergence order (great_circle, F1)",
+            "log-log slope of the error at tau = 2 against dt",
+            "identity",
+            "classical RK4 with a retraction",
+            4.0,
+            slope,
+            0.15,
+            dt=list(dts),
+            errors=errs,
+        )
+    )
     return out
 
 
