@@ -129,3 +129,23 @@ def test_gd_tracks_the_flow_from_the_equilibrium():
     np.testing.assert_allclose(cmp.sharpness_phi, cmp.sharpness_flow, rtol=1e-3)
     with pytest.raises(ValueError, match="t0=7 must be one of the recorded steps"):
         compare_with_flow(prob.loss, run.step, run.w, eta=eta, wd=wd, t0=7)
+
+
+def test_gauss_newton_geometry_matches_dense():
+    # Least-squares geometry (Lanczos + residual-Jacobian projector + GN retraction) against the
+    # dense geometry from the same point of Gamma: same flow to the integrator's accuracy.
+    prob = PROBLEMS["curved_manifold"]()
+    dense = sharpness_flow(prob.loss, jnp.asarray(prob.start), tau=1.0, num_saves=3)
+    gn = sharpness_flow(
+        prob.loss,
+        jnp.asarray(dense.theta[0]),
+        tau=1.0,
+        num_saves=3,
+        geometry="gauss_newton",
+        residual_fn=prob.residuals,
+    )
+    assert gn.rank == 2
+    np.testing.assert_allclose(gn.theta, dense.theta, atol=1e-8)
+    np.testing.assert_allclose(gn.sharpness, dense.sharpness, rtol=1e-8)
+    with pytest.raises(ValueError, match="residual_fn is required"):
+        sharpness_flow(prob.loss, jnp.asarray(prob.start), tau=1.0, geometry="gauss_newton")

@@ -37,11 +37,12 @@ from . import _validate as check
 from ._types import Array, LossFn
 from .curvature import grad_lambda1, linearize_grad
 from .errors import DegenerateSharpnessError, DegenerateSharpnessWarning
+from .gauss_newton import gauss_newton_project, ls_tangent_projector
 from .lanczos import lanczos
 from .manifold import hessian_rank, newton_step, project_to_manifold
 
 Form = Literal["F0", "F1"]
-Geometry = Literal["dense", "lanczos"]
+Geometry = Literal["dense", "lanczos", "gauss_newton"]
 FORMS = ("F0", "F1")
 
 
@@ -68,14 +69,19 @@ class SharpnessFlowField(eqx.Module):
         loss: the scale-invariant loss.
         rank: number of nonzero Hessian eigenvalues on ``Gamma`` (codimension in the sphere).
         form: ``"F1"`` (default) or ``"F0"``.
-        geometry: ``"dense"`` (``jax.hessian`` + ``eigh``: small ``D``) or ``"lanczos"`` (top
-            ``max(rank, 2)`` eigenpairs by Lanczos, matrix-free).
+        geometry: ``"dense"`` (``jax.hessian`` + ``eigh``: small ``D``), ``"lanczos"`` (top
+            ``max(rank, 2)`` eigenpairs by Lanczos, matrix-free) or ``"gauss_newton"`` (for
+            interpolating least squares ``L = |r|^2 / 2``: ``lambda_1, lambda_2`` by Lanczos,
+            ``P_Gamma`` through the residual Jacobian, :func:`ls_tangent_projector`; needs
+            ``residual_fn``; cost independent of ``rank``).
+        residual_fn: ``(D,) -> (n,)`` residuals (``"gauss_newton"`` only).
     """
 
     loss: LossFn
     rank: int = eqx.field(static=True)
     form: str = eqx.field(static=True, default="F1")
     geometry: str = eqx.field(static=True, default="dense")
+    residual_fn: Callable[[Array], Array] | None = None
 
     def quantities(self, y: Array) -> FlowQuantities:
         u = y / jnp.linalg.norm(y)
@@ -83,13 +89,20 @@ class SharpnessFlowField(eqx.Module):
             vals, vecs = jnp.linalg.eigh(jax.hessian(self.loss)(u))
             lam1, lam2, v1 = vals[-1], vals[-2], vecs[:, -1]
             normal = vecs[:, u.shape[0] - self.rank :]
-        else:
+        elif self.geometry == "lanczos":
             _, hvp = linearize_grad(self.loss, u)
             k = min(max(self.rank, 2), u.shape[0])
             m = min(u.shape[0], 2 * k + 30)
             res = lanczos(hvp, jnp.ones_like(u), k=k, max_iters=m)
             lam1, lam2, v1 = res.eigenvalues[0], res.eigenvalues[1], res.eigenvectors[:, 0]
             normal = res.eigenvectors[:, : self.rank]
+        else:
+            assert self.residual_fn is not None, "geometry='gauss_newton' needs residual_fn"
+            _, hvp = linearize_grad(self.loss, u)
+            res = lanczos(hvp, jnp.ones_like(u), k=2, max_iters=min(u.shape[0], 64))
+            lam1, lam2, v1 = res.eigenvalues[0], res.eigenvalues[1], res.eigenvectors[:, 0]
+            grad = ls_tangent_projector(self.residual_fn, u)(grad_lambda1(self.loss, u, v1))
+            return FlowQuantities(lam1, lam2, v1, grad / lam1)
         grad = grad_lambda1(self.loss, u, v1)
         grad = grad - normal @ (normal.T @ grad)
         grad = grad - u * jnp.vdot(u, grad)
@@ -100,12 +113,16 @@ class SharpnessFlowField(eqx.Module):
 
 
 class Retraction(eqx.Module):
-    """Back onto ``Gamma`` after a step: Newton in the normal directions (twice)."""
+    """Back onto ``Gamma`` after a step: two dense Newton steps in the normal directions, or
+    (with ``residual_fn``) the matrix-free Gauss-Newton projection of least squares."""
 
     loss: LossFn
     iters: int = eqx.field(static=True, default=2)
+    residual_fn: Callable[[Array], Array] | None = None
 
     def __call__(self, y: Array) -> Array:
+        if self.residual_fn is not None:
+            return gauss_newton_project(self.residual_fn, y, max_iters=8).theta
         for _ in range(self.iters):
             y = newton_step(self.loss, y)
         return y
@@ -284,6 +301,7 @@ def sharpness_flow(
     dt: float = 0.05,
     rank: int | None = None,
     geometry: Geometry = "dense",
+    residual_fn: Callable[[Array], Array] | None = None,
     gap_tol: float = 1e-3,
     max_steps: int = 100_000,
     on_degenerate: Literal["raise", "stop"] = "raise",
@@ -301,7 +319,12 @@ def sharpness_flow(
             every step; saves must then be equally spaced).
         rank: codimension of ``Gamma`` in the sphere (= number of nonzero Hessian eigenvalues);
             default: counted at the start with dense ``eigh``.
-        geometry: ``"dense"`` or ``"lanczos"`` (see :class:`SharpnessFlowField`).
+        geometry: ``"dense"``, ``"lanczos"`` or ``"gauss_newton"`` (see
+            :class:`SharpnessFlowField`).
+        residual_fn: residuals of an interpolating least-squares loss (``L = |r|^2 / 2``);
+            required by ``"gauss_newton"``, which then also projects the start and retracts
+            with :func:`theory.gauss_newton.gauss_newton_project` (the foot of the normal, which
+            differs from ``Phi`` by ``O(dist^2)``) and counts ``rank`` as ``len(r)``.
         gap_tol: stop when ``(lambda_1 - lambda_2) / lambda_1 < gap_tol``.
         max_steps: cap on adaptive steps.
         on_degenerate: ``"raise"`` :class:`DegenerateSharpnessError`, or ``"stop"``: warn and
@@ -314,19 +337,24 @@ def sharpness_flow(
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if method not in ("adaptive", "rk4"):
         raise ValueError(f"method must be 'adaptive' or 'rk4', got {method!r}")
-    if geometry not in ("dense", "lanczos"):
-        raise ValueError(f"geometry must be 'dense' or 'lanczos', got {geometry!r}")
+    if geometry not in ("dense", "lanczos", "gauss_newton"):
+        raise ValueError(f"geometry must be 'dense', 'lanczos' or 'gauss_newton', got {geometry!r}")
+    if (geometry == "gauss_newton") != (residual_fn is not None):
+        raise ValueError("residual_fn is required by geometry='gauss_newton' and only by it")
     if on_degenerate not in ("raise", "stop"):
         raise ValueError(f"on_degenerate must be 'raise' or 'stop', got {on_degenerate!r}")
     theta0, _ = check.flat_vector(theta0, "theta0")
     dtype = theta0.dtype
     taus_np = _save_times(tau, num_saves, dtype)
-    start = project_to_manifold(loss, theta0)
-    if rank is None:
-        rank = hessian_rank(loss, start)
+    if residual_fn is not None:
+        start = gauss_newton_project(residual_fn, theta0).theta
+        rank = int(residual_fn(start).shape[0]) if rank is None else rank
+    else:
+        start = project_to_manifold(loss, theta0)
+        rank = hessian_rank(loss, start) if rank is None else rank
     rank = check.positive_int(rank, "rank")
-    field_ = SharpnessFlowField(loss, rank, form, geometry)
-    retract = Retraction(loss)
+    field_ = SharpnessFlowField(loss, rank, form, geometry, residual_fn)
+    retract = Retraction(loss, residual_fn=residual_fn)
     taus = jnp.asarray(taus_np)
     if method == "adaptive":
         ys, ts, steps, stopped, ok = _adaptive(
