@@ -196,3 +196,26 @@ def test_result_take_and_arrays():
     assert set(res.arrays()) >= {"step", "w", "norm", "eta_eff", "sharpness", "loss", "eos"}
     bare = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=10, record_iterates=False)
     assert bare.w is None and "w" not in bare.arrays()
+
+
+def test_snapshot_and_resume_are_bitwise():
+    loss, w0 = random_loss(12, None, 7)
+    kw = {
+        "eta": 0.4,
+        "wd": 0.01,
+        "steps": 400,
+        "record_every": 5,
+        "sharpness_every": 1,
+        "perturbation": 1e-10,
+        "chunk_steps": 100,
+    }
+    full = gd_wd(loss, w0, **kw)
+    snaps = []
+    gd_wd(loss, w0, on_snapshot=snaps.append, **kw)
+    assert [s.done_blocks for s in snaps] == [20, 40, 60, 80]
+    resumed = gd_wd(loss, w0, resume=snaps[1], **kw)
+    for name in ("w", "loss", "sharpness", "eos", "norm", "grad_norm", "lanczos_matvecs"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name))
+    assert resumed.onset_step == full.onset_step
+    with pytest.raises(ValueError, match=r"different settings \(\['eta'\]\)"):
+        gd_wd(loss, w0, resume=snaps[1], **{**kw, "eta": 0.5})

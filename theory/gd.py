@@ -128,6 +128,23 @@ class GDResult:
         return dataclasses.replace(self, **sub)
 
 
+class GDSnapshot(NamedTuple):
+    """Everything needed to continue a run bitwise: handed to ``on_snapshot`` after each chunk
+    and accepted back by ``gd_wd(..., resume=snapshot)`` (NumPy arrays, safe to store).
+
+    Attributes:
+        carry: the runner's state by name (iterate, warm eigenvectors, step, onset, bad, key).
+        rows: the rows recorded so far by name.
+        done_blocks: recorded blocks finished.
+        config: the run's settings; a resume with different settings is refused.
+    """
+
+    carry: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+    done_blocks: int
+    config: dict[str, Any]
+
+
 def predicted_eos_onset(eta: float, wd: float, eos0: float, *, exact: bool = True) -> float:
     """Steps for ``eta_eff * S`` to grow from ``eos0`` to 2 when the gradient is negligible.
 
@@ -287,8 +304,7 @@ def _row(c: _Carry, obs: _Obs, st: _Static) -> _Row:
     )
 
 
-@eqx.filter_jit
-def _segment(
+def _segment_core(
     loss: LossFn, c: _Carry, p: _Params, st: _Static, n_blocks: int, active: Array, last: Array
 ) -> tuple[_Carry, _Row]:
     """``active`` of ``n_blocks`` recorded blocks run, the last of them for ``last`` steps.
@@ -316,10 +332,13 @@ def _segment(
     return jax.lax.scan(block, c, jnp.arange(n_blocks))
 
 
-@eqx.filter_jit
-def _final(loss: LossFn, c: _Carry, p: _Params, st: _Static) -> tuple[_Carry, _Row]:
+def _final_core(loss: LossFn, c: _Carry, p: _Params, st: _Static) -> tuple[_Carry, _Row]:
     obs, c = _observe(loss, c, p, st, jnp.asarray(st.track))
     return c, _row(c, obs, st)
+
+
+_segment = eqx.filter_jit(_segment_core)
+_final = eqx.filter_jit(_final_core)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,6 +368,8 @@ def gd_wd(
     callback: Callable[[int, int], None] | None = None,
     on_nonfinite: Literal["raise", "stop"] = "raise",
     check_invariance: bool = True,
+    on_snapshot: Callable[[GDSnapshot], None] | None = None,
+    resume: GDSnapshot | None = None,
 ) -> GDResult:
     """Run GD with weight decay on a scale-invariant loss, tracking sharpness and the EoS.
 
@@ -384,6 +405,11 @@ def gd_wd(
         on_nonfinite: ``"raise"`` a :class:`DivergenceError` (carrying the rows before the bad
             step) or ``"stop"`` and return those rows with ``diverged_at`` set.
         check_invariance: reject a loss that is not scale-invariant around ``w0``.
+        on_snapshot: ``on_snapshot(GDSnapshot)`` after each chunk (to write a checkpoint).
+        resume: a snapshot of this same run (same ``w0`` and settings) to continue from; the
+            continued run is bitwise identical to an uninterrupted one (same machine, dtype and
+            ``chunk_steps``), because the remaining chunks run the same compiled program on the
+            same state.
 
     Returns:
         :class:`GDResult`.
@@ -416,7 +442,9 @@ def gd_wd(
     dtype = w0.dtype
     key = jax.random.PRNGKey(0) if key is None else key
     tol = default_tol(dtype) if lanczos_tol is None else check.positive(lanczos_tol, "lanczos_tol")
-    if v0 is not None:
+    if resume is not None:
+        v0 = vs0 = w0  # replaced by the snapshot's carry below
+    elif v0 is not None:
         v0, _ = check.flat_vector(v0, "v0")
         if v0.shape != w0.shape:
             raise ValueError(f"v0 must have the shape of w0 {w0.shape}, got {v0.shape}")
@@ -442,25 +470,6 @@ def gd_wd(
         jnp.asarray(perturb_every),
     )
     carry = _Carry(w0, v0, vs0, jnp.asarray(0), jnp.asarray(-1), jnp.asarray(-1), key)
-
-    n_blocks = -(-steps // record_every)  # rows before the final one
-    last_len = steps - (n_blocks - 1) * record_every
-    chunk = max(1, min(n_blocks, chunk_steps // record_every))
-    rows: list[_Row] = []
-    done_blocks = 0
-    while done_blocks < n_blocks:
-        active = min(chunk, n_blocks - done_blocks)
-        final_chunk = done_blocks + active == n_blocks
-        last = last_len if final_chunk else record_every
-        carry, seg = _segment(loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last))
-        rows.append(jax.tree.map(lambda a, n=active: np.asarray(a[:n]), seg))
-        done_blocks += active
-        if callback is not None:
-            callback(min(int(carry.t), steps), steps)
-        if int(carry.bad) >= 0:
-            break
-    carry, final = _final(loss, carry, p, st)
-    rows.append(jax.tree.map(lambda a: np.asarray(a)[None], final))
     config = {
         "eta": eta,
         "wd": wd,
@@ -473,12 +482,57 @@ def gd_wd(
         "lanczos_iters": st.max_iters,
         "perturbation": perturbation,
         "perturb_every": perturb_every,
+        "record_iterates": record_iterates,
+        "chunk_steps": chunk_steps,
         "dtype": jnp.dtype(dtype).name,
+        "dim": int(w0.shape[0]),
     }
+    n_blocks = -(-steps // record_every)  # rows before the final one
+    last_len = steps - (n_blocks - 1) * record_every
+    chunk = max(1, min(n_blocks, chunk_steps // record_every))
+    rows: list[_Row] = []
+    done_blocks = 0
+    if resume is not None:
+        carry, rows, done_blocks = _restore(resume, config, carry)
+    while done_blocks < n_blocks and int(carry.bad) < 0:
+        active = min(chunk, n_blocks - done_blocks)
+        final_chunk = done_blocks + active == n_blocks
+        last = last_len if final_chunk else record_every
+        carry, seg = _segment(loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last))
+        rows.append(jax.tree.map(lambda a, n=active: np.asarray(a[:n]), seg))
+        done_blocks += active
+        if on_snapshot is not None:
+            on_snapshot(_snapshot(carry, rows, done_blocks, config))
+        if callback is not None:
+            callback(min(int(carry.t), steps), steps)
+    carry, final = _final(loss, carry, p, st)
+    rows.append(jax.tree.map(lambda a: np.asarray(a)[None], final))
     result = _assemble(rows, carry, eta, wd, sizes, st, config)
     if result.diverged_at is not None and on_nonfinite == "raise":
         raise DivergenceError(result.diverged_at, result)
     return result
+
+
+def _snapshot(c: _Carry, rows: list[_Row], done: int, config: dict[str, Any]) -> GDSnapshot:
+    cols = {n: np.concatenate([np.asarray(getattr(r, n)) for r in rows]) for n in _Row._fields}
+    carry = {n: np.asarray(v) for n, v in c._asdict().items()}
+    return GDSnapshot(carry, cols, done, dict(config))
+
+
+def _restore(
+    snap: GDSnapshot, config: dict[str, Any], like: _Carry
+) -> tuple[_Carry, list[_Row], int]:
+    differ = sorted(k for k in config if snap.config.get(k) != config[k])
+    if differ:
+        raise ValueError(
+            f"cannot resume: the snapshot was taken with different settings ({differ}); "
+            "start the run afresh or pass the same settings"
+        )
+    carry = _Carry(
+        **{n: jnp.asarray(snap.carry[n], dtype=getattr(like, n).dtype) for n in _Carry._fields}
+    )
+    rows = [_Row._make(np.asarray(snap.rows[n]) for n in _Row._fields)]
+    return carry, rows, int(snap.done_blocks)
 
 
 def _assemble(
