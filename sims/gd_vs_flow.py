@@ -34,6 +34,7 @@ from theory.problems import PROBLEMS
 from theory.tracking import compare_with_flow, eos_equilibrium_start, fit_slope
 
 from . import _cli
+from ._checkpoint import Checkpoints
 from ._runtime import Progress, dtype_from_config
 from ._store import ResultStore, StoredRun
 from .phases import initial_point
@@ -143,8 +144,36 @@ def _run_one(cfg: Config, problem: str, start: str, ewd: float, key: jax.Array) 
     return out
 
 
-def run(cfg: Config, *, progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Run the study; returns (arrays, summary) ready to store."""
+def _sub_run(
+    cfg: Config, p_i: int, problem: str, start: str, i: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One (problem, start, eta*wd) comparison: its arrays and scalar results."""
+    key = jax.random.PRNGKey(cfg.seed * 100_003 + p_i * 1009 + i)
+    res = _run_one(cfg, problem, start, cfg.eta_wd[i], key)
+    c1, c0 = res["F1"], res["F0"]
+    arrays = {
+        "step": c1.step,
+        "tau": c1.tau,
+        "w_hat": res["w_hat"][: len(c1.tau)],
+        "phi": c1.phi,
+        "dist_w": c1.dist_w,
+        "sharpness_phi": c1.sharpness_phi,
+    }
+    info: dict[str, Any] = {"onset": res["onset"], "dist_w_tau2": c1.at(2.0)["dist_w"]}
+    for form, c in (("F1", c1), ("F0", c0)):
+        arrays[f"flow_{form}"] = c.flow
+        arrays[f"dist_phi_{form}"] = c.dist_phi
+        arrays[f"sharpness_flow_{form}"] = c.sharpness_flow
+        info[f"dist_tau2_{form}"] = c.at(2.0)["dist_phi"]
+        info[f"dist_end_{form}"] = c.at(cfg.tau_end)["dist_phi"]
+    return arrays, info
+
+
+def run(
+    cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run the study; returns (arrays, summary) ready to store. Finished sub-runs are kept in
+    ``checkpoints`` and reused when the same config runs again after an interruption."""
     dtype_from_config(cfg.dtype)
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {}
@@ -153,32 +182,22 @@ def run(cfg: Config, *, progress: bool = True) -> tuple[dict[str, np.ndarray], d
         done = 0
         for p_i, problem in enumerate(cfg.problems):
             for start in cfg.starts:
-                entry: dict[str, Any] = {"eta_wd": list(cfg.eta_wd), "onset": []}
-                for form in FORMS:
-                    entry[f"dist_tau2_{form}"] = []
-                    entry[f"dist_end_{form}"] = []
-                entry["dist_w_tau2"] = []
-                for i, ewd in enumerate(cfg.eta_wd):
-                    key = jax.random.PRNGKey(cfg.seed * 100_003 + p_i * 1009 + i)
-                    res = _run_one(cfg, problem, start, ewd, key)
+                infos = []
+                for i in range(len(cfg.eta_wd)):
                     prefix = f"{problem}.{start}.{i}"
-                    c1, c0 = res["F1"], res["F0"]
-                    arrays[f"{prefix}.step"] = c1.step
-                    arrays[f"{prefix}.tau"] = c1.tau
-                    arrays[f"{prefix}.w_hat"] = res["w_hat"][: len(c1.tau)]
-                    arrays[f"{prefix}.phi"] = c1.phi
-                    arrays[f"{prefix}.dist_w"] = c1.dist_w
-                    arrays[f"{prefix}.sharpness_phi"] = c1.sharpness_phi
-                    for form, c in (("F1", c1), ("F0", c0)):
-                        arrays[f"{prefix}.flow_{form}"] = c.flow
-                        arrays[f"{prefix}.dist_phi_{form}"] = c.dist_phi
-                        arrays[f"{prefix}.sharpness_flow_{form}"] = c.sharpness_flow
-                        entry[f"dist_tau2_{form}"].append(c.at(2.0)["dist_phi"])
-                        entry[f"dist_end_{form}"].append(c.at(cfg.tau_end)["dist_phi"])
-                    entry["dist_w_tau2"].append(c1.at(2.0)["dist_w"])
-                    entry["onset"].append(res["onset"])
+                    cached = checkpoints.load_done(prefix) if checkpoints is not None else None
+                    if cached is None:
+                        cached = _sub_run(cfg, p_i, problem, start, i)
+                        if checkpoints is not None:
+                            checkpoints.save_done(prefix, *cached)
+                    sub_arrays, info = cached
+                    arrays.update({f"{prefix}.{k}": v for k, v in sub_arrays.items()})
+                    infos.append(info)
                     done += 1
                     bar(done, total)
+                entry: dict[str, Any] = {"eta_wd": list(cfg.eta_wd)}
+                for k in infos[0]:
+                    entry[k] = [info[k] for info in infos]
                 for form in FORMS:
                     for where in ("tau2", "end"):
                         slope, _ = fit_slope(np.asarray(cfg.eta_wd), entry[f"dist_{where}_{form}"])
@@ -190,12 +209,18 @@ def run(cfg: Config, *, progress: bool = True) -> tuple[dict[str, np.ndarray], d
 def run_and_store(
     cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
 ) -> StoredRun:
+    """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
     store = ResultStore(results_dir)
     found = store.find(NAME, cfg)
     if found is not None and not force:
         return store.load(found)
-    arrays, summary = run(cfg, progress=progress)
-    return store.load(store.save(NAME, cfg, arrays, summary, extra_meta={"seed": cfg.seed}))
+    ckpt = Checkpoints(store, NAME, cfg)
+    if force:
+        ckpt.clear()
+    arrays, summary = run(cfg, progress=progress, checkpoints=ckpt)
+    path = store.save(NAME, cfg, arrays, summary, extra_meta={"seed": cfg.seed})
+    ckpt.clear()
+    return store.load(path)
 
 
 def main(argv: Sequence[str] | None = None) -> StoredRun:

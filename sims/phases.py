@@ -23,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.gd import GDResult, gd_wd
+from theory.gd import GDResult, GDSnapshot, gd_wd
 from theory.problems import PROBLEMS
 from theory.sharpness import spherical_sharpness
 
 from . import _cli
+from ._checkpoint import Checkpoints
 from ._runtime import Progress, dtype_from_config
 from ._store import ResultStore, StoredRun
 from .analysis import eos_summary
@@ -53,8 +54,13 @@ class Config:
     )
     dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "precision"})
     seed: int = field(default=0, metadata={"help": "PRNG seed (kicks, Lanczos start)"})
+    checkpoint_every: int = field(
+        default=0, metadata={"help": "checkpoint every N steps (0: chunks of steps/20, none)"}
+    )
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         unknown = [p for p in self.problems if p not in PROBLEMS]
         if not self.problems or unknown:
             raise ValueError(f"problems must be among {sorted(PROBLEMS)}, got {self.problems}")
@@ -107,27 +113,56 @@ def initial_point(problem_name: str, eta: float, eos0: float, dtype: Any) -> np.
     return np.asarray(u0 * jnp.sqrt(eta * s0 / eos0))
 
 
-def run(cfg: Config, *, progress: bool = True) -> Results:
-    """Run GD+WD on every configured problem."""
+def _chunk_steps(cfg: Config) -> int:
+    if cfg.checkpoint_every:
+        return max(cfg.checkpoint_every, cfg.record_every)
+    return max(cfg.steps // 20, cfg.record_every)
+
+
+def _run_problem(
+    cfg: Config, i: int, name: str, ckpt: Checkpoints | None, progress: bool
+) -> GDResult:
+    """One problem's run, resuming from its last checkpoint if there is one."""
+    if ckpt is not None and (done := ckpt.load_done(name)) is not None:
+        return GDResult.from_arrays(*done)
     dtype = dtype_from_config(cfg.dtype)
+    prob = PROBLEMS[name]()
+    w0 = jnp.asarray(initial_point(name, cfg.eta, cfg.eos0, dtype))
+    resume = ckpt.load_snapshot(name) if ckpt is not None else None
+    save = None
+    if ckpt is not None and cfg.checkpoint_every:
+
+        def save(snap: GDSnapshot) -> None:
+            ckpt.save_snapshot(name, snap)
+
+    with Progress(f"phases/{name}", cfg.steps, progress) as bar:
+        res = gd_wd(
+            prob.loss,
+            w0,
+            eta=cfg.eta,
+            wd=cfg.wd,
+            steps=cfg.steps,
+            record_every=cfg.record_every,
+            sharpness_every=1,
+            perturbation=cfg.perturbation,
+            key=jax.random.PRNGKey(cfg.seed * 1000 + i),
+            callback=bar,
+            chunk_steps=_chunk_steps(cfg),
+            on_snapshot=save,
+            resume=resume,
+        )
+    if ckpt is not None:
+        ckpt.save_done(name, res.arrays(), res.meta())
+    return res
+
+
+def run(cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None) -> Results:
+    """Run GD+WD on every configured problem (resuming from ``checkpoints`` if given)."""
+    dtype_from_config(cfg.dtype)
     runs, dist, summary = {}, {}, {}
     for i, name in enumerate(cfg.problems):
         prob = PROBLEMS[name]()
-        w0 = jnp.asarray(initial_point(name, cfg.eta, cfg.eos0, dtype))
-        with Progress(f"phases/{name}", cfg.steps, progress) as bar:
-            res = gd_wd(
-                prob.loss,
-                w0,
-                eta=cfg.eta,
-                wd=cfg.wd,
-                steps=cfg.steps,
-                record_every=cfg.record_every,
-                sharpness_every=1,
-                perturbation=cfg.perturbation,
-                key=jax.random.PRNGKey(cfg.seed * 1000 + i),
-                callback=bar,
-                chunk_steps=max(cfg.steps // 20, cfg.record_every),
-            )
+        res = _run_problem(cfg, i, name, checkpoints, progress)
         assert res.w is not None
         u = jnp.asarray(res.w) / jnp.asarray(res.norm)[:, None]
         dist[name] = np.asarray(jax.vmap(prob.distance_to_manifold)(u))
@@ -145,13 +180,22 @@ def run(cfg: Config, *, progress: bool = True) -> Results:
 def run_and_store(
     cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
 ) -> StoredRun:
-    """The stored result of ``cfg``, computing and saving it first unless already there."""
+    """The stored result of ``cfg``, computing and saving it first unless already there.
+
+    Work in progress is checkpointed under ``<results>/phases/.inprogress-<hash>/`` (finished
+    problems always; GD snapshots every ``checkpoint_every`` steps) and resumed by running the
+    same config again; ``force`` discards it.
+    """
     store = ResultStore(results_dir)
     found = store.find(NAME, cfg)
     if found is not None and not force:
         return store.load(found)
-    res = run(cfg, progress=progress)
+    ckpt = Checkpoints(store, NAME, cfg)
+    if force:
+        ckpt.clear()
+    res = run(cfg, progress=progress, checkpoints=ckpt)
     path = store.save(NAME, cfg, res.arrays(), res.summary, extra_meta={"seed": cfg.seed})
+    ckpt.clear()
     return store.load(path)
 
 

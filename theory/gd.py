@@ -118,6 +118,30 @@ class GDResult:
         out = {name: getattr(self, name) for name in self.ARRAYS}
         return {k: v for k, v in out.items() if v is not None}
 
+    def meta(self) -> dict[str, Any]:
+        """The non-array attributes (JSON-friendly); with :meth:`arrays`, all of the result."""
+        return {
+            "onset_step": self.onset_step,
+            "diverged_at": self.diverged_at,
+            "eta": self.eta,
+            "wd": self.wd,
+            "groups": list(self.groups),
+            "config": dict(self.config),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> GDResult:
+        """Rebuild a result stored as :meth:`arrays` and :meth:`meta`."""
+        return cls(
+            **{name: arrays.get(name) for name in cls.ARRAYS},  # type: ignore[arg-type]
+            onset_step=meta["onset_step"],
+            diverged_at=meta["diverged_at"],
+            eta=float(meta["eta"]),
+            wd=float(meta["wd"]),
+            groups=tuple(int(g) for g in meta["groups"]),
+            config=dict(meta["config"]),
+        )
+
     def take(self, rows: np.ndarray | slice) -> GDResult:
         """The same run restricted to some rows."""
         sub: dict[str, Any] = {}
