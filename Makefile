@@ -42,8 +42,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_core.py
-	$(PY) benchmarks/bench_flow.py
+	$(PY) -m benchmarks --out $(RESULTS)/bench
 
 clean-results:
 	rm -rf $(RESULTS) $(OUT)

@@ -160,6 +160,11 @@ def part_b(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def measure(quick: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Both parts' rows (see the module docstring)."""
+    return {"lanczos": part_a(quick), "tracking": part_b(quick)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,7 +173,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     ns = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()}")
-    a = part_a(ns.quick)
+    rows = measure(ns.quick)
+    a = rows["lanczos"]
     print("\nA. Lanczos HVPs to reach 1e-6 relative error of lambda_1 (float64)")
     head = ("problem", "reference", "lambda_1", "cold", "warm", "cold/warm")
     print("{:40s} {:18s} {:>10s} {:>6s} {:>6s} {:>10s}".format(*head))
@@ -178,7 +184,7 @@ def main() -> None:
             f"{r['problem']:40s} {r['reference']:18s} {r['lambda1']:10.5g} {r['cold_hvps']!s:>6s} "
             f"{r['warm_hvps']!s:>6s} {ratio:>10s}"
         )
-    b = part_b(ns.quick)
+    b = rows["tracking"]
     print("\nB. GD+WD step with sharpness tracked every step vs untracked (float32, medians)")
     head = ("problem", "untracked ms", "tracked ms", "ratio", "HVPs/step")
     print("{:40s} {:>13s} {:>11s} {:>7s} {:>10s}".format(*head))

@@ -134,10 +134,18 @@ def _initial_vectors(
 
 
 _init_batch = eqx.filter_jit(eqx.filter_vmap(_initial_vectors, in_axes=(None, 0, 0, None, 0, None)))
+# The step counter and the schedules are shared by all configurations (they step in lockstep),
+# so they stay unbatched: the "track this step?" predicate is then a scalar and the tracking
+# ``lax.cond`` remains a real branch under vmap instead of a select that would run Lanczos on
+# every step.
+_CARRY_AXES = _Carry(0, 0, 0, None, 0, 0, 0)  # type: ignore[arg-type]
+_PARAM_AXES = _Params(0, 0, 0, None, None, 0, None)  # type: ignore[arg-type]
 _segment_batch = eqx.filter_jit(
-    eqx.filter_vmap(_segment_core, in_axes=(None, 0, 0, None, None, None, None))
+    eqx.filter_vmap(_segment_core, in_axes=(None, _CARRY_AXES, _PARAM_AXES, None, None, None, None))
 )
-_final_batch = eqx.filter_jit(eqx.filter_vmap(_final_core, in_axes=(None, 0, 0, None)))
+_final_batch = eqx.filter_jit(
+    eqx.filter_vmap(_final_core, in_axes=(None, _CARRY_AXES, _PARAM_AXES, None))
+)
 
 
 def _place(tree: Any, sharding: NamedSharding) -> Any:
@@ -227,27 +235,33 @@ def gd_wd_sweep(
     b = n + pad
     keys = np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in seeds_arr])[idx]
     idt = jnp.asarray(0).dtype  # int32, or int64 with x64: as in gd_wd
-    host_params = (
+    batched = (
         np.asarray(etas[idx], dtype),
         np.asarray(wds[idx], dtype),
         np.full(b, tol, dtype),
-        np.full(b, record_every, idt),
-        np.full(b, s_every, idt),
         np.asarray(kicks[idx], dtype),
-        np.full(b, perturb_every, idt),
     )
     w_start = np.asarray(w0s[idx], dtype)
     mesh = Mesh(np.asarray(devices), ("sweep",))
     sharding = NamedSharding(mesh, PartitionSpec("sweep"))
-    p = _Params(*_place(host_params, sharding))
+    eta_d, wd_d, tol_d, kick_d = _place(batched, sharding)
+    p = _Params(
+        eta_d,
+        wd_d,
+        tol_d,
+        jnp.asarray(record_every, idt),
+        jnp.asarray(s_every, idt),
+        kick_d,
+        jnp.asarray(perturb_every, idt),
+    )
     w_dev, k_dev = _place((w_start, keys), sharding)
     if track_sharpness:
         v, vs = _init_batch(loss, w_dev, p.eta, jnp.asarray(tol, dtype), k_dev, st)
     else:
         v = vs = jnp.zeros_like(w_dev)
-    zeros = np.zeros(b, idt)
-    t0, onset0, bad0 = _place((zeros, zeros - 1, zeros - 1), sharding)
-    carry = _Carry(w_dev, v, vs, t0, onset0, bad0, k_dev)
+    minus = np.full(b, -1, idt)
+    onset0, bad0 = _place((minus, minus), sharding)
+    carry = _Carry(w_dev, v, vs, jnp.asarray(0, idt), onset0, bad0, k_dev)
 
     n_blocks = -(-steps // record_every)
     last_len = steps - (n_blocks - 1) * record_every
@@ -260,6 +274,7 @@ def gd_wd_sweep(
         carry, seg = _segment_batch(
             loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last)
         )
+        carry = carry._replace(t=carry.t[0])  # vmap broadcast the shared counter
         rows.append(jax.tree.map(lambda a, k=active: _gather(a)[:, :k], seg))
         done += active
         if callback is not None:
