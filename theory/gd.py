@@ -178,6 +178,13 @@ def predicted_eos_onset(eta: float, wd: float, eos0: float, *, exact: bool = Tru
     ``log(2 / eos0) / (2 eta wd)`` to first order (``exact=False``; MATH.md section 3) [derived].
     Assumes the sharpness stays at its initial value (phase I has already converged).
     """
+    eta, wd, eos0 = (
+        check.positive(eta, "eta"),
+        check.positive(wd, "wd"),
+        check.positive(eos0, "eos0"),
+    )
+    if eta * wd >= 1:
+        raise ValueError(f"eta * wd must be < 1, got {eta * wd}")
     if eos0 >= 2:
         return 0.0
     rate = -2.0 * math.log1p(-eta * wd) if exact else 2.0 * eta * wd

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._types import Array, MatVec
 
@@ -133,6 +134,14 @@ def lanczos(
         >>> res.eigenvalues  # [5., 4.]
     """
     v0 = jnp.asarray(v0)
+    if v0.ndim != 1:
+        raise ValueError(f"v0 must be a vector of shape (D,), got shape {v0.shape}")
+    if not isinstance(v0, jax.core.Tracer):
+        host = np.asarray(v0)
+        if not np.all(np.isfinite(host)) or not np.any(host):
+            raise ValueError("v0 must be finite and nonzero (it starts the Krylov basis)")
+    if max_iters is not None and (isinstance(max_iters, bool) or int(max_iters) < 1):
+        raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
     (dim,) = v0.shape
     dtype = v0.dtype
     m = int(min(dim, max(64, 2 * k + 20) if max_iters is None else max_iters))

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _validate as check
 from ._types import Array, LossFn
 from .flow import FlowResult, SharpnessFlowField, sharpness_flow
 from .manifold import hessian_rank, project_to_manifold
@@ -42,6 +43,9 @@ def eos_equilibrium_start(
     Returns ``w0 = sqrt(eta lambda_1 / 2) * normalize(theta + A v_1)`` with
     ``A^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (form F1) or ``eta wd / 2`` (F0).
     """
+    eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
+    if form not in ("F0", "F1"):
+        raise ValueError(f"form must be 'F0' or 'F1', got {form!r}")
     th = project_to_manifold(loss, theta)
     rank = hessian_rank(loss, th) if rank is None else rank
     q = SharpnessFlowField(loss, rank, form).quantities(th)
@@ -102,7 +106,11 @@ def compare_with_flow(
         rank: codimension of ``Gamma`` (default: counted at the start).
         flow_kwargs: passed to :func:`theory.sharpness_flow` (``rtol``, ``geometry``, ...).
     """
+    eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
     step = np.asarray(step)
+    w = np.asarray(w)
+    if w.ndim != 2 or w.shape[0] != step.shape[0]:
+        raise ValueError(f"w must have shape (len(step), D) = ({step.shape[0]}, D), got {w.shape}")
     idx = np.flatnonzero(step >= t0)
     if idx.size == 0 or step[idx[0]] != t0:
         raise ValueError(f"t0={t0} must be one of the recorded steps")

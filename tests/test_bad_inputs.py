@@ -1,0 +1,289 @@
+"""Bad values on every public function and command: a clear error, and no partial output.
+
+Each case names the call, the bad value, the exception and a fragment of its message; the ids
+make the table readable in pytest's output (``pytest tests/test_bad_inputs.py -v``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import figures.__main__ as figures_cli
+import sims.__main__ as sims_cli
+import theory
+from sims import data as sims_data
+from sims._store import MissingResultsError, ResultStore
+from theory.problems import PROBLEMS
+from theory.sweep import gd_wd_sweep
+
+P = PROBLEMS["great_circle"]()
+L = P.loss
+W = jnp.asarray(P.start)
+NAN = jnp.array([jnp.nan, 1.0, 0.0])
+Z = jnp.zeros(3)
+
+
+def _not_invariant(w):
+    return jnp.sum(w**2)
+
+
+CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
+    (
+        "gd_wd eta=0",
+        lambda: theory.gd_wd(L, W, eta=0.0, wd=0.1, steps=5),
+        ValueError,
+        "eta must be a positive",
+    ),
+    (
+        "gd_wd eta=inf",
+        lambda: theory.gd_wd(L, W, eta=np.inf, wd=0.1, steps=5),
+        ValueError,
+        "eta must be a positive",
+    ),
+    (
+        "gd_wd eta='a'",
+        lambda: theory.gd_wd(L, W, eta="a", wd=0.1, steps=5),
+        TypeError,
+        "eta must be a positive float",
+    ),
+    (
+        "gd_wd wd<0",
+        lambda: theory.gd_wd(L, W, eta=0.1, wd=-1.0, steps=5),
+        ValueError,
+        "wd must be a non-negative",
+    ),
+    (
+        "gd_wd steps=0",
+        lambda: theory.gd_wd(L, W, eta=0.1, wd=0.1, steps=0),
+        ValueError,
+        "steps must be >= 1",
+    ),
+    (
+        "gd_wd steps=1.5",
+        lambda: theory.gd_wd(L, W, eta=0.1, wd=0.1, steps=1.5),
+        TypeError,
+        "steps must be a positive int",
+    ),
+    (
+        "gd_wd w0=0",
+        lambda: theory.gd_wd(L, Z, eta=0.1, wd=0.1, steps=5),
+        ValueError,
+        "w0 must be nonzero",
+    ),
+    (
+        "gd_wd w0 NaN",
+        lambda: theory.gd_wd(L, NAN, eta=0.1, wd=0.1, steps=5),
+        ValueError,
+        "w0 must be finite",
+    ),
+    (
+        "gd_wd w0 2-D",
+        lambda: theory.gd_wd(L, jnp.ones((2, 3)), eta=0.1, wd=0.1, steps=5),
+        ValueError,
+        "w0 must be a flat vector",
+    ),
+    (
+        "gd_wd w0 int",
+        lambda: theory.gd_wd(L, jnp.arange(1, 4), eta=0.1, wd=0.1, steps=5),
+        TypeError,
+        "w0 must be a floating-point vector",
+    ),
+    (
+        "gd_wd groups sum",
+        lambda: theory.gd_wd(L, W, eta=0.1, wd=0.1, steps=5, groups=(1, 1)),
+        ValueError,
+        "add up to 2",
+    ),
+    (
+        "gd_wd not invariant",
+        lambda: theory.gd_wd(_not_invariant, W, eta=0.1, wd=0.1, steps=5),
+        theory.ScaleInvarianceError,
+        "not scale-invariant",
+    ),
+    (
+        "gd_wd resume other run",
+        lambda: theory.gd_wd(
+            L, W, eta=0.1, wd=0.1, steps=5, resume=theory.gd.GDSnapshot({}, {}, 0, {"eta": 0.3})
+        ),
+        ValueError,
+        "cannot resume",
+    ),
+    (
+        "spherical_sharpness w=0",
+        lambda: theory.spherical_sharpness(L, Z),
+        ValueError,
+        "w must be nonzero",
+    ),
+    (
+        "spherical_sharpness tol<0",
+        lambda: theory.spherical_sharpness(L, W, tol=-1.0),
+        ValueError,
+        "tol must be a positive",
+    ),
+    (
+        "eos_quantity eta<0",
+        lambda: theory.eos_quantity(L, W, -1.0),
+        ValueError,
+        "eta must be a positive",
+    ),
+    (
+        "lanczos v0=0",
+        lambda: theory.lanczos(lambda v: v, jnp.zeros(4)),
+        ValueError,
+        "v0 must be finite and nonzero",
+    ),
+    (
+        "lanczos k>D",
+        lambda: theory.lanczos(lambda v: v, jnp.ones(4), k=5),
+        ValueError,
+        "k must be in",
+    ),
+    (
+        "make_scale_invariant non-callable",
+        lambda: theory.make_scale_invariant(3),
+        TypeError,
+        "fn must be callable",
+    ),
+    ("normalize bad groups", lambda: theory.normalize(W, (2, 2)), ValueError, "add up to 4"),
+    (
+        "predicted_eos_onset eos0<0",
+        lambda: theory.predicted_eos_onset(0.1, 0.1, -1.0),
+        ValueError,
+        "eos0 must be a positive",
+    ),
+    (
+        "project_to_manifold w=0",
+        lambda: theory.project_to_manifold(L, Z),
+        ValueError,
+        "w must be nonzero",
+    ),
+    (
+        "project_to_manifold 3-D",
+        lambda: theory.project_to_manifold(L, jnp.ones((1, 1, 3))),
+        ValueError,
+        "shape",
+    ),
+    (
+        "sharpness_flow tau<0",
+        lambda: theory.sharpness_flow(L, W, tau=-1.0),
+        ValueError,
+        "tau must be",
+    ),
+    (
+        "sharpness_flow form",
+        lambda: theory.sharpness_flow(L, W, tau=1.0, form="F3"),
+        ValueError,
+        "form must be",
+    ),
+    (
+        "sharpness_flow rtol<0",
+        lambda: theory.sharpness_flow(L, W, tau=1.0, rtol=-1.0),
+        ValueError,
+        "rtol must be a positive",
+    ),
+    (
+        "tangent_projector method",
+        lambda: theory.tangent_projector(L, W, rank=1, method="qr"),
+        ValueError,
+        "method must be",
+    ),
+    (
+        "gauss_newton_project w NaN",
+        lambda: theory.gauss_newton_project(P.residuals, NAN),
+        ValueError,
+        "w must be finite",
+    ),
+    (
+        "eos_equilibrium_start wd=0",
+        lambda: theory.eos_equilibrium_start(L, W, eta=0.1, wd=0.0),
+        ValueError,
+        "wd must be a positive",
+    ),
+    (
+        "compare_with_flow shapes",
+        lambda: theory.compare_with_flow(L, np.arange(3), np.ones((2, 3)), eta=0.1, wd=0.1, t0=0),
+        ValueError,
+        "w must have shape",
+    ),
+    (
+        "gd_wd_sweep sizes",
+        lambda: gd_wd_sweep(L, W, eta=[0.1, 0.2], wd=[1e-3] * 3, steps=5),
+        ValueError,
+        "disagree",
+    ),
+    (
+        "gd_wd_sweep w0 3-D",
+        lambda: gd_wd_sweep(L, jnp.ones((1, 1, 3)), eta=0.1, wd=0.1, steps=5),
+        ValueError,
+        "w0 must have shape",
+    ),
+    ("data digits n_train=0", lambda: sims_data.digits(n_train=0), ValueError, "n_train"),
+    ("data unknown name", lambda: sims_data.load("imagenet"), ValueError, "imagenet"),
+    (
+        "data cifar10 missing dir",
+        lambda: sims_data.cifar10("/nonexistent/cifar"),
+        FileNotFoundError,
+        "/nonexistent/cifar",
+    ),
+    (
+        "problems unknown name",
+        lambda: theory.problems.get_problem("nope"),
+        ValueError,
+        "valid names",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "msg"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_value_gets_clear_error(call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call()
+
+
+COMMANDS = [
+    (["phases", "--eta", "-1"], "eta must be a positive"),
+    (["phases", "--steps", "many"], "invalid int value"),
+    (["phases", "--problems", "nope"], "problems must be among"),
+    (["phases", "--dtype", "float16"], "invalid choice"),
+    (["phases", "--scale", "huge"], "invalid choice"),
+    (["gd_vs_flow", "--eta-wd", "0.5"], "eta_wd values must be in"),
+    (["gd_vs_flow", "--starts", "random"], "starts must be among"),
+    (["check", "no_such_check"], "unknown check"),
+]
+
+
+@pytest.mark.parametrize(("argv", "msg"), COMMANDS, ids=[" ".join(c[0]) for c in COMMANDS])
+def test_bad_command_line(argv, msg, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sims_cli.main([*argv, "--results-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert msg in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_unknown_commands(tmp_path, capsys):
+    assert sims_cli.main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        figures_cli.main(["nonexistent", "--results-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_figures_refuse_missing_and_corrupted_results(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(MissingResultsError, match="python -m sims phases"):
+        figures_cli.main(["phases", "--results-dir", str(tmp_path), "--out-dir", str(out)])
+    store = ResultStore(tmp_path)
+    path = store.save("phases", {"x": 1}, {"a": np.ones(3)}, {})
+    (path / "arrays.npz").write_bytes(b"\x00garbage")
+    with pytest.raises(MissingResultsError, match="damaged"):
+        figures_cli.main(["phases", "--results-dir", str(tmp_path), "--out-dir", str(out)])
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(MissingResultsError, match=r"damaged|no complete run"):
+        store.load(path)
+    assert not out.exists() or not any(out.iterdir())  # no partial figure
