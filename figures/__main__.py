@@ -10,6 +10,7 @@ from collections.abc import Sequence
 FIGURES = {
     "phases": "figures.phases",
     "gd_vs_flow": "figures.gd_vs_flow",
+    "networks": "figures.networks",
 }
 
 

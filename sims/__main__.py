@@ -16,6 +16,8 @@ from collections.abc import Sequence
 SIMS = {
     "phases": "sims.phases",
     "gd_vs_flow": "sims.gd_vs_flow",
+    "networks": "sims.networks",
+    "net_flow": "sims.net_flow",
 }
 
 

@@ -33,7 +33,7 @@ def _arg_spec(tp: Any) -> dict[str, Any]:
         return _arg_spec(args[0])
     if origin is tuple:
         (inner, *_) = typing.get_args(tp)
-        return {"type": _arg_spec(inner)["type"], "nargs": "+"}
+        return {"type": _arg_spec(inner)["type"], "nargs": "*"}
     if tp is bool:
         return {"type": _parse_bool, "metavar": "{true,false}"}
     if origin is typing.Literal:

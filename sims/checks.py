@@ -28,7 +28,7 @@ from theory.problems import PROBLEMS
 from theory.sharpness import spherical_sharpness
 from theory.tracking import fit_slope
 
-from . import gd_vs_flow, phases
+from . import gd_vs_flow, net_flow, networks, phases
 from ._runtime import dtype_from_config
 from ._store import ResultStore, StoredRun, _write_text, provenance
 
@@ -61,7 +61,12 @@ class Context:
     def results(self, sim: str) -> StoredRun:
         """Stored results of ``sim`` at ``scale`` (computed first if absent)."""
         if sim not in self._cache:
-            modules = {phases.NAME: phases, gd_vs_flow.NAME: gd_vs_flow}
+            modules = {
+                phases.NAME: phases,
+                gd_vs_flow.NAME: gd_vs_flow,
+                networks.NAME: networks,
+                net_flow.NAME: net_flow,
+            }
             if sim not in modules:
                 raise KeyError(f"no simulation named {sim!r}")
             module: Any = modules[sim]
@@ -597,6 +602,106 @@ def _gd_tracks_flow(ctx: Context) -> list[CheckResult]:
                 )
             )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Normalized networks on real data
+# --------------------------------------------------------------------------------------------
+
+
+@register("networks")
+def _networks(ctx: Context) -> list[CheckResult]:
+    stored = ctx.results(networks.NAME)
+    cfg = stored.meta["config"]
+    out = []
+    for name, s in stored.meta["summary"].items():
+        d = {"eta": cfg["eta"], "eta_wd": s["eta_wd"], "wd": s["wd"], "run": str(stored.path)}
+        if s["kind"] == "main":
+            reached = s["onset"] is not None
+            out.append(
+                CheckResult(
+                    f"{name}: EoS reached",
+                    "eta * lambda_1 reaches 2",
+                    "theorem",
+                    "LLA22",
+                    2.0,
+                    float(s["eos_end"]),
+                    "onset exists",
+                    reached,
+                    d,
+                )
+            )
+            if reached:
+                out.append(
+                    _within(
+                        f"{name}: eta * lambda_1 hovers at 2",
+                        "mean over the settled EoS phase (multi-group)",
+                        "theorem",
+                        "LLA22 (EoS)",
+                        2.0,
+                        s["eos_mean_eos_phase"],
+                        0.25,
+                        std=s["eos_std_eos_phase"],
+                        **d,
+                    )
+                )
+                out.append(
+                    CheckResult(
+                        f"{name}: spherical sharpness falls in the EoS",
+                        "S at the end < S at the onset",
+                        "theorem",
+                        "LLA22 (sharpness reduction)",
+                        s["sharpness_at_onset"],
+                        s["sharpness_end"],
+                        "end < onset",
+                        bool(s["sharpness_end"] < s["sharpness_at_onset"]),
+                        d,
+                    )
+                )
+        else:
+            what = "without weight decay" if s["kind"] == "no_wd" else "without normalization"
+            out.append(
+                CheckResult(
+                    f"{name}: no EoS {what}",
+                    "eta * lambda_1 never reaches 2 in the run",
+                    "theorem",
+                    "LLA22 (the effect needs both WD and normalization)",
+                    0.0,
+                    float(s["eos_end"]),
+                    "no onset",
+                    s["onset"] is None,
+                    d,
+                )
+            )
+    return out
+
+
+@register("net_flow")
+def _net_flow(ctx: Context) -> list[CheckResult]:
+    stored = ctx.results(net_flow.NAME)
+    s = stored.meta["summary"]
+    dist = s.get("dist_common_tau", s["dist_end"])
+    slope = float(s["slope"])
+    ok = bool(np.isfinite(slope) and slope > 0.25 and dist[-1] < dist[0])
+    return [
+        CheckResult(
+            "normalized MLP: GD tracks the flow (Gauss-Newton projection)",
+            "log-log slope of |P(w_t) - theta(tau)| at the last compared tau against eta*wd",
+            "theorem",
+            "LLA22 (error -> 0 as eta*wd -> 0)",
+            1.0,
+            slope,
+            "slope > 0.25 and the distance falls",
+            ok,
+            {
+                "eta_wd": s["eta_wd"],
+                "distance": dist,
+                "tau": s["tau_reached"],
+                "degenerate": s["degenerate"],
+                "run": str(stored.path),
+            },
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -132,3 +132,34 @@ def test_gd_vs_flow_tiny_store_and_figures(tmp_path):
     assert len(paths) == 3 and all(p.stat().st_size > 10_000 for p in paths)
     with pytest.raises(ValueError, match="eta_wd values"):
         gd_vs_flow.Config(eta_wd=(0.5,))
+
+
+def test_networks_tiny_run_and_figures(tmp_path):
+    from sims import net_flow, networks
+
+    cfg = networks.Config(
+        widths=(16, 16),
+        n_train=128,
+        eta_wd=(4e-3,),
+        tau_end=1.0,
+        record_every=10,
+        sharpness_every=5,
+    )
+    stored = networks.run_and_store(cfg, results_dir=tmp_path, progress=False)
+    s = stored.meta["summary"]
+    assert set(s) == {"s0_ewd0.004", "s0_no_wd", "s0_no_norm"}
+    main = s["s0_ewd0.004"]
+    assert main["onset"] is not None and main["sharpness_end"] < main["sharpness_start"]
+    assert s["s0_no_wd"]["onset"] is None  # without weight decay no EoS within the run
+    assert not s["s0_no_norm"]["scale_invariant"]
+    assert 0.5 < main["test_accuracy"] <= 1.0
+    assert stored.arrays["s0_ewd0.004.t_eta_wd"][-1] == pytest.approx(1.0, rel=0.02)
+    small = net_flow.Config(eta_wd=(3e-3,), tau_end=0.2, rows=4)
+    nf = net_flow.run_and_store(small, results_dir=tmp_path, progress=False)
+    assert nf.meta["summary"]["dist_end"][0] < 0.05
+    import figures.networks
+
+    paths = figures.networks.main(tmp_path, tmp_path / "out")
+    assert len(paths) == 4 and all(p.stat().st_size > 10_000 for p in paths)
+    with pytest.raises(ValueError, match="needs cifar_path"):
+        networks.Config(dataset="cifar10")

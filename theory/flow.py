@@ -232,7 +232,7 @@ def _adaptive(
         t1=taus[-1],
         dt0=None,
         y0=y0,
-        saveat=diffrax.SaveAt(ts=taus),
+        saveat=diffrax.SaveAt(ts=taus, t1=True),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         event=diffrax.Event(degenerate),
         max_steps=max_steps,
@@ -241,7 +241,8 @@ def _adaptive(
     assert sol.ys is not None and sol.ts is not None
     stopped = jnp.asarray(False) if sol.event_mask is None else jnp.asarray(sol.event_mask)
     ok = sol.result == diffrax.RESULTS.successful
-    return sol.ys, sol.ts, sol.stats["num_accepted_steps"], stopped, ok
+    # The last saved entry is the terminal time: the end, or where the event fired.
+    return sol.ys[:-1], sol.ts, sol.stats["num_accepted_steps"], stopped, ok
 
 
 @eqx.filter_jit
@@ -374,7 +375,8 @@ def sharpness_flow(
                 f"the flow integrator failed before tau = {taus_np[-1]} (max_steps={max_steps} "
                 "reached or the step size underflowed); loosen rtol/atol or raise max_steps"
             )
-        valid = np.isfinite(np.asarray(ts))
+        t_end = float(np.asarray(ts)[-1])
+        valid = np.isfinite(np.asarray(ts)[:-1])
         ys = ys[valid]
         taus_np = taus_np[valid]
     else:
@@ -386,16 +388,20 @@ def sharpness_flow(
         n_steps = substeps * (len(taus_np) - 1)
         n_evals = 4 * n_steps
         stopped = jnp.asarray(False)
+        t_end = float(taus_np[-1])
     q = _measure(field_, ys)
     lam1, lam2 = np.asarray(q.lam1), np.asarray(q.lam2)
     gap = (lam1 - lam2) / np.abs(lam1)
     if bool(stopped) or np.any(gap < gap_tol):
-        last = int(np.argmax(gap < gap_tol)) if np.any(gap < gap_tol) else len(gap) - 1
+        if np.any(gap < gap_tol):
+            last = int(np.argmax(gap < gap_tol))
+            where, l1, l2 = float(taus_np[last]), lam1[last], lam2[last]
+        else:  # the event fired between saves: report the last save before it
+            where, l1, l2 = t_end, lam1[-1], lam2[-1]
         msg = (
             f"the top Hessian eigenvalue becomes degenerate along the flow near tau = "
-            f"{float(taus_np[last]):.4g} (lambda_1 = {lam1[last]:.6g}, lambda_2 = "
-            f"{lam2[last]:.6g}, relative gap below {gap_tol:g}): grad log lambda_1 is undefined "
-            "there"
+            f"{where:.4g} (relative gap below {gap_tol:g}; at the last save before it "
+            f"lambda_1 = {l1:.6g}, lambda_2 = {l2:.6g}): grad log lambda_1 is undefined there"
         )
         if on_degenerate == "raise":
             raise DegenerateSharpnessError(msg)

@@ -16,9 +16,11 @@ slow time ``tau(t) = 2 eta wd (t - t0)``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,7 @@ import numpy as np
 from . import _validate as check
 from ._types import Array, LossFn
 from .flow import FlowResult, SharpnessFlowField, sharpness_flow
+from .gauss_newton import gauss_newton_project
 from .manifold import hessian_rank, project_to_manifold
 
 
@@ -37,18 +40,27 @@ def eos_equilibrium_start(
     wd: float,
     form: Literal["F0", "F1"] = "F1",
     rank: int | None = None,
+    residual_fn: Callable[[Array], Array] | None = None,
 ) -> Array:
-    """A GD+WD start on the EoS equilibrium near ``Phi(theta)`` (dense geometry, small ``D``).
+    """A GD+WD start on the EoS equilibrium near ``Phi(theta)``.
 
     Returns ``w0 = sqrt(eta lambda_1 / 2) * normalize(theta + A v_1)`` with
-    ``A^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (form F1) or ``eta wd / 2`` (F0).
+    ``A^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (form F1) or ``eta wd / 2`` (F0). Dense geometry
+    (small ``D``), or with ``residual_fn`` (interpolating least squares) the Gauss-Newton
+    projection and the matrix-free least-squares geometry.
     """
     eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
     if form not in ("F0", "F1"):
         raise ValueError(f"form must be 'F0' or 'F1', got {form!r}")
-    th = project_to_manifold(loss, theta)
-    rank = hessian_rank(loss, th) if rank is None else rank
-    q = SharpnessFlowField(loss, rank, form).quantities(th)
+    if residual_fn is not None:
+        th = gauss_newton_project(residual_fn, theta).theta
+        rank = int(residual_fn(th).shape[0]) if rank is None else rank
+        field_ = SharpnessFlowField(loss, rank, form, "gauss_newton", residual_fn)
+    else:
+        th = project_to_manifold(loss, theta)
+        rank = hessian_rank(loss, th) if rank is None else rank
+        field_ = SharpnessFlowField(loss, rank, form)
+    q = field_.quantities(th)
     amp_sq = jnp.asarray(eta * wd / 2, th.dtype)
     if form == "F1":
         amp_sq = amp_sq / (1 + 0.25 * jnp.vdot(q.g, q.g))
@@ -92,6 +104,7 @@ def compare_with_flow(
     t0: int,
     form: Literal["F0", "F1"] = "F1",
     rank: int | None = None,
+    residual_fn: Callable[[Array], Array] | None = None,
     **flow_kwargs: Any,
 ) -> Comparison:
     """Compare recorded GD iterates with the flow started at ``Phi(w_hat_{t0})``.
@@ -104,6 +117,9 @@ def compare_with_flow(
         t0: the step where the flow starts (EoS onset, or 0 from the equilibrium).
         form: flow form, ``"F1"`` or ``"F0"``.
         rank: codimension of ``Gamma`` (default: counted at the start).
+        residual_fn: for interpolating least squares: project with the Gauss-Newton projection
+            (the foot of the normal, ``O(dist^2)`` from ``Phi``) and integrate with the
+            least-squares geometry (network scale).
         flow_kwargs: passed to :func:`theory.sharpness_flow` (``rtol``, ``geometry``, ...).
     """
     eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
@@ -116,12 +132,18 @@ def compare_with_flow(
         raise ValueError(f"t0={t0} must be one of the recorded steps")
     rows = np.asarray(w)[idx]
     tau = 2.0 * eta * wd * (step[idx] - t0).astype(np.float64)
-    phi = np.asarray(project_to_manifold(loss, jnp.asarray(rows)))
+    if residual_fn is not None:
+        phi = np.asarray(_gn_batch(residual_fn, jnp.asarray(rows)))
+        flow_kwargs = {"geometry": "gauss_newton", "residual_fn": residual_fn, **flow_kwargs}
+    else:
+        phi = np.asarray(project_to_manifold(loss, jnp.asarray(rows)))
     flow = sharpness_flow(loss, jnp.asarray(phi[0]), tau=tau, form=form, rank=rank, **flow_kwargs)
     n = len(flow.tau)  # shorter if the flow stopped at a degeneracy
     phi, rows, tau = phi[:n], rows[:n], tau[:n]
     w_hat = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    field_ = SharpnessFlowField(loss, flow.rank, form)
+    field_ = SharpnessFlowField(
+        loss, flow.rank, form, flow.config["geometry"], flow_kwargs.get("residual_fn")
+    )
     sharp_phi = np.asarray(jax.vmap(lambda y: field_.quantities(y).lam1)(jnp.asarray(phi)))
     return Comparison(
         step=step[idx][:n],
@@ -137,6 +159,13 @@ def compare_with_flow(
     )
 
 
+@eqx.filter_jit
+def _gn_batch(residual_fn: Callable[[Array], Array], rows: Array) -> Array:
+    return jax.vmap(lambda w: gauss_newton_project(residual_fn, w, raise_on_failure=False).theta)(
+        rows
+    )
+
+
 def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angle between rows, ``2 arcsin(|a_hat - b_hat| / 2)`` (accurate for tiny angles)."""
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
@@ -145,7 +174,9 @@ def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope and intercept of ``log y`` against ``log x``."""
+    """Least-squares slope and intercept of ``log y`` against ``log x`` (NaN for < 2 points)."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if lx.size < 2 or np.ptp(lx) == 0:
+        return float("nan"), float("nan")  # a slope needs two distinct x values
     slope, intercept = np.polyfit(lx, ly, 1)
     return float(slope), float(intercept)

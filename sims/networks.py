@@ -1,0 +1,290 @@
+"""LLA22's experiments on real data: normalized networks trained by full-batch GD+WD.
+
+For each seed and intrinsic learning rate ``eta * wd`` (``eta`` fixed, ``wd`` varied), a
+normalized network (BatchNorm or LayerNorm, no biases or affine parameters, fixed last layer:
+exactly scale-invariant per layer) is trained on a bundled dataset for ``tau_end / (eta wd)``
+steps, tracking every ``sharpness_every`` steps the multi-group EoS quantity (top eigenvalue of
+``D^{1/2} H D^{1/2}``, ``D`` = per-layer effective learning rates) and the spherical sharpness
+(each layer normalized), with train/test loss and accuracy at every recorded row. Ablations at
+the middle ``eta * wd``: no weight decay, and no normalization (the plain network with weight
+decay: not scale-invariant, so only ``eta * lambda_1`` is meaningful there).
+
+Stored per run ``<run>.``: step, eos, sharpness, norm, group_eta_eff, loss, and the metrics of
+``NetProblem.evaluate`` at every row; the summary has the onset, the mean EoS quantity over the
+EoS phase, the sharpness at the onset and at the end, and the final accuracies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory import nets
+from theory.gd import GDResult, GDSnapshot, gd_wd
+
+from . import _cli
+from . import data as datasets
+from ._checkpoint import Checkpoints
+from ._runtime import Progress, dtype_from_config
+from ._store import ResultStore, StoredRun
+
+NAME = "networks"
+ABLATIONS = ("no_wd", "no_norm")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the network experiments (``wd = eta_wd / eta``)."""
+
+    dataset: Literal["digits", "mnist1d", "cifar10"] = field(
+        default="digits", metadata={"help": "bundled data (cifar10 needs --cifar-path)"}
+    )
+    cifar_path: str = field(default="", metadata={"help": "directory of CIFAR-10 batches"})
+    n_train: int = field(default=1024, metadata={"help": "training samples"})
+    model: Literal["mlp", "vgg"] = field(default="mlp", metadata={"help": "architecture"})
+    widths: tuple[int, ...] = field(default=(64, 64), metadata={"help": "MLP hidden widths"})
+    channels: tuple[int, ...] = field(default=(16, 32), metadata={"help": "VGG channels"})
+    norm: Literal["batch", "layer"] = field(default="batch", metadata={"help": "normalization"})
+    loss: Literal["ce", "mse"] = field(default="ce", metadata={"help": "training loss"})
+    eta: float = field(default=0.5, metadata={"help": "learning rate"})
+    eta_wd: tuple[float, ...] = field(
+        default=(1e-3, 2e-3, 4e-3), metadata={"help": "intrinsic learning rates eta*wd"}
+    )
+    tau_end: float = field(default=3.0, metadata={"help": "train until t * eta * wd = tau_end"})
+    ablations: tuple[str, ...] = field(default=ABLATIONS, metadata={"help": "no_wd, no_norm"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "seeds (init, kicks)"})
+    record_every: int = field(default=10, metadata={"help": "record a row every N steps"})
+    sharpness_every: int = field(default=5, metadata={"help": "track sharpness every N steps"})
+    dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "precision"})
+
+    def __post_init__(self) -> None:
+        if self.dataset == "cifar10" and not self.cifar_path:
+            raise ValueError("dataset='cifar10' needs cifar_path (a directory of CIFAR-10 batches)")
+        bad = [a for a in self.ablations if a not in ABLATIONS]
+        if bad:
+            raise ValueError(f"ablations must be among {ABLATIONS}, got {bad}")
+        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
+            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
+        for name in ("eta", "tau_end"):
+            val = getattr(self, name)
+            if not (math.isfinite(val) and val > 0):
+                raise ValueError(f"{name} must be a positive finite float, got {val}")
+        if self.record_every % self.sharpness_every:
+            raise ValueError("sharpness_every must divide record_every")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+
+    @classmethod
+    def preset(cls, scale: str) -> Config:
+        """``quick``: digits, MLP 64-64, 3 eta*wd, 1 seed; ``full``: 256-256, 3 seeds."""
+        if scale == "quick":
+            return cls()
+        if scale == "full":
+            return cls(
+                widths=(256, 256),
+                seeds=(0, 1, 2),
+                eta_wd=(5e-4, 1e-3, 2e-3, 4e-3),
+                tau_end=4.0,
+                sharpness_every=2,
+            )
+        raise ValueError(f"scale must be 'quick' or 'full', got {scale!r}")
+
+
+def _dataset(cfg: Config) -> datasets.Dataset:
+    dtype = np.float64 if cfg.dtype == "float64" else np.float32
+    if cfg.dataset == "digits":
+        return datasets.digits(n_train=cfg.n_train, images=cfg.model == "vgg", dtype=dtype)
+    if cfg.dataset == "mnist1d":
+        ds = datasets.mnist1d(dtype=dtype)
+        if cfg.model == "vgg":
+            raise ValueError("model='vgg' needs image data (digits or cifar10), not mnist1d")
+        return ds
+    return datasets.cifar10(cfg.cifar_path, n_train=cfg.n_train, dtype=dtype)
+
+
+def make_network(cfg: Config, seed: int, norm: str) -> nets.NetProblem:
+    """The training problem of one run (``norm="none"`` for the plain-network ablation)."""
+    ds = _dataset(cfg)
+    model = (
+        nets.mlp(cfg.widths, norm=norm)  # type: ignore[arg-type]
+        if cfg.model == "mlp"
+        else nets.vgg(cfg.channels, norm=norm)  # type: ignore[arg-type]
+    )
+    return nets.make_problem(
+        model,
+        ds.x_train,
+        ds.y_train,
+        ds.x_test,
+        ds.y_test,
+        loss=cfg.loss,
+        num_outputs=ds.num_classes,
+        seed=seed,
+        dtype=np.dtype(cfg.dtype),
+    )
+
+
+def runs(cfg: Config) -> list[dict[str, Any]]:
+    """The run list: name, seed, eta*wd (0 for no WD), norm."""
+    out = []
+    for seed in cfg.seeds:
+        for ewd in cfg.eta_wd:
+            out.append(
+                {
+                    "name": f"s{seed}_ewd{ewd:g}",
+                    "seed": seed,
+                    "eta_wd": ewd,
+                    "wd": ewd / cfg.eta,
+                    "norm": cfg.norm,
+                    "kind": "main",
+                }
+            )
+    mid = sorted(cfg.eta_wd)[len(cfg.eta_wd) // 2]
+    seed = cfg.seeds[0]
+    if "no_wd" in cfg.ablations:
+        out.append(
+            {
+                "name": f"s{seed}_no_wd",
+                "seed": seed,
+                "eta_wd": mid,
+                "wd": 0.0,
+                "norm": cfg.norm,
+                "kind": "no_wd",
+            }
+        )
+    if "no_norm" in cfg.ablations:
+        out.append(
+            {
+                "name": f"s{seed}_no_norm",
+                "seed": seed,
+                "eta_wd": mid,
+                "wd": mid / cfg.eta,
+                "norm": "none",
+                "kind": "no_norm",
+            }
+        )
+    return out
+
+
+def _steps(cfg: Config, ewd: float) -> int:
+    every = cfg.record_every
+    return max(every, round(cfg.tau_end / ewd / every) * every)
+
+
+def _one(
+    cfg: Config, spec: dict[str, Any], ckpt: Checkpoints | None, progress: bool
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    prob = make_network(cfg, spec["seed"], spec["norm"])
+    steps = _steps(cfg, spec["eta_wd"])
+    invariant = spec["norm"] != "none"
+    resume = ckpt.load_snapshot(spec["name"]) if ckpt is not None else None
+
+    def save(snap: GDSnapshot) -> None:
+        if ckpt is not None:
+            ckpt.save_snapshot(spec["name"], snap)
+
+    with Progress(f"{NAME}/{spec['name']}", steps, progress) as bar:
+        res: GDResult = gd_wd(
+            prob.loss,
+            prob.w0,
+            eta=cfg.eta,
+            wd=spec["wd"],
+            steps=steps,
+            record_every=cfg.record_every,
+            sharpness_every=cfg.sharpness_every,
+            groups=prob.groups,
+            key=jax.random.PRNGKey(spec["seed"]),
+            perturbation=0.0,
+            check_invariance=invariant,
+            callback=bar,
+            chunk_steps=max(cfg.record_every, steps // 10),
+            on_snapshot=save,
+            resume=resume,
+            on_nonfinite="stop",
+        )
+    assert res.w is not None
+    metrics = jax.vmap(prob.evaluate)(jnp.asarray(res.w))
+    arrays = {
+        k: getattr(res, k)
+        for k in ("step", "eos", "sharpness", "norm", "loss", "group_eta_eff", "lanczos_residual")
+    }
+    arrays.update({k: np.asarray(v) for k, v in metrics.items()})
+    arrays["t_eta_wd"] = res.step * spec["eta_wd"]
+    info = {
+        **spec,
+        "steps": steps,
+        "onset": res.onset_step,
+        "diverged_at": res.diverged_at,
+        **_summary(res, metrics, invariant),
+    }
+    return arrays, info
+
+
+def _summary(res: GDResult, metrics: dict[str, Any], invariant: bool) -> dict[str, Any]:
+    n = len(res.step)
+    out: dict[str, Any] = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
+    on = res.onset_step
+    if on is not None:
+        after = res.step >= on + (res.step[-1] - on) // 4  # the EoS phase, settled
+        out["eos_mean_eos_phase"] = float(np.nanmean(res.eos[after]))
+        out["eos_std_eos_phase"] = float(np.nanstd(res.eos[after]))
+        i_on = int(np.searchsorted(res.step, on))
+        out["sharpness_at_onset"] = float(res.sharpness[min(i_on, n - 1)])
+    out["sharpness_start"] = float(res.sharpness[0])
+    out["sharpness_end"] = float(np.nanmean(res.sharpness[-max(1, n // 20) :]))
+    out["eos_end"] = float(np.nanmean(res.eos[-max(1, n // 20) :]))
+    out["scale_invariant"] = invariant
+    return out
+
+
+def run(
+    cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    dtype_from_config(cfg.dtype)
+    arrays: dict[str, np.ndarray] = {}
+    summary: dict[str, Any] = {}
+    for spec in runs(cfg):
+        cached = checkpoints.load_done(spec["name"]) if checkpoints is not None else None
+        if cached is None:
+            cached = _one(cfg, spec, checkpoints, progress)
+            if checkpoints is not None:
+                checkpoints.save_done(spec["name"], *cached)
+        sub, info = cached
+        arrays.update({f"{spec['name']}.{k}": v for k, v in sub.items()})
+        summary[spec["name"]] = info
+    return arrays, summary
+
+
+def run_and_store(
+    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
+) -> StoredRun:
+    store = ResultStore(results_dir)
+    found = store.find(NAME, cfg)
+    if found is not None and not force:
+        return store.load(found)
+    ckpt = Checkpoints(store, NAME, cfg)
+    if force:
+        ckpt.clear()
+    arrays, summary = run(cfg, progress=progress, checkpoints=ckpt)
+    path = store.save(NAME, cfg, arrays, summary, extra_meta={"seeds": list(cfg.seeds)})
+    ckpt.clear()
+    return store.load(path)
+
+
+def main(argv: Sequence[str] | None = None) -> StoredRun:
+    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
+    print(f"{NAME}: results in {stored.path}")
+    for name, s in stored.meta["summary"].items():
+        acc = s.get("test_accuracy", float("nan"))
+        eos = s.get("eos_mean_eos_phase", float("nan"))
+        print(
+            f"  {name:16s} onset {s['onset']!s:>6s}  <eos> {eos:6.3f}  "
+            f"S {s['sharpness_start']:8.3g} -> {s['sharpness_end']:8.3g}  test acc {acc:.4f}"
+        )
+    return stored
