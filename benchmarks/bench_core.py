@@ -1,7 +1,7 @@
 """Core benchmarks: Lanczos HVP counts (cold vs warm, against dense eigh) and the cost of
 tracking sharpness every GD step. Prints ratios side by side in one run.
 
-    python benchmarks/bench_core.py [--quick] [--json PATH]
+    python -m benchmarks.bench_core [--quick] [--json PATH]
 
 Part A (float64): the fewest HVPs for which the Lanczos top Ritz value is within 1e-6 relative
 of the reference (dense ``eigh`` where D is small; a Lanczos run converged to 1e-12 residual
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +28,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # a script, not library code: float64 for Part A
 
+from benchmarks._timing import median_time  # noqa: E402
 from theory.curvature import linearize_grad  # noqa: E402
 from theory.gd import gd_wd  # noqa: E402
 from theory.invariance import normalize  # noqa: E402
@@ -102,21 +101,11 @@ def part_a(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _per_step(run: Callable[[int], Any], steps: int, repeats: int) -> float:
     """Seconds per step from runs of ``steps`` and ``2 steps``: fixed costs (dispatch, the
     cold eigen-solve before the run, the final row) cancel in the difference."""
-    long = _median_time(lambda: run(2 * steps), repeats)
-    short = _median_time(lambda: run(steps), repeats)
+    long = median_time(lambda: run(2 * steps), repeats)[0]
+    short = median_time(lambda: run(steps), repeats)[0]
     return (long - short) / steps
 
 

@@ -1,6 +1,6 @@
 """Flow against GD: the cost of predicting the state at tau = 4 for eta*wd = 1e-4.
 
-    python benchmarks/bench_flow.py [--quick]
+    python -m benchmarks.bench_flow [--quick]
 
 GD+WD from the EoS equilibrium needs tau / (2 eta wd) = 20,000 steps (one gradient each) to
 reach tau = 4; the sharpness-reduction flow (F1, adaptive, dense geometry) gets there in a few
@@ -13,9 +13,6 @@ the flow's numerical error (against rtol 1e-11) and its distance to where GD act
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,21 +21,12 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # a script, not library code
 
+from benchmarks._timing import median_time  # noqa: E402
 from theory.flow import sharpness_flow  # noqa: E402
 from theory.gd import gd_wd  # noqa: E402
 from theory.manifold import project_to_manifold  # noqa: E402
 from theory.problems import curved_manifold  # noqa: E402
 from theory.tracking import eos_equilibrium_start  # noqa: E402
-
-
-def _median(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def measure(quick: bool = False) -> list[dict[str, Any]]:
@@ -53,7 +41,7 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
     ):
         theta0 = project_to_manifold(prob.loss, jnp.asarray(prob.start))
         w0 = eos_equilibrium_start(prob.loss, theta0, eta=eta, wd=wd)
-        t_gd, run = _median(
+        t_gd, run = median_time(
             lambda w0=w0, prob=prob: gd_wd(
                 prob.loss,
                 w0,
@@ -67,7 +55,7 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
         )
         phi_t = np.asarray(project_to_manifold(prob.loss, jnp.asarray(run.w[-1])))
         phi_0 = project_to_manifold(prob.loss, jnp.asarray(run.w[0]))
-        t_flow, flow = _median(
+        t_flow, flow = median_time(
             lambda prob=prob, phi_0=phi_0: sharpness_flow(
                 prob.loss, phi_0, tau=tau, num_saves=2, rtol=1e-6, atol=1e-8
             )

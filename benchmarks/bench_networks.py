@@ -1,6 +1,6 @@
 """Workload W1: the cost of tracking sharpness on a normalized MLP, every 10 steps and every step.
 
-    python benchmarks/bench_networks.py [--quick]
+    python -m benchmarks.bench_networks [--quick]
 
 Digits (first 1024 samples, standardized), MLP 64-256-256-10 with BatchNorm without affine after
 each hidden linear layer, ReLU, no biases, fixed last layer, MSE to one-hot; full-batch GD+WD with
@@ -12,26 +12,14 @@ residual 1e-3, eigenvalue error well below 1e-3). Target (issue 4): every step <
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from benchmarks._timing import median_time
 from sims import data
 from theory import nets
 from theory.gd import gd_wd
-
-
-def _median(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def measure(quick: bool = False) -> list[dict[str, Any]]:
@@ -64,7 +52,7 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
         ("sharpness every 10 steps", {"record_every": 10, "sharpness_every": 10}),
         ("sharpness every step", {"record_every": 10, "sharpness_every": 1}),
     ):
-        seconds, res = _median(
+        seconds, res = median_time(
             lambda extra=extra: gd_wd(prob.loss, prob.w0, **common, **extra), repeats
         )
         base = seconds if base is None else base

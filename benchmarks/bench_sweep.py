@@ -1,6 +1,6 @@
 """64 GD+WD configurations as one vmapped, sharded sweep against 64 runs one by one.
 
-    python benchmarks/bench_sweep.py [--quick]
+    python -m benchmarks.bench_sweep [--quick]
 
 An 8 x 8 grid over (eta, wd) on curved_manifold (D = 6, float64), untracked and with the
 sharpness tracked every 10 steps. Times are medians of warm runs (compiled once before); the
@@ -11,9 +11,6 @@ before any EoS onset (rounding only).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,19 +19,10 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # a script, not library code
 
+from benchmarks._timing import median_time  # noqa: E402
 from theory.gd import gd_wd  # noqa: E402
 from theory.problems import curved_manifold  # noqa: E402
 from theory.sweep import gd_wd_sweep  # noqa: E402
-
-
-def _median(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def measure(quick: bool = False) -> list[dict[str, Any]]:
@@ -76,8 +64,8 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
                 for i, (e, d) in enumerate(zip(etas, wds, strict=True))
             ]
 
-        t_sweep, sw = _median(sweep, repeats)
-        t_seq, seq = _median(one_by_one, repeats)
+        t_sweep, sw = median_time(sweep, repeats)
+        t_seq, seq = median_time(one_by_one, repeats)
         dev = 0.0
         for i, ref in enumerate(seq):
             cut = onsets[i] if onsets[i] is not None else steps + 1

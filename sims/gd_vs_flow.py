@@ -35,8 +35,9 @@ from theory.tracking import compare_with_flow, eos_equilibrium_start, fit_slope
 
 from . import _cli
 from ._checkpoint import Checkpoints
+from ._runner import stored_or_run
 from ._runtime import Progress, dtype_from_config
-from ._store import ResultStore, StoredRun
+from ._store import StoredRun
 from .phases import initial_point
 
 NAME = "gd_vs_flow"
@@ -210,17 +211,14 @@ def run_and_store(
     cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
 ) -> StoredRun:
     """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
-    store = ResultStore(results_dir)
-    found = store.find(NAME, cfg)
-    if found is not None and not force:
-        return store.load(found)
-    ckpt = Checkpoints(store, NAME, cfg)
-    if force:
-        ckpt.clear()
-    arrays, summary = run(cfg, progress=progress, checkpoints=ckpt)
-    path = store.save(NAME, cfg, arrays, summary, extra_meta={"seed": cfg.seed})
-    ckpt.clear()
-    return store.load(path)
+    return stored_or_run(
+        NAME,
+        cfg,
+        lambda ck: run(cfg, progress=progress, checkpoints=ck),
+        results_dir=results_dir,
+        force=force,
+        extra_meta={"seed": cfg.seed},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> StoredRun:

@@ -32,8 +32,9 @@ from theory.tracking import compare_with_flow, eos_equilibrium_start, fit_slope
 
 from . import _cli
 from . import data as datasets
+from ._runner import stored_or_run
 from ._runtime import Progress, dtype_from_config
-from ._store import ResultStore, StoredRun
+from ._store import StoredRun
 
 NAME = "net_flow"
 
@@ -176,12 +177,15 @@ def run(cfg: Config, *, progress: bool = True) -> tuple[dict[str, np.ndarray], d
 def run_and_store(
     cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
 ) -> StoredRun:
-    store = ResultStore(results_dir)
-    found = store.find(NAME, cfg)
-    if found is not None and not force:
-        return store.load(found)
-    arrays, summary = run(cfg, progress=progress)
-    return store.load(store.save(NAME, cfg, arrays, summary, extra_meta={"seed": cfg.seed}))
+    """The stored result of ``cfg`` (computed first unless stored)."""
+    return stored_or_run(
+        NAME,
+        cfg,
+        lambda ck: run(cfg, progress=progress),
+        results_dir=results_dir,
+        force=force,
+        extra_meta={"seed": cfg.seed},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> StoredRun:

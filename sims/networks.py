@@ -32,8 +32,9 @@ from theory.gd import GDResult, GDSnapshot, gd_wd
 from . import _cli
 from . import data as datasets
 from ._checkpoint import Checkpoints
+from ._runner import stored_or_run
 from ._runtime import Progress, dtype_from_config
-from ._store import ResultStore, StoredRun
+from ._store import StoredRun
 
 NAME = "networks"
 ABLATIONS = ("no_wd", "no_norm")
@@ -264,17 +265,15 @@ def run(
 def run_and_store(
     cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
 ) -> StoredRun:
-    store = ResultStore(results_dir)
-    found = store.find(NAME, cfg)
-    if found is not None and not force:
-        return store.load(found)
-    ckpt = Checkpoints(store, NAME, cfg)
-    if force:
-        ckpt.clear()
-    arrays, summary = run(cfg, progress=progress, checkpoints=ckpt)
-    path = store.save(NAME, cfg, arrays, summary, extra_meta={"seeds": list(cfg.seeds)})
-    ckpt.clear()
-    return store.load(path)
+    """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
+    return stored_or_run(
+        NAME,
+        cfg,
+        lambda ck: run(cfg, progress=progress, checkpoints=ck),
+        results_dir=results_dir,
+        force=force,
+        extra_meta={"seeds": list(cfg.seeds)},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> StoredRun:

@@ -29,8 +29,9 @@ from theory.sharpness import spherical_sharpness
 
 from . import _cli
 from ._checkpoint import Checkpoints
+from ._runner import stored_or_run
 from ._runtime import Progress, dtype_from_config
-from ._store import ResultStore, StoredRun
+from ._store import StoredRun
 from .analysis import eos_summary
 
 NAME = "phases"
@@ -186,17 +187,14 @@ def run_and_store(
     problems always; GD snapshots every ``checkpoint_every`` steps) and resumed by running the
     same config again; ``force`` discards it.
     """
-    store = ResultStore(results_dir)
-    found = store.find(NAME, cfg)
-    if found is not None and not force:
-        return store.load(found)
-    ckpt = Checkpoints(store, NAME, cfg)
-    if force:
-        ckpt.clear()
-    res = run(cfg, progress=progress, checkpoints=ckpt)
-    path = store.save(NAME, cfg, res.arrays(), res.summary, extra_meta={"seed": cfg.seed})
-    ckpt.clear()
-    return store.load(path)
+
+    def compute(ck: Checkpoints) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        res = run(cfg, progress=progress, checkpoints=ck)
+        return res.arrays(), res.summary
+
+    return stored_or_run(
+        NAME, cfg, compute, results_dir=results_dir, force=force, extra_meta={"seed": cfg.seed}
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> StoredRun:

@@ -483,7 +483,7 @@ def test_closed_form_flow_errors():
         problem.flow_closed_form(problem.start, 1.0, "F2")
     curved = _problem("curved_manifold")
     assert not curved.has_closed_form_flow
-    with pytest.raises(NotImplementedError, match="no closed-form flow"):
+    with pytest.raises(ValueError, match="no closed-form flow"):
         curved.flow_closed_form(curved.start, 1.0)
 
 

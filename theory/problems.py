@@ -137,7 +137,7 @@ class AnalyticProblem:
         if form not in _FLOW_FORMS:
             raise ValueError(f"form must be one of {_FLOW_FORMS}, got {form!r}")
         if self.flow_solution is None:
-            raise NotImplementedError(
+            raise ValueError(
                 f"{self.name} (manifold_dim={self.manifold_dim}) has no closed-form flow; "
                 "integrate the flow's vector field numerically"
             )
