@@ -377,6 +377,35 @@ _final = eqx.filter_jit(_final_core)
 # --------------------------------------------------------------------------------------------
 
 
+def check_rates(
+    eta: Any, wd: Any, perturbation: Any = 0.0, where: str = ""
+) -> tuple[float, float, float]:
+    """Validated ``(eta > 0, wd >= 0, perturbation >= 0)`` with ``eta * wd < 1``."""
+    eta = check.positive(eta, "eta")
+    wd = check.nonnegative(wd, "wd")
+    perturbation = check.nonnegative(perturbation, "perturbation")
+    if eta * wd >= 1:
+        raise ValueError(
+            f"eta * wd must be < 1 (the decay factor 1 - eta*wd must stay positive), "
+            f"got eta={eta}, wd={wd}{where}"
+        )
+    return eta, wd, perturbation
+
+
+def check_schedule(steps: Any, record_every: Any, sharpness_every: Any) -> tuple[int, int, int]:
+    """Validated ``(steps, record_every, sharpness_every)``; the last divides the second."""
+    steps = check.positive_int(steps, "steps")
+    record_every = check.positive_int(record_every, "record_every")
+    s_every = record_every if sharpness_every is None else sharpness_every
+    s_every = check.positive_int(s_every, "sharpness_every")
+    if record_every % s_every:
+        raise ValueError(
+            f"sharpness_every ({s_every}) must divide record_every ({record_every}) so that every "
+            "recorded row carries the sharpness of its own step"
+        )
+    return steps, record_every, s_every
+
+
 def gd_wd(
     loss: LossFn,
     w0: Array,
@@ -445,28 +474,15 @@ def gd_wd(
     Returns:
         :class:`GDResult`.
     """
-    eta = check.positive(eta, "eta")
-    wd = check.nonnegative(wd, "wd")
-    steps = check.positive_int(steps, "steps")
-    record_every = check.positive_int(record_every, "record_every")
-    s_every = record_every if sharpness_every is None else sharpness_every
-    s_every = check.positive_int(s_every, "sharpness_every")
-    if record_every % s_every:
-        raise ValueError(
-            f"sharpness_every ({s_every}) must divide record_every ({record_every}) so that every "
-            "recorded row carries the sharpness of its own step"
-        )
-    perturbation = check.nonnegative(perturbation, "perturbation")
-    perturb_every = check.positive_int(perturb_every, "perturb_every")
-    lanczos_iters = check.positive_int(lanczos_iters, "lanczos_iters")
-    chunk_steps = check.positive_int(chunk_steps, "chunk_steps")
+    eta, wd, perturbation = check_rates(eta, wd, perturbation)
+    steps, record_every, s_every = check_schedule(steps, record_every, sharpness_every)
+    perturb_every, lanczos_iters, chunk_steps = (
+        check.positive_int(perturb_every, "perturb_every"),
+        check.positive_int(lanczos_iters, "lanczos_iters"),
+        check.positive_int(chunk_steps, "chunk_steps"),
+    )
     if on_nonfinite not in ("raise", "stop"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
-    if eta * wd >= 1:
-        raise ValueError(
-            f"eta * wd must be < 1 (the decay factor 1 - eta*wd must stay positive), "
-            f"got eta={eta}, wd={wd}"
-        )
     w0, sizes = check.flat_vector(w0, "w0", groups)
     if check_invariance:
         check_scale_invariance(loss, w0, groups=sizes)

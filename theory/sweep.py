@@ -32,7 +32,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _validate as check
 from ._types import Array, Groups, LossFn
 from .curvature import linearize_grad
-from .gd import GDResult, _Carry, _final_core, _Params, _Row, _segment_core, _Static
+from .gd import (
+    GDResult,
+    _Carry,
+    _final_core,
+    _Params,
+    _Row,
+    _segment_core,
+    _Static,
+    check_rates,
+    check_schedule,
+)
 from .invariance import check_scale_invariance, normalize
 from .lanczos import default_tol, lanczos
 
@@ -206,23 +216,16 @@ def gd_wd_sweep(
     etas, wds = _broadcast(eta, n, "eta"), _broadcast(wd, n, "wd")
     kicks = _broadcast(perturbation, n, "perturbation")
     for i in range(n):
-        check.positive(etas[i], "eta")
-        check.nonnegative(wds[i], "wd")
-        check.nonnegative(kicks[i], "perturbation")
-        if etas[i] * wds[i] >= 1:
-            raise ValueError(f"eta * wd must be < 1, got {etas[i] * wds[i]} for configuration {i}")
+        check_rates(etas[i], wds[i], kicks[i], where=f" for configuration {i}")
     w0s = np.broadcast_to(w0_host, (n, w0_host.shape[-1])) if w0_host.ndim == 1 else w0_host
     first, sizes = check.flat_vector(jnp.asarray(w0s[0]), "w0", groups)
     for i in range(1, n):
         check.flat_vector(jnp.asarray(w0s[i]), f"w0[{i}]", sizes)
     dtype = first.dtype
-    steps = check.positive_int(steps, "steps")
-    record_every = check.positive_int(record_every, "record_every")
-    s_every = check.positive_int(
-        record_every if sharpness_every is None else sharpness_every, "sharpness_every"
-    )
-    if record_every % s_every:
-        raise ValueError(f"sharpness_every ({s_every}) must divide record_every ({record_every})")
+    steps, record_every, s_every = check_schedule(steps, record_every, sharpness_every)
+    perturb_every = check.positive_int(perturb_every, "perturb_every")
+    lanczos_iters = check.positive_int(lanczos_iters, "lanczos_iters")
+    chunk_steps = check.positive_int(chunk_steps, "chunk_steps")
     if check_invariance:
         check_scale_invariance(loss, first, groups=sizes)
     seeds_arr = np.arange(n) if seeds is None else np.asarray(seeds, dtype=np.int64)
