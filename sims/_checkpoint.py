@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -23,34 +22,16 @@ import numpy as np
 
 from theory.gd import GDSnapshot
 
-from ._store import ResultStore, _jsonable, config_hash
+from ._store import ResultStore, _jsonable, atomic_write, config_hash
 
 
 def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            payload: dict[str, Any] = dict(arrays)
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    payload: dict[str, Any] = dict(arrays)
+    atomic_write(path, lambda f: np.savez(f, **payload), binary=True)
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_jsonable(payload), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    atomic_write(path, lambda f: json.dump(_jsonable(payload), f))
 
 
 class Checkpoints:

@@ -20,10 +20,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -192,15 +192,23 @@ class ResultStore:
         return self.load(self.root / sim / pointer.read_text().strip())
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (temp file + ``os.replace``)."""
+def atomic_write(path: Path, write: Callable[[IO[Any]], object], *, binary: bool = False) -> None:
+    """Write ``path`` atomically: ``write(file)`` into a temporary sibling, fsync, ``os.replace``.
+
+    A crash leaves either the old file or the new one, never part of either.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically."""
+    atomic_write(path, lambda f: f.write(text))
