@@ -13,12 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SIMS = {
-    "phases": "sims.phases",
-    "gd_vs_flow": "sims.gd_vs_flow",
-    "networks": "sims.networks",
-    "net_flow": "sims.net_flow",
-}
+from .registry import SIMS
 
 
 def _all(argv: Sequence[str]) -> int:

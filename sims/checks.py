@@ -10,6 +10,7 @@ the simulation at the chosen scale first if there are none.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from theory.problems import PROBLEMS
 from theory.sharpness import spherical_sharpness
 from theory.tracking import fit_slope
 
-from . import gd_vs_flow, net_flow, networks, phases
+from . import gd_vs_flow, net_flow, networks, phases, registry
 from ._runtime import dtype_from_config
 from ._store import ResultStore, StoredRun, _write_text, provenance
 
@@ -61,15 +62,7 @@ class Context:
     def results(self, sim: str) -> StoredRun:
         """Stored results of ``sim`` at ``scale`` (computed first if absent)."""
         if sim not in self._cache:
-            modules = {
-                phases.NAME: phases,
-                gd_vs_flow.NAME: gd_vs_flow,
-                networks.NAME: networks,
-                net_flow.NAME: net_flow,
-            }
-            if sim not in modules:
-                raise KeyError(f"no simulation named {sim!r}")
-            module: Any = modules[sim]
+            module: Any = registry.module(sim)
             cfg = module.Config.preset(self.scale)
             self._cache[sim] = module.run_and_store(cfg, results_dir=self.store.root)
         return self._cache[sim]
@@ -702,6 +695,13 @@ def _net_flow(ctx: Context) -> list[CheckResult]:
             },
         )
     ]
+
+
+# Checks of further topics live in their own modules (``sims/checks_<topic>.py``) and register
+# themselves on import, in this order.
+TOPIC_MODULES: tuple[str, ...] = ()
+for _topic in TOPIC_MODULES:
+    importlib.import_module(_topic)
 
 
 # --------------------------------------------------------------------------------------------
