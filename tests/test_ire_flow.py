@@ -1,0 +1,56 @@
+"""The IRE speed-up study (sims.ire_flow): the derived formula, a tiny run, the figure, checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sims import ire_flow
+
+
+def test_local_speedup_limits() -> None:
+    g_sq = np.array([0.0, 0.3, 1.0, 4.0])
+    for kappa in (1.0, 10.0, 300.0):
+        # radial mode: exactly 1 + kappa whatever |g|
+        np.testing.assert_allclose(ire_flow.local_speedup(1 + kappa, 1 + kappa, g_sq), 1 + kappa)
+        tangent = ire_flow.local_speedup(1 + kappa, 1.0, g_sq)
+        assert tangent[0] == pytest.approx(1 + kappa)  # |g| -> 0: the naive 1 + kappa
+        assert np.all(tangent[1:] < 1 + 4 / g_sq[1:] + 1e-12)  # the norm limit
+    # kappa = 0 is GD+WD; a reversed drift without an equilibrium is undefined
+    np.testing.assert_allclose(ire_flow.local_speedup(1.0, 1.0, g_sq), 1.0)
+    assert np.isnan(ire_flow.local_speedup(-9.0, 1.0, np.array([1.0])))[0]
+
+
+def test_tiny_run_matches_the_derived_speedups_and_draws(tmp_path) -> None:
+    cfg = ire_flow.Config(
+        problems=("great_circle",),
+        kappas=(0.0, 3.0),
+        projectors=("current:1",),
+        rows=12,
+        tau_target=0.4,
+    )
+    stored = ire_flow.run_and_store(cfg, results_dir=tmp_path, progress=False)
+    rows = {(r["mode"], r["projector"], r["kappa"]): r for r in stored.meta["summary"]["table"]}
+    assert len(rows) == 5
+    assert rows[("tangent", "midpoint:1", 0.0)]["speedup"] == pytest.approx(1.0, rel=0.01)
+    radial = rows[("radial", "midpoint:1", 3.0)]
+    assert radial["speedup"] == pytest.approx(4.0, rel=0.03)  # measured 3.99
+    tangent = rows[("tangent", "midpoint:1", 3.0)]
+    assert tangent["speedup"] == pytest.approx(tangent["predicted"], rel=0.03)  # 2.65 vs 2.67
+    assert tangent["speedup"] < 3.0  # far from 1 + kappa = 4
+    assert rows[("tangent", "current:1", 10.0)]["speedup"] < 0  # the reversal
+    key = radial["key"]
+    assert stored.arrays[f"{key}.tau_eff"].shape == (13,)
+    import figures.ire_flow
+
+    paths = figures.ire_flow.main(tmp_path, tmp_path / "out")
+    assert len(paths) == 1 and paths[0].stat().st_size > 20_000
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="closed-form flows"):
+        ire_flow.Config(problems=("curved_manifold",))
+    with pytest.raises(ValueError, match="projector must look like 'current:K'"):
+        ire_flow.Config(projector="midpoint:0")
+    with pytest.raises(ValueError, match="kappas must be finite and >= 0"):
+        ire_flow.Config(kappas=(-1.0,))
