@@ -11,6 +11,7 @@ FIGURES = {
     "phases": "figures.phases",
     "gd_vs_flow": "figures.gd_vs_flow",
     "networks": "figures.networks",
+    "matrix_completion": "figures.matrix_completion",
     "ire_flow": "figures.ire_flow",
 }
 

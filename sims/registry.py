@@ -14,6 +14,7 @@ SIMS: dict[str, str] = {
     "gd_vs_flow": "sims.gd_vs_flow",
     "networks": "sims.networks",
     "net_flow": "sims.net_flow",
+    "matrix_completion": "sims.matrix_completion",
     "ire_flow": "sims.ire_flow",
 }
 
