@@ -13,6 +13,8 @@ FIGURES = {
     "networks": "figures.networks",
     "matrix_completion": "figures.matrix_completion",
     "ire_flow": "figures.ire_flow",
+    "ire_toy": "figures.ire_toy",
+    "ire_networks": "figures.ire_networks",
 }
 
 

@@ -699,7 +699,11 @@ def _net_flow(ctx: Context) -> list[CheckResult]:
 
 # Checks of further topics live in their own modules (``sims/checks_<topic>.py``) and register
 # themselves on import, in this order.
-TOPIC_MODULES: tuple[str, ...] = ("sims.checks_mc", "sims.checks_ire")
+TOPIC_MODULES: tuple[str, ...] = (
+    "sims.checks_mc",
+    "sims.checks_ire",
+    "sims.checks_ire_apps",
+)
 for _topic in TOPIC_MODULES:
     importlib.import_module(_topic)
 

@@ -16,6 +16,8 @@ SIMS: dict[str, str] = {
     "net_flow": "sims.net_flow",
     "matrix_completion": "sims.matrix_completion",
     "ire_flow": "sims.ire_flow",
+    "ire_toy": "sims.ire_toy",
+    "ire_networks": "sims.ire_networks",
 }
 
 

@@ -107,6 +107,7 @@ def test_exact_ire_at_the_current_iterate_reverses_the_drift_and_midpoint_does_n
         p0,
         100,
     )
+    np.testing.assert_allclose(mid.params[1], [1 - 1e-4, -0.01], rtol=1e-12)  # no midpoint yet
     assert mid.params[-1, 0] < 0.95  # drifts toward the flat end, like the mask
     assert mid.diverged_at == -1
 

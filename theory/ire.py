@@ -126,7 +126,8 @@ def exact_flat(
             only used with ``radial=False``.
         refresh_every: recompute ``V`` every this many steps (``>= 1``). Beware ``1`` at the Edge
             of Stability (see the module docstring).
-        warmup: steps before the first refresh (``>= 0``).
+        warmup: steps before the first refresh (``>= 0``; with ``point="midpoint"`` at least 1,
+            since step 0 has no previous iterate).
         max_iters: Lanczos Krylov dimension cap (default ``min(D, max(20, 2k + 10))``).
         tol: Lanczos relative residual tolerance (default ``3 sqrt(eps)`` of the dtype).
         point: ``"current"`` (the Hessian at ``theta_t``, the paper's form) or ``"midpoint"``
@@ -217,7 +218,8 @@ def exact_flat(
         "point": point,
         "solver": solver,
     }
-    return FlatSelector(init, refresh, project, refresh_every, warmup, point, describe)
+    first = max(warmup, 1) if point == "midpoint" else warmup
+    return FlatSelector(init, refresh, project, refresh_every, first, point, describe)
 
 
 class MaskState(NamedTuple):
@@ -275,8 +277,8 @@ def diagonal_mask(
                 "a pytree like params or a flat (D,) array"
             )
         m = mask_size(g, x.shape[0])
-        order = jnp.argsort(flat, stable=True)
-        mask = jnp.zeros_like(x).at[order[:m]].set(1)
+        _, smallest = jax.lax.top_k(-flat, m)  # equal values: the lower index first
+        mask = jnp.zeros_like(x).at[smallest].set(1)
         return MaskState(mask, flat)
 
     def project(st: MaskState, x: Array, u: Array) -> Array:
@@ -334,6 +336,8 @@ def fisher_diagonal(
 
             return jax.tree.map(jnp.square, jax.grad(sampled)(params))
 
+        if num_samples == 1:  # no vmap: a batch of one costs ~3x more on CPU
+            return one(key)
         est = jax.vmap(one)(jax.random.split(key, num_samples))
         return jax.tree.map(lambda a: jnp.mean(a, axis=0), est)
 

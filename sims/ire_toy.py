@@ -1,0 +1,288 @@
+"""The IRE paper's Figure 1: GD and IRE on ``L(u, v) = (1 + u^2) v^2 / 2`` from ``(1, 0.01)``.
+
+The minimizers are the line ``v = 0`` (the manifold ``Gamma``); on it the Hessian is
+``diag(0, 1 + u^2)``, so the sharpness is ``1 + u^2`` and the flattest minimizer is ``(0, 0)``.
+At ``(1, 0)`` the sharpness is 2, so GD with ``eta = 1`` starts exactly at the Edge of Stability
+(``eta * lambda_1 = 2``) and GD with ``eta = 2`` is unstable (``v`` is multiplied by
+``1 - eta (1 + u^2) = -3``) and diverges (Wang et al. 2024, Figure 1).
+
+Runs (all full-batch, ``steps`` steps, one compiled ``lax.scan`` each, float64):
+
+* ``gd_eta1``, ``gd_eta2``: plain GD with ``eta`` and ``eta_diverge``;
+* ``mask_k<kappa>``: IRE on GD ``eta`` with the paper's diagonal mask (Algorithm 1) built from the
+  exact Hessian diagonal ``(v^2, 1 + u^2)`` with ``gamma = 0.5``: the one coordinate selected is
+  ``u``, i.e. the tangent of ``Gamma`` -- the ideal flat direction. The mask is refreshed every
+  ``refresh_every`` steps; it is the same at every refresh here (``v^2 < 1 + u^2``);
+* ``exact_current_k<kappa>``, ``exact_midpoint_k<kappa>``: IRE with the exact selector (the
+  complement of the top Hessian eigenvector, ``k = 1``), refreshed every ``exact_refresh_every``
+  steps, with the Hessian at the current iterate or at the midpoint of the last two. At the
+  current iterate the top eigenvector is tilted by ``2 u v / (1 + u^2)`` and the projected
+  gradient's ``u`` component is ``-u v^2`` instead of ``+u v^2``: the amplified drift is
+  reversed, ``u`` grows and the run goes unstable; the midpoint cancels the tilt.
+
+Stored per run ``<run>.``: ``step``, ``u``, ``v``, ``loss``, ``sharpness`` (``1 + u^2``, the
+sharpness of the nearest point of ``Gamma``) and ``lambda_max`` (the top eigenvalue of the
+Hessian at the iterate itself, ``(1 + u^2 + v^2)/2 + sqrt(((1 + u^2 - v^2)/2)^2 + 4 u^2 v^2)``).
+Rows after a divergence (the runner freezes the parameters at the last finite iterate) are NaN.
+The summary has the final ``u``, sharpness, the divergence step, the steps until the sharpness
+falls below each threshold for good, and, for GD and the mask, the continuum prediction of the
+final ``u`` [derived here]: with ``eta = 1``, ``u_0 = 1``, ``a = -log u`` and the per-step
+maps ``u <- u (1 - (1 + kappa) v^2)``, ``v <- -u^2 v``, the continuum limit is
+``da/dt = (1 + kappa) v^2``, ``d(v^2)/dt = -4 a v^2``, hence ``v^2 = v_0^2 - 2 a^2 / (1 + kappa)``
+and the drift stops at ``u_inf = exp(-v_0 sqrt((1 + kappa) / 2))`` (valid while the per-step
+change ``(1 + kappa) v_0^2`` is small; for GD ``u_inf ~ 1 - v_0 / sqrt(2)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from theory.ire import dense_hessian_diagonal, diagonal_mask, exact_flat, ire
+from theory.optim import run_optimizer
+
+from . import _cli
+from ._checkpoint import Checkpoints
+from ._runner import stored_or_run
+from ._runtime import Progress, dtype_from_config
+from ._store import StoredRun
+
+NAME = "ire_toy"
+
+
+def toy_loss(w: jax.Array) -> jax.Array:
+    """``L(u, v) = (1 + u^2) v^2 / 2`` for ``w = (u, v)`` (IRE paper, Figure 1)."""
+    return (1 + w[0] ** 2) * w[1] ** 2 / 2
+
+
+def toy_lambda_max(w: jax.Array) -> jax.Array:
+    """Top eigenvalue of ``hess L(u, v) = [[v^2, 2 u v], [2 u v, 1 + u^2]]`` (closed form)."""
+    a, c, b = w[1] ** 2, 1 + w[0] ** 2, 2 * w[0] * w[1]
+    return (a + c) / 2 + jnp.sqrt(((c - a) / 2) ** 2 + b**2)
+
+
+def stall_prediction(u0: float, v0: float, eta: float, kappa: float) -> float:
+    """Continuum prediction of the final ``u`` for GD/IRE-mask (module docstring) [derived].
+
+    Only for the paper's start on the Edge of Stability, ``eta = 1`` and ``u_0 = 1``; NaN
+    otherwise.
+    """
+    if eta != 1.0 or u0 != 1.0:
+        return float("nan")
+    return math.exp(-abs(v0) * math.sqrt((1 + kappa) / 2))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the toy (the paper's values by default)."""
+
+    u0: float = field(default=1.0, metadata={"help": "initial u"})
+    v0: float = field(default=0.01, metadata={"help": "initial v"})
+    eta: float = field(default=1.0, metadata={"help": "learning rate of GD and IRE"})
+    eta_diverge: float = field(default=2.0, metadata={"help": "the larger GD learning rate"})
+    kappas: tuple[float, ...] = field(
+        default=(90.0, 900.0, 9000.0), metadata={"help": "IRE amplifications (diagonal mask)"}
+    )
+    exact_kappas: tuple[float, ...] = field(
+        default=(90.0, 900.0), metadata={"help": "amplifications of the exact selector runs"}
+    )
+    gamma: float = field(default=0.5, metadata={"help": "mask fraction (1 of 2 coordinates)"})
+    refresh_every: int = field(default=10, metadata={"help": "mask refresh interval K"})
+    exact_refresh_every: int = field(default=1, metadata={"help": "exact selector refresh"})
+    steps: int = field(default=1000, metadata={"help": "steps per run"})
+    record_every: int = field(default=1, metadata={"help": "record a row every N steps"})
+    thresholds: tuple[float, ...] = field(
+        default=(1.95, 1.9, 1.5, 1.1, 1.01),
+        metadata={"help": "sharpness levels for the steps-to-threshold summary"},
+    )
+    dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "precision"})
+
+    def __post_init__(self) -> None:
+        for name in ("u0", "v0", "eta", "eta_diverge", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        if self.eta <= 0 or self.eta_diverge <= 0:
+            raise ValueError(f"eta and eta_diverge must be > 0, got {self.eta}, {self.eta_diverge}")
+        if any(not (k >= 0 and math.isfinite(k)) for k in (*self.kappas, *self.exact_kappas)):
+            raise ValueError("kappas and exact_kappas must be finite and >= 0")
+        if not (0 < self.gamma < 1):
+            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
+        for name in ("refresh_every", "exact_refresh_every", "steps", "record_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps % self.record_every:
+            raise ValueError(f"record_every ({self.record_every}) must divide steps ({self.steps})")
+        if any(t <= 1 for t in self.thresholds):
+            raise ValueError(
+                f"thresholds must be > 1 (the minimum sharpness), got {self.thresholds}"
+            )
+
+    @classmethod
+    def preset(cls, scale: str) -> Config:
+        """``quick``: the paper's runs, 1000 steps; ``full``: also ``kappa = 9``, 10000 steps."""
+        if scale == "quick":
+            return cls()
+        if scale == "full":
+            return cls(
+                kappas=(9.0, 90.0, 900.0, 9000.0), exact_kappas=(9.0, 90.0, 900.0), steps=10000
+            )
+        raise ValueError(f"scale must be 'quick' or 'full', got {scale!r}")
+
+
+def runs(cfg: Config) -> list[dict[str, Any]]:
+    """The run list: name, method, learning rate, kappa, point."""
+    out: list[dict[str, Any]] = [
+        {"name": "gd_eta1", "method": "gd", "eta": cfg.eta, "kappa": 0.0, "point": None},
+        {"name": "gd_eta2", "method": "gd", "eta": cfg.eta_diverge, "kappa": 0.0, "point": None},
+    ]
+    for kappa in cfg.kappas:
+        out.append(
+            {
+                "name": f"mask_k{kappa:g}",
+                "method": "mask",
+                "eta": cfg.eta,
+                "kappa": kappa,
+                "point": None,
+            }
+        )
+    for kappa in cfg.exact_kappas:
+        for point in ("current", "midpoint"):
+            out.append(
+                {
+                    "name": f"exact_{point}_k{kappa:g}",
+                    "method": "exact",
+                    "eta": cfg.eta,
+                    "kappa": kappa,
+                    "point": point,
+                }
+            )
+    return out
+
+
+def make_optimizer(cfg: Config, spec: dict[str, Any]) -> optax.GradientTransformation:
+    """The optimizer of one run: GD, or IRE on GD with the mask or the exact selector."""
+    base = optax.sgd(spec["eta"])
+    if spec["method"] == "gd":
+        return base
+    if spec["method"] == "mask":
+        selector = diagonal_mask(
+            dense_hessian_diagonal(toy_loss), cfg.gamma, refresh_every=cfg.refresh_every
+        )
+    else:
+        selector = exact_flat(
+            toy_loss, 1, refresh_every=cfg.exact_refresh_every, point=spec["point"]
+        )
+    return ire(base, spec["kappa"], selector)
+
+
+def _observe(w: jax.Array) -> dict[str, jax.Array]:
+    return {"lambda_max": toy_lambda_max(w)}
+
+
+def steps_below(step: np.ndarray, sharp: np.ndarray, level: float) -> int | None:
+    """First recorded step from which ``sharp < level`` until the end (``None``: never)."""
+    above = ~(sharp < level)  # NaN (diverged) counts as above
+    if above[-1]:
+        return None
+    last_above = np.flatnonzero(above)
+    i = 0 if last_above.size == 0 else int(last_above[-1]) + 1
+    return int(step[i])
+
+
+def _one(cfg: Config, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    dtype = dtype_from_config(cfg.dtype)
+    w0 = jnp.asarray([cfg.u0, cfg.v0], dtype)
+    res = run_optimizer(
+        make_optimizer(cfg, spec),
+        toy_loss,
+        w0,
+        cfg.steps,
+        record_every=cfg.record_every,
+        observe=_observe,
+    )
+    u, v = res.params[:, 0].copy(), res.params[:, 1].copy()
+    loss, lam = res.loss.copy(), res.observed["lambda_max"].copy()
+    if res.diverged_at >= 0:
+        frozen = res.steps > res.diverged_at
+        for a in (u, v, loss, lam):
+            a[frozen] = np.nan
+    with np.errstate(over="ignore"):  # the iterates just before a divergence are ~1e268
+        sharp = 1 + u**2
+    arrays = {"step": res.steps, "u": u, "v": v, "loss": loss, "sharpness": sharp}
+    arrays["lambda_max"] = lam
+    # The last real iterate within the first 10 steps (a run that blew up earlier: its last).
+    early = min(10, cfg.steps, *([res.diverged_at] if res.diverged_at >= 0 else []))
+    i_early = int(np.searchsorted(res.steps, early, side="right")) - 1
+    info = {
+        **spec,
+        "diverged_at": res.diverged_at if res.diverged_at >= 0 else None,
+        "u_end": float(u[-1]),
+        "v_end": float(v[-1]),
+        "sharpness_end": float(sharp[-1]),
+        "lambda_max_end": float(lam[-1]),
+        "sharpness_max": float(np.nanmax(sharp)),
+        "u_change_early": float(u[i_early] - cfg.u0),
+        "early_step": int(res.steps[i_early]),
+        "steps_below": {f"{t:g}": steps_below(res.steps, sharp, t) for t in cfg.thresholds},
+        "u_end_continuum": (
+            stall_prediction(cfg.u0, cfg.v0, spec["eta"], spec["kappa"])
+            if spec["method"] in ("gd", "mask")
+            else float("nan")
+        ),
+    }
+    return arrays, info
+
+
+def run(
+    cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    dtype_from_config(cfg.dtype)
+    arrays: dict[str, np.ndarray] = {}
+    summary: dict[str, Any] = {}
+    specs = runs(cfg)
+    with Progress(NAME, len(specs), progress, unit="run") as bar:
+        for i, spec in enumerate(specs):
+            cached = checkpoints.load_done(spec["name"]) if checkpoints is not None else None
+            if cached is None:
+                cached = _one(cfg, spec)
+                if checkpoints is not None:
+                    checkpoints.save_done(spec["name"], *cached)
+            sub, info = cached
+            arrays.update({f"{spec['name']}.{k}": v for k, v in sub.items()})
+            summary[spec["name"]] = info
+            bar(i + 1, len(specs))
+    return arrays, summary
+
+
+def run_and_store(
+    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
+) -> StoredRun:
+    """The stored result of ``cfg`` (computed first unless stored)."""
+    return stored_or_run(
+        NAME,
+        cfg,
+        lambda ck: run(cfg, progress=progress, checkpoints=ck),
+        results_dir=results_dir,
+        force=force,
+        extra_meta={"seed": 0},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> StoredRun:
+    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
+    print(f"{NAME}: results in {stored.path}")
+    for name, s in stored.meta["summary"].items():
+        below = {k: v for k, v in s["steps_below"].items() if v is not None}
+        print(
+            f"  {name:22s} diverged at {s['diverged_at']!s:>5s}  u_end {float(s['u_end']):9.4g}  "
+            f"S_end {float(s['sharpness_end']):9.4g}  steps below {below}"
+        )
+    return stored
