@@ -85,7 +85,12 @@ def _paths(ax: plt.Axes, arr: dict[str, np.ndarray], table: list[dict[str, Any]]
 
 def _projectors(ax: plt.Axes, arr: dict[str, np.ndarray], table: list[dict[str, Any]]) -> None:
     problem = table[0]["problem"]
-    kap = max(r["kappa"] for r in table if r["projector"] != "midpoint:1")
+    variants = [r["kappa"] for r in table if r["projector"] != "midpoint:1"]
+    if not variants:
+        ax.text(0.5, 0.5, "(c) no projector variants in this run", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    kap = max(variants)
     rows = [
         r
         for r in table

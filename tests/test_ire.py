@@ -154,12 +154,13 @@ def test_exact_projection_is_orthogonal_to_the_top_k_eigenvectors(k: int, radial
     evals, evecs = np.linalg.eigh(np.asarray(jax.hessian(quartic)(p, a)))
     top = evecs[:, ::-1][:, :k]
     np.testing.assert_allclose(np.asarray(st.values), evals[::-1][:k], rtol=1e-9)
-    lz = exact_flat(quartic, k, radial=radial, groups=groups, refresh_every=1, solver="lanczos")
-    st_lz = jax.jit(lz.refresh, static_argnums=(3,))(
-        lz.init(p), p, jax.random.PRNGKey(0), _ident, (a,)
-    )
-    np.testing.assert_allclose(np.asarray(st_lz.values), evals[::-1][:k], rtol=1e-9)
-    assert int(st_lz.matvecs) <= d and float(st_lz.residual) < 1e-6
+    if k == 3 and not radial:  # the matrix-free solver agrees (compiled once: costly)
+        lz = exact_flat(quartic, k, radial=radial, groups=groups, solver="lanczos")
+        st_lz = jax.jit(lz.refresh, static_argnums=(3,))(
+            lz.init(p), p, jax.random.PRNGKey(0), _ident, (a,)
+        )
+        np.testing.assert_allclose(np.asarray(st_lz.values), evals[::-1][:k], rtol=1e-9)
+        assert int(st_lz.matvecs) <= d and float(st_lz.residual) < 1e-6
     u = jnp.asarray(np.random.default_rng(4).normal(size=d))
     pu = np.asarray(sel.project(st, p, u))
     assert np.max(np.abs(top.T @ pu)) < 1e-9 * np.linalg.norm(u)

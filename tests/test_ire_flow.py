@@ -22,23 +22,19 @@ def test_local_speedup_limits() -> None:
 
 
 def test_tiny_run_matches_the_derived_speedups_and_draws(tmp_path) -> None:
+    # One kappa, both modes, no projector variants (the reversal is pinned in test_ire.py):
+    # two compiled programs.
     cfg = ire_flow.Config(
-        problems=("great_circle",),
-        kappas=(0.0, 3.0),
-        projectors=("current:1",),
-        rows=12,
-        tau_target=0.4,
+        problems=("great_circle",), kappas=(3.0,), projectors=(), rows=12, tau_target=0.4
     )
     stored = ire_flow.run_and_store(cfg, results_dir=tmp_path, progress=False)
-    rows = {(r["mode"], r["projector"], r["kappa"]): r for r in stored.meta["summary"]["table"]}
-    assert len(rows) == 5
-    assert rows[("tangent", "midpoint:1", 0.0)]["speedup"] == pytest.approx(1.0, rel=0.01)
-    radial = rows[("radial", "midpoint:1", 3.0)]
+    rows = {(r["mode"], r["kappa"]): r for r in stored.meta["summary"]["table"]}
+    assert len(rows) == 2
+    radial = rows[("radial", 3.0)]
     assert radial["speedup"] == pytest.approx(4.0, rel=0.03)  # measured 3.99
-    tangent = rows[("tangent", "midpoint:1", 3.0)]
+    tangent = rows[("tangent", 3.0)]
     assert tangent["speedup"] == pytest.approx(tangent["predicted"], rel=0.03)  # 2.65 vs 2.67
     assert tangent["speedup"] < 3.0  # far from 1 + kappa = 4
-    assert rows[("tangent", "current:1", 10.0)]["speedup"] < 0  # the reversal
     key = radial["key"]
     assert stored.arrays[f"{key}.tau_eff"].shape == (13,)
     import figures.ire_flow

@@ -72,6 +72,7 @@ def test_tiny_run_stores_expected_arrays_figures_and_checks(tmp_path):
     assert any("never decreases" in r.name and r.passed for r in results)
 
 
+@pytest.mark.slow  # ~20 s; the other simulations' resume tests run by default
 def test_crash_and_resume_is_bitwise_equal(tmp_path, monkeypatch):
     ref = mc.run_and_store(TINY, results_dir=tmp_path / "ref", progress=False)
 
