@@ -10,10 +10,23 @@ iterate, its norm (and per-group norms), the effective learning rate ``eta / |w_
 quantity ``eta * lambda_1(hess L(w_t))`` (``= eta_eff * S`` for one group; the top eigenvalue of
 ``D^{1/2} H(w_hat) D^{1/2}`` with per-group effective rates for several groups).
 
-Sharpness is computed by Lanczos on the Hessian at the iterate, warm-started from the previous
-eigenvector; the gradient that the GD step needs comes from the same linearization, so the
-primal pass is shared. The whole run is a ``lax.scan`` over recorded blocks inside ``jit``, split
-into equal chunks (one compilation) so long runs can report progress between chunks.
+The EoS quantity is computed on every tracked step (every ``sharpness_every`` steps) by Lanczos
+on ``eta H(w_t)``, warm-started from an earlier tracked step's eigenvector (of the same parity
+when ``sharpness_every`` is odd: the EoS oscillation has period 2) and stopped at the first
+Krylov dimension whose relative Ritz residual meets ``lanczos_tol``; the gradient that the GD step
+needs comes from the same linearization, so the primal pass is shared. With several groups the
+spherical sharpness is a second operator and is solved only on recorded rows (by default). The
+whole run is a ``lax.scan`` over recorded blocks inside ``jit``, split into equal chunks (one
+compilation) so long runs can report progress between chunks.
+
+Cost and accuracy (measured, ``benchmarks/bench_networks.py``): one HVP costs about 1.7-1.9
+gradients on a dense network (its tangent program has about twice the gradient's matmuls), so
+tracking every step costs at least ``1 + 1.8 m`` gradients per step with ``m`` HVPs per solve.
+A relative residual ``r`` gives an eigenvalue error of at most ``r`` and about ``r^2 / gap``
+(relative gap to the next eigenvalue), so ``lanczos_tol = 1e-2`` already gives about 1e-3 when
+the top gap is a few percent. Where the top two eigenvalues nearly cross, a warm-started solve
+can converge on the second one (an error up to their gap, rare: measured once in 1000 steps on
+a small problem at ``lanczos_tol = 1e-3``); the residual does not reveal it.
 """
 
 from __future__ import annotations
@@ -66,10 +79,23 @@ class GDResult:
         group_eta_eff: ``(n, G)`` ``eta / |w_g|^2``.
         loss: ``(n,)`` ``L(w_t)``.
         grad_norm: ``(n,)`` ``|grad L(w_t)|`` (raw; times ``|w_t|`` for the sphere's gradient).
-        sharpness: ``(n,)`` spherical sharpness ``S(w_t)`` (NaN where not tracked).
-        eos: ``(n,)`` EoS quantity ``eta * lambda_1(hess L(w_t))`` (NaN where not tracked).
-        lanczos_matvecs: ``(n,)`` HVPs spent on the row's sharpness.
-        lanczos_residual: ``(n,)`` relative Ritz residual achieved.
+        sharpness: ``(n,)`` spherical sharpness ``S(w_t)`` of the row's own step (NaN where not
+            tracked). One group: ``eos |w_t|^2 / eta``, free. Several groups: its own Lanczos
+            solve, done on recorded rows only (never on the tracked steps between rows, where it
+            would not be stored; ``record_every = sharpness_every`` has it on every tracked
+            step), warm-started from the previous row's eigenvector.
+        eos: ``(n,)`` EoS quantity ``eta * lambda_1(hess L(w_t))`` of the row's own step (NaN
+            where not tracked). Every row is a tracked step (``sharpness_every`` divides
+            ``record_every``) and its value comes from the same per-step solve as the steps
+            between rows, so the rows sample the per-step tracker's accuracy.
+        lanczos_matvecs: ``(n,)`` HVPs spent on the row's own step (EoS solve plus, with several
+            groups, the spherical solve).
+        lanczos_residual: ``(n,)`` relative Ritz residual ``|A y - theta y| / |theta|`` achieved on
+            the row's own step (the larger of the two solves' with several groups); above
+            ``lanczos_tol`` only where a solve hit ``lanczos_iters``.
+        block_matvecs: ``(n,)`` HVPs spent by all steps from the row's step up to the next row's
+            (exclusive; the last row: its own step), so ``block_matvecs.sum()`` is the run's
+            total. ``None`` for results stored before it existed.
         onset_step: first tracked step with ``eos >= 2`` (``None`` if never), resolved to
             ``sharpness_every`` steps and found inside the run, not only on recorded rows.
         diverged_at: first step with a non-finite iterate (``None`` if none).
@@ -96,6 +122,7 @@ class GDResult:
     wd: float
     groups: Groups
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    block_matvecs: np.ndarray | None = None
 
     ARRAYS = (
         "step",
@@ -110,6 +137,7 @@ class GDResult:
         "eos",
         "lanczos_matvecs",
         "lanczos_residual",
+        "block_matvecs",
         "v1",
     )
 
@@ -197,12 +225,18 @@ def predicted_eos_onset(eta: float, wd: float, eos0: float, *, exact: bool = Tru
 
 
 class _Static(NamedTuple):
-    """Settings that change the compiled program (hashable, passed as static)."""
+    """Settings that change the compiled program (hashable, passed as static).
+
+    ``parity_warm_start``: warm-start a tracked step from the eigenvector of two tracked steps
+    before when ``sharpness_every`` is odd (see :func:`_observe`); it has a default so that
+    callers built before it (the sweep) keep working.
+    """
 
     groups: Groups
     track: bool
     max_iters: int
     record_iterates: bool
+    parity_warm_start: bool = True
 
 
 class _Params(NamedTuple):
@@ -219,12 +253,16 @@ class _Params(NamedTuple):
 
 class _Carry(NamedTuple):
     w: Array
-    v: Array  # warm start: top eigenvector of eta * H(w)
-    vs: Array  # warm start: top eigenvector of H(w_hat) (several groups only)
+    v: Array  # warm start: top eigenvector of eta * H(w) at the last tracked step
+    vs: Array  # warm start: top eigenvector of H(w_hat) where last solved (several groups only)
     t: Array
     onset: Array
     bad: Array
     key: Array
+    # Top eigenvector of eta * H(w) at the tracked step before the last (the warm start of the
+    # other parity). None where it is not kept (callers built before it, e.g. the sweep): the
+    # warm start is then always ``v``.
+    vp: Array | None = None
 
 
 class _Obs(NamedTuple):
@@ -248,10 +286,37 @@ class _Row(NamedTuple):
     eos: Array
     matvecs: Array
     residual: Array
+    block_matvecs: Array  # HVPs spent by all steps of the row's block (the row's own included)
 
 
-def _observe(loss: LossFn, c: _Carry, p: _Params, st: _Static, track: Array) -> tuple[_Obs, _Carry]:
-    """Loss, gradient and (if ``track``) sharpness at ``c.w``; updates the warm starts."""
+def _observe(
+    loss: LossFn, c: _Carry, p: _Params, st: _Static, track: Array, record: bool
+) -> tuple[_Obs, _Carry]:
+    """Loss, gradient and (if ``track``) the EoS quantity at ``c.w``; updates the warm starts.
+
+    A tracked step linearizes ``grad L`` at ``c.w`` once: the primal output is the gradient the
+    GD step needs and every HVP only evaluates the tangent program. The EoS quantity is solved
+    by Lanczos (``k = 1``) warm-started from an earlier tracked step's eigenvector; it stops as
+    soon as the relative Ritz residual is ``<= p.tol`` (after one HVP if the warm start is
+    already an eigenvector to tolerance), or at ``st.max_iters`` HVPs.
+
+    Warm start. At the Edge of Stability the iterate oscillates with period 2, and so does the
+    Hessian: the top eigenvector of an even step is closer to that of the previous even step
+    than to that of the odd step in between. With ``st.parity_warm_start`` and an odd
+    ``sharpness_every`` (consecutive tracked steps alternate parity) the solve starts from the
+    eigenvector of two tracked steps before (``c.vp``), otherwise from the last one (``c.v``).
+    Each parity thus follows its own chain of eigenvectors; like any warm-started tracker, a
+    chain can stay on an eigenvector that has just been overtaken by another (a crossing of the
+    top two eigenvalues) until the Krylov space picks the new one up.
+
+    Spherical sharpness. With one group it is free, ``eos |w|^2 / eta``. With several groups it is
+    a second operator, ``M H(w) M = H(w_hat)`` (``M`` the per-group norms), solved only where it
+    is recorded (``record``, static: the steps between rows never store it; to have it on every
+    tracked step, record every tracked step), warm-started from its own last eigenvector
+    ``c.vs``. (Not from the EoS eigenvector just found: with unequal group norms the two
+    operators' top eigenvectors can lie on different branches of the spectrum, and a solve
+    started there was measured to converge to a lower eigenvalue, 18% off.)
+    """
     dtype = c.w.dtype
     nan = jnp.asarray(jnp.nan, dtype)
 
@@ -262,13 +327,19 @@ def _observe(loss: LossFn, c: _Carry, p: _Params, st: _Static, track: Array) -> 
             return lin(x)[1]
 
         key = jax.random.fold_in(c.key, c.t)
-        res = lanczos(lambda x: p.eta * hvp_fn(x), c.v, max_iters=st.max_iters, tol=p.tol, key=key)
+        start = c.v
+        if st.parity_warm_start and c.vp is not None:
+            start = jnp.where(p.sharpness_every % 2 == 1, c.vp, c.v)
+        res = lanczos(
+            lambda x: p.eta * hvp_fn(x), start, max_iters=st.max_iters, tol=p.tol, key=key
+        )
         eos, v = res.eigenvalues[0], res.eigenvectors[:, 0]
         resid = res.residuals[0] / jnp.abs(eos)
         matvecs = res.num_matvecs
+        vs = c.vs
         if len(st.groups) == 1:
             sharp, vs = eos * jnp.vdot(c.w, c.w) / p.eta, v
-        else:
+        elif record:
             m = expand_groups(group_norms(c.w, st.groups), st.groups)
             res_s = lanczos(
                 lambda x: m * hvp_fn(m * x), c.vs, max_iters=st.max_iters, tol=p.tol, key=key
@@ -276,8 +347,10 @@ def _observe(loss: LossFn, c: _Carry, p: _Params, st: _Static, track: Array) -> 
             sharp, vs = res_s.eigenvalues[0], res_s.eigenvectors[:, 0]
             resid = jnp.maximum(resid, res_s.residuals[0] / jnp.abs(sharp))
             matvecs = matvecs + res_s.num_matvecs
+        else:
+            sharp = nan
         obs = _Obs(val, grad, eos, sharp, jnp.asarray(matvecs, jnp.int32), resid)
-        return obs, c._replace(v=v, vs=vs)
+        return obs, c._replace(v=v, vs=vs, vp=None if c.vp is None else c.v)
 
     def untracked(c: _Carry) -> tuple[_Obs, _Carry]:
         val, grad = jax.value_and_grad(loss)(c.w)
@@ -300,10 +373,18 @@ def _perturb(w: Array, key: Array, scale: Array, groups: Groups) -> Array:
     return w + scale * expand_groups(per_coord, groups) * xi
 
 
-def _step(loss: LossFn, c: _Carry, p: _Params, st: _Static) -> tuple[_Carry, _Obs]:
-    """One GD+WD step from ``c`` (a no-op once the run has diverged)."""
-    track = (c.t % p.sharpness_every) == 0
-    obs, c = _observe(loss, c, p, st, track)
+def _step(
+    loss: LossFn,
+    c: _Carry,
+    p: _Params,
+    st: _Static,
+    record: bool = True,
+    force_track: Array | bool = False,
+) -> tuple[_Carry, _Obs]:
+    """One GD+WD step from ``c`` (a no-op once the run has diverged); ``record``: see _observe;
+    ``force_track``: track this step whatever ``sharpness_every`` says (the final row)."""
+    track = ((c.t % p.sharpness_every) == 0) | force_track
+    obs, c = _observe(loss, c, p, st, track, record)
     w_new = (1 - p.eta * p.wd) * c.w - p.eta * obs.grad
     due = (p.perturbation > 0) & ((c.t % p.perturb_every) == 0)
     w_new = jax.lax.cond(
@@ -320,7 +401,7 @@ def _step(loss: LossFn, c: _Carry, p: _Params, st: _Static) -> tuple[_Carry, _Ob
     return c._replace(w=w_next, t=c.t + 1, onset=onset, bad=bad), obs
 
 
-def _row(c: _Carry, obs: _Obs, st: _Static) -> _Row:
+def _row(c: _Carry, obs: _Obs, st: _Static, block_matvecs: Array) -> _Row:
     w = c.w if st.record_iterates else jnp.zeros((0,), c.w.dtype)
     return _Row(
         c.t,
@@ -332,44 +413,75 @@ def _row(c: _Carry, obs: _Obs, st: _Static) -> _Row:
         obs.eos,
         obs.matvecs,
         obs.residual,
+        jnp.asarray(block_matvecs, jnp.int32),
     )
 
 
 def _segment_core(
-    loss: LossFn, c: _Carry, p: _Params, st: _Static, n_blocks: int, active: Array, last: Array
+    loss: LossFn,
+    c: _Carry,
+    p: _Params,
+    st: _Static,
+    n_blocks: int,
+    active: Array,
+    last: Array,
+    final: Array,
 ) -> tuple[_Carry, _Row]:
     """``active`` of ``n_blocks`` recorded blocks run, the last of them for ``last`` steps.
 
     A block records the row of its first step and runs ``record_every`` steps in all; blocks
-    past ``active`` pad the last chunk to the compiled length and are discarded.
+    past ``active`` pad the last chunk to the compiled length and are discarded. ``final``
+    (with ``active = last = 1``) makes the one block the run's final row: tracked whatever
+    ``sharpness_every`` says; the caller keeps only its row and warm starts (:func:`_final_row`).
+    The final row reuses this compiled program rather than compiling its own, which was a third
+    of a run's compilation time.
     """
 
-    def quiet(_: Any, c: _Carry) -> _Carry:
-        return jax.lax.cond(c.bad < 0, lambda c: _step(loss, c, p, st)[0], lambda c: c, c)
+    def quiet(_: Any, cn: tuple[_Carry, Array]) -> tuple[_Carry, Array]:
+        def go(c: _Carry) -> tuple[_Carry, Array]:
+            c, obs = _step(loss, c, p, st, record=False)
+            return c, obs.matvecs
+
+        c, n = cn
+        c, spent = jax.lax.cond(c.bad < 0, go, lambda c: (c, jnp.asarray(0, jnp.int32)), c)
+        return c, n + spent
 
     def block(c: _Carry, i: Array) -> tuple[_Carry, _Row]:
         def run(c: _Carry) -> tuple[_Carry, _Row]:
-            c_next, obs = _step(loss, c, p, st)
+            c_next, obs = _step(loss, c, p, st, record=True, force_track=final)
             length = jnp.where(i == active - 1, last, p.record_every)
-            return jax.lax.fori_loop(1, length, quiet, c_next), _row(c, obs, st)
+            c_next, spent = jax.lax.fori_loop(1, length, quiet, (c_next, obs.matvecs))
+            return c_next, _row(c, obs, st, spent)
 
         def skip(c: _Carry) -> tuple[_Carry, _Row]:
             zero = jnp.zeros((), c.w.dtype)
-            obs = _Obs(zero, jnp.zeros_like(c.w), zero, zero, jnp.asarray(0, jnp.int32), zero)
-            return c, _row(c, obs, st)
+            none = jnp.asarray(0, jnp.int32)
+            obs = _Obs(zero, jnp.zeros_like(c.w), zero, zero, none, zero)
+            return c, _row(c, obs, st, none)
 
         return jax.lax.cond(i < active, run, skip, c)
 
     return jax.lax.scan(block, c, jnp.arange(n_blocks))
 
 
-def _final_core(loss: LossFn, c: _Carry, p: _Params, st: _Static) -> tuple[_Carry, _Row]:
-    obs, c = _observe(loss, c, p, st, jnp.asarray(st.track))
-    return c, _row(c, obs, st)
-
-
 _segment = eqx.filter_jit(_segment_core)
-_final = eqx.filter_jit(_final_core)
+
+
+def _final_row(
+    segment: Callable[..., tuple[_Carry, _Row]],
+    loss: LossFn,
+    c: _Carry,
+    p: _Params,
+    st: _Static,
+    n_blocks: int,
+) -> tuple[_Carry, _Row]:
+    """The final row at ``c`` (no step): one forced-tracked block of the compiled ``segment``
+    (``_segment`` or the sweep's batched one), whose rows the caller cuts to the first block.
+    Of the stepped carry only the warm starts are kept; iterate, counters and onset are ``c``'s.
+    """
+    one = jnp.asarray(1)
+    stepped, rows = segment(loss, c, p, st, n_blocks, one, one, jnp.asarray(True))
+    return c._replace(v=stepped.v, vs=stepped.vs, vp=stepped.vp), rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +530,8 @@ def gd_wd(
     track_sharpness: bool = True,
     sharpness_every: int | None = None,
     lanczos_tol: float | None = None,
-    lanczos_iters: int = 12,
+    lanczos_iters: int = 24,
+    warm_start: Literal["parity", "last"] = "parity",
     v0: Array | None = None,
     perturbation: float = 0.0,
     perturb_every: int = 1,
@@ -448,11 +561,22 @@ def gd_wd(
         track_sharpness: compute ``S`` and the EoS quantity (Lanczos); ``False`` runs bare GD.
         sharpness_every: track every this many steps (must divide ``record_every``; default
             ``record_every``). EoS onset is detected at this resolution.
-        lanczos_tol: relative Ritz residual (default ``3 sqrt(eps)``).
-        lanczos_iters: Krylov dimension (= HVP) cap per tracked step. The first eigenvector is
-            solved cold and accurately before the run; later steps start from the previous
-            one and usually converge in 1-3 HVPs. A step that hits the cap shows it in
-            ``lanczos_residual``.
+        lanczos_tol: relative Ritz residual at which every solve stops (default
+            ``3 sqrt(eps)``: float32 ~1e-3, float64 ~4.5e-8). The eigenvalue error is at most
+            the residual and about ``residual^2 / relative gap`` (module docstring): ``1e-2``
+            gives ~1e-3 on a network whose top gap is a few percent, for about half the HVPs
+            of the default.
+        lanczos_iters: Krylov dimension (= HVP) cap per solve. The first eigenvector is solved
+            cold and accurately before the run; later steps start warm and stop as soon as the
+            residual meets ``lanczos_tol`` (one HVP when the warm start already does). The
+            cap binds only where the top eigenvalues cluster or cross; a step that hits it
+            shows it in ``lanczos_residual``.
+        warm_start: ``"parity"`` (default) starts each tracked step's EoS solve from the
+            eigenvector of two tracked steps before when ``sharpness_every`` is odd (the EoS
+            oscillation has period 2, and so does the Hessian; measured on small multi-group
+            problems at the EoS: 30-50% fewer HVPs, and fewer solves stuck on the second
+            eigenvalue);
+            ``"last"`` always from the previous tracked step's.
         v0: start vector for the first tracked step (default: an accurate cold solve).
         perturbation: relative size of a random tangent kick that seeds the EoS oscillation when
             exact arithmetic sits exactly on the manifold (ALP22); 0 disables it.
@@ -483,6 +607,8 @@ def gd_wd(
     )
     if on_nonfinite not in ("raise", "stop"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    if warm_start not in ("parity", "last"):
+        raise ValueError(f"warm_start must be 'parity' or 'last', got {warm_start!r}")
     w0, sizes = check.flat_vector(w0, "w0", groups)
     if check_invariance:
         check_scale_invariance(loss, w0, groups=sizes)
@@ -506,7 +632,13 @@ def gd_wd(
             vs0 = res0.eigenvectors[:, 0]
     else:
         v0 = vs0 = jnp.zeros_like(w0)
-    st = _Static(sizes, bool(track_sharpness), min(lanczos_iters, w0.shape[0]), record_iterates)
+    st = _Static(
+        sizes,
+        bool(track_sharpness),
+        min(lanczos_iters, w0.shape[0]),
+        record_iterates,
+        parity_warm_start=warm_start == "parity",
+    )
     p = _Params(
         jnp.asarray(eta, dtype),
         jnp.asarray(wd, dtype),
@@ -516,7 +648,7 @@ def gd_wd(
         jnp.asarray(perturbation, dtype),
         jnp.asarray(perturb_every),
     )
-    carry = _Carry(w0, v0, vs0, jnp.asarray(0), jnp.asarray(-1), jnp.asarray(-1), key)
+    carry = _Carry(w0, v0, vs0, jnp.asarray(0), jnp.asarray(-1), jnp.asarray(-1), key, v0)
     config = {
         "eta": eta,
         "wd": wd,
@@ -527,6 +659,7 @@ def gd_wd(
         "track_sharpness": bool(track_sharpness),
         "lanczos_tol": tol,
         "lanczos_iters": st.max_iters,
+        "warm_start": warm_start,
         "perturbation": perturbation,
         "perturb_every": perturb_every,
         "record_iterates": record_iterates,
@@ -545,15 +678,17 @@ def gd_wd(
         active = min(chunk, n_blocks - done_blocks)
         final_chunk = done_blocks + active == n_blocks
         last = last_len if final_chunk else record_every
-        carry, seg = _segment(loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last))
+        carry, seg = _segment(
+            loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last), jnp.asarray(False)
+        )
         rows.append(jax.tree.map(lambda a, n=active: np.asarray(a[:n]), seg))
         done_blocks += active
         if on_snapshot is not None:
             on_snapshot(_snapshot(carry, rows, done_blocks, config))
         if callback is not None:
             callback(min(int(carry.t), steps), steps)
-    carry, final = _final(loss, carry, p, st)
-    rows.append(jax.tree.map(lambda a: np.asarray(a)[None], final))
+    carry, final = _final_row(_segment, loss, carry, p, st, chunk)
+    rows.append(jax.tree.map(lambda a: np.asarray(a)[:1], final))
     result = _assemble(rows, carry, eta, wd, sizes, st, config)
     if result.diverged_at is not None and on_nonfinite == "raise":
         raise DivergenceError(result.diverged_at, result)
@@ -575,9 +710,14 @@ def _restore(
             f"cannot resume: the snapshot was taken with different settings ({differ}); "
             "start the run afresh or pass the same settings"
         )
-    carry = _Carry(
-        **{n: jnp.asarray(snap.carry[n], dtype=getattr(like, n).dtype) for n in _Carry._fields}
-    )
+
+    def restore(name: str) -> Array:
+        ref, value = getattr(like, name), np.asarray(snap.carry[name])
+        if getattr(ref, "weak_type", False):  # a Python-scalar counter: keep it weakly typed,
+            return jnp.asarray(value.item())  # or the resumed run compiles a second program
+        return jnp.asarray(value, dtype=ref.dtype)
+
+    carry = _Carry(**{n: restore(n) for n in _Carry._fields})
     rows = [_Row._make(np.asarray(snap.rows[n]) for n in _Row._fields)]
     return carry, rows, int(snap.done_blocks)
 
@@ -613,6 +753,7 @@ def _assemble(
         eos=cols["eos"],
         lanczos_matvecs=cols["matvecs"],
         lanczos_residual=cols["residual"],
+        block_matvecs=cols["block_matvecs"],
         onset_step=onset if onset >= 0 else None,
         diverged_at=bad if bad >= 0 else None,
         v1=np.asarray(c.v),

@@ -35,7 +35,7 @@ from .curvature import linearize_grad
 from .gd import (
     GDResult,
     _Carry,
-    _final_core,
+    _final_row,
     _Params,
     _Row,
     _segment_core,
@@ -151,10 +151,9 @@ _init_batch = eqx.filter_jit(eqx.filter_vmap(_initial_vectors, in_axes=(None, 0,
 _CARRY_AXES = _Carry(0, 0, 0, None, 0, 0, 0)  # type: ignore[arg-type]
 _PARAM_AXES = _Params(0, 0, 0, None, None, 0, None)  # type: ignore[arg-type]
 _segment_batch = eqx.filter_jit(
-    eqx.filter_vmap(_segment_core, in_axes=(None, _CARRY_AXES, _PARAM_AXES, None, None, None, None))
-)
-_final_batch = eqx.filter_jit(
-    eqx.filter_vmap(_final_core, in_axes=(None, _CARRY_AXES, _PARAM_AXES, None))
+    eqx.filter_vmap(
+        _segment_core, in_axes=(None, _CARRY_AXES, _PARAM_AXES, None, None, None, None, None)
+    )
 )
 
 
@@ -275,15 +274,15 @@ def gd_wd_sweep(
         active = min(chunk, n_blocks - done)
         last = last_len if done + active == n_blocks else record_every
         carry, seg = _segment_batch(
-            loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last)
+            loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last), jnp.asarray(False)
         )
         carry = carry._replace(t=carry.t[0])  # vmap broadcast the shared counter
         rows.append(jax.tree.map(lambda a, k=active: _gather(a)[:, :k], seg))
         done += active
         if callback is not None:
             callback(min(done * record_every, steps), steps)
-    carry, final = _final_batch(loss, carry, p, st)
-    rows.append(jax.tree.map(lambda a: _gather(a)[:, None], final))
+    carry, final = _final_row(_segment_batch, loss, carry, p, st, chunk)
+    rows.append(jax.tree.map(lambda a: _gather(a)[:, :1], final))
     return _assemble_sweep(
         rows,
         carry,
