@@ -17,7 +17,7 @@ from theory.curvature import (
 
 
 @pytest.mark.parametrize("groups", [None, (3, 4, 5)])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64])
 def test_hvp_matches_dense_hessian(groups, dtype):
     # Same arithmetic up to reassociation: float32 ~1e-6, float64 ~1e-14 of |H||v|.
     loss, w = random_loss(12, groups, 0, dtype)

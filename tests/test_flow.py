@@ -14,7 +14,7 @@ from theory.tracking import compare_with_flow, eos_equilibrium_start, fit_slope
 
 
 @pytest.mark.parametrize("name", ["great_circle", "ire_toy"])
-@pytest.mark.parametrize("form", ["F1", "F0"])
+@pytest.mark.parametrize("form", ["F1", pytest.param("F0", marks=pytest.mark.slow)])
 def test_flow_matches_closed_form(name, form):
     # Adaptive (rtol 1e-10) against the closed-form solution at every save; lambda_1 falls.
     prob = PROBLEMS[name]()
@@ -43,6 +43,7 @@ def test_vector_field_against_closed_form():
         np.testing.assert_allclose(lz.g, g, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_curved_manifold_against_independent_integration():
     # No closed form here: integrate the closed-form Riemannian field with scipy (DOP853,
     # rtol 1e-12, no projection) and compare endpoints at tau = 2 within 1e-6 relative.
@@ -84,6 +85,7 @@ def _crossing(u):
     return 0.5 * ((2 + u[0]) * u[2] ** 2 + (2 - u[0]) * u[3] ** 2)
 
 
+@pytest.mark.slow
 def test_degenerate_top_eigenvalue_is_reported():
     loss = make_scale_invariant(_crossing)
     start = jnp.array([0.8, 0.6, 0.0, 0.0])
@@ -131,6 +133,7 @@ def test_gd_tracks_the_flow_from_the_equilibrium():
         compare_with_flow(prob.loss, run.step, run.w, eta=eta, wd=wd, t0=7)
 
 
+@pytest.mark.slow
 def test_gauss_newton_geometry_matches_dense():
     # Least-squares geometry (Lanczos + residual-Jacobian projector + GN retraction) against the
     # dense geometry from the same point of Gamma: same flow to the integrator's accuracy.

@@ -115,6 +115,7 @@ def _check_network_run(stored, selectors):
     return s, arr
 
 
+@pytest.mark.slow
 def test_network_sim_mask_stores_and_figure(tmp_path):
     stored = ire_networks.run_and_store(TINY_NET, results_dir=tmp_path, progress=False)
     s, _ = _check_network_run(stored, ("mask",))

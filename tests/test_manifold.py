@@ -75,6 +75,7 @@ def _saddle(u):
     return -(u[2] ** 2) + 0.5 * u[0] ** 2
 
 
+@pytest.mark.slow
 def test_projection_failures_are_clear():
     loss = make_scale_invariant(_saddle)
     # Started exactly on a saddle: the gradient is 0 but it is not a minimizer.

@@ -28,6 +28,7 @@ TINY = mc.Config(
 RUNS = ("s0_ewd0.004", "s0_no_wd", "s0_no_norm")
 
 
+@pytest.mark.slow
 def test_tiny_run_stores_expected_arrays_figures_and_checks(tmp_path):
     stored = mc.run_and_store(TINY, results_dir=tmp_path, progress=False)
     s = stored.meta["summary"]

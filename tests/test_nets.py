@@ -74,7 +74,8 @@ def _build(case: str, dtype=F64, loss: str = "mse", **kw) -> nets.NetProblem:
 
 problem = functools.cache(_build)
 
-INVARIANT = ["mlp_bn", "mlp_ln", "vgg_bn", "mc"]
+# The VGG cases compile for ~20 s each: in the slow suite.
+INVARIANT = ["mlp_bn", "mlp_ln", pytest.param("vgg_bn", marks=pytest.mark.slow), "mc"]
 
 
 def _point(p: nets.NetProblem, seed: int = 0) -> jax.Array:
@@ -251,7 +252,7 @@ def test_evaluate_matches_direct_computation(loss):
     np.testing.assert_allclose(metrics["train_loss"], _loss(p, w), rtol=1e-12)
 
 
-@pytest.mark.parametrize("case", ["mlp_bn", "vgg_bn", "mc"])
+@pytest.mark.parametrize("case", ["mlp_bn", pytest.param("vgg_bn", marks=pytest.mark.slow), "mc"])
 def test_test_predictions_use_training_statistics(case):
     p = problem(case)
     w = _point(p, 5)
@@ -291,7 +292,7 @@ def test_matrix_completion_minimizer_and_held_out_entries():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["mlp_bn", "vgg_bn", "mc"])
+@pytest.mark.parametrize("case", ["mlp_bn", pytest.param("vgg_bn", marks=pytest.mark.slow), "mc"])
 def test_residuals_match_loss(case):
     p = problem(case)
     w = _point(p, 6)
@@ -351,6 +352,7 @@ def test_data_are_jit_arguments():
     assert max_const(closed_over) >= x_tr.size
 
 
+@pytest.mark.slow
 def test_gd_wd_smoke():
     x, y = _digits(32, 0, features=16)
     xt, yt = _digits(8, 1, features=16)

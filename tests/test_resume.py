@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = [
@@ -34,6 +35,7 @@ def _arrays(results: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bitwise_equal(tmp_path):
     ref = subprocess.run(
         [*ARGS, "--results-dir", str(tmp_path / "ref")],

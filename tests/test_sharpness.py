@@ -13,7 +13,7 @@ RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-11}  # Lanczos default tol -> ~eps/ga
 
 
 @pytest.mark.parametrize("groups", [None, (3, 4, 5)])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64])
 def test_spherical_sharpness_against_eigh(groups, dtype):
     loss, w = random_loss(12, groups, 2, dtype)
     w_hat = normalize(w, groups)

@@ -110,6 +110,7 @@ def test_checks_registry_and_report(tmp_path):
         checks.run_checks(ctx, ["no_such_check"])
 
 
+@pytest.mark.slow
 def test_gd_vs_flow_tiny_store_and_figures(tmp_path):
     from sims import gd_vs_flow
 
@@ -134,6 +135,7 @@ def test_gd_vs_flow_tiny_store_and_figures(tmp_path):
         gd_vs_flow.Config(eta_wd=(0.5,))
 
 
+@pytest.mark.slow
 def test_networks_tiny_run_and_figures(tmp_path):
     from sims import net_flow, networks
 

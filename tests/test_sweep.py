@@ -41,6 +41,7 @@ def _compare(sweep, kw):
     return worst, onsets
 
 
+@pytest.mark.slow
 def test_sweep_equals_one_by_one():
     kw = {"steps": 1500, "record_every": 10, "sharpness_every": 1, "perturbation": 1e-10}
     sweep = gd_wd_sweep(PROB.loss, W0, eta=ETAS, wd=WDS, **kw)

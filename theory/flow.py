@@ -347,6 +347,11 @@ def sharpness_flow(
     theta0, _ = check.flat_vector(theta0, "theta0")
     dtype = theta0.dtype
     taus_np = _save_times(tau, num_saves, dtype)
+    # Checked before the projection below compiles, so a bad value fails at once.
+    rtol = check.positive(rtol, "rtol")
+    atol = check.positive(atol, "atol")
+    gap_tol = check.nonnegative(gap_tol, "gap_tol")
+    max_steps = check.positive_int(max_steps, "max_steps")
     if residual_fn is not None:
         start = gauss_newton_project(residual_fn, theta0).theta
         rank = int(residual_fn(start).shape[0]) if rank is None else rank
@@ -363,10 +368,10 @@ def sharpness_flow(
             retract,
             start,
             taus,
-            jnp.asarray(check.positive(rtol, "rtol"), dtype),
-            jnp.asarray(check.positive(atol, "atol"), dtype),
-            jnp.asarray(check.nonnegative(gap_tol, "gap_tol"), dtype),
-            check.positive_int(max_steps, "max_steps"),
+            jnp.asarray(rtol, dtype),
+            jnp.asarray(atol, dtype),
+            jnp.asarray(gap_tol, dtype),
+            max_steps,
         )
         n_steps = int(steps)
         n_evals = 6 * n_steps
