@@ -1,7 +1,9 @@
 """LLA22's figures on real data, from the stored ``networks`` results.
 
 * ``networks_eos``: the EoS quantity ``eta * lambda_1(hess L(w))`` rising to 2 and hovering
-  while the spherical sharpness falls, with train/test accuracy (the middle ``eta * wd``);
+  (dots: at midpoints of consecutive iterates, the proxy of the manifold point ``Phi(w)``; at the
+  iterates a chaotic oscillation inflates it) while the spherical sharpness falls, with
+  train/test accuracy (the middle ``eta * wd``);
 * ``networks_ablations``: spherical sharpness and the EoS quantity against ``t * eta * wd`` for
   every ``eta * wd`` (the curves should collapse), and the ablations without weight decay and
   without normalization; test accuracy along all runs;
@@ -38,6 +40,13 @@ def eos_figure(
     eos = arr[f"{name}.eos"]
     ax[0].plot(step, eos, lw=0.5, alpha=0.5, color=COLORS["gd"], label="GD")
     ax[0].plot(step, running_mean(eos, 21), color="k", lw=1.2, label="running mean")
+    mid = arr.get(f"{name}.eos_mid")
+    if mid is not None and np.any(np.isfinite(mid)):
+        ok = np.isfinite(mid)
+        ax[0].plot(
+            step[ok], mid[ok], "o", ms=3, color=COLORS["ref"],
+            label=r"at $(w_t + w_{t+1})/2$",
+        )  # fmt: skip
     ax[0].axhline(2.0, color=COLORS["flow"], ls="--", lw=1, label="2")
     if s["onset"] is not None:
         for a in ax:

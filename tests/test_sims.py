@@ -165,3 +165,27 @@ def test_networks_tiny_run_and_figures(tmp_path):
     assert len(paths) == 4 and all(p.stat().st_size > 10_000 for p in paths)
     with pytest.raises(ValueError, match="needs cifar_path"):
         networks.Config(dataset="cifar10")
+
+
+def test_midpoint_eos_against_dense_hessian():
+    # networks.midpoint_eos: eta * lambda_1 at (w_t + w_{t+1}) / 2 on rows of the settled EoS
+    # phase, against eigvalsh of jax.hessian at a midpoint rebuilt here from the GD+WD step.
+    import jax
+
+    from sims import networks
+    from tests._losses import random_loss
+    from theory.gd import gd_wd
+
+    loss, w0 = random_loss(12, None, 0)
+    eta, wd = 0.5, 0.01
+    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=1000, record_every=10, perturbation=1e-10)
+    assert res.onset_step is not None
+    mid = networks.midpoint_eos(loss, res, eta, wd)
+    rows = np.flatnonzero(np.isfinite(mid))
+    assert 8 <= len(rows) <= networks.MID_ROWS
+    assert np.all(res.step[rows] >= res.onset_step)
+    for i in rows:
+        w = jax.numpy.asarray(res.w[i])
+        w_next = (1 - eta * wd) * w - eta * jax.grad(loss)(w)
+        ref = eta * np.linalg.eigvalsh(np.asarray(jax.hessian(loss)((w + w_next) / 2)))[-1]
+        assert mid[i] == pytest.approx(ref, rel=1e-8)
