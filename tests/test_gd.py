@@ -132,7 +132,7 @@ def test_no_weight_decay_norm_grows():
     assert np.all(np.diff(res.norm) >= 0)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
 def test_dtype_is_kept(dtype):
     loss, w0 = random_loss(12, None, 5, dtype)
     res = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=20)
@@ -240,7 +240,7 @@ def test_snapshot_and_resume_are_bitwise():
     [
         pytest.param(jnp.float64, 1e-3, 0, marks=pytest.mark.slow),
         pytest.param(jnp.float64, 1e-3, 1, marks=pytest.mark.slow),
-        (jnp.float32, None, 0),
+        pytest.param(jnp.float32, None, 0, marks=pytest.mark.slow),
         pytest.param(jnp.float32, None, 1, marks=pytest.mark.slow),
     ],
 )
@@ -282,6 +282,7 @@ def test_every_step_eos_against_dense_hessian(dtype, tol, seed):
     assert res.block_matvecs.sum() / len(res.step) < 10
 
 
+@pytest.mark.slow
 def test_parity_warm_start_saves_hvps_at_the_eos():
     # Same run, EoS solves only (spherical on rows every 10 steps): starting from the eigenvector
     # of two steps before (same phase of the period-2 oscillation) costs fewer HVPs than from the

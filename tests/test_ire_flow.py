@@ -21,6 +21,7 @@ def test_local_speedup_limits() -> None:
     assert np.isnan(ire_flow.local_speedup(-9.0, 1.0, np.array([1.0])))[0]
 
 
+@pytest.mark.slow
 def test_tiny_run_matches_the_derived_speedups_and_draws(tmp_path) -> None:
     # One kappa, both modes, no projector variants (the reversal is pinned in test_ire.py):
     # two compiled programs.
