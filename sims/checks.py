@@ -655,6 +655,7 @@ def _networks(ctx: Context) -> list[CheckResult]:
                         **d,
                     )
                 )
+            if reached:
                 out.append(
                     CheckResult(
                         f"{name}: spherical sharpness falls in the EoS",
