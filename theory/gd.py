@@ -19,9 +19,9 @@ spherical sharpness is a second operator and is solved only on recorded rows (by
 whole run is a ``lax.scan`` over recorded blocks inside ``jit``, split into equal chunks (one
 compilation) so long runs can report progress between chunks.
 
-Cost and accuracy (measured, ``benchmarks/bench_networks.py``): one HVP costs about 1.7-1.9
+Cost and accuracy (measured, ``benchmarks/bench_networks.py``): one HVP costs about 1.5-2.0
 gradients on a dense network (its tangent program has about twice the gradient's matmuls), so
-tracking every step costs at least ``1 + 1.8 m`` gradients per step with ``m`` HVPs per solve.
+tracking every step costs at least ``1 + 1.5 m`` gradients per step with ``m`` HVPs per solve.
 A relative residual ``r`` gives an eigenvalue error of at most ``r`` and about ``r^2 / gap``
 (relative gap to the next eigenvalue), so ``lanczos_tol = 1e-2`` already gives about 1e-3 when
 the top gap is a few percent. Where the top two eigenvalues nearly cross, a warm-started solve
@@ -574,7 +574,7 @@ def gd_wd(
         warm_start: ``"parity"`` (default) starts each tracked step's EoS solve from the
             eigenvector of two tracked steps before when ``sharpness_every`` is odd (the EoS
             oscillation has period 2, and so does the Hessian; measured on small multi-group
-            problems at the EoS: 30-50% fewer HVPs, and fewer solves stuck on the second
+            problems at the EoS: 30-70% fewer HVPs, and fewer solves stuck on the second
             eigenvalue);
             ``"last"`` always from the previous tracked step's.
         v0: start vector for the first tracked step (default: an accurate cold solve).
