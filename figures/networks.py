@@ -2,13 +2,13 @@
 
 * ``networks_eos``: the EoS quantity ``eta * lambda_1(hess L(w))`` rising to 2 and hovering
   (dots: at midpoints of consecutive iterates, the proxy of the manifold point ``Phi(w)``; at the
-  iterates a chaotic oscillation inflates it) while the spherical sharpness falls, with
-  train/test accuracy (the middle ``eta * wd``);
-* ``networks_ablations``: spherical sharpness and the EoS quantity against ``t * eta * wd`` for
-  every ``eta * wd`` (the curves should collapse), and the ablations without weight decay and
-  without normalization; test accuracy along all runs;
-* ``networks_accuracy_vs_sharpness``: final test accuracy against final spherical sharpness
-  across the scale-invariant runs.
+  iterates a chaotic oscillation inflates it) while the spherical sharpness falls (dots again at
+  midpoints), with train/test accuracy (the middle ``eta * wd``);
+* ``networks_ablations``: spherical sharpness and the EoS quantity (lines at the iterates, dots
+  at midpoints) against ``t * eta * wd`` for every ``eta * wd`` (the curves should collapse), and
+  the ablations without weight decay and without normalization; test accuracy along all runs;
+* ``networks_accuracy_vs_sharpness``: final test accuracy against final spherical sharpness (at
+  midpoints, mean over the last 10% of the run) across the scale-invariant runs.
 """
 
 from __future__ import annotations
@@ -29,6 +29,18 @@ def _main_runs(summary: dict[str, Any]) -> list[str]:
     return [k for k, s in summary.items() if s["kind"] == "main"]
 
 
+def _mid_dots(ax: Any, step: np.ndarray, mid: np.ndarray | None, color: Any) -> None:
+    """Values at midpoints of consecutive iterates (NaN where not measured) as dots."""
+    if mid is not None and np.any(np.isfinite(mid)):
+        ok = np.isfinite(mid)
+        ax.plot(step[ok], mid[ok], "o", ms=3, color=color, label=r"at $(w_t + w_{t+1})/2$")
+
+
+def _final_sharpness(s: dict[str, Any]) -> float:
+    """The final spherical sharpness at midpoints where stored, else at the iterates."""
+    return float(s.get("sharpness_end_mid", s["sharpness_end"]))
+
+
 def eos_figure(
     arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: dict[str, Any], out: Path
 ) -> Path:
@@ -40,13 +52,7 @@ def eos_figure(
     eos = arr[f"{name}.eos"]
     ax[0].plot(step, eos, lw=0.5, alpha=0.5, color=COLORS["gd"], label="GD")
     ax[0].plot(step, running_mean(eos, 21), color="k", lw=1.2, label="running mean")
-    mid = arr.get(f"{name}.eos_mid")
-    if mid is not None and np.any(np.isfinite(mid)):
-        ok = np.isfinite(mid)
-        ax[0].plot(
-            step[ok], mid[ok], "o", ms=3, color=COLORS["ref"],
-            label=r"at $(w_t + w_{t+1})/2$",
-        )  # fmt: skip
+    _mid_dots(ax[0], step, arr.get(f"{name}.eos_mid"), COLORS["ref"])
     ax[0].axhline(2.0, color=COLORS["flow"], ls="--", lw=1, label="2")
     if s["onset"] is not None:
         for a in ax:
@@ -58,8 +64,10 @@ def eos_figure(
         f"{cfg['dataset']}, {cfg['model']} {cfg['norm']}norm, {cfg['loss']}: "
         f"eta={cfg['eta']}, eta*wd={s['eta_wd']:g} (onset at step {s['onset']})"
     )
-    ax[1].semilogy(step, arr[f"{name}.sharpness"], color=COLORS["gd"])
+    ax[1].semilogy(step, arr[f"{name}.sharpness"], color=COLORS["gd"], lw=0.8, label="at $w_t$")
+    _mid_dots(ax[1], step, arr.get(f"{name}.sharpness_mid"), COLORS["ref"])
     ax[1].set_ylabel("spherical sharpness S")
+    ax[1].legend(loc="upper right")
     for key, style in (("train_accuracy", "-"), ("test_accuracy", "--")):
         if f"{name}.{key}" in arr:
             ax[2].plot(step, arr[f"{name}.{key}"], style, label=key.replace("_", " "))
@@ -78,8 +86,16 @@ def ablations_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: P
         x = arr[f"{name}.t_eta_wd"]
         c = cmap(i / max(len(mains) - 1, 1))
         lab = f"eta*wd={s['eta_wd']:g} (seed {s['seed']})"
-        ax[0].semilogy(x, arr[f"{name}.sharpness"], color=c, label=lab)
+        ax[0].semilogy(x, arr[f"{name}.sharpness"], color=c, lw=0.6, alpha=0.6, label=lab)
+        mid = arr.get(f"{name}.sharpness_mid")
+        if mid is not None:
+            ok = np.isfinite(mid)
+            ax[0].plot(x[ok], mid[ok], "o", ms=2.5, color=c)
         ax[1].plot(x, running_mean(arr[f"{name}.eos"], 21), color=c, label=lab)
+        mid = arr.get(f"{name}.eos_mid")
+        if mid is not None:
+            ok = np.isfinite(mid)
+            ax[1].plot(x[ok], mid[ok], "o", ms=2.5, color=c)
         if f"{name}.test_accuracy" in arr:
             ax[2].plot(x, arr[f"{name}.test_accuracy"], color=c, label=lab)
     for name, s in summary.items():
@@ -99,7 +115,7 @@ def ablations_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: P
             ax[2].plot(x, arr[f"{name}.test_accuracy"], color=style[0], ls=style[1], label=style[2])
     ax[0].set_ylabel("spherical sharpness S")
     ax[1].axhline(2.0, color=COLORS["ref"], lw=0.8)
-    ax[1].set_ylabel(r"$\eta\,\lambda_1$ (running mean)")
+    ax[1].set_ylabel(r"$\eta\,\lambda_1$ (lines: running mean at $w_t$; dots: at midpoints)")
     ax[2].set_ylabel("test accuracy")
     ax[2].set_ylim(0.85, 1.0)
     for a in ax:
@@ -119,9 +135,9 @@ def accuracy_figure(summary: dict[str, Any], out: Path) -> Path:
         if not s["scale_invariant"] or "test_accuracy" not in s:
             continue
         marker = "o" if s["kind"] == "main" else "s"
-        ax.scatter(s["sharpness_end"], s["test_accuracy"], marker=marker, label=f"{name}")
+        ax.scatter(_final_sharpness(s), s["test_accuracy"], marker=marker, label=f"{name}")
     ax.set_xscale("log")
-    ax.set_xlabel("final spherical sharpness S")
+    ax.set_xlabel("final spherical sharpness S (at midpoints of consecutive iterates)")
     ax.set_ylabel("final test accuracy")
     ax.legend(fontsize=7)
     ax.set_title("Test accuracy against final spherical sharpness")

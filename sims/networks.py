@@ -18,9 +18,12 @@ refers to the point ``Phi(w)`` on the manifold that the oscillating iterates str
 iterates: with cross-entropy at ``eta * wd = 2e-3`` the quantity at the iterates has quantiles
 5/25/50/75/95% = 2.18/2.64/3.00/3.31/4.49 over the last 200 steps (a chaotic EoS whose
 oscillation inflates ``lambda_1`` through the third derivative), while at the midpoint of
-consecutive iterates, ``(w_t + w_{t+1}) / 2``, it is 1.93/2.05/2.16/2.24/2.36. So ``eos_mid``
-(midpoint, on up to ``MID_ROWS`` rows of the settled EoS phase) is stored too and the summary
-has both means.
+consecutive iterates, ``(w_t + w_{t+1}) / 2``, it is 1.93/2.05/2.16/2.24/2.36. The spherical
+sharpness at the iterates is inflated the same way. So both are also measured at midpoints
+(``eos_mid``, ``sharpness_mid``; see :func:`midpoint_rows` for which rows), and the summary has
+the midpoint means next to the iterate ones (``eos_mid_mean_eos_phase``,
+``sharpness_at_onset_mid``, ``sharpness_end_mid``: the latter is what the accuracy figure and the
+checks use).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 
 from theory import nets
 from theory.gd import GDResult, GDSnapshot, gd_wd
+from theory.invariance import expand_groups, group_norms
 from theory.lanczos import lanczos
 
 from . import _cli
@@ -49,7 +53,7 @@ from ._store import StoredRun
 
 NAME = "networks"
 ABLATIONS = ("no_wd", "no_norm")
-MID_ROWS = 40  # rows of the settled EoS phase that get the midpoint EoS quantity
+MID_ROWS = 40  # rows over the run, and over the settled EoS phase, measured at midpoints
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,9 @@ def _one(
     }
     arrays.update({k: np.asarray(v) for k, v in metrics.items()})
     arrays["t_eta_wd"] = res.step * spec["eta_wd"]
-    arrays["eos_mid"] = midpoint_eos(prob.loss, res, cfg.eta, spec["wd"])
+    arrays["eos_mid"], arrays["sharpness_mid"] = midpoint_curvature(
+        prob.loss, res, cfg.eta, spec["wd"]
+    )
     info = {
         **spec,
         "steps": steps,
@@ -237,9 +243,7 @@ def _one(
         "diverged_at": res.diverged_at,
         **_summary(res, metrics, invariant),
     }
-    if np.any(np.isfinite(arrays["eos_mid"])):
-        info["eos_mid_mean_eos_phase"] = float(np.nanmean(arrays["eos_mid"]))
-        info["eos_mid_std_eos_phase"] = float(np.nanstd(arrays["eos_mid"]))
+    info.update(_summary_mid(res, arrays["eos_mid"], arrays["sharpness_mid"]))
     return arrays, info
 
 
@@ -251,33 +255,92 @@ def _settled(res: GDResult) -> np.ndarray:
     return res.step >= on + (res.step[-1] - on) // 4
 
 
-def _mid_eos(loss: Any, w: jax.Array, v0: jax.Array, eta: jax.Array, wd: jax.Array) -> Any:
+def _mid_curvature(
+    loss: Any,
+    w: jax.Array,
+    v0: jax.Array,
+    vs0: jax.Array,
+    eta: jax.Array,
+    wd: jax.Array,
+    groups: tuple[int, ...],
+) -> Any:
     grad = jax.grad(loss)(w)
     mid = w - 0.5 * eta * (wd * w + grad)  # (w_t + w_{t+1}) / 2 for the GD+WD step
     _, lin = jax.linearize(jax.grad(loss), mid)
-    res = lanczos(lambda x: eta * lin(x), v0, k=2, max_iters=min(48, w.shape[0]))
-    return res.eigenvalues[0], res.eigenvectors[:, 0]
+    iters = min(48, w.shape[0])
+    res = lanczos(lambda x: eta * lin(x), v0, k=2, max_iters=iters)
+    m = expand_groups(group_norms(mid, groups), groups)  # M H(mid) M = H(mid normalized)
+    res_s = lanczos(lambda x: m * lin(m * x), vs0, k=2, max_iters=iters)
+    return (
+        res.eigenvalues[0],
+        res.eigenvectors[:, 0],
+        res_s.eigenvalues[0],
+        res_s.eigenvectors[:, 0],
+    )
 
 
-_mid_eos_jit = eqx.filter_jit(_mid_eos)
+_mid_curvature_jit = eqx.filter_jit(_mid_curvature)
 
 
-def midpoint_eos(loss: Any, res: GDResult, eta: float, wd: float) -> np.ndarray:
-    """``eta * lambda_1(H)`` at ``(w_t + w_{t+1}) / 2`` on up to :data:`MID_ROWS` evenly spaced
-    rows of the settled EoS phase (NaN elsewhere); ``w_{t+1}`` is recomputed from the stored
-    ``w_t`` (the networks runs have no perturbation). Lanczos for the top two pairs, warm
-    started from the previous row's eigenvector."""
-    out = np.full(len(res.step), np.nan)
-    rows = np.flatnonzero(_settled(res) & np.isfinite(res.eos))
-    if res.w is None or not len(rows):
-        return out
-    rows = rows[np.unique(np.linspace(0, len(rows) - 1, min(MID_ROWS, len(rows))).astype(int))]
+def midpoint_rows(res: GDResult) -> np.ndarray:
+    """Row indices measured at midpoints: up to :data:`MID_ROWS` evenly spaced over the whole
+    run, up to :data:`MID_ROWS` over the settled EoS phase, the onset row and the last row."""
+
+    def spread(rows: np.ndarray) -> np.ndarray:
+        if not len(rows):
+            return rows
+        return rows[np.unique(np.linspace(0, len(rows) - 1, min(MID_ROWS, len(rows))).astype(int))]
+
+    n = len(res.step)
+    parts = [spread(np.arange(n)), spread(np.flatnonzero(_settled(res))), [n - 1]]
+    if res.onset_step is not None:
+        parts.append([min(int(np.searchsorted(res.step, res.onset_step)), n - 1)])
+    return np.unique(np.concatenate([np.asarray(p, int) for p in parts]))
+
+
+def midpoint_curvature(
+    loss: Any, res: GDResult, eta: float, wd: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(eos_mid, sharpness_mid)``: the EoS quantity ``eta * lambda_1(H)`` and the spherical
+    sharpness ``lambda_1(M H M)`` (``M`` the per-group norms, so ``M H M`` is the Hessian at the
+    per-group normalized point) at ``(w_t + w_{t+1}) / 2``, on the rows of :func:`midpoint_rows`
+    (NaN elsewhere). ``w_{t+1}`` is recomputed from the stored ``w_t`` (the networks runs have
+    no perturbation). Lanczos for the top two pairs of each operator, warm started from the
+    previous row's eigenvectors; rows after a divergence stay NaN."""
+    n = len(res.step)
+    eos, sharp = np.full(n, np.nan), np.full(n, np.nan)
+    if res.w is None:
+        return eos, sharp
     w = jnp.asarray(res.w)
-    v = jnp.ones_like(w[0])
+    v = vs = jnp.ones_like(w[0])
     dt = w.dtype
-    for i in rows:
-        val, v = _mid_eos_jit(loss, w[i], v, jnp.asarray(eta, dt), jnp.asarray(wd, dt))
-        out[i] = float(val)
+    for i in midpoint_rows(res):
+        if not np.all(np.isfinite(res.w[i])):
+            continue
+        e, v, s, vs = _mid_curvature_jit(
+            loss, w[i], v, vs, jnp.asarray(eta, dt), jnp.asarray(wd, dt), tuple(res.groups)
+        )
+        eos[i], sharp[i] = float(e), float(s)
+    return eos, sharp
+
+
+def _summary_mid(res: GDResult, eos_mid: np.ndarray, sharp_mid: np.ndarray) -> dict[str, Any]:
+    """The midpoint counterparts of the summary's EoS mean and sharpness at onset and end."""
+    out: dict[str, Any] = {}
+    settled = _settled(res) & np.isfinite(eos_mid)
+    if np.any(settled):
+        out["eos_mid_mean_eos_phase"] = float(np.mean(eos_mid[settled]))
+        out["eos_mid_std_eos_phase"] = float(np.std(eos_mid[settled]))
+    ok = np.isfinite(sharp_mid)
+    if not np.any(ok):
+        return out
+    out["sharpness_start_mid"] = float(sharp_mid[np.flatnonzero(ok)[0]])
+    last = ok & (res.step >= res.step[-1] - (res.step[-1] - res.step[0]) // 10)
+    out["sharpness_end_mid"] = float(np.mean(sharp_mid[last if np.any(last) else ok]))
+    if res.onset_step is not None:
+        i_on = min(int(np.searchsorted(res.step, res.onset_step)), len(res.step) - 1)
+        if ok[i_on]:
+            out["sharpness_at_onset_mid"] = float(sharp_mid[i_on])
     return out
 
 
@@ -337,8 +400,10 @@ def main(argv: Sequence[str] | None = None) -> StoredRun:
         acc = s.get("test_accuracy", float("nan"))
         eos = s.get("eos_mean_eos_phase", float("nan"))
         mid = s.get("eos_mid_mean_eos_phase", float("nan"))
+        s_mid = s.get("sharpness_end_mid", float("nan"))
         print(
             f"  {name:16s} onset {s['onset']!s:>6s}  <eos> {eos:6.3f}  <eos mid> {mid:6.3f}  "
-            f"S {s['sharpness_start']:8.3g} -> {s['sharpness_end']:8.3g}  test acc {acc:.4f}"
+            f"S {s['sharpness_start']:8.3g} -> {s['sharpness_end']:8.3g} (mid {s_mid:8.3g})  "
+            f"test acc {acc:.4f}"
         )
     return stored

@@ -152,6 +152,10 @@ def test_networks_tiny_run_and_figures(tmp_path):
     assert set(s) == {"s0_ewd0.004", "s0_no_wd", "s0_no_norm"}
     main = s["s0_ewd0.004"]
     assert main["onset"] is not None and main["sharpness_end"] < main["sharpness_start"]
+    # at midpoints (checked against dense Hessians in the next test): S falls in the EoS
+    assert main["sharpness_end_mid"] < main["sharpness_at_onset_mid"]
+    mid = stored.arrays["s0_ewd0.004.sharpness_mid"]
+    assert np.all(np.isfinite(mid))  # 26 rows: all of them are measured
     assert s["s0_no_wd"]["onset"] is None  # without weight decay no EoS within the run
     assert not s["s0_no_norm"]["scale_invariant"]
     assert 0.5 < main["test_accuracy"] <= 1.0
@@ -167,25 +171,36 @@ def test_networks_tiny_run_and_figures(tmp_path):
         networks.Config(dataset="cifar10")
 
 
-def test_midpoint_eos_against_dense_hessian():
-    # networks.midpoint_eos: eta * lambda_1 at (w_t + w_{t+1}) / 2 on rows of the settled EoS
-    # phase, against eigvalsh of jax.hessian at a midpoint rebuilt here from the GD+WD step.
+def test_midpoint_curvature_against_dense_hessian():
+    # networks.midpoint_curvature: eta * lambda_1(H) and the spherical sharpness lambda_1(M H M)
+    # (M the per-group norms) at (w_t + w_{t+1}) / 2, against eigvalsh of jax.hessian at a
+    # midpoint rebuilt here from the GD+WD step; the spherical one also at the normalized point.
     import jax
 
     from sims import networks
     from tests._losses import random_loss
     from theory.gd import gd_wd
+    from theory.invariance import normalize
 
-    loss, w0 = random_loss(12, None, 0)
+    groups = (5, 7)
+    loss, w0 = random_loss(12, groups, 0)
     eta, wd = 0.5, 0.01
-    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=1000, record_every=10, perturbation=1e-10)
+    res = gd_wd(
+        loss, w0, eta=eta, wd=wd, steps=1000, record_every=10, groups=groups, perturbation=1e-10
+    )
     assert res.onset_step is not None
-    mid = networks.midpoint_eos(loss, res, eta, wd)
-    rows = np.flatnonzero(np.isfinite(mid))
-    assert 8 <= len(rows) <= networks.MID_ROWS
-    assert np.all(res.step[rows] >= res.onset_step)
+    eos, sharp = networks.midpoint_curvature(loss, res, eta, wd)
+    rows = np.flatnonzero(np.isfinite(eos))
+    assert np.array_equal(rows, np.flatnonzero(np.isfinite(sharp)))
+    assert np.array_equal(rows, networks.midpoint_rows(res))
+    settled = rows[res.step[rows] >= res.onset_step]
+    assert len(rows) - len(settled) >= 8 and len(settled) >= 8  # before and in the EoS
+    assert len(rows) <= 2 * networks.MID_ROWS + 2 and rows[-1] == len(res.step) - 1
     for i in rows:
         w = jax.numpy.asarray(res.w[i])
         w_next = (1 - eta * wd) * w - eta * jax.grad(loss)(w)
-        ref = eta * np.linalg.eigvalsh(np.asarray(jax.hessian(loss)((w + w_next) / 2)))[-1]
-        assert mid[i] == pytest.approx(ref, rel=1e-8)
+        mid = (w + w_next) / 2
+        ref = eta * np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(mid)))[-1]
+        assert eos[i] == pytest.approx(ref, rel=1e-8)
+        ref_s = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(normalize(mid, groups))))[-1]
+        assert sharp[i] == pytest.approx(ref_s, rel=1e-8)
