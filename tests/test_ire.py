@@ -16,6 +16,7 @@ from theory.ire import (
     hutchinson_diagonal,
     ire,
     mask_size,
+    smallest_mask,
 )
 from theory.optim import gd_wd_transform, run_optimizer, sam
 
@@ -128,6 +129,38 @@ def test_mask_holds_the_requested_fraction_of_smallest_coordinates(gamma: float)
     assert set(np.unique(mask)) <= {0.0, 1.0}
     assert mask.sum() == mask_size(gamma, d) == round(gamma * d)
     assert np.max(np.asarray(vals)[mask == 1]) < np.min(np.asarray(vals)[mask == 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smallest_mask_selects_the_same_set_as_a_sort(dtype: type) -> None:
+    # The bisection selection against a sort (numpy lexsort: value, then -0.0 before +0.0 as in
+    # IEEE's total order, then index), on vectors with many ties, signed zeros, infinities and
+    # values spread over 60 decades, every m; and against lax.top_k(-x, m), which it replaces.
+    rng = np.random.default_rng(0)
+    pools = (
+        lambda d: rng.normal(size=d),
+        lambda d: rng.integers(-3, 4, size=d).astype(float),
+        lambda d: rng.choice([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf], size=d),
+        lambda d: rng.normal(size=d) * 10.0 ** rng.integers(-30, 30, size=d),
+    )
+    d = 24
+    for trial in range(24):
+        x = pools[trial % 4](d).astype(dtype)
+        order = np.lexsort((np.arange(d), ~np.signbit(x), x))
+        for m in range(d + 1):
+            ref = np.zeros(d, dtype)
+            ref[order[:m]] = 1
+            got = np.asarray(smallest_mask(jnp.asarray(x), m))
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, ref, err_msg=f"x={x}, m={m}")
+        m = d // 3
+        ref = np.zeros(d, dtype)
+        ref[np.asarray(jax.lax.top_k(-jnp.asarray(x), m)[1])] = 1
+        np.testing.assert_array_equal(np.asarray(smallest_mask(jnp.asarray(x), m)), ref)
+    with pytest.raises(ValueError, match="m must be in"):
+        smallest_mask(jnp.ones(3), 4)
+    with pytest.raises(ValueError, match="float vector"):
+        smallest_mask(jnp.ones((2, 2)), 1)
 
 
 def test_mask_threshold_is_global_over_a_pytree() -> None:

@@ -234,6 +234,51 @@ def mask_size(gamma: float, dim: int) -> int:
     return int(min(dim, max(0, round(gamma * dim))))
 
 
+_UINT = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+
+
+def smallest_mask(x: Array, m: int) -> Array:
+    """0/1 mask of the ``m`` smallest entries of ``x`` (equal values: the lower index first).
+
+    The same set as ``lax.top_k(-x, m)`` but without sorting: the ``m``-th smallest value is
+    found by bisection on order-preserving unsigned-integer keys of the floats (one count over
+    ``x`` per bit: 32 passes in float32), then ties at that value are taken in index order.
+    ``top_k`` with ``m ~ 0.7 D`` is a partial sort and cost as much as a whole training step of
+    the small networks here (measured: 1.3 ms at D = 8256, 17 ms at D = 82000 on CPU). The
+    order is IEEE's total order, like ``top_k``'s: ``-0.0`` before ``+0.0``, a positive NaN after
+    ``inf``.
+    """
+    if x.ndim != 1 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x must be a float vector, got {x.dtype} of shape {x.shape}")
+    if not 0 <= int(m) <= x.shape[0]:
+        raise ValueError(f"m must be in [0, {x.shape[0]}], got {m}")
+    return _smallest_mask(x, jnp.asarray(m))
+
+
+@jax.jit
+def _smallest_mask(x: Array, m: Array) -> Array:
+    nbytes = jnp.dtype(x.dtype).itemsize
+    utype = _UINT[nbytes]
+    nbits = 8 * nbytes
+    u = jax.lax.bitcast_convert_type(x, utype)
+    top = jnp.asarray(1 << (nbits - 1), utype)
+    key = jnp.where(u >= top, ~u, u | top)  # monotone: x < y  <=>  key(x) < key(y)
+
+    def halve(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        # invariant: count(key <= hi) >= m > count(key < lo)
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(key <= mid) >= m
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    zero, full = jnp.asarray(0, utype), jnp.asarray(np.iinfo(utype).max, utype)
+    thr, _ = jax.lax.fori_loop(0, nbits, halve, (zero, full))
+    less = key < thr
+    tie = key == thr
+    take_tie = tie & (jnp.cumsum(tie) <= m - jnp.sum(less))
+    return (less | take_tie).astype(x.dtype)
+
+
 def diagonal_mask(
     diag_fn: DiagFn, gamma: float, *, refresh_every: int = 10, warmup: int = 0
 ) -> FlatSelector:
@@ -276,10 +321,7 @@ def diagonal_mask(
                 f"diag_fn returned {flat.shape[0]} values for {x.shape[0]} parameters; expected "
                 "a pytree like params or a flat (D,) array"
             )
-        m = mask_size(g, x.shape[0])
-        _, smallest = jax.lax.top_k(-flat, m)  # equal values: the lower index first
-        mask = jnp.zeros_like(x).at[smallest].set(1)
-        return MaskState(mask, flat)
+        return MaskState(smallest_mask(flat, mask_size(g, x.shape[0])), flat)
 
     def project(st: MaskState, x: Array, u: Array) -> Array:
         del x
