@@ -5,7 +5,8 @@
   iterates a chaotic oscillation inflates it) while the spherical sharpness falls (dots again at
   midpoints), with train/test accuracy (the middle ``eta * wd``);
 * ``networks_ablations``: spherical sharpness and the EoS quantity (lines at the iterates, dots
-  at midpoints) against ``t * eta * wd`` for every ``eta * wd`` (the curves should collapse), and
+  at midpoints) against ``t * eta * wd`` for every ``eta * wd`` (LLA22: the curves collapse; at the
+  quick scale the EoS quantity does, the midpoint sharpness ends lower for larger ``eta * wd``), and
   the ablations without weight decay and without normalization; test accuracy along all runs;
 * ``networks_accuracy_vs_sharpness``: final test accuracy against final spherical sharpness (at
   midpoints, mean over the last 10% of the run) across the scale-invariant runs.
@@ -123,7 +124,7 @@ def ablations_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: P
     ax[0].legend(fontsize=7)
     ax[1].legend(fontsize=7)
     fig.suptitle(
-        "Against t * eta * wd the runs collapse; without WD the sharpness stays; "
+        "Against t * eta * wd (LLA22 predicts collapsed curves); without WD no EoS; "
         "without normalization there is no sphere"
     )
     return save(fig, out, "networks_ablations")
