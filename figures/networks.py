@@ -30,11 +30,14 @@ def _main_runs(summary: dict[str, Any]) -> list[str]:
     return [k for k, s in summary.items() if s["kind"] == "main"]
 
 
-def _mid_dots(ax: Any, step: np.ndarray, mid: np.ndarray | None, color: Any) -> None:
+def _mid_dots(
+    ax: Any, x: np.ndarray, mid: np.ndarray | None, color: Any, ms: float = 3.0, label: bool = True
+) -> None:
     """Values at midpoints of consecutive iterates (NaN where not measured) as dots."""
     if mid is not None and np.any(np.isfinite(mid)):
         ok = np.isfinite(mid)
-        ax.plot(step[ok], mid[ok], "o", ms=3, color=color, label=r"at $(w_t + w_{t+1})/2$")
+        lab = r"at $(w_t + w_{t+1})/2$" if label else None
+        ax.plot(x[ok], mid[ok], "o", ms=ms, color=color, label=lab)
 
 
 def _final_sharpness(s: dict[str, Any]) -> float:
@@ -88,15 +91,9 @@ def ablations_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: P
         c = cmap(i / max(len(mains) - 1, 1))
         lab = f"eta*wd={s['eta_wd']:g} (seed {s['seed']})"
         ax[0].semilogy(x, arr[f"{name}.sharpness"], color=c, lw=0.6, alpha=0.6, label=lab)
-        mid = arr.get(f"{name}.sharpness_mid")
-        if mid is not None:
-            ok = np.isfinite(mid)
-            ax[0].plot(x[ok], mid[ok], "o", ms=2.5, color=c)
+        _mid_dots(ax[0], x, arr.get(f"{name}.sharpness_mid"), c, ms=2.5, label=False)
         ax[1].plot(x, running_mean(arr[f"{name}.eos"], 21), color=c, label=lab)
-        mid = arr.get(f"{name}.eos_mid")
-        if mid is not None:
-            ok = np.isfinite(mid)
-            ax[1].plot(x[ok], mid[ok], "o", ms=2.5, color=c)
+        _mid_dots(ax[1], x, arr.get(f"{name}.eos_mid"), c, ms=2.5, label=False)
         if f"{name}.test_accuracy" in arr:
             ax[2].plot(x, arr[f"{name}.test_accuracy"], color=c, label=lab)
     for name, s in summary.items():

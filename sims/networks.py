@@ -266,6 +266,13 @@ def _settled(res: GDResult) -> np.ndarray:
     return res.step >= on + (res.step[-1] - on) // 4
 
 
+def _onset_row(res: GDResult) -> int | None:
+    """Index of the first recorded row at or after the EoS onset (``None``: no onset)."""
+    if res.onset_step is None:
+        return None
+    return min(int(np.searchsorted(res.step, res.onset_step)), len(res.step) - 1)
+
+
 def _mid_curvature(
     loss: Any,
     w: jax.Array,
@@ -304,8 +311,9 @@ def midpoint_rows(res: GDResult) -> np.ndarray:
 
     n = len(res.step)
     parts = [spread(np.arange(n)), spread(np.flatnonzero(_settled(res))), [n - 1]]
-    if res.onset_step is not None:
-        parts.append([min(int(np.searchsorted(res.step, res.onset_step)), n - 1)])
+    i_on = _onset_row(res)
+    if i_on is not None:
+        parts.append([i_on])
     return np.unique(np.concatenate([np.asarray(p, int) for p in parts]))
 
 
@@ -348,23 +356,21 @@ def _summary_mid(res: GDResult, eos_mid: np.ndarray, sharp_mid: np.ndarray) -> d
     out["sharpness_start_mid"] = float(sharp_mid[np.flatnonzero(ok)[0]])
     last = ok & (res.step >= res.step[-1] - (res.step[-1] - res.step[0]) // 10)
     out["sharpness_end_mid"] = float(np.mean(sharp_mid[last if np.any(last) else ok]))
-    if res.onset_step is not None:
-        i_on = min(int(np.searchsorted(res.step, res.onset_step)), len(res.step) - 1)
-        if ok[i_on]:
-            out["sharpness_at_onset_mid"] = float(sharp_mid[i_on])
+    i_on = _onset_row(res)
+    if i_on is not None and ok[i_on]:
+        out["sharpness_at_onset_mid"] = float(sharp_mid[i_on])
     return out
 
 
 def _summary(res: GDResult, metrics: dict[str, Any], invariant: bool) -> dict[str, Any]:
     n = len(res.step)
     out: dict[str, Any] = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
-    on = res.onset_step
-    if on is not None:
+    i_on = _onset_row(res)
+    if i_on is not None:
         after = _settled(res)
         out["eos_mean_eos_phase"] = float(np.nanmean(res.eos[after]))
         out["eos_std_eos_phase"] = float(np.nanstd(res.eos[after]))
-        i_on = int(np.searchsorted(res.step, on))
-        out["sharpness_at_onset"] = float(res.sharpness[min(i_on, n - 1)])
+        out["sharpness_at_onset"] = float(res.sharpness[i_on])
     out["sharpness_start"] = float(res.sharpness[0])
     out["sharpness_end"] = float(np.nanmean(res.sharpness[-max(1, n // 20) :]))
     out["eos_end"] = float(np.nanmean(res.eos[-max(1, n // 20) :]))
