@@ -2,9 +2,10 @@
 
 Runs ``bench_core`` (Lanczos cold/warm HVP counts; cost of tracking sharpness every step),
 ``bench_flow`` (flow vs GD to tau = 4), ``bench_sweep`` (64 configurations vmapped vs one by
-one), ``bench_networks`` (workload W1) and ``bench_ire`` (IRE's selectors on W1's network),
-then writes ``<out>/report.json`` and ``<out>/report.md`` (default ``results/bench``). Every
-number is a ratio measured in the same run or an error; seconds are medians of warm runs.
+one), ``bench_networks`` (workload W1), ``bench_ire`` (IRE's selectors on W1's network) and
+``bench_memory`` (peak memory of chunked vs full-batch objectives, XLA's analysis), then writes
+``<out>/report.json`` and ``<out>/report.md`` (default ``results/bench``). Every number is a
+ratio measured in the same run or an error; seconds are medians of warm runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-MODULES = ("bench_core", "bench_flow", "bench_sweep", "bench_networks", "bench_ire")
+MODULES = (
+    "bench_core",
+    "bench_flow",
+    "bench_sweep",
+    "bench_networks",
+    "bench_ire",
+    "bench_memory",
+)
 
 
 def _table(name: str, rows: list[dict[str, Any]]) -> list[str]:

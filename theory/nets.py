@@ -62,6 +62,11 @@ entries (``z = (p - mean_Omega p) / std_Omega p``, ``eps = 0``) and applies the 
 and every ``U V^T = c M*`` (``c > 0``) is a global minimizer. Held-out entries are predicted with
 the training statistics: ``a (p_ij - mean_Omega p) / std_Omega p + b``.
 
+Data that does not fit at once: :func:`chunked_objective` accumulates the loss, gradient and
+HVPs over chunks of training examples (:class:`theory.objective.Chunked`). It is the training
+loss itself for networks without batch statistics (LayerNorm, none); with BatchNorm it is the
+different *ghost-batch* loss (statistics per chunk), only on explicit request.
+
 To compile a loss, pass it as an argument of a jitted function or use ``equinox.filter_jit``;
 ``jax.jit(loss)`` fails because a module with array fields is unhashable.
 """
@@ -80,6 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._types import Array, Groups, LossFn
+from .objective import Chunked
 
 Norm = Literal["batch", "layer", "none"]
 Activation = Literal["relu", "tanh", "gelu"]
@@ -771,3 +777,114 @@ def make_matrix_completion(
         jnp.asarray(y_te, dt),
     )
     return _assemble(network, w0, names, groups, "mse", arrays, config)
+
+
+# --------------------------------------------------------------------------------------------
+# Chunked objectives: data that does not fit at once
+# --------------------------------------------------------------------------------------------
+
+
+class NetChunkLoss(eqx.Module):
+    """``(w, x_chunk, y_chunk) -> ()``: the training loss (MSE or CE) on one chunk of examples.
+
+    The mean over the chunk, with batch statistics (if any) of the CHUNK: a per-chunk loss for
+    :class:`theory.objective.Chunked` (see :func:`chunked_objective`).
+    """
+
+    network: _Network
+    kind: str = eqx.field(static=True)
+
+    def __call__(self, w: Array, x: Array, y: Array) -> Array:
+        _check_w(w)
+        out, _ = self.network.train_outputs(w, x)
+        return _loss_value(self.kind, out, y)
+
+
+def uses_batch_statistics(loss: NetLoss) -> bool:
+    """Whether the network normalizes with statistics over the batch (collects ``batch_stats``).
+
+    Decided by tracing the training pass on two examples (no computation): a Flax ``BatchNorm``
+    anywhere in the model collects ``batch_stats``. A model without them is assumed to treat
+    examples independently (LayerNorm, no normalization), which holds for every model of this
+    module; a custom model that mixes examples some other way is not detected.
+    """
+    if getattr(loss.network.model, "norm", None) == "batch":
+        return True
+    dim = sum(loss.network.unravel.sizes)
+    w = jax.ShapeDtypeStruct((dim,), loss.network.head_weight.dtype)
+    x = jax.ShapeDtypeStruct((min(2, loss.x.shape[0]), *loss.x.shape[1:]), loss.x.dtype)
+    _, state = jax.eval_shape(loss.network.train_outputs, w, x)
+    return bool(jax.tree.leaves(dict(state).get("batch_stats", {})))
+
+
+def chunked_objective(
+    problem: NetProblem | NetLoss,
+    *,
+    chunk_size: int,
+    ghost_batch: bool = False,
+) -> Chunked:
+    """The training loss of a network problem as a :class:`theory.objective.Chunked` objective.
+
+    The ``N`` training examples are split into ``K = N / chunk_size`` consecutive chunks (in
+    the order of ``x_train``) and the loss, gradient and HVPs are accumulated over them in
+    ``lax.scan``: memory of one chunk's forward and reverse pass instead of ``N`` examples'.
+
+    * Per-example networks (LayerNorm, ``norm="none"``: no batch statistics). The loss is a mean
+      of per-example terms, ``L(w) = (1/N) sum_i l(f(x_i), y_i)``, so the chunked objective IS
+      ``problem.loss`` (equal up to rounding, any ``chunk_size`` dividing ``N``).
+    * BatchNorm (and matrix completion's BN over observed entries). The full-batch statistics
+      do not decompose over examples, so this is a DIFFERENT loss, the *ghost-batch* loss
+
+          ``L_ghost(w) = (1/K) sum_k L_BN(w; chunk_k)``,
+
+      each chunk normalized with its own mean and variance (a mean over the chunk's examples
+      only). It is still exactly scale-invariant per trained tensor (each ``L_BN(.; chunk_k)``
+      is, module docstring), but its minimizers, sharpness and EoS dynamics are those of
+      ghost-batch BN, not of ``problem.loss``; ``problem.evaluate``/``predict`` still use the
+      full-batch statistics. It must be asked for with ``ghost_batch=True`` (else ValueError),
+      except ``chunk_size = N``: one chunk, ``problem.loss`` itself. Each chunk needs ``>= 2``
+      examples (one example has zero variance: the loss is undefined with ``eps = 0``).
+
+    ``ghost_batch=True`` on a network without batch statistics changes nothing (the loss is the
+    full-batch one).
+
+    Args:
+        problem: a :class:`NetProblem` from :func:`make_problem` / :func:`make_matrix_completion`,
+            or its ``loss`` (a :class:`NetLoss`).
+        chunk_size: examples per chunk, a positive int dividing ``N`` (``len(x_train)``).
+        ghost_batch: opt in to per-chunk BatchNorm statistics (required with BatchNorm).
+
+    Returns:
+        ``Chunked(NetChunkLoss(network, kind), (x_train, y_train), chunk_size=chunk_size)``: a
+        loss ``(D,) -> ()`` and a :class:`theory.objective.Objective`.
+
+    Raises:
+        TypeError: ``problem`` is not a NetProblem/NetLoss, ``ghost_batch`` not a bool,
+            ``chunk_size`` not an int.
+        ValueError: ``chunk_size`` not positive or not dividing ``N``; BatchNorm without
+            ``ghost_batch=True``; ghost batches of one example.
+    """
+    loss = problem.loss if isinstance(problem, NetProblem) else problem
+    if not isinstance(loss, NetLoss):
+        raise TypeError(
+            f"problem must be a NetProblem (from make_problem) or its NetLoss, got "
+            f"{type(problem).__name__}"
+        )
+    if not isinstance(ghost_batch, (bool, np.bool_)):
+        raise TypeError(f"ghost_batch must be a bool, got {ghost_batch!r}")
+    n = int(loss.x.shape[0])
+    if uses_batch_statistics(loss) and not (isinstance(chunk_size, int) and chunk_size == n):
+        if not ghost_batch:
+            raise ValueError(
+                "this network uses BatchNorm, whose full-batch statistics do not decompose "
+                "over chunks: a chunked objective is the different ghost-batch loss (BN "
+                f"statistics per chunk of chunk_size examples, got chunk_size = {chunk_size!r}). "
+                "Pass ghost_batch=True to ask for it explicitly, or chunk_size = N = "
+                f"{n} (one chunk: the full-batch loss)"
+            )
+        if not isinstance(chunk_size, bool) and chunk_size == 1:
+            raise ValueError(
+                "chunk_size must be >= 2 with ghost-batch BatchNorm (a ghost batch of one "
+                "example has zero variance: the loss is undefined with eps = 0), got 1"
+            )
+    return Chunked(NetChunkLoss(loss.network, loss.kind), (loss.x, loss.y), chunk_size=chunk_size)

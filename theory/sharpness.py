@@ -19,9 +19,9 @@ import jax.numpy as jnp
 
 from . import _validate as check
 from ._types import Array, Groups, LossFn
-from .curvature import linearize_grad
 from .invariance import check_scale_invariance, expand_groups, group_norms, normalize
 from .lanczos import LanczosResult, default_tol, lanczos
+from .objective import as_objective
 
 
 @eqx.filter_jit
@@ -36,7 +36,7 @@ def _top_eigs(
     max_iters: int | None,
 ) -> LanczosResult:
     """Top eigenpairs of ``v -> scale * H(w_hat) (scale * v)`` (``scale`` is ``(D,)``)."""
-    _, hvp_fn = linearize_grad(loss, w_hat)
+    _, hvp_fn = as_objective(loss).linearize(w_hat)  # a chunked objective keeps its memory
     return lanczos(
         lambda v: scale * hvp_fn(scale * v), v0, k=k, max_iters=max_iters, tol=tol, key=key
     )
