@@ -240,12 +240,12 @@ def _run_one(
     run = run_optimizer(
         opt, _loss_fn, w0, steps, loss_args=(prob.loss,), record_every=every, state0=state0
     )
-    n = len(run.steps) if run.diverged_at < 0 else int(np.searchsorted(run.steps, run.diverged_at))
-    w = run.params[: max(n, 1)]
+    assert run.w is not None  # rows from a divergence on are already dropped
+    w = run.w[: max(len(run.step), 1)]
     w_hat = w / np.linalg.norm(w, axis=1, keepdims=True)
     phi = np.asarray(project_to_manifold(prob.loss, jnp.asarray(w_hat)))
     sharp = np.asarray(jax.vmap(prob.lambda1)(jnp.asarray(phi)))
-    tau = 2 * ewd * run.steps[: len(w)].astype(np.float64)
+    tau = 2 * ewd * run.step[: len(w)].astype(np.float64)
     ref = _FlowRef(prob, jnp.asarray(phi[0]), 20.0 * cfg.tau_target)
     tau_eff = ref.time_of(sharp)
     tau_pred = ref.predicted_times(tau, a, b)
@@ -253,7 +253,7 @@ def _run_one(
     eos = cfg.eta * np.asarray(jnp.linalg.eigvalsh(hess))[:, -1]
     measured, predicted = _slope(tau, tau_eff), _slope(tau, tau_pred)
     arrays = {
-        "step": run.steps[: len(w)],
+        "step": run.step[: len(w)],
         "tau": tau,
         "tau_eff": tau_eff,
         "tau_pred": tau_pred,

@@ -327,7 +327,7 @@ def _one(
     observed = _rows_observed(
         prob.loss,
         prob.evaluate,
-        jnp.asarray(res.params),
+        jnp.asarray(res.w),
         cfg.eta,
         tuple(prob.groups),
         cfg.lanczos_iters,
@@ -335,10 +335,11 @@ def _one(
     metrics = {k: np.asarray(v) for k, v in observed.items()}
     norms, sharp = metrics.pop("group_norms"), metrics.pop("sharpness")
     eos = metrics.pop("eos")
-    spec_end = spectrum(cfg, prob, res.params[-1])
+    assert res.w is not None
+    spec_end = spectrum(cfg, prob, res.w[-1])
     arrays: dict[str, np.ndarray] = {
-        "step": res.steps,
-        "t_eta_wd": res.steps * cfg.eta_wd,
+        "step": res.step,
+        "t_eta_wd": res.step * cfg.eta_wd,
         "sharpness": sharp,
         "eos": eos,
         "loss": res.loss,
@@ -346,11 +347,11 @@ def _one(
         "spectrum_end": spec_end,
         **metrics,
     }
-    tail = _tail(len(res.steps))
+    tail = _tail(len(res.step))
     info: dict[str, Any] = {
         **spec,
         "steps": cfg.steps,
-        "diverged_at": res.diverged_at if res.diverged_at >= 0 else None,
+        "diverged_at": res.diverged_at,
         "sharpness_start": float(sharp[0]),
         "sharpness_end": float(np.exp(np.mean(np.log(sharp[tail])))),
         "sharpness_last": float(sharp[-1]),

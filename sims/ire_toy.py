@@ -208,30 +208,37 @@ def _one(cfg: Config, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict
         record_every=cfg.record_every,
         observe=_observe,
     )
-    u, v = res.params[:, 0].copy(), res.params[:, 1].copy()
-    loss, lam = res.loss.copy(), res.observed["lambda_max"].copy()
-    if res.diverged_at >= 0:
-        frozen = res.steps > res.diverged_at
-        for a in (u, v, loss, lam):
-            a[frozen] = np.nan
+    # Rows from the first non-finite iterate on are dropped by the engine: shown as NaN here.
+    step = np.arange(0, cfg.steps + 1, cfg.record_every)
+    kept = len(res.step)
+
+    def full(a: np.ndarray) -> np.ndarray:
+        out = np.full(step.shape, np.nan)
+        out[:kept] = a
+        return out
+
+    assert res.w is not None
+    u, v = full(res.w[:, 0]), full(res.w[:, 1])
+    loss, lam = full(res.loss), full(res.observed["lambda_max"])
     with np.errstate(over="ignore"):  # the iterates just before a divergence are ~1e268
         sharp = 1 + u**2
-    arrays = {"step": res.steps, "u": u, "v": v, "loss": loss, "sharpness": sharp}
+    arrays = {"step": step, "u": u, "v": v, "loss": loss, "sharpness": sharp}
     arrays["lambda_max"] = lam
     # The last real iterate within the first 10 steps (a run that blew up earlier: its last).
-    early = min(10, cfg.steps, *([res.diverged_at] if res.diverged_at >= 0 else []))
-    i_early = int(np.searchsorted(res.steps, early, side="right")) - 1
+    bad = res.diverged_at
+    early = min(10, cfg.steps, *([bad - 1] if bad is not None else []))
+    i_early = int(np.searchsorted(step, early, side="right")) - 1
     info = {
         **spec,
-        "diverged_at": res.diverged_at if res.diverged_at >= 0 else None,
+        "diverged_at": bad,
         "u_end": float(u[-1]),
         "v_end": float(v[-1]),
         "sharpness_end": float(sharp[-1]),
         "lambda_max_end": float(lam[-1]),
         "sharpness_max": float(np.nanmax(sharp)),
         "u_change_early": float(u[i_early] - cfg.u0),
-        "early_step": int(res.steps[i_early]),
-        "steps_below": {f"{t:g}": steps_below(res.steps, sharp, t) for t in cfg.thresholds},
+        "early_step": int(step[i_early]),
+        "steps_below": {f"{t:g}": steps_below(step, sharp, t) for t in cfg.thresholds},
         "u_end_continuum": (
             stall_prediction(cfg.u0, cfg.v0, spec["eta"], spec["kappa"])
             if spec["method"] in ("gd", "mask")

@@ -81,7 +81,7 @@ def test_kappa_zero_reproduces_base_bit_for_bit(which: str, selector: str) -> No
     )
     ref = run_optimizer(bases[which](), quartic, p0, 12, loss_args=(a,))
     got = run_optimizer(ire(bases[which](), 0.0, sel), quartic, p0, 12, loss_args=(a,))
-    np.testing.assert_array_equal(got.params, ref.params)
+    np.testing.assert_array_equal(got.w, ref.w)
 
 
 def test_first_step_on_the_toy_matches_the_closed_form() -> None:
@@ -90,10 +90,10 @@ def test_first_step_on_the_toy_matches_the_closed_form() -> None:
     p0 = jnp.array([1.0, 0.01])
     eta, kappa = 1.0, 900.0
     gd = run_optimizer(optax.sgd(eta), toy, p0, 1)
-    np.testing.assert_allclose(gd.params[1], [1 - 1e-4, 0.01 - 2 * 0.01], rtol=1e-12)
+    np.testing.assert_allclose(gd.w[1], [1 - 1e-4, 0.01 - 2 * 0.01], rtol=1e-12)
     sel = diagonal_mask(dense_hessian_diagonal(toy), 0.5, refresh_every=1)
     got = run_optimizer(ire(optax.sgd(eta), kappa, sel), toy, p0, 1)
-    np.testing.assert_allclose(got.params[1], [1 - (1 + kappa) * 1e-4, -0.01], rtol=1e-12)
+    np.testing.assert_allclose(got.w[1], [1 - (1 + kappa) * 1e-4, -0.01], rtol=1e-12)
 
 
 def test_exact_ire_at_the_current_iterate_reverses_the_drift_and_midpoint_does_not() -> None:
@@ -101,16 +101,16 @@ def test_exact_ire_at_the_current_iterate_reverses_the_drift_and_midpoint_does_n
     # gradient (u v^2, (1+u^2) v) is then ~ -u v^2: IRE at the current point pushes u *up*.
     p0 = jnp.array([1.0, 0.01])
     cur = run_optimizer(ire(optax.sgd(1.0), 90.0, exact_flat(toy, 1, refresh_every=1)), toy, p0, 1)
-    np.testing.assert_allclose(cur.params[1, 0] - 1.0, 89 * 1e-4, rtol=1e-3)
+    np.testing.assert_allclose(cur.w[1, 0] - 1.0, 89 * 1e-4, rtol=1e-3)
     mid = run_optimizer(
         ire(optax.sgd(1.0), 90.0, exact_flat(toy, 1, refresh_every=1, point="midpoint")),
         toy,
         p0,
         100,
     )
-    np.testing.assert_allclose(mid.params[1], [1 - 1e-4, -0.01], rtol=1e-12)  # no midpoint yet
-    assert mid.params[-1, 0] < 0.95  # drifts toward the flat end, like the mask
-    assert mid.diverged_at == -1
+    np.testing.assert_allclose(mid.w[1], [1 - 1e-4, -0.01], rtol=1e-12)  # no midpoint yet
+    assert mid.w[-1, 0] < 0.95  # drifts toward the flat end, like the mask
+    assert mid.diverged_at is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_state_goes_through_jit_and_scan(selector: str) -> None:
     np.testing.assert_allclose(p_end, loop[-1], rtol=1e-12)
     assert int(state.step) == 9
     compiled = run_optimizer(opt, quartic, p0, 9, loss_args=(a,), record_every=3)
-    np.testing.assert_allclose(compiled.params, loop[::3], rtol=1e-12)
+    np.testing.assert_allclose(compiled.w, loop[::3], rtol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def test_toy_sim_stores_and_checks(toy_stored, tmp_path):
             assert arr[f"{name}.{key}"].shape == (41,)
     assert s["gd_eta2"]["diverged_at"] is not None
     d = s["gd_eta2"]["diverged_at"]
-    assert np.all(np.isnan(arr["gd_eta2.u"][d + 1 :])) and np.isfinite(arr["gd_eta2.u"][d])
+    # diverged_at: the first step whose iterate is non-finite (the engine's convention).
+    assert np.all(np.isnan(arr["gd_eta2.u"][d:])) and np.isfinite(arr["gd_eta2.u"][d - 1])
     assert s["gd_eta1"]["diverged_at"] is None
     # On Gamma the top eigenvalue is 1 + u^2; v = 0.01 off it moves it by O(v^2).
     np.testing.assert_allclose(arr["gd_eta1.lambda_max"], arr["gd_eta1.sharpness"], atol=1e-3)

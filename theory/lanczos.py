@@ -108,6 +108,7 @@ def lanczos(
     max_iters: int | None = None,
     tol: float | Array | None = None,
     key: Array | None = None,
+    peel_first: bool = False,
 ) -> LanczosResult:
     """Top-``k`` (algebraically largest) eigenpairs of a symmetric operator.
 
@@ -115,7 +116,8 @@ def lanczos(
     jit-compatible and usable inside ``lax.scan``. Warm start by passing the previous
     eigenvector as ``v0``: if it is close to the top eigenvector, one or two matvecs suffice.
     An exactly invariant Krylov space (``beta = 0``, e.g. ``v0`` an exact eigenvector) is
-    continued with a random vector orthogonal to the basis, so ``k > 1`` still works.
+    continued with the coordinate vector least represented in the basis, orthogonalized, so
+    ``k > 1`` still works.
 
     Args:
         matvec: ``v -> A v`` for symmetric ``A``, ``(D,) -> (D,)``.
@@ -123,7 +125,14 @@ def lanczos(
         k: number of eigenpairs.
         max_iters: Krylov dimension cap (= matvec cap); default ``min(D, max(64, 2k + 20))``.
         tol: relative residual tolerance (see module docstring); default :func:`default_tol`.
-        key: PRNG key for continuation vectors after an exact breakdown (default fixed).
+        key: accepted for compatibility and unused: the continuation after an exact breakdown
+            is a deterministic coordinate vector (see the loop body).
+        peel_first: run the first iteration before the loop, with its ``1 x 1`` Ritz pair in
+            closed form (no eigen-decomposition). Under ``vmap`` the loop then runs only if
+            some batch member's warm start is not converged after one product, instead of
+            every member paying a batched ``eigh`` per iteration (the cost that dominated
+            sweeps of small problems). The matvec is then compiled twice (before and in the
+            loop), so it is off by default.
 
     Returns:
         :class:`LanczosResult`.
@@ -149,15 +158,15 @@ def lanczos(
         raise ValueError(f"k must be in [1, max_iters={m}] (and <= D={dim}), got k={k}")
     tol = default_tol(dtype) if tol is None else tol
     tol = jnp.asarray(tol, dtype)
-    key = jax.random.PRNGKey(0) if key is None else key
+    del key
     # A warm start that is already an eigenvector to tolerance stops after its first product
     # (the loop's first convergence test is the 1x1 Rayleigh quotient's residual), the common
     # case when tracking sharpness along a run. The matvec appears once in the program: every
     # inlined copy of an HVP is compiled again, and the solver is inlined in long-run programs.
-    return _run(matvec, v0 / jnp.linalg.norm(v0), k, m, tol, key)
+    return _run(matvec, v0 / jnp.linalg.norm(v0), k, m, tol, peel_first)
 
 
-def _run(matvec: MatVec, q0: Array, k: int, m: int, tol: Array, key: Array) -> LanczosResult:
+def _run(matvec: MatVec, q0: Array, k: int, m: int, tol: Array, peel: bool) -> LanczosResult:
     """The Lanczos loop from unit ``q0``."""
     (dim,) = q0.shape
     dtype = q0.dtype
@@ -172,7 +181,7 @@ def _run(matvec: MatVec, q0: Array, k: int, m: int, tol: Array, key: Array) -> L
         jnp.asarray(False),
     )
 
-    def body(s: _State) -> _State:
+    def body(s: _State, first: bool = False) -> _State:
         q = s.basis[s.j]
         x = matvec(q)
         a = jnp.vdot(q, x)
@@ -185,29 +194,38 @@ def _run(matvec: MatVec, q0: Array, k: int, m: int, tol: Array, key: Array) -> L
         b = jnp.linalg.norm(x)
         alpha = s.alpha.at[s.j].set(a)
         size = s.j + 1
-        vals, vecs = _ritz(alpha, s.beta, size)
-        scale = jnp.maximum(jnp.abs(vals[0]), jnp.max(jnp.where(jnp.arange(m) < size, -vals, 0)))
-        scale = jnp.maximum(scale, jnp.finfo(dtype).tiny)
-        res = b * jnp.abs(vecs[s.j, :k])
+        if first:  # size 1: the Ritz pair is (alpha_0, q_0), its residual b
+            scale = jnp.maximum(jnp.abs(a), jnp.finfo(dtype).tiny)
+            res = jnp.full((k,), b)
+        else:
+            vals, vecs = _ritz(alpha, s.beta, size)
+            scale = jnp.maximum(
+                jnp.abs(vals[0]), jnp.max(jnp.where(jnp.arange(m) < size, -vals, 0))
+            )
+            scale = jnp.maximum(scale, jnp.finfo(dtype).tiny)
+            res = b * jnp.abs(vecs[s.j, :k])
         met = (size >= k) & jnp.all(res <= tol * scale)
         exact = size >= dim  # the basis spans the space: the Ritz pairs are exact
         done = met | exact | (size >= m)
-        # Exact breakdown: the Krylov space is invariant. Continue with a random direction.
+        # Exact breakdown: the Krylov space is invariant. Continue with the coordinate vector
+        # least represented in the basis (orthogonalized; its remainder has squared norm
+        # >= 1 - size/D > 0). Deterministic: a random restart would cost a random draw per
+        # iteration wherever the cond becomes a select (under vmap, in a sweep).
         breakdown = b <= 100.0 * eps * scale
-        x = jax.lax.cond(
-            breakdown & ~done,
-            lambda x: _orthogonalize(
-                s.basis, jax.random.normal(jax.random.fold_in(key, s.j), (dim,), dtype)
-            ),
-            lambda x: x,
-            x,
-        )
+
+        def restart(x: Array) -> Array:
+            coord = jnp.argmin(jnp.sum(s.basis * s.basis, axis=0))
+            return _orthogonalize(s.basis, jax.nn.one_hot(coord, dim, dtype=dtype))
+
+        x = jax.lax.cond(breakdown & ~done, restart, lambda x: x, x)
         q_next = x / jnp.linalg.norm(x)
         row = jnp.minimum(size, m - 1)  # a row update, not a select over the whole basis
         basis = s.basis.at[row].set(jnp.where(done, s.basis[row], q_next))
         beta = s.beta.at[s.j].set(jnp.where(breakdown & ~done, 0.0, b))
         return _State(jnp.where(done, s.j, size), basis, alpha, beta, done, met | exact)
 
+    if peel:
+        init = body(init, first=True)
     final = jax.lax.while_loop(lambda s: ~s.done, body, init)
     size = final.j + 1
     vals, vecs = _ritz(final.alpha, final.beta, size)

@@ -8,22 +8,26 @@ These are the bases that :func:`theory.ire.ire` wraps. All take the extra argume
 * :func:`sam`: replaces the gradient by the gradient at a perturbed point (Foret et al. 2021):
   ``standard`` ``w + rho g/|g|``; ``average`` ``w + rho xi``, ``xi`` uniform on the unit sphere
   (the "average-direction" SAM of Wen, Ma, Li 2023 analysed in the IRE paper).
-* :func:`run_optimizer`: a whole run in one ``lax.scan``, recording every ``record_every`` steps.
+* :func:`run_optimizer`: a whole run through the engine (:func:`theory.engine.run`), recording
+  every ``record_every`` steps; the same :class:`theory.GDResult` as :func:`theory.gd_wd`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from . import _validate as check
+from .engine import GDResult, Optax, SaveAt, optax_method
+from .engine import run as engine_run
+from .invariance import as_groups
+from .objective import FullBatch
 
 Array = jax.Array
 PyTree = Any
@@ -91,64 +95,26 @@ def sam(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-class OptRun(NamedTuple):
-    """A recorded run of :func:`run_optimizer` (rows: step 0, ``record_every``, ..., ``steps``).
+class _PytreeLoss(eqx.Module):
+    """``w -> loss_fn(unravel(w), *loss_args)``: a pytree loss as a flat one (data are leaves)."""
 
-    Attributes:
-        steps: ``(n,)`` step index of each row.
-        params: ``(n, D)`` flattened parameters.
-        loss: ``(n,)`` loss at the row's parameters.
-        observed: dict of ``(n, ...)`` arrays from ``observe``.
-        diverged_at: first step whose update was non-finite (``-1``: none); the parameters are
-            frozen from then on.
-        final_state: the optimizer state after the run.
-    """
+    loss_fn: LossFn  # a pytree callable's arrays are leaves (traced, not baked in)
+    unravel: Callable[[Array], PyTree] = eqx.field(static=True)
+    loss_args: tuple
 
-    steps: np.ndarray
-    params: np.ndarray
-    loss: np.ndarray
-    observed: dict[str, np.ndarray]
-    diverged_at: int
-    final_state: Any
+    def __call__(self, w: Array) -> Array:
+        return self.loss_fn(self.unravel(w), *self.loss_args)
 
 
-@eqx.filter_jit
-def _run_core(
-    opt: optax.GradientTransformationExtraArgs,
-    loss_fn: LossFn,
-    params: PyTree,
-    loss_args: tuple,
-    observe: Callable[..., dict[str, Array]] | None,
-    n_rows: int,
-    every: Array,
-    state: Any,
-) -> Any:
-    def row(p: PyTree) -> tuple[Array, Array, dict[str, Array]]:
-        obs = {} if observe is None else observe(p, *loss_args)
-        return ravel_pytree(p)[0], loss_fn(p, *loss_args), obs
+class _PytreeObserve(eqx.Module):
+    """``w -> observe(unravel(w), *loss_args)`` (recorded on every row)."""
 
-    def step(carry: tuple, _: Any) -> tuple[tuple, None]:
-        p, s, t, bad = carry
-        grads = jax.grad(loss_fn)(p, *loss_args)
-        u, s_new = opt.update(grads, s, p, loss_args=loss_args)
-        p_new = optax.apply_updates(p, u)
-        finite = jnp.all(jnp.isfinite(ravel_pytree(p_new)[0]))
-        ok = bad < 0
-        keep = ok & finite
-        p = jax.tree.map(lambda a, b: jnp.where(keep, a, b), p_new, p)
-        s = jax.tree.map(lambda a, b: jnp.where(keep, a, b), s_new, s)
-        bad = jnp.where(ok & ~finite, t, bad)
-        return (p, s, t + 1, bad), None
+    observe: Callable[..., dict[str, Array]]
+    unravel: Callable[[Array], PyTree] = eqx.field(static=True)
+    loss_args: tuple
 
-    def block(carry: tuple, _: Any) -> tuple[tuple, tuple]:
-        carry = jax.lax.fori_loop(0, every, lambda i, c: step(c, None)[0], carry)
-        return carry, row(carry[0])
-
-    carry0 = (params, state, jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32))
-    first = row(params)
-    carry, rows = jax.lax.scan(block, carry0, None, length=n_rows)
-    stacked = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rows)
-    return stacked, carry[1], carry[3]
+    def __call__(self, w: Array) -> dict[str, Array]:
+        return dict(self.observe(self.unravel(w), *self.loss_args))
 
 
 def run_optimizer(
@@ -161,26 +127,42 @@ def run_optimizer(
     record_every: int = 1,
     observe: Callable[..., dict[str, Array]] | None = None,
     state0: Any = None,
-) -> OptRun:
-    """Run ``steps`` full-batch steps of ``opt`` on ``loss_fn`` in one compiled ``lax.scan``.
+    tracker: Any = None,
+    lr: float | None = None,
+    groups: Sequence[int] | None = None,
+    chunk_steps: int = 20_000,
+    callback: Callable[[int, int], None] | None = None,
+) -> GDResult:
+    """Run ``steps`` full-batch steps of ``opt`` on ``loss_fn`` through the engine.
 
     Each step: ``g = grad loss_fn(p, *loss_args)``, ``u = opt.update(g, s, p,
-    loss_args=loss_args)``, ``p += u``. A non-finite update stops the run (parameters frozen,
-    ``diverged_at`` set) instead of raising, so a divergence can be shown.
+    loss_args=loss_args)``, ``p += u`` (:class:`theory.engine.Optax`), compiled in
+    ``lax.scan`` chunks by :func:`theory.engine.run`. A non-finite iterate stops the run instead
+    of raising: ``diverged_at`` is the first step whose iterate is non-finite (the update of
+    step ``diverged_at - 1`` blew up), or whose loss is non-finite at a finite iterate, and the
+    rows from it on are dropped.
 
     Args:
         opt: the optimizer (``loss_args`` is passed to its update as an extra argument).
         loss_fn: ``loss_fn(params, *loss_args) -> scalar``.
-        params0: initial parameters (pytree).
+        params0: initial parameters (pytree; flattened with ``ravel_pytree``).
         steps: number of steps, a multiple of ``record_every``.
         loss_args: data passed to the loss (arguments, not closed over).
         record_every: rows every this many steps.
-        observe: ``observe(params, *loss_args) -> dict`` of arrays recorded on each row.
+        observe: ``observe(params, *loss_args) -> dict`` of arrays recorded on each row
+            (``result.observed``).
         state0: initial optimizer state (default ``opt.init(params0)``), e.g. with other
             hyperparameters set under ``optax.inject_hyperparams``.
+        tracker: a sharpness tracker (default none), e.g.
+            ``theory.engine.LanczosTracker(every=10)``.
+        lr: the step size of the EoS quantity ``lr * lambda_1`` (default ``nan``: no EoS).
+        groups: scale-invariance groups of the flat parameters (for the recorded group norms
+            and a multi-group spherical sharpness).
+        chunk_steps, callback: as :func:`theory.gd_wd`.
 
-    Compiled once per ``(opt, loss_fn, observe, number of rows)``: runs that differ only in
-    arrays (parameters, ``loss_args``, ``state0``, ``record_every``) reuse the program.
+    Returns:
+        :class:`theory.GDResult` (``w`` the flattened parameters per row, ``observed``,
+        ``final_state`` the optimizer state after the run).
     """
     steps = check.positive_int(steps, "steps")
     every = check.positive_int(record_every, "record_every")
@@ -188,16 +170,41 @@ def run_optimizer(
         raise ValueError(f"steps ({steps}) must be a multiple of record_every ({every})")
     if not isinstance(loss_args, tuple):
         raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")
-    opt = optax.with_extra_args_support(opt)
-    state0 = opt.init(params0) if state0 is None else state0
-    (flat, loss, obs), state, bad = _run_core(
-        opt, loss_fn, params0, loss_args, observe, steps // every, jnp.asarray(every), state0
+    method, w0 = optax_method(opt, params0, loss_args=loss_args, lr=lr)
+    sizes = as_groups(groups, int(w0.shape[0]))
+    loss = _PytreeLoss(loss_fn, method.unravel, loss_args)
+    saveat = SaveAt(
+        every=every,
+        observe=None if observe is None else _PytreeObserve(observe, method.unravel, loss_args),
     )
-    return OptRun(
-        steps=np.arange(0, steps + 1, every),
-        params=np.asarray(flat),
-        loss=np.asarray(loss),
-        observed={k: np.asarray(v) for k, v in obs.items()},
-        diverged_at=int(bad),
-        final_state=state,
+    return engine_run(
+        FullBatch(loss),
+        method if state0 is None else _WithState(method, state0),
+        w0,
+        steps=steps,
+        groups=sizes,
+        tracker=tracker,
+        saveat=saveat,
+        chunk_steps=chunk_steps,
+        progress=callback,
+        on_nonfinite="stop",
+        config={"method": "optax", "lr": lr},
     )
+
+
+class _WithState(eqx.Module):
+    """An engine method whose initial state is given (``state0``) instead of ``init(w)``."""
+
+    base: Optax
+    state0: Any
+
+    @property
+    def lr(self) -> Array:
+        return self.base.lr
+
+    def init(self, w: Array) -> Any:
+        del w
+        return self.state0
+
+    def update(self, w: Array, grad: Array, state: Any, t: Array, key: Array) -> tuple[Array, Any]:
+        return self.base.update(w, grad, state, t, key)

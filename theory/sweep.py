@@ -1,20 +1,23 @@
-"""Sweeps: many GD+WD configurations as one compiled, vmapped computation, sharded over devices.
+"""Sweeps: many GD+WD configurations at once, one program per device.
 
 A grid over ``(eta, wd, w0, key, perturbation)`` runs the same per-step program as
-:func:`theory.gd_wd` under ``jax.vmap``; the sweep axis is laid out over all devices with
-``jax.sharding`` (a 1-D ``Mesh`` named ``"sweep"`` and ``NamedSharding(mesh, P("sweep"))``), so
-XLA partitions the batch and no configuration talks to another. The grid is padded to a
-multiple of the device count (the padding repeats the last configuration and is dropped).
+:func:`theory.gd_wd` (the engine's :func:`theory.engine.run_batch`): the configuration axis is
+split over a 1-D ``Mesh`` named ``"sweep"`` with ``shard_map``, so every device runs its own
+compiled loop on its configurations (vmapped): its own Lanczos iteration counts, no
+communication. The grid is padded to a multiple of the device count (the padding repeats the
+last configuration and is dropped). Tracking uses the same tracker, warm start and tolerance as
+:func:`theory.gd_wd`.
 
-Multi-host: call ``jax.distributed.initialize()`` in every process first and pass the same full
-grid everywhere; inputs are placed with ``jax.make_array_from_callback`` (each process supplies
-its own devices' slices) and results are gathered with
-``jax.experimental.multihost_utils.process_allgather``. (Only single-host runs, including
-several forced CPU devices, are tested here.)
+Multi-process: call ``jax.distributed.initialize()`` in every process first and pass the same
+full grid everywhere; inputs are placed with ``jax.make_array_from_callback`` (each process
+supplies its own devices' slices) and results are gathered with
+``jax.experimental.multihost_utils.process_allgather`` (``docs/distributed.md``).
 
-Differences from a one-by-one loop: every ``lax.cond`` becomes a select under ``vmap`` (both
-branches run), divergence does not stop the sweep (a diverged configuration freezes and its
-later rows are NaN), and results equal the sequential ones to rounding, not bitwise.
+Differences from a one-by-one loop: within a device, configurations step in lockstep (a
+``lax.cond`` whose predicate differs between them becomes a select; the Lanczos loop runs to the
+largest iteration count of the device's configurations), divergence does not stop the sweep (a
+diverged configuration freezes and its later rows are NaN), and results equal the sequential
+ones to rounding, not bitwise.
 """
 
 from __future__ import annotations
@@ -23,28 +26,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _validate as check
 from ._types import Array, Groups, LossFn
-from .curvature import linearize_grad
-from .gd import (
-    GDResult,
-    _Carry,
-    _final_row,
-    _Params,
-    _Row,
-    _segment_core,
-    _Static,
-    check_rates,
-    check_schedule,
-)
-from .invariance import check_scale_invariance, normalize
-from .lanczos import default_tol, lanczos
+from .engine import GDWD, SaveAt, run_batch
+from .gd import GDResult, _saveat, _tracker, check_rates
+from .invariance import check_scale_invariance
+from .objective import as_objective
 
 
 @dataclass(frozen=True)
@@ -76,6 +67,7 @@ class SweepResult:
     v1: np.ndarray
     groups: Groups
     config: dict[str, Any]
+    block_matvecs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.eta.shape[0])
@@ -99,6 +91,7 @@ class SweepResult:
             eos=self.eos[i][keep],
             lanczos_matvecs=self.lanczos_matvecs[i][keep],
             lanczos_residual=self.lanczos_residual[i][keep],
+            block_matvecs=None if self.block_matvecs is None else self.block_matvecs[i][keep],
             onset_step=onset if onset >= 0 else None,
             diverged_at=bad if bad >= 0 else None,
             v1=self.v1[i],
@@ -127,54 +120,6 @@ def _grid_size(w0: np.ndarray, *values: Any) -> int:
     return sizes.pop() if sizes else 1
 
 
-def _initial_vectors(
-    loss: LossFn, w: Array, eta: Array, tol: Array, key: Array, st: _Static
-) -> tuple[Array, Array]:
-    """Cold top eigenvectors of ``eta H(w)`` and ``H(w_hat)`` (vmapped over configurations)."""
-    _, hvp = linearize_grad(loss, w)
-    v0 = jax.random.normal(jax.random.fold_in(key, 7), w.shape, w.dtype)
-    m = min(w.shape[0], 64)
-    v = lanczos(lambda x: eta * hvp(x), v0, max_iters=m, tol=tol).eigenvectors[:, 0]
-    if len(st.groups) == 1:
-        return v, v
-    w_hat = normalize(w, st.groups)
-    _, hvp_hat = linearize_grad(loss, w_hat)
-    vs = lanczos(hvp_hat, v0, max_iters=m, tol=tol).eigenvectors[:, 0]
-    return v, vs
-
-
-_init_batch = eqx.filter_jit(eqx.filter_vmap(_initial_vectors, in_axes=(None, 0, 0, None, 0, None)))
-# The step counter and the schedules are shared by all configurations (they step in lockstep),
-# so they stay unbatched: the "track this step?" predicate is then a scalar and the tracking
-# ``lax.cond`` remains a real branch under vmap instead of a select that would run Lanczos on
-# every step.
-_CARRY_AXES = _Carry(0, 0, 0, None, 0, 0, 0)  # type: ignore[arg-type]
-_PARAM_AXES = _Params(0, 0, 0, None, None, 0, None)  # type: ignore[arg-type]
-_segment_batch = eqx.filter_jit(
-    eqx.filter_vmap(
-        _segment_core, in_axes=(None, _CARRY_AXES, _PARAM_AXES, None, None, None, None, None)
-    )
-)
-
-
-def _place(tree: Any, sharding: NamedSharding) -> Any:
-    """Put host arrays with a leading sweep axis onto the devices (single- or multi-host)."""
-
-    def put(x: Any) -> Array:
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-    return jax.tree.map(put, tree)
-
-
-def _gather(x: Array) -> np.ndarray:
-    if jax.process_count() > 1:  # pragma: no cover - multi-host only
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
 def gd_wd_sweep(
     loss: LossFn,
     w0: Array,
@@ -182,20 +127,23 @@ def gd_wd_sweep(
     eta: float | Sequence[float] | np.ndarray,
     wd: float | Sequence[float] | np.ndarray,
     steps: int,
-    record_every: int = 1,
+    record_every: int | None = None,
     groups: Sequence[int] | None = None,
     seeds: Sequence[int] | np.ndarray | None = None,
     perturbation: float | Sequence[float] | np.ndarray = 0.0,
     perturb_every: int = 1,
-    track_sharpness: bool = True,
+    track_sharpness: bool | None = None,
     sharpness_every: int | None = None,
     lanczos_tol: float | None = None,
-    lanczos_iters: int = 12,
-    record_iterates: bool = True,
+    lanczos_iters: int | None = None,
+    warm_start: str | None = None,
+    record_iterates: bool | None = None,
     chunk_steps: int = 20_000,
     callback: Callable[[int, int], None] | None = None,
     devices: Sequence[Any] | None = None,
     check_invariance: bool = True,
+    tracker: Any = None,
+    saveat: SaveAt | None = None,
 ) -> SweepResult:
     """GD+WD for a grid of configurations at once (see the module docstring).
 
@@ -206,7 +154,8 @@ def gd_wd_sweep(
         seeds: ``(B,)`` integer seeds of the per-configuration PRNG keys (default
             ``0 .. B-1``); seed ``s`` gives the same key as ``gd_wd(key=PRNGKey(s))``.
         devices: devices to shard the sweep axis over (default all ``jax.devices()``).
-        Other arguments as :func:`theory.gd_wd` (shared by all configurations).
+        Other arguments as :func:`theory.gd_wd` (shared by all configurations), including
+        ``tracker=`` and ``saveat=`` objects.
     """
     w0_host = np.asarray(w0)
     if w0_host.ndim not in (1, 2):
@@ -221,109 +170,60 @@ def gd_wd_sweep(
     for i in range(1, n):
         check.flat_vector(jnp.asarray(w0s[i]), f"w0[{i}]", sizes)
     dtype = first.dtype
-    steps, record_every, s_every = check_schedule(steps, record_every, sharpness_every)
     perturb_every = check.positive_int(perturb_every, "perturb_every")
-    lanczos_iters = check.positive_int(lanczos_iters, "lanczos_iters")
-    chunk_steps = check.positive_int(chunk_steps, "chunk_steps")
+    saveat = _saveat(saveat, record_every, record_iterates)
+    tracker = _tracker(
+        tracker, saveat, track_sharpness, sharpness_every, lanczos_tol, lanczos_iters, warm_start
+    )
     if check_invariance:
         check_scale_invariance(loss, first, groups=sizes)
     seeds_arr = np.arange(n) if seeds is None else np.asarray(seeds, dtype=np.int64)
-    tol = default_tol(dtype) if lanczos_tol is None else check.positive(lanczos_tol, "lanczos_tol")
-    st = _Static(sizes, bool(track_sharpness), min(lanczos_iters, first.shape[0]), record_iterates)
-
-    devices = list(jax.devices() if devices is None else devices)
-    pad = (-n) % len(devices)
-    idx = np.concatenate([np.arange(n), np.full(pad, n - 1)]).astype(int)
-    b = n + pad
-    keys = np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in seeds_arr])[idx]
-    idt = jnp.asarray(0).dtype  # int32, or int64 with x64: as in gd_wd
-    batched = (
-        np.asarray(etas[idx], dtype),
-        np.asarray(wds[idx], dtype),
-        np.full(b, tol, dtype),
-        np.asarray(kicks[idx], dtype),
-    )
-    w_start = np.asarray(w0s[idx], dtype)
-    mesh = Mesh(np.asarray(devices), ("sweep",))
-    sharding = NamedSharding(mesh, PartitionSpec("sweep"))
-    eta_d, wd_d, tol_d, kick_d = _place(batched, sharding)
-    p = _Params(
-        eta_d,
-        wd_d,
-        tol_d,
-        jnp.asarray(record_every, idt),
-        jnp.asarray(s_every, idt),
-        kick_d,
-        jnp.asarray(perturb_every, idt),
-    )
-    w_dev, k_dev = _place((w_start, keys), sharding)
-    if track_sharpness:
-        v, vs = _init_batch(loss, w_dev, p.eta, jnp.asarray(tol, dtype), k_dev, st)
-    else:
-        v = vs = jnp.zeros_like(w_dev)
-    minus = np.full(b, -1, idt)
-    onset0, bad0 = _place((minus, minus), sharding)
-    carry = _Carry(w_dev, v, vs, jnp.asarray(0, idt), onset0, bad0, k_dev)
-
-    n_blocks = -(-steps // record_every)
-    last_len = steps - (n_blocks - 1) * record_every
-    chunk = max(1, min(n_blocks, chunk_steps // record_every))
-    rows: list[_Row] = []
-    done = 0
-    while done < n_blocks:
-        active = min(chunk, n_blocks - done)
-        last = last_len if done + active == n_blocks else record_every
-        carry, seg = _segment_batch(
-            loss, carry, p, st, chunk, jnp.asarray(active), jnp.asarray(last), jnp.asarray(False)
-        )
-        carry = carry._replace(t=carry.t[0])  # vmap broadcast the shared counter
-        rows.append(jax.tree.map(lambda a, k=active: _gather(a)[:, :k], seg))
-        done += active
-        if callback is not None:
-            callback(min(done * record_every, steps), steps)
-    carry, final = _final_row(_segment_batch, loss, carry, p, st, chunk)
-    rows.append(jax.tree.map(lambda a: _gather(a)[:, :1], final))
-    return _assemble_sweep(
-        rows,
-        carry,
-        etas,
-        wds,
-        kicks,
+    keys = np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in seeds_arr])
+    methods = GDWD(
+        jnp.asarray(etas, dtype),
+        jnp.asarray(wds, dtype),
+        jnp.asarray(kicks, dtype),
         sizes,
-        st,
-        n,
-        {
-            "steps": steps,
-            "record_every": record_every,
-            "sharpness_every": s_every,
-            "groups": list(sizes),
-            "track_sharpness": bool(track_sharpness),
-            "lanczos_tol": tol,
-            "lanczos_iters": st.max_iters,
-            "perturb_every": perturb_every,
-            "dtype": jnp.dtype(dtype).name,
-            "devices": len(devices),
-            "seeds": seeds_arr.tolist(),
-        },
+        perturb_every=perturb_every,
+        kicks=bool(np.any(kicks > 0)),
     )
+    devices = list(jax.devices() if devices is None else devices)
+    cols, last, engine_cfg = run_batch(
+        as_objective(loss),
+        methods,
+        np.asarray(w0s, dtype),
+        keys,
+        steps=steps,
+        groups=sizes,
+        tracker=tracker,
+        saveat=saveat,
+        chunk_steps=chunk_steps,
+        devices=devices,
+        progress=callback,
+    )
+    config = {
+        **engine_cfg,
+        "groups": list(sizes),
+        "track_sharpness": tracker.every > 0,
+        "sharpness_every": tracker.every or saveat.every,
+        "perturb_every": perturb_every,
+        "devices": len(devices),
+        "seeds": seeds_arr.tolist(),
+    }
+    return _assemble_sweep(cols, last, etas, wds, kicks, sizes, saveat.iterates, config)
 
 
 def _assemble_sweep(
-    rows: list[_Row],
-    c: _Carry,
+    cols: dict[str, np.ndarray],
+    last: dict[str, np.ndarray],
     etas: np.ndarray,
     wds: np.ndarray,
     kicks: np.ndarray,
     sizes: Groups,
-    st: _Static,
-    n: int,
+    iterates: bool,
     config: dict[str, Any],
 ) -> SweepResult:
-    cols = {
-        f: np.concatenate([np.asarray(getattr(r, f)) for r in rows], axis=1)[:n]
-        for f in _Row._fields
-    }
-    bad = _gather(c.bad)[:n]
+    bad = last["bad"]
     step = cols["step"][0].astype(np.int64)
     invalid = (bad[:, None] >= 0) & (step[None, :] >= bad[:, None])
     gsq = cols["group_norms"] ** 2
@@ -336,7 +236,7 @@ def _assemble_sweep(
 
     return SweepResult(
         step=step,
-        w=mask(cols["w"]) if st.record_iterates else None,
+        w=mask(cols["w"]) if iterates else None,
         norm=mask(norm),
         group_norms=mask(cols["group_norms"]),
         eta_eff=mask(etas[:, None] / norm**2),
@@ -346,12 +246,13 @@ def _assemble_sweep(
         eos=mask(cols["eos"]),
         lanczos_matvecs=cols["matvecs"],
         lanczos_residual=mask(cols["residual"]),
-        onset_step=_gather(c.onset)[:n].astype(np.int64),
+        onset_step=last["onset"].astype(np.int64),
         diverged_at=bad.astype(np.int64),
         eta=etas,
         wd=wds,
         perturbation=kicks,
-        v1=_gather(c.v)[:n],
+        v1=last["v1"],
         groups=sizes,
         config=config,
+        block_matvecs=cols["block_matvecs"],
     )

@@ -1,0 +1,279 @@
+"""Sharpness trackers: what the engine learns about the curvature along a run, and at what cost.
+
+A tracker is a pytree (``equinox.Module``, settings static) with
+
+* ``every``: track on steps ``t`` with ``t % every == 0`` (0: never);
+* ``init(objective, w0, lr, groups, key) -> state``: warm-start vectors (jit/vmap-compatible);
+* ``observe(objective, w, lr, groups, state, t, key, tracked, record) -> (Obs, state)``: the loss
+  and gradient at ``w`` (which the GD step uses) and, on tracked steps, the EoS quantity
+  ``lr * lambda_1(hess L(w))`` and the spherical sharpness ``lambda_1(hess L(w_hat))``.
+
+Trackers here:
+
+* :class:`NoTracking`: bare GD (one ``value_and_grad`` per step).
+* :class:`LanczosTracker`: Lanczos on ``lr H(w)`` every ``every`` steps, warm-started from an
+  earlier tracked step's eigenvector, stopped at a relative Ritz residual ``tol``; the primal
+  pass of the linearization is shared with the GD step.
+
+With one group the spherical sharpness is free (``eos |w|^2 / lr``). With several groups it is
+the top eigenvalue of a second operator ``M H(w) M = H(w_hat)`` (``M`` the per-group norms),
+solved only on recorded rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._types import Array, Groups
+from ..eigtrack import track_top
+from ..invariance import expand_groups, group_norms
+from ..lanczos import default_tol, lanczos
+from ..objective import Objective
+
+
+class Obs(NamedTuple):
+    """What one step learns at the current iterate (before the update)."""
+
+    loss: Array
+    grad: Array
+    eos: Array
+    sharpness: Array
+    matvecs: Array  # HVPs spent on this step (int32)
+    residual: Array  # relative Ritz residual achieved (nan where not tracked)
+
+
+def _untracked(objective: Objective, w: Array) -> Obs:
+    val, grad = objective.value_and_grad(w)
+    nan = jnp.asarray(jnp.nan, w.dtype)
+    return Obs(val, grad, nan, nan, jnp.asarray(0, jnp.int32), nan)
+
+
+class NoTracking(eqx.Module):
+    """Bare GD: no curvature is computed (``eos`` and ``sharpness`` are NaN)."""
+
+    every: int = eqx.field(static=True, default=0)
+
+    def init(self, objective: Objective, w: Array, lr: Array, groups: Groups, key: Array) -> Any:
+        del objective, lr, groups, key
+        return jnp.zeros((0,), w.dtype)
+
+    def observe(
+        self,
+        objective: Objective,
+        w: Array,
+        lr: Array,
+        groups: Groups,
+        state: Any,
+        t: Array,
+        key: Array,
+        tracked: Array,
+        record: bool,
+    ) -> tuple[Obs, Any]:
+        del lr, groups, t, key, tracked, record
+        return _untracked(objective, w), state
+
+    def config(self) -> dict[str, Any]:
+        return {"tracker": "none"}
+
+
+class LanczosState(NamedTuple):
+    """Warm starts of :class:`LanczosTracker`.
+
+    ``v``: top eigenvector of ``lr H(w)`` at the last tracked step; ``vp``: at the tracked step
+    before it (the other parity's chain); ``vs``: top eigenvector of ``H(w_hat)`` where it was
+    last solved (several groups only).
+    """
+
+    v: Array
+    vp: Array
+    vs: Array
+    gap: Array  # top Ritz gap of the last solve (``stop="error"``; 0 where unknown)
+    gp: Array  # the same, of the solve before it (the other parity's chain)
+
+
+class LanczosTracker(eqx.Module):
+    """Lanczos on ``lr H(w)`` every ``every`` steps, warm-started, stopped at residual ``tol``.
+
+    Warm start: ``"parity"`` starts an odd-``every`` tracker from the eigenvector of two tracked
+    steps before (at the Edge of Stability the iterate, and so the Hessian, oscillates with
+    period 2: the top eigenvector of an even step is closer to that of the previous even step);
+    ``"last"`` always from the previous tracked step's. Each solve stops at the first Krylov
+    dimension whose relative Ritz residual ``|A y - theta y| / |theta|`` is ``<= tol`` (one HVP
+    when the warm start already meets it), or at ``max_iters`` HVPs. A residual ``r`` bounds the
+    eigenvalue error by ``r`` and makes it about ``r^2 / gap`` (relative gap to the next
+    eigenvalue); where the top two eigenvalues nearly cross a warm-started solve can settle on
+    the second one (an error up to their gap; the residual does not reveal it).
+
+    Stopping rule ``stop``: ``"residual"`` as above; ``"error"`` stops instead on an estimate
+    of the eigenvalue error, ``min(r, safety r^2 / gap) <= tol |theta|`` (Kato-Temple, with the
+    gap of the top two Ritz values; :func:`theory.eigtrack.track_top`), so ``tol`` is then the
+    relative eigenvalue accuracy asked for (the gap is trusted from three Krylov vectors on, and
+    the last trusted gap of the same chain caps it). At the same ``tol`` it stops earlier than
+    the residual rule and still meets ``tol``; at equal *accuracy* it is not always cheaper,
+    since the residual rule's error ``~ r^2 / gap`` is often far below its ``tol`` (measured in
+    ``tests/test_engine.py`` and ``benchmarks/bench_networks.py``). The residual is still
+    reported.
+
+    Attributes:
+        every: tracking period in steps (>= 1).
+        tol: relative residual (``stop="residual"``) or relative eigenvalue error
+            (``stop="error"``); ``None``: ``3 sqrt(eps)`` of the run's dtype.
+        max_iters: HVP cap per solve.
+        warm_start: ``"parity"`` or ``"last"``.
+        init_iters: Krylov cap of the accurate cold solve at the start (capped at ``D``).
+        stop: ``"residual"`` or ``"error"``.
+        safety: the factor on ``r^2 / gap`` of ``stop="error"`` (3: measured to keep every
+            tracked row of W1 within ``tol``; 1 stopped too early on most rows).
+        spherical: with several groups, also solve the spherical sharpness (a second
+            operator) on recorded rows; ``False`` leaves ``sharpness`` NaN there and spends HVPs
+            on the EoS quantity only (about half the HVPs of tracking every recorded row).
+        batched: set by the batched driver (:func:`theory.engine.run_batch`): the residual
+            solve then tests the warm start before its loop (``lanczos(peel_first=True)``), so
+            that a batch whose warm starts all converge after one HVP skips the loop's
+            per-iteration eigen-decomposition. Results are the same.
+    """
+
+    every: int = eqx.field(static=True, default=1)
+    tol: float | None = eqx.field(static=True, default=None)
+    max_iters: int = eqx.field(static=True, default=24)
+    warm_start: Literal["parity", "last"] = eqx.field(static=True, default="parity")
+    init_iters: int = eqx.field(static=True, default=64)
+    stop: Literal["residual", "error"] = eqx.field(static=True, default="residual")
+    safety: float = eqx.field(static=True, default=3.0)
+    spherical: bool = eqx.field(static=True, default=True)
+    batched: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self) -> None:
+        for name in ("every", "max_iters", "init_iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LanczosTracker.{name} must be a positive int, got {value!r}")
+        if self.tol is not None and (
+            isinstance(self.tol, bool) or not (isinstance(self.tol, float | int) and self.tol > 0)
+        ):
+            raise ValueError(
+                f"LanczosTracker.tol must be a positive float or None, got {self.tol!r}"
+            )
+        if self.stop not in ("residual", "error"):
+            raise ValueError(
+                f"LanczosTracker.stop must be 'residual' or 'error', got {self.stop!r}"
+            )
+        if isinstance(self.safety, bool) or not (
+            isinstance(self.safety, float | int) and self.safety >= 1
+        ):
+            raise ValueError(f"LanczosTracker.safety must be a float >= 1, got {self.safety!r}")
+        if self.warm_start not in ("parity", "last"):
+            raise ValueError(
+                f"LanczosTracker.warm_start must be 'parity' or 'last', got {self.warm_start!r}"
+            )
+
+    def _tol(self, dtype: Any) -> Array:
+        return jnp.asarray(default_tol(dtype) if self.tol is None else self.tol, dtype)
+
+    def init(
+        self, objective: Objective, w: Array, lr: Array, groups: Groups, key: Array
+    ) -> LanczosState:
+        """An accurate cold solve at ``w`` (every later solve then starts warm)."""
+        _, hvp = objective.linearize(w)
+        tol = self._tol(w.dtype)
+        m = min(w.shape[0], self.init_iters)
+        v0 = jax.random.normal(jax.random.fold_in(key, 1), w.shape, w.dtype)
+        v = lanczos(lambda x: lr * hvp(x), v0, max_iters=m, tol=tol).eigenvectors[:, 0]
+        vs = v
+        if len(groups) > 1:
+            s = expand_groups(group_norms(w, groups), groups)
+            res = lanczos(lambda x: s * hvp(s * x), v0, max_iters=m, tol=tol)
+            vs = res.eigenvectors[:, 0]
+        zero = jnp.zeros((), w.dtype)
+        return LanczosState(v, v, vs, zero, zero)
+
+    def observe(
+        self,
+        objective: Objective,
+        w: Array,
+        lr: Array,
+        groups: Groups,
+        state: LanczosState,
+        t: Array,
+        key: Array,
+        tracked: Array,
+        record: bool,
+    ) -> tuple[Obs, LanczosState]:
+        tol = self._tol(w.dtype)
+        max_iters = min(self.max_iters, w.shape[0])
+
+        def top(
+            matvec: Callable[[Array], Array], start: Array, prior_gap: Array
+        ) -> tuple[Array, ...]:
+            """``(eigenvalue, unit eigenvector, relative residual, HVPs, top Ritz gap)``."""
+            if self.stop == "error":
+                tr = track_top(
+                    matvec,
+                    start,
+                    tol=tol,
+                    max_matvecs=max_iters,
+                    k=min(2, max_iters),
+                    safety=self.safety,
+                    prior_gap=prior_gap,
+                )
+                vals = tr.ritz_values
+                gap = vals[0] - vals[-1] if vals.shape[0] > 1 else jnp.zeros((), w.dtype)
+                # A gap is trusted from three vectors on (``track_top``); otherwise the last
+                # trusted one is carried forward.
+                gap = jnp.where(jnp.isfinite(gap) & (tr.num_matvecs >= 3), gap, prior_gap)
+                return tr.eigenvalue, tr.eigenvector, tr.residual, tr.num_matvecs, gap
+            res = lanczos(matvec, start, max_iters=max_iters, tol=tol, peel_first=self.batched)
+            lam = res.eigenvalues[0]
+            zero = jnp.zeros((), w.dtype)
+            return (
+                lam,
+                res.eigenvectors[:, 0],
+                res.residuals[0] / jnp.abs(lam),
+                res.num_matvecs,
+                zero,
+            )
+
+        def solve(state: LanczosState) -> tuple[Obs, LanczosState]:
+            (val, grad), hvp = objective.linearize(w)
+            start, prior = state.v, state.gap
+            if self.warm_start == "parity" and self.every % 2 == 1:
+                start, prior = state.vp, state.gp
+            eos, v, resid, matvecs, gap = top(lambda x: lr * hvp(x), start, prior)
+            vs = state.vs
+            if len(groups) == 1:
+                sharp, vs = eos * jnp.vdot(w, w) / lr, v
+            elif record and self.spherical:
+                m = expand_groups(group_norms(w, groups), groups)
+                sharp, vs, resid_s, matvecs_s, _ = top(
+                    lambda x: m * hvp(m * x), state.vs, jnp.zeros((), w.dtype)
+                )
+                resid = jnp.maximum(resid, resid_s)
+                matvecs = matvecs + matvecs_s
+            else:
+                sharp = jnp.asarray(jnp.nan, w.dtype)
+            obs = Obs(val, grad, eos, sharp, jnp.asarray(matvecs, jnp.int32), resid)
+            return obs, LanczosState(v, state.v, vs, gap, state.gap)
+
+        def skip(state: LanczosState) -> tuple[Obs, LanczosState]:
+            return _untracked(objective, w), state
+
+        return jax.lax.cond(tracked, solve, skip, state)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "tracker": "lanczos",
+            "sharpness_every": self.every,
+            "lanczos_tol": self.tol,
+            "lanczos_iters": self.max_iters,
+            "warm_start": self.warm_start,
+            **({"stop": "error", "safety": self.safety} if self.stop == "error" else {}),
+            **({} if self.spherical else {"spherical": False}),
+        }
+
+
+Tracker = NoTracking | LanczosTracker
