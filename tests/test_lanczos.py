@@ -94,3 +94,35 @@ def test_not_converged_is_reported():
     assert not bool(res.converged)
     assert int(res.num_matvecs) == 5
     assert float(res.residuals[0]) > 1e-12 * 10
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tol", [1e-3, 1e-6])
+def test_error_stop_meets_tol_for_fewer_matvecs(seed, tol):
+    # stop="error": tol is the relative eigenvalue error (Kato-Temple, r^2 / gap), not the
+    # residual; from a random start it must meet tol and stop no later than the residual rule.
+    a, ev = random_spd(200, seed, top=(10.0, 9.7, 9.0))
+    v0 = jnp.asarray(np.random.default_rng(seed + 20).normal(size=200))
+    err = lanczos(lambda x: a @ x, v0, tol=tol, stop="error")
+    res = lanczos(lambda x: a @ x, v0, tol=tol)
+    assert abs(float(err.eigenvalues[0]) - ev[0]) / ev[0] <= tol
+    assert int(err.num_matvecs) <= int(res.num_matvecs)
+    # The reported residual is the true one, and the final gap the Ritz gap (>= 3 vectors).
+    y = err.eigenvectors[:, 0]
+    true = float(jnp.linalg.norm(a @ y - err.eigenvalues[0] * y))
+    np.testing.assert_allclose(float(err.residuals[0]), true, rtol=1e-6, atol=1e-12)
+    assert np.isfinite(float(err.gap)) and float(err.gap) >= 0.29  # true gap 0.3, theta_2 <= 9.7
+
+
+def test_error_stop_prior_gap_and_bad_arguments():
+    a, ev = random_spd(100, 3, top=(10.0, 9.99, 9.0))  # gap 1e-3 relative
+    v0 = jnp.asarray(np.random.default_rng(1).normal(size=100))
+    # A prior gap smaller than the Ritz one makes the rule stricter: never fewer matvecs.
+    loose = lanczos(lambda x: a @ x, v0, tol=1e-4, stop="error")
+    strict = lanczos(lambda x: a @ x, v0, tol=1e-4, stop="error", prior_gap=1e-3)
+    assert int(strict.num_matvecs) >= int(loose.num_matvecs)
+    assert abs(float(strict.eigenvalues[0]) - ev[0]) / ev[0] <= 1e-4
+    with pytest.raises(ValueError, match="k must be 1"):
+        lanczos(lambda x: a @ x, v0, k=2, stop="error")
+    with pytest.raises(ValueError, match="stop must be"):
+        lanczos(lambda x: a @ x, v0, stop="nope")

@@ -377,6 +377,10 @@ def run_batch(
         s, seg = run_chunk(
             prog, methods, s, per_chunk, jnp.asarray(active), jnp.asarray(last), jnp.asarray(False)
         )
+        # The counter back as a fresh (weakly typed, uncommitted) scalar, like the first
+        # call's: the one out of shard_map is committed to a device and would make the next
+        # call (and the final row) compile the program a second time.
+        s = s._replace(t=jnp.asarray(int(s.t)))
         rows.append(jax.tree.map(lambda a, k=active: gather(a)[:, :k], seg))
         done += active
         if progress is not None:
