@@ -279,7 +279,7 @@ def _assemble(
         groups=tuple(groups),
         config=cfg,
         observed={k[9:]: v for k, v in cols.items() if k.startswith("observed.")},
-        final_state=None if s.method == () else s.method,
+        final_state=None if isinstance(s.method, tuple) and not s.method else s.method,
     )
 
 
