@@ -335,6 +335,11 @@ def _num(x: Any, spec: str) -> str:
     return "none".rjust(width) if x is None or x == "nan" else format(float(x), spec)
 
 
+def _step_or_dash(step: int | None) -> str:
+    """A divergence step, or "-" for none (``None``; results stored before the engine: -1)."""
+    return "-" if step is None or step < 0 else str(step)
+
+
 def format_table(table: Sequence[dict[str, Any]]) -> list[str]:
     """The speed-up table as text lines."""
     lines = [
@@ -347,7 +352,7 @@ def format_table(table: Sequence[dict[str, Any]]) -> list[str]:
             f"{r['problem']:13s} {r['eta_wd']:7.0e} {r['mode']:8s} {r['projector']:11s} "
             f"{r['kappa']:6g} {r['naive']:8.4g} {_num(r['predicted'], '10.4g')} "
             f"{_num(r['speedup'], '10.4g')} {_num(r['ratio'], '7.3f')} "
-            f"{r['mean_eos']:6.3f} {r['diverged_at'] if r['diverged_at'] >= 0 else '-'}"
+            f"{r['mean_eos']:6.3f} {_step_or_dash(r['diverged_at'])}"
         )
     return lines
 

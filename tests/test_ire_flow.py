@@ -51,3 +51,21 @@ def test_config_errors() -> None:
         ire_flow.Config(projector="midpoint:0")
     with pytest.raises(ValueError, match="kappas must be finite and >= 0"):
         ire_flow.Config(kappas=(-1.0,))
+
+
+def test_format_table_shows_divergence_steps():
+    # diverged_at is None (no divergence) or the first non-finite step; -1 in older results.
+    row = {
+        "problem": "great_circle",
+        "eta_wd": 1e-3,
+        "mode": "exact",
+        "projector": "iterate",
+        "kappa": 1.0,
+        "naive": 2.0,
+        "predicted": 1.5,
+        "speedup": 1.4,
+        "ratio": 0.93,
+        "mean_eos": 2.0,
+    }
+    lines = ire_flow.format_table([{**row, "diverged_at": d} for d in (None, -1, 120)])
+    assert [line.split()[-1] for line in lines[1:]] == ["-", "-", "120"]
