@@ -571,3 +571,10 @@ def test_chunked_objective_equals_full_loss_in_gd_wd():
         assert dev < 1e-10, (name, dev)
     assert got.onset_step is None and ref.onset_step is None
     np.testing.assert_allclose(got.eos, ETA * _top_eig(full, ref.w), rtol=1e-8)
+
+
+def test_run_optimizer_tracking_needs_lr():
+    with pytest.raises(ValueError, match="lr="):
+        run_optimizer(
+            optax.sgd(0.1), lambda p: jnp.sum(p**2), jnp.ones(3), 5, tracker=LanczosTracker()
+        )

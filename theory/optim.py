@@ -170,6 +170,10 @@ def run_optimizer(
         raise ValueError(f"steps ({steps}) must be a multiple of record_every ({every})")
     if not isinstance(loss_args, tuple):
         raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")
+    if tracker is not None and getattr(tracker, "every", 0) > 0 and lr is None:
+        raise ValueError(
+            "a sharpness tracker needs lr= (the step size of the EoS quantity lr * lambda_1)"
+        )
     method, w0 = optax_method(opt, params0, loss_args=loss_args, lr=lr)
     sizes = as_groups(groups, int(w0.shape[0]))
     loss = _PytreeLoss(loss_fn, method.unravel, loss_args)
