@@ -1,7 +1,7 @@
 """``python -m benchmarks [--quick] [--out DIR]``: every benchmark, one JSON and one markdown table.
 
 Runs ``bench_core`` (Lanczos cold/warm HVP counts; cost of tracking sharpness every step),
-``bench_flow`` (flow vs GD to tau = 4), ``bench_sweep`` (64 configurations vmapped vs one by
+``bench_flow`` (flow vs GD to tau = 4), ``bench_sweep`` (16 configurations as a sweep vs one by
 one), ``bench_networks`` (workload W1), ``bench_ire`` (IRE's selectors on W1's network) and
 ``bench_memory`` (peak memory of chunked vs full-batch objectives, XLA's analysis), then writes
 ``<out>/report.json`` and ``<out>/report.md`` (default ``results/bench``). Every number is a
