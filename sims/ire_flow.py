@@ -1,15 +1,20 @@
-"""Exact IRE on scale-invariant GD+WD: measured speed-up of the sharpness-reduction flow vs 1+kappa.
+"""Exact IRE on scale-invariant GD+WD: the measured speed-up of the sharpness-reduction flow.
 
 GD+WD (``theory.optim.gd_wd_transform``) wrapped in exact IRE (``theory.ire.exact_flat`` with
 ``k`` = the codimension of ``Gamma`` in the sphere) on the analytic curves ``great_circle`` and
 ``ire_toy``, started on the EoS equilibrium next to the problem's start projected on ``Gamma``.
 Two choices of the amplified part (docs/ire.md):
 
-* ``tangent`` (``radial=False``): the tangent of ``Gamma`` only; prediction: the flow runs
-  ``1 + kappa`` times faster in ``tau = 2 eta wd t``;
+* ``tangent`` (``radial=False``): the tangent of ``Gamma`` only;
 * ``radial`` (``radial=True``, the literal complement of the top-k eigenspace): weight decay is
-  amplified too, so the EoS amplitude grows to ``eta wd (1 + kappa) / 2``; prediction
-  ``(1 + kappa)^2`` (and the start is the equilibrium of ``wd (1 + kappa)``).
+  amplified too, which changes the norm balance (and the start is the equilibrium of it).
+
+The prediction is not ``1 + kappa`` (the naive column of the table): IRE multiplies the drift
+along ``Gamma`` by ``a`` (``1 + kappa``; ``1 - kappa`` with the projector at the current iterate
+refreshed every step) and the norm balance by ``b`` (1 tangent, ``1 + kappa`` radial), and the
+EoS amplitude adjusts, so the flow runs ``a (1 + |g|^2/4) / (1 + a |g|^2 / (4 b))`` times faster
+in ``tau = 2 eta wd t`` where ``|g| = |P grad log lambda_1|`` (:func:`gains`,
+:func:`local_speedup`; derived in docs/ire.md).
 
 The speed-up is measured without fitting a model of the path: each recorded direction is
 projected on ``Gamma`` (``Phi``), its sharpness ``S(Phi)`` is located on the closed-form flow

@@ -438,7 +438,8 @@ def ire(
     ``update(grads, state, params, *, loss_args=(), **extra)`` computes the base update ``u``
     (``extra`` and ``loss_args`` are forwarded to ``base``), refreshes the selector when due
     (step ``warmup + j K``), and returns ``u + kappa * P_flat u`` (or ``u`` before ``warmup``).
-    ``kappa = 0`` returns the base update bit for bit (and skips the curvature work).
+    A Python ``kappa = 0`` returns the base update bit for bit (and skips the curvature work); a
+    traced zero runs the amplification and equals the base to rounding (``tests/test_ire.py``).
     ``params`` are required.
 
     Args:
