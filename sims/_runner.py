@@ -32,6 +32,9 @@ def stored_or_run(
     store = ResultStore(results_dir)
     found = store.find(sim, config)
     if found is not None and not force:
+        # Reused: LATEST moves to it too, so that figures drawn after a quick `make all` that
+        # follows a full-scale one show the quick runs the report was made from.
+        store.mark_latest(sim, found)
         return store.load(found)
     ckpt = Checkpoints(store, sim, config)
     if force:

@@ -160,8 +160,13 @@ class ResultStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _write_text(self.root / sim / "LATEST", dest.name + "\n")
+        self.mark_latest(sim, dest)
         return dest
+
+    def mark_latest(self, sim: str, path: Path) -> None:
+        """Point ``<root>/<sim>/LATEST`` at the run directory ``path`` (atomically): the run a
+        simulation just returned, whether computed or reused, is the one figures then read."""
+        _write_text(self.root / sim / "LATEST", Path(path).name + "\n")
 
     def load(self, path: str | os.PathLike[str]) -> StoredRun:
         """Read a run directory; a clear error if it is missing or damaged."""

@@ -67,6 +67,34 @@ def test_store_is_atomic_and_detects_damage(tmp_path):
         store.load(path)
 
 
+def test_latest_moves_to_a_reused_result(tmp_path):
+    # Issue 15: after a full-scale run, a quick run whose result was already stored must move
+    # LATEST back to it (figures read LATEST), without computing again.
+    from sims._runner import stored_or_run
+
+    calls = []
+
+    def compute(config):
+        def run(ckpt):
+            calls.append(config)
+            return {"x": np.arange(config)}, {"n": config}
+
+        return run
+
+    def get(config):
+        return stored_or_run(
+            "demo", {"n": config}, compute(config), results_dir=tmp_path, force=False
+        )
+
+    store = ResultStore(tmp_path)
+    quick = get(2)
+    full = get(5)
+    assert store.latest("demo").path == full.path
+    again = get(2)  # reused: not computed, but LATEST now names it
+    assert calls == [2, 5] and again.path == quick.path
+    assert store.latest("demo").path == quick.path
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="eos0 must be < 2"):
         phases.Config(eos0=3.0)
