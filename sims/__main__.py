@@ -23,6 +23,9 @@ def _all(argv: Sequence[str]) -> int:
     parser.add_argument("--scale", choices=("quick", "full"), default="quick")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--force", action="store_true", help="recompute stored results")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 on a check FAIL not declared expected"
+    )
     ns = parser.parse_args(argv)
     common = ["--scale", ns.scale, "--results-dir", ns.results_dir]
     for name, module in SIMS.items():
@@ -31,7 +34,7 @@ def _all(argv: Sequence[str]) -> int:
     print("== check")
     from . import checks
 
-    return checks.main(common)
+    return checks.main(common + (["--strict"] if ns.strict else []))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,6 +70,33 @@ class Context:
 
 CheckFn = Callable[[Context], list[CheckResult]]
 REGISTRY: dict[str, CheckFn] = {}
+# Check results (by name) known to fail, with the reason: shown as "expected FAIL" in the
+# report and not counted by --strict. Declared next to the checks (expect_failure).
+EXPECTED_FAILURES: dict[str, str] = {}
+# Checks that need no stored simulation (they compute what they test): run strictly by the
+# default test suite (tests/test_sims.py), so a new FAIL there stops CI.
+FAST_CHECKS = (
+    "scale_invariance_identities",
+    "closed_form_sharpness",
+    "norm_recursion",
+    "intrinsic_lr",
+    "flow_closed_form",
+    "flow_monotone",
+    "flow_independent",
+    "integrator_accuracy",
+)
+
+
+def expect_failure(name: str, reason: str) -> None:
+    """Declare that the check result ``name`` is known to fail, and why."""
+    if not reason.strip():
+        raise ValueError(f"an expected failure needs a reason: {name!r}")
+    EXPECTED_FAILURES[name] = reason
+
+
+def unexpected_failures(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """The failed results that are not declared expected failures."""
+    return [r for r in results if not r.passed and r.name not in EXPECTED_FAILURES]
 
 
 def register(name: str) -> Callable[[CheckFn], CheckFn]:
@@ -758,15 +785,25 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if np.isfinite(x) else str(x)
 
 
+def _verdict(r: CheckResult) -> str:
+    if r.name in EXPECTED_FAILURES:
+        return "expected FAIL" if not r.passed else "pass (expected to fail)"
+    return "pass" if r.passed else "**FAIL**"
+
+
 def write_report(results: list[CheckResult], root: Path, scale: str) -> tuple[Path, Path]:
     """``report.json`` and ``report.md`` under ``<root>/checks/`` (atomic writes)."""
     out = root / "checks"
     out.mkdir(parents=True, exist_ok=True)
     passed = sum(r.passed for r in results)
+    unexpected = unexpected_failures(results)
+    expected = [r for r in results if not r.passed and r.name in EXPECTED_FAILURES]
     payload = {
         "scale": scale,
         "passed": passed,
         "total": len(results),
+        "expected_failures": {r.name: EXPECTED_FAILURES[r.name] for r in expected},
+        "unexpected_failures": [r.name for r in unexpected],
         "checks": [asdict(r) for r in results],
         "provenance": provenance(),
     }
@@ -775,7 +812,8 @@ def write_report(results: list[CheckResult], root: Path, scale: str) -> tuple[Pa
         "# Theorem report",
         "",
         f"{passed} of {len(results)} checks pass (scale `{scale}`, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}). Kinds: *identity* (exact mathematics), *theorem* "
+        f"{time.strftime('%Y-%m-%d %H:%M')}); {len(expected)} expected failures, "
+        f"{len(unexpected)} unexpected. Kinds: *identity* (exact mathematics), *theorem* "
         "(stated in a paper), *derived* (predicted in MATH.md, not read in a paper).",
         "",
         "| check | kind | claim | predicted | measured | tolerance | result |",
@@ -784,8 +822,11 @@ def write_report(results: list[CheckResult], root: Path, scale: str) -> tuple[Pa
     for r in results:
         lines.append(
             f"| {r.name} | {r.kind} | {r.claim} | {_fmt(r.predicted)} | {_fmt(r.measured)} | "
-            f"{r.tolerance} | {'pass' if r.passed else '**FAIL**'} |"
+            f"{r.tolerance} | {_verdict(r)} |"
         )
+    if expected:
+        lines += ["", "## Known failures", ""]
+        lines += [f"- **{r.name}**: {EXPECTED_FAILURES[r.name]}" for r in expected]
     _write_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md", out / "report.json"
 
@@ -797,7 +838,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"checks to run (default all: {list(REGISTRY)})")
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--scale", choices=("quick", "full"), default="quick")
-    parser.add_argument("--strict", action="store_true", help="exit 1 if any check fails")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if a check fails that is not a declared expected failure",
+    )
     ns = parser.parse_args(argv)
     ctx = Context(ResultStore(ns.results_dir), ns.scale)
     try:
@@ -806,10 +851,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     md, _ = write_report(results, Path(ns.results_dir), ns.scale)
     failed = [r for r in results if not r.passed]
-    print(f"checks: {len(results) - len(failed)} of {len(results)} pass; report in {md}")
+    unexpected = unexpected_failures(results)
+    print(
+        f"checks: {len(results) - len(failed)} of {len(results)} pass, "
+        f"{len(failed) - len(unexpected)} expected failures; report in {md}"
+    )
     for r in failed:
+        tag = "expected FAIL" if r.name in EXPECTED_FAILURES else "FAIL"
         print(
-            f"  FAIL {r.name}: predicted {_fmt(r.predicted)}, measured {_fmt(r.measured)} "
+            f"  {tag} {r.name}: predicted {_fmt(r.predicted)}, measured {_fmt(r.measured)} "
             f"({r.tolerance})"
         )
-    return 1 if ns.strict and failed else 0
+    return 1 if ns.strict and unexpected else 0

@@ -232,3 +232,27 @@ def test_midpoint_curvature_against_dense_hessian():
         assert eos[i] == pytest.approx(ref, rel=1e-8)
         ref_s = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(normalize(mid, groups))))[-1]
         assert sharp[i] == pytest.approx(ref_s, rel=1e-8)
+
+
+def test_fast_theorem_checks_pass_strictly(tmp_path):
+    # The checks that need no stored simulation, run as `make all` runs them: any unexpected
+    # FAIL among them fails the default suite (and so CI).
+    ctx = checks.Context(ResultStore(tmp_path))
+    results = checks.run_checks(ctx, list(checks.FAST_CHECKS))
+    assert len(results) >= 20
+    bad = checks.unexpected_failures(results)
+    assert not bad, [(r.name, r.predicted, r.measured, r.tolerance) for r in bad]
+
+
+def test_expected_failures_are_reported_not_counted(tmp_path):
+    ok = checks.CheckResult("a", "claim", "identity", "src", 0.0, 0.0, "<= 1", True)
+    known = next(iter(checks.EXPECTED_FAILURES))
+    exp = checks.CheckResult(known, "claim", "derived", "src", 0.0, 1.0, "<= 0", False)
+    new = checks.CheckResult("b", "claim", "derived", "src", 0.0, 1.0, "<= 0", False)
+    assert checks.unexpected_failures([ok, exp, new]) == [new]
+    md, js = checks.write_report([ok, exp], tmp_path, "quick")
+    text = md.read_text()
+    assert "expected FAIL" in text and "## Known failures" in text and "0 unexpected" in text
+    assert json.loads(js.read_text())["unexpected_failures"] == []
+    with pytest.raises(ValueError, match="reason"):
+        checks.expect_failure("x", " ")
