@@ -1,4 +1,4 @@
-"""Measurements on stored GD+WD runs: phases, EoS onset, and the EoS predictions of MATH.md.
+"""Measurements on stored GD+WD runs: phases, EoS onset, and the EoS predictions of docs/theory.md.
 
 Every function takes plain arrays (as stored) so that simulations, checks and figures measure
 the same way.
@@ -33,7 +33,7 @@ def eos_summary(
     onset: int | None,
     distance: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The quantities that MATH.md predicts for a run that entered the EoS.
+    """The quantities that docs/theory.md predicts for a run that entered the EoS.
 
     Args:
         arrays: ``step, norm, eta_eff, loss, sharpness, eos`` (one row per recorded step).

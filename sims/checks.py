@@ -1,8 +1,8 @@
 """Registry of numerical checks of the papers' statements, and the theorem report.
 
 Each check states a claim, where it comes from (``identity``: exact mathematics of scale
-invariance; ``theorem``: stated in a paper; ``derived``: a prediction derived in MATH.md and not
-read in a paper), the predicted value, the measured value, a tolerance and pass/fail.
+invariance; ``theorem``: stated in a paper; ``derived``: a prediction derived in docs/theory.md and
+not read in a paper), the predicted value, the measured value, a tolerance and pass/fail.
 ``python -m sims check`` runs them all and writes ``<results>/checks/report.md`` and
 ``report.json`` (atomically). Checks that need simulation results read the stored ones, running
 the simulation at the chosen scale first if there are none.
@@ -180,7 +180,7 @@ def _identities(ctx: Context) -> list[CheckResult]:
                 / jnp.linalg.norm(grads, axis=1)
             )
         )
-        src = "MATH.md section 1"
+        src = "docs/theory.md section 1"
         out += [
             _at_most(
                 f"{name}: L(cw) = L(w)", "homogeneity of degree 0", "identity", src, homog, 1e-12
@@ -226,7 +226,7 @@ def _closed_forms(ctx: Context) -> list[CheckResult]:
                 f"{name}: Lanczos S = closed-form lambda_1",
                 "relative error on Gamma",
                 "identity",
-                "MATH.md section 1",
+                "docs/theory.md section 1",
                 err_l,
                 1e-10,
             ),
@@ -234,7 +234,7 @@ def _closed_forms(ctx: Context) -> list[CheckResult]:
                 f"{name}: P D^3L[v1,v1]/lambda_1 = closed-form g",
                 "Hellmann-Feynman gradient of log lambda_1 (relative)",
                 "identity",
-                "MATH.md section 3",
+                "docs/theory.md section 3",
                 err_g,
                 1e-8,
             ),
@@ -265,7 +265,7 @@ def _norm_recursion(ctx: Context) -> list[CheckResult]:
             "|w_{t+1}|^2 = (1-eta wd)^2 |w_t|^2 + eta^2 |grad L(w_hat)|^2/|w_t|^2",
             "max relative error over 400 steps (curved_manifold)",
             "identity",
-            "MATH.md section 2",
+            "docs/theory.md section 2",
             err,
             1e-12,
         )
@@ -296,7 +296,7 @@ def _intrinsic_lr(ctx: Context) -> list[CheckResult]:
                 f"(c^2 eta, wd/c^2, c w0) gives c w_t, c = {c}",
                 f"max relative deviation over {steps} steps",
                 "identity",
-                "MATH.md section 2",
+                "docs/theory.md section 2",
                 float(dev[: steps + 1].max()),
                 tol,
                 deviation_after_2000_steps=float(dev[-1]),
@@ -337,7 +337,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 f"{name}: eta_eff * S -> 2",
                 "mean over the last quarter of the run",
                 "theorem",
-                "LLA22 (EoS); MATH.md section 2",
+                "LLA22 (EoS); docs/theory.md section 2",
                 2.0,
                 s["eos_mean_last_quarter"],
                 0.05,
@@ -348,7 +348,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 f"{name}: EoS onset step",
                 "log(2/(eta_eff_0 S)) / (-2 log(1 - eta wd))",
                 "derived",
-                "MATH.md section 3",
+                "docs/theory.md section 3",
                 s["predicted_onset"],
                 s["onset"],
                 0.02,
@@ -369,7 +369,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 f"{name}: |w|^2 ~ eta lambda_1 / 2",
                 "<|w|^2> / (eta <S> / 2), last quarter",
                 "derived",
-                "MATH.md section 3",
+                "docs/theory.md section 3",
                 1.0,
                 s["norm_sq_ratio"],
                 0.05,
@@ -379,7 +379,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 f"{name}: amplitude^2 ~ eta wd / 2",
                 "<dist(w_hat, Gamma)^2> / (eta wd / 2), last quarter (g ~ 0 there)",
                 "derived",
-                "MATH.md section 3",
+                "docs/theory.md section 3",
                 1.0,
                 s["amplitude_sq_ratio"],
                 0.25,
@@ -389,7 +389,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 f"{name}: loss ~ eta wd lambda_1 / 4",
                 "<L> / (eta wd <S> / 4), last quarter",
                 "derived",
-                "MATH.md section 3",
+                "docs/theory.md section 3",
                 1.0,
                 s["loss_ratio"],
                 0.25,
@@ -428,7 +428,7 @@ def _flow_closed_form(ctx: Context) -> list[CheckResult]:
                     f"{name}: flow {form} endpoint at tau = 4 = closed form",
                     "|theta(4) - closed form| (adaptive, rtol 1e-10)",
                     "identity",
-                    "MATH.md section 3; theory/problems.py",
+                    "docs/theory.md section 3; theory/problems.py",
                     err,
                     1e-6,
                     steps=res.num_steps,
@@ -460,7 +460,7 @@ def _flow_monotone(ctx: Context) -> list[CheckResult]:
                     f"{name}: lambda_1 non-increasing along {form}",
                     "largest relative increase between saves",
                     "theorem",
-                    "LLA22 / MATH.md section 3",
+                    "LLA22 / docs/theory.md section 3",
                     rise,
                     1e-12,
                 )
@@ -475,7 +475,7 @@ def _flow_monotone(ctx: Context) -> list[CheckResult]:
                     f"{name}: d log lambda_1/dtau = <g, dtheta/dtau> ({form})",
                     "relative error of the finite-difference rate (step 0.025)",
                     "identity",
-                    "MATH.md section 3",
+                    "docs/theory.md section 3",
                     err,
                     5e-3,
                 )
@@ -513,7 +513,7 @@ def _flow_independent(ctx: Context) -> list[CheckResult]:
             "curved_manifold: flow F1 at tau = 2 = independent integration",
             "|theta(2) - RK4 of the closed-form field (dt 1e-3)|",
             "identity",
-            "MATH.md section 3; theory/problems.py",
+            "docs/theory.md section 3; theory/problems.py",
             err,
             1e-6,
         )
@@ -586,7 +586,8 @@ def _gd_tracks_flow(ctx: Context) -> list[CheckResult]:
                     f"{problem}: GD tracks flow F1 from the EoS equilibrium",
                     "log-log slope of |Phi(w_t) - theta(tau=2)| against eta*wd",
                     "theorem",
-                    "LLA22 / ALP22 (error -> 0 as eta*wd -> 0); slope ~1 measured in MATH.md",
+                    "LLA22 / ALP22 (error -> 0 as eta*wd -> 0); slope ~1 measured in "
+                    "docs/theory.md",
                     1.0,
                     s["slope_tau2_F1"],
                     "slope >= 0.5 and distance < 1e-3 at the smallest",
@@ -599,7 +600,7 @@ def _gd_tracks_flow(ctx: Context) -> list[CheckResult]:
                     f"{problem}: F1 tracks better than F0 at the smallest eta*wd",
                     "distance to F1 / distance to F0 at tau = 2",
                     "derived",
-                    "MATH.md section 3",
+                    "docs/theory.md section 3",
                     0.0,
                     s["dist_tau2_F1"][-1] / s["dist_tau2_F0"][-1],
                     "< 0.2",
@@ -611,9 +612,10 @@ def _gd_tracks_flow(ctx: Context) -> list[CheckResult]:
             out.append(
                 CheckResult(
                     f"{problem}: GD from a generic start tracks F1 to ~1e-2",
-                    "|Phi(w_t) - theta(tau=2)| at the smallest eta*wd (relaxation cycle: MATH.md)",
+                    "|Phi(w_t) - theta(tau=2)| at the smallest eta*wd (relaxation cycle: "
+                    "docs/theory.md)",
                     "derived",
-                    "MATH.md section 3",
+                    "docs/theory.md section 3",
                     1e-2,
                     s["dist_tau2_F1"][-1],
                     "< 5e-2",
@@ -814,7 +816,7 @@ def write_report(results: list[CheckResult], root: Path, scale: str) -> tuple[Pa
         f"{passed} of {len(results)} checks pass (scale `{scale}`, "
         f"{time.strftime('%Y-%m-%d %H:%M')}); {len(expected)} expected failures, "
         f"{len(unexpected)} unexpected. Kinds: *identity* (exact mathematics), *theorem* "
-        "(stated in a paper), *derived* (predicted in MATH.md, not read in a paper).",
+        "(stated in a paper), *derived* (predicted in docs/theory.md, not read in a paper).",
         "",
         "| check | kind | claim | predicted | measured | tolerance | result |",
         "|---|---|---|---|---|---|---|",

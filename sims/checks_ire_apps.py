@@ -2,7 +2,7 @@
 
 Registered on import by :mod:`sims.checks` (``TOPIC_MODULES``). Kinds: ``theorem`` -- stated
 in the IRE paper (Wang et al. 2024, arXiv 2405.20763); ``derived`` -- predicted here or in
-MATH.md and not read in a paper. Every check reads the stored ``ire_toy`` / ``ire_networks``
+docs/theory.md and not read in a paper. Every check reads the stored ``ire_toy`` / ``ire_networks``
 results (computed at the context's scale if absent) and reports what it measures; tolerances
 are fixed before looking at the numbers and justified next to each check.
 """
@@ -19,7 +19,7 @@ from . import ire_networks, ire_toy
 from .checks import CheckResult, Context, Kind, _at_most, _within, expect_failure, register
 
 PAPER = "Wang et al. 2024 (IRE), arXiv 2405.20763"
-FIG1 = f"{PAPER}, Figure 1 (PAPERS.md)"
+FIG1 = f"{PAPER}, Figure 1 (docs/papers.md)"
 
 
 def _f(x: Any) -> float:
@@ -260,7 +260,8 @@ def _net_sharpness(ctx: Context) -> list[CheckResult]:
         source = (
             f"{PAPER}: IRE accelerates the discovery of flat minima (Algorithm 1)"
             if sel == "mask"
-            else "MATH.md section 4: amplifying the tangent of Gamma speeds the flow [derived]"
+            else "docs/theory.md section 4: amplifying the tangent of Gamma speeds the flow "
+            "[derived]"
         )
         for kappa in cfg["kappas"]:
             out.append(
@@ -283,7 +284,7 @@ def _net_sharpness(ctx: Context) -> list[CheckResult]:
                 f"ire_net: {sel} sharpness decreasing in kappa",
                 "order violations of the final sharpness along base, kappa ascending (strict)",
                 "derived",
-                "MATH.md section 4 (the drift scales with 1 + kappa) [derived]",
+                "docs/theory.md section 4 (the drift scales with 1 + kappa) [derived]",
                 _violations(finals, strict=True),
                 0,
                 kappas=cfg["kappas"],
@@ -313,7 +314,7 @@ def _net_exact_eos(ctx: Context) -> list[CheckResult]:
             f"ire_net: exact kappa={kappa:g} stays at the base's EoS",
             "EoS quantity eta*lambda_1 over the last third, exact IRE vs the base",
             "derived",
-            "MATH.md section 4 (sharp directions left alone) [derived]",
+            "docs/theory.md section 4 (sharp directions left alone) [derived]",
             base,
             _net_end(summary, "exact", kappa, "eos_end"),
             0.25,
@@ -338,7 +339,7 @@ def _net_overhead(ctx: Context) -> list[CheckResult]:
             "ire_net: mask overhead about 10% at K=10",
             f"seconds per step of IRE (mask, K={cfg['refresh_every']}) / GD+WD's (median)",
             "theorem",
-            f"{PAPER}, cost of Algorithm 1 (PAPERS.md)",
+            f"{PAPER}, cost of Algorithm 1 (docs/papers.md)",
             over["mask"],
             1.2,
             exact_overhead=over.get("exact"),

@@ -5,7 +5,7 @@ observed on ``num_observed`` uniformly chosen entries (the training set ``Omega`
 entry is held out (the test set). The model is :func:`theory.nets.make_matrix_completion`:
 ``U (n, k)``, ``V (m, k)`` predict ``p_ij = <u_i, v_j>``, BatchNorm over ``Omega`` and a fixed
 affine head; the MSE loss is scale-invariant in ``U`` and in ``V`` separately (two groups). The
-model details of LLA22's appendix are not known here (PAPERS.md): this construction is ours.
+model details of LLA22's appendix are not known here (docs/papers.md): this construction is ours.
 
 For each seed (the initialization; the data instance is fixed by ``data_seed``) and intrinsic
 learning rate ``eta * wd`` (``eta`` fixed, ``wd`` varied), full-batch GD+WD runs for

@@ -1,4 +1,4 @@
-"""GD+WD on the analytic problems: the three phases (LLA22 section 4; MATH.md section 2-3).
+"""GD+WD on the analytic problems: the three phases (LLA22 section 4; docs/theory.md section 2-3).
 
 Each problem starts at its default point off the manifold, rescaled so that the initial
 ``eta_eff * S`` is ``eos0 < 2``. Then (I) the spherical gradient flow brings the direction to

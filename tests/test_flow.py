@@ -113,7 +113,7 @@ def test_bad_inputs():
 
 
 def test_gd_tracks_the_flow_from_the_equilibrium():
-    # eta*wd = 1e-3, tau up to 1: |Phi(w_t) - theta(tau)| ~ 6e-5 * tau (MATH.md measured 1e-5
+    # eta*wd = 1e-3, tau up to 1: |Phi(w_t) - theta(tau)| ~ 6e-5 * tau (docs/theory.md measured 1e-5
     # at 3e-4); the direction itself is off by the amplitude sqrt(eta wd / 2) ~ 0.022.
     from theory.gd import gd_wd
 

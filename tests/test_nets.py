@@ -1,7 +1,7 @@
 """Tests of ``theory.nets``: exact scale invariance of normalized Flax models, and their flat view.
 
-Oracles: the invariance identities of MATH.md section 1 (per-group homogeneity of degree 0 and
-Euler's identity), :func:`theory.invariance.check_scale_invariance`, central finite differences
+Oracles: the invariance identities of docs/theory.md section 1 (per-group homogeneity of degree 0
+and Euler's identity), :func:`theory.invariance.check_scale_invariance`, central finite differences
 of ``v^T H(x) v`` (``H v`` by :func:`theory.curvature.hvp`) for the third derivatives, a NumPy
 re-implementation of the BN-MLP forward pass with training statistics, and the exact minimizer
 ``U V^T = M*`` of matrix completion.

@@ -1,7 +1,7 @@
 """Tests of ``theory.problems`` against independent oracles.
 
-Oracles: scale-invariance identities (MATH.md section 1), dense ``jax.hessian`` + ``eigh`` for the
-closed-form sharpness and eigenvector, third-order autodiff (Hellmann-Feynman) and finite
+Oracles: scale-invariance identities (docs/theory.md section 1), dense ``jax.hessian`` + ``eigh``
+for the closed-form sharpness and eigenvector, third-order autodiff (Hellmann-Feynman) and finite
 differences of the dense ``lambda_1`` for the Riemannian gradient, Jacobians of the
 parametrization for the tangent projector, ``scipy.integrate.solve_ivp`` for the closed-form
 flows, and projected gradient descent for the default starts.

@@ -2,8 +2,8 @@
 
 Public surface (stable): :func:`spherical_sharpness`, :func:`gd_wd`,
 :func:`project_to_manifold`, :func:`sharpness_flow` and the helpers below. Everything works on
-flat parameter vectors ``w`` of shape ``(D,)``; see MATH.md for the definitions and STYLE.md
-for the conventions.
+flat parameter vectors ``w`` of shape ``(D,)``; see docs/theory.md for the definitions and
+docs/conventions.md for the conventions.
 """
 
 from .curvature import grad_and_hvp as grad_and_hvp

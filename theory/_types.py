@@ -1,8 +1,8 @@
 """Types shared across ``theory``: flat parameter vectors, losses and matvecs.
 
 Everything in :mod:`theory` works on a flat parameter vector ``w`` of shape ``(D,)`` (see
-STYLE.md, "flat vectors in the geometry, pytrees at the edges"). Group structure for multi-group
-scale invariance is a tuple of contiguous group sizes that add up to ``D``.
+docs/conventions.md, "flat vectors in the geometry, pytrees at the edges"). Group structure for
+multi-group scale invariance is a tuple of contiguous group sizes that add up to ``D``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ All by automatic differentiation; no finite differences (tests use those as the 
   each further HVP only evaluates the linear (tangent) program. This is what Lanczos uses.
 * ``grad_lambda1``: ``grad_x (v^T H(x) v)`` at ``x = w`` with ``v`` held fixed, i.e.
   ``D^3 L(w)[v, v, .]``. For the top eigenpair ``(lambda_1, v_1)`` with ``lambda_1`` simple this
-  is ``grad lambda_1`` (Hellmann-Feynman; MATH.md section 3, "useful facts").
+  is ``grad lambda_1`` (Hellmann-Feynman; docs/theory.md section 3, "useful facts").
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The sharpness-reduction flow on the minimizer manifold (MATH.md section 3; LLA22, ALP22).
+"""The sharpness-reduction flow on the minimizer manifold (docs/theory.md section 3; LLA22, ALP22).
 
 With ``g(theta) = P_Gamma(theta) grad log lambda_1(hess L(theta))`` and the slow time
 ``tau = 2 eta wd t`` (``t`` = GD steps):
 
     (F0)  d theta / d tau = -(1/4) g                      leading order (ALP22, LLA22)
-    (F1)  d theta / d tau = -(1/4) g / (1 + |g|^2 / 4)    norm-balanced  [derived in MATH.md]
+    (F1)  d theta / d tau = -(1/4) g / (1 + |g|^2 / 4)    norm-balanced  [derived in docs/theory.md]
 
 ``grad lambda_1 = D^3 L[v_1, v_1, .]`` (one third-order autodiff pass, :func:`grad_lambda1`);
 ``P_Gamma`` removes the Hessian's range and the radial direction. (F1) is the default. Along

@@ -1,6 +1,6 @@
 """GD with weight decay on a scale-invariant loss, compiled whole, with EoS tracking.
 
-The update (MATH.md section 2; ``wd`` is LLA22's lambda, never the eigenvalue):
+The update (docs/theory.md section 2; ``wd`` is LLA22's lambda, never the eigenvalue):
 
     w_{t+1} = (1 - eta * wd) w_t - eta * grad L(w_t)
 
@@ -66,8 +66,8 @@ def predicted_eos_onset(eta: float, wd: float, eos0: float, *, exact: bool = Tru
     Near the minimizer manifold ``|w_t|^2 = (1 - eta wd)^{2t} |w_0|^2``, so
     ``eta_eff_t S = eos0 (1 - eta wd)^{-2t}`` reaches 2 after
     ``log(2 / eos0) / (-2 log(1 - eta wd))`` steps (``exact=True``), which is
-    ``log(2 / eos0) / (2 eta wd)`` to first order (``exact=False``; MATH.md section 3) [derived].
-    Assumes the sharpness stays at its initial value (phase I has already converged).
+    ``log(2 / eos0) / (2 eta wd)`` to first order (``exact=False``; docs/theory.md section 3)
+    [derived]. Assumes the sharpness stays at its initial value (phase I has already converged).
     """
     eta, wd, eos0 = (
         check.positive(eta, "eta"),

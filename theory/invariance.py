@@ -1,7 +1,7 @@
 """Scale-invariant losses: groups, normalization, wrappers and the invariance check.
 
 A loss ``L : R^D \\ {0} -> R`` is scale-invariant if ``L(c w) = L(w)`` for all ``c > 0``
-(MATH.md section 1). With ``G`` normalized blocks it is invariant to each block's scale
+(docs/theory.md section 1). With ``G`` normalized blocks it is invariant to each block's scale
 separately; a block is a contiguous slice of the flat vector, described by ``groups``, the tuple of
 block sizes. ``groups=None`` means one group (the whole vector).
 

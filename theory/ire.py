@@ -1,7 +1,7 @@
 """IRE (implicit regularization enhancement, Wang et al. 2024) as an optax transformation.
 
 IRE wraps a base optimizer and amplifies its update along the *flat* directions by ``1 + kappa``
-(MATH.md section 4)::
+(docs/theory.md section 4)::
 
     u_t      = base update (GD/SGD + weight decay, SAM, AdamW, ... : theta_base - theta)
     theta'   = theta + u_t + kappa * P_flat(t) u_t

@@ -1,7 +1,7 @@
 """Lanczos for the top eigenpairs of a symmetric operator given by its matvec.
 
-Knows nothing about losses (STYLE.md item 2): spherical sharpness builds ``v -> H(w/|w|) v`` and
-calls :func:`lanczos`, which is what makes it testable against ``eigh`` on a small matrix.
+Knows nothing about losses (docs/conventions.md item 2): spherical sharpness builds ``v -> H(w/|w|)
+v`` and calls :func:`lanczos`, which is what makes it testable against ``eigh`` on a small matrix.
 
 The recurrence (Golub & Van Loan, *Matrix Computations*, 4th ed., section 10.1) builds an
 orthonormal Krylov basis ``Q_j = [q_0 .. q_{j-1}]`` with ``A Q_j = Q_j T_j + beta_{j-1} q_j e_j^T``,

@@ -1,7 +1,7 @@
 """The minimizer manifold ``Gamma`` on the unit sphere: the projection ``Phi`` and tangent spaces.
 
-``Phi(w)`` is the limit of the spherical gradient flow started at ``w / |w|`` (MATH.md section
-3). On the sphere that flow is simply ``d theta / ds = -grad L(theta)``: by Euler's identity
+``Phi(w)`` is the limit of the spherical gradient flow started at ``w / |w|`` (docs/theory.md
+section 3). On the sphere that flow is simply ``d theta / ds = -grad L(theta)``: by Euler's identity
 ``<grad L(theta), theta> = 0`` it preserves ``|theta|`` exactly. It is integrated here by an
 adaptive Runge-Kutta method (diffrax ``Tsit5`` with a PID step-size controller) until
 ``|grad L|`` is small (``1e-7`` in float64), then polished by Newton steps restricted to the
@@ -9,7 +9,7 @@ range of the Hessian (CG on ``H x = grad L``) until ``|grad L| <= gtol``. The Ne
 the flow limit differ by ``O(d^2)`` for a start at distance ``d`` from ``Gamma``, so handing over
 at ``d ~ 1e-7`` costs ``~1e-14``; the tests measure ``Phi`` against an independent solve.
 
-The tangent space ``T_theta Gamma`` (assumption of MATH.md: ``rank hess L`` constant on
+The tangent space ``T_theta Gamma`` (assumption of docs/theory.md: ``rank hess L`` constant on
 ``Gamma``) is the part of the sphere's tangent space that the Hessian does not stretch: the
 kernel of ``hess L(theta)`` minus the radial direction, which is always in the kernel on
 ``Gamma`` (``H theta = -grad L = 0``). ``rank`` below is the number of nonzero eigenvalues, i.e.

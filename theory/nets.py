@@ -2,7 +2,7 @@
 
 The models are Flax ``linen`` modules whose training loss is *exactly* scale-invariant in each
 trained weight tensor, ``L(c_1 W_1, ..., c_k W_k) = L(W_1, ..., W_k)`` for all ``c_i > 0``
-(MATH.md section 1, multi-group invariance). :func:`make_problem` flattens one into the
+(docs/theory.md section 1, multi-group invariance). :func:`make_problem` flattens one into the
 simulator's convention: a flat vector ``w`` ``(D,)``, contiguous ``groups`` (one per trained
 tensor, in the order of ``jax.tree.leaves`` of the Flax params) and a loss ``(D,) -> ()`` that
 is an ``equinox.Module`` whose array leaves are the data, so the runners pass the data to ``jit``
@@ -49,7 +49,7 @@ Initialization and effective learning rates. Trained tensors start at Flax's def
 (``lecun_normal``: entries of variance ``1/fan_in``, so ``|W|_F^2 ~ fan_out`` for a ``Dense``
 kernel and ``~ out_channels`` for a ``Conv`` kernel), optionally multiplied per tensor by
 ``init_scale``. The loss does not see these scales, but GD+WD does: group ``g`` moves with the
-effective learning rate ``eta / |W_g|^2`` (MATH.md section 2), so ``init_scale`` sets the
+effective learning rate ``eta / |W_g|^2`` (docs/theory.md section 2), so ``init_scale`` sets the
 initial effective learning rates, ``eta / (init_scale_g^2 |W_g(0)|^2)``.
 
 Matrix completion with BatchNorm (our construction: LLA22's appendix uses a BN matrix-completion

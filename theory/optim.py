@@ -4,7 +4,7 @@ These are the bases that :func:`theory.ire.ire` wraps. All take the extra argume
 (a tuple passed as ``loss_fn(params, *loss_args)``) where they need the loss, so they compose with
 ``optax.chain`` and IRE.
 
-* :func:`gd_wd_transform`: ``u = -eta (g + wd w)``, the update of MATH.md section 2.
+* :func:`gd_wd_transform`: ``u = -eta (g + wd w)``, the update of docs/theory.md section 2.
 * :func:`sam`: replaces the gradient by the gradient at a perturbed point (Foret et al. 2021):
   ``standard`` ``w + rho g/|g|``; ``average`` ``w + rho xi``, ``xi`` uniform on the unit sphere
   (the "average-direction" SAM of Wen, Ma, Li 2023 analysed in the IRE paper).

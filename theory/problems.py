@@ -2,7 +2,7 @@
 
 Each analytic problem is a scale-invariant loss ``L(w) = h(w / |w|)`` on ``R^D`` whose minimizer
 set on the unit sphere, ``Gamma``, is known in closed form, together with the quantities of
-MATH.md section 3 along ``Gamma``: the spherical sharpness ``lambda_1(u)`` (top eigenvalue of
+docs/theory.md section 3 along ``Gamma``: the spherical sharpness ``lambda_1(u)`` (top eigenvalue of
 ``hess L(u)`` at a unit ``u`` on ``Gamma``), its eigenvector, the Riemannian gradient
 ``g(u) = P_Gamma(u) grad log lambda_1(u)``, the projector ``P_Gamma(u)`` onto ``T_u Gamma`` and,
 where ``Gamma`` is a curve, closed-form solutions of the sharpness-reduction flows
@@ -34,8 +34,8 @@ arguments, not constants) cast to ``w.dtype`` at call time, so a float32 ``w`` g
 computation. The closed-form functions of a problem are pytrees too (``jax.tree_util.Partial``
 over the loss), and likewise compute in the dtype of their input. They take a *unit* point on
 (or, where said, near) ``Gamma``; off ``Gamma`` they are smooth extensions, not Hessian
-quantities. Time ``tau = 2 eta wd t`` as in MATH.md. To compile, pass a loss as an argument of a
-jitted function or use ``equinox.filter_jit``: ``jax.jit(loss)`` fails, since a module with
+quantities. Time ``tau = 2 eta wd t`` as in docs/theory.md. To compile, pass a loss as an argument
+of a jitted function or use ``equinox.filter_jit``: ``jax.jit(loss)`` fails, since a module with
 array fields is unhashable.
 """
 

@@ -1,4 +1,4 @@
-"""Spherical sharpness and the Edge-of-Stability quantity (MATH.md sections 1-2).
+"""Spherical sharpness and the Edge-of-Stability quantity (docs/theory.md sections 1-2).
 
 * Spherical sharpness ``S(w) = lambda_1(hess L(w_hat))`` with ``w_hat`` = ``w`` normalized (per
   group for multi-group invariance). The raw ``lambda_1(hess L(w))`` scales like ``1/|w|^2`` and

@@ -1,4 +1,4 @@
-"""GD+WD against the sharpness-reduction flow on matched time (MATH.md section 3).
+"""GD+WD against the sharpness-reduction flow on matched time (docs/theory.md section 3).
 
 A GD run at the Edge of Stability is compared with the flow started at ``Phi`` of the direction
 at a chosen step ``t0`` (the EoS onset, or 0 for a run started on the EoS equilibrium), on the
@@ -9,7 +9,7 @@ slow time ``tau(t) = 2 eta wd (t - t0)``:
 * the angle between ``Phi(w_hat_t)`` and ``theta(tau)``;
 * the sharpness along both: ``lambda_1(Phi(w_hat_t))`` and ``lambda_1(theta(tau))``.
 
-:func:`eos_equilibrium_start` builds the start that MATH.md calls the EoS equilibrium:
+:func:`eos_equilibrium_start` builds the start that docs/theory.md calls the EoS equilibrium:
 ``|w|^2 = eta lambda_1 / 2`` and amplitude ``A = sqrt(eta wd / 2 / (1 + |g|^2/4))`` along
 ``v_1`` (the (F1) amplitude; ``sqrt(eta wd / 2)`` for (F0)) [derived].
 """
