@@ -13,24 +13,26 @@ Three figures:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims._store import ResultStore
+from sims import gd_vs_flow, results
+from theory.problems import PROBLEMS
 
 from ._style import COLORS, save
 
-CURVES = ("great_circle", "ire_toy")
-
 
 def _chart(problem: str, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position along Gamma, signed offset across it) for the 1-D manifolds."""
-    if problem == "great_circle":  # Gamma = equator: longitude, latitude
-        return np.arctan2(u[:, 1], u[:, 0]), np.arcsin(np.clip(u[:, 2], -1, 1))
-    return u[:, 0] / u[:, 2], u[:, 1] / u[:, 2]  # ire_toy: the toy's chart (u, v)
+    """(position along Gamma, signed offset across it): the problem's chart (theory.problems)."""
+    chart = PROBLEMS[problem]().chart
+    assert chart is not None, f"{problem}: Gamma is not a curve"
+    x, y = chart(jnp.asarray(u))
+    return np.asarray(x), np.asarray(y)
 
 
 def _labels(problem: str) -> tuple[str, str]:
@@ -39,20 +41,20 @@ def _labels(problem: str) -> tuple[str, str]:
     return "$u = w_1/w_3$", "$v = w_2/w_3$"
 
 
-def _middle(values: list[float]) -> int:
+def _middle(values: Sequence[float]) -> int:
     """Index of the geometric middle of the eta*wd values."""
     logs = np.log(np.asarray(values))
     return int(np.argmin(np.abs(logs - logs.mean())))
 
 
-def trajectory(arr: dict[str, np.ndarray], cfg: dict[str, Any], out_dir: Path) -> Path | None:
-    problems = [p for p in cfg["problems"] if p in CURVES]
+def trajectory(arr: dict[str, np.ndarray], cfg: gd_vs_flow.Config, out_dir: Path) -> Path | None:
+    problems = [p for p in cfg.problems if PROBLEMS[p]().chart is not None]
     if not problems:
         return None
-    i = _middle(cfg["eta_wd"])
+    i = _middle(cfg.eta_wd)
     fig, axes = plt.subplots(2, len(problems), figsize=(5.2 * len(problems), 6.5), squeeze=False)
     for j, prob in enumerate(problems):
-        pre = f"{prob}.equilibrium.{i}" if "equilibrium" in cfg["starts"] else f"{prob}.generic.{i}"
+        pre = f"{prob}.equilibrium.{i}" if "equilibrium" in cfg.starts else f"{prob}.generic.{i}"
         tau = arr[f"{pre}.tau"]
         x_gd, y_gd = _chart(prob, arr[f"{pre}.w_hat"])
         x_phi, _ = _chart(prob, arr[f"{pre}.phi"])
@@ -65,7 +67,7 @@ def trajectory(arr: dict[str, np.ndarray], cfg: dict[str, Any], out_dir: Path) -
         top.axhline(0, color=COLORS["ref"], lw=0.5)
         top.set_xlabel(xl)
         top.set_ylabel(yl)
-        top.set_title(f"{prob}: eta*wd = {cfg['eta_wd'][i]:g} ({pre.split('.')[1]} start)")
+        top.set_title(f"{prob}: eta*wd = {cfg.eta_wd[i]:g} ({pre.split('.')[1]} start)")
         top.legend(loc="center")
         fig.colorbar(sc, ax=top, label="$\\tau$")
         bottom.plot(tau, x_phi, "o", ms=3, color=COLORS["gd"], label="$\\Phi(\\hat w_t)$ (GD)")
@@ -77,8 +79,8 @@ def trajectory(arr: dict[str, np.ndarray], cfg: dict[str, Any], out_dir: Path) -
     return save(fig, out_dir, "gd_vs_flow_trajectory")
 
 
-def sharpness(arr: dict[str, np.ndarray], cfg: dict[str, Any], out_dir: Path) -> Path:
-    problems, starts = cfg["problems"], cfg["starts"]
+def sharpness(arr: dict[str, np.ndarray], cfg: gd_vs_flow.Config, out_dir: Path) -> Path:
+    problems, starts = cfg.problems, cfg.starts
     fig, axes = plt.subplots(
         len(starts),
         len(problems),
@@ -86,11 +88,11 @@ def sharpness(arr: dict[str, np.ndarray], cfg: dict[str, Any], out_dir: Path) ->
         squeeze=False,
     )
     cmap = plt.get_cmap("viridis")
-    n = len(cfg["eta_wd"])
+    n = len(cfg.eta_wd)
     for r, start in enumerate(starts):
         for c, prob in enumerate(problems):
             ax = axes[r, c]
-            for i, ewd in enumerate(cfg["eta_wd"]):
+            for i, ewd in enumerate(cfg.eta_wd):
                 pre = f"{prob}.{start}.{i}"
                 ax.plot(
                     arr[f"{pre}.tau"],
@@ -125,14 +127,14 @@ def sharpness(arr: dict[str, np.ndarray], cfg: dict[str, Any], out_dir: Path) ->
     return save(fig, out_dir, "gd_vs_flow_sharpness")
 
 
-def distance(summary: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> Path:
-    problems = cfg["problems"]
+def distance(summary: dict[str, Any], cfg: gd_vs_flow.Config, out_dir: Path) -> Path:
+    problems = cfg.problems
     fig, axes = plt.subplots(1, len(problems), figsize=(4.6 * len(problems), 3.8), squeeze=False)
-    x = np.asarray(cfg["eta_wd"])
-    styles = {"equilibrium": "-", "generic": ":"}
+    x = np.asarray(cfg.eta_wd)
+    styles = {"equilibrium": "-", "equilibrium_F0": "--", "generic": ":"}
     for c, prob in enumerate(problems):
         ax = axes[0, c]
-        for start in cfg["starts"]:
+        for start in cfg.starts:
             s = summary[f"{prob}.{start}"]
             for form, color in (("F1", COLORS["flow"]), ("F0", COLORS["flow_f0"])):
                 y = np.asarray(s[f"dist_tau2_{form}"])
@@ -153,8 +155,8 @@ def distance(summary: dict[str, Any], cfg: dict[str, Any], out_dir: Path) -> Pat
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("gd_vs_flow")
-    cfg, summary, arr = stored.meta["config"], stored.meta["summary"], stored.arrays
+    res = results.load("gd_vs_flow", results_dir)
+    cfg, summary, arr = res.config, res.summary, res.arrays
     out = Path(out_dir)
     paths = [sharpness(arr, cfg, out), distance(summary, cfg, out)]
     traj = trajectory(arr, cfg, out)

@@ -14,7 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims._store import ResultStore
+from sims import results
 
 from ._style import COLORS, CYCLE, save
 
@@ -120,8 +120,8 @@ def _projectors(ax: plt.Axes, arr: dict[str, np.ndarray], table: list[dict[str, 
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("ire_flow")
-    table, arr = stored.meta["summary"]["table"], stored.arrays
+    res = results.load("ire_flow", results_dir)
+    table, arr = res.summary["table"], res.arrays
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     _speedups(axes[0], table)
     _paths(axes[1], arr, table)

@@ -16,7 +16,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims._store import ResultStore
+from sims import ire_networks, results
 
 from ._style import COLORS, CYCLE, save
 
@@ -35,10 +35,10 @@ def _style(s: dict[str, Any], kappas: list[float]) -> dict[str, Any]:
 
 
 def ire_networks_figure(
-    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: dict[str, Any], out: Path
+    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: ire_networks.Config, out: Path
 ) -> Path:
     kappas = sorted({float(s["kappa"]) for s in summary.values() if s["selector"] != "none"})
-    seed0 = cfg["seeds"][0]
+    seed0 = cfg.seeds[0]
     fig, ax = plt.subplots(2, 2, figsize=(12, 8.5))
     (a_s, a_e), (a_n, a_acc) = ax
     for name, s in summary.items():
@@ -83,21 +83,17 @@ def ire_networks_figure(
     a_acc.set_xscale("log")
     a_acc.set_xlabel("final spherical sharpness (geometric mean, last third)")
     a_acc.set_ylabel("test accuracy (mean, last third)")
-    a_acc.set_title(f"accuracy vs sharpness ({len(cfg['seeds'])} seed(s); cost per step vs base)")
+    a_acc.set_title(f"accuracy vs sharpness ({len(cfg.seeds)} seed(s); cost per step vs base)")
     a_acc.legend(fontsize=7)
     fig.suptitle(
-        f"IRE on GD+WD, {cfg['dataset']} MLP {tuple(cfg['widths'])} {cfg['norm']}norm "
-        f"{cfg['loss']}: eta={cfg['eta']:g}, eta*wd={cfg['eta_wd']:g}; "
-        f"exact: k={cfg['k']}, midpoint, K={cfg['refresh_every']}; "
-        f"mask: Fisher, gamma={cfg['gamma']:g}"
+        f"IRE on GD+WD, {cfg.dataset} MLP {tuple(cfg.widths)} {cfg.norm}norm "
+        f"{cfg.loss}: eta={cfg.eta:g}, eta*wd={cfg.eta_wd:g}; "
+        f"exact: k={cfg.k}, midpoint, K={cfg.refresh_every}; "
+        f"mask: Fisher, gamma={cfg.gamma:g}"
     )
     return save(fig, out, "ire_networks")
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("ire_networks")
-    return [
-        ire_networks_figure(
-            stored.arrays, stored.meta["summary"], stored.meta["config"], Path(out_dir)
-        )
-    ]
+    res = results.load("ire_networks", results_dir)
+    return [ire_networks_figure(res.arrays, res.summary, res.config, Path(out_dir))]

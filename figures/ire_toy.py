@@ -15,7 +15,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims._store import ResultStore
+from sims import ire_toy, results
 
 from ._style import COLORS, save
 
@@ -48,7 +48,7 @@ def _color(name: str, s: dict[str, Any], kappas: list[float]) -> Any:
 
 
 def toy_figure(
-    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: dict[str, Any], out: Path
+    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: ire_toy.Config, out: Path
 ) -> Path:
     kappas = sorted({float(s["kappa"]) for s in summary.values() if s["method"] != "gd"})
     fig, ax = plt.subplots(1, 3, figsize=(15, 5.4))
@@ -74,9 +74,9 @@ def toy_figure(
     ax[0].plot([0], [0], "*", color="k", ms=12, zorder=5)
     ax[0].set_xlabel("u")
     ax[0].set_ylabel("v (symlog, linear below 1e-6)")
-    ax[0].set_title(f"trajectories from ({cfg['u0']:g}, {cfg['v0']:g}); * = flattest minimizer")
+    ax[0].set_title(f"trajectories from ({cfg.u0:g}, {cfg.v0:g}); * = flattest minimizer")
     ax[1].set_xscale("log")
-    ax[1].axhline(2 / cfg["eta"], color=COLORS["ref"], lw=0.8, ls="-.")
+    ax[1].axhline(2 / cfg.eta, color=COLORS["ref"], lw=0.8, ls="-.")
     ax[1].set_ylim(0.9, 2.6)
     ax[1].set_xlabel("step t + 1")
     ax[1].set_ylabel(r"sharpness $1 + u^2$ (thin: $\lambda_1$ at the iterate)")
@@ -91,11 +91,11 @@ def toy_figure(
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     fig.suptitle(
         r"IRE on $L(u,v) = (1+u^2)v^2/2$ (Wang et al. 2024, Fig. 1): "
-        f"{cfg['steps']} steps; mask = exact Hessian diagonal, gamma = {cfg['gamma']:g}"
+        f"{cfg.steps} steps; mask = exact Hessian diagonal, gamma = {cfg.gamma:g}"
     )
     return save(fig, out, "ire_toy")
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("ire_toy")
-    return [toy_figure(stored.arrays, stored.meta["summary"], stored.meta["config"], Path(out_dir))]
+    res = results.load("ire_toy", results_dir)
+    return [toy_figure(res.arrays, res.summary, res.config, Path(out_dir))]

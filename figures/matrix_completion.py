@@ -19,7 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims._store import ResultStore
+from sims import matrix_completion, results
 
 from ._style import COLORS, save
 from .phases import running_mean
@@ -38,17 +38,17 @@ def _mains(summary: dict[str, Any]) -> list[str]:
     )
 
 
-def _title(cfg: dict[str, Any]) -> str:
+def _title(cfg: matrix_completion.Config) -> str:
     return (
-        f"{cfg['num_rows']}x{cfg['num_cols']}, rank {cfg['true_rank']}, model rank "
-        f"{cfg['rank']}, {cfg['num_observed']} observed, eta={cfg['eta']}"
+        f"{cfg.num_rows}x{cfg.num_cols}, rank {cfg.true_rank}, model rank "
+        f"{cfg.rank}, {cfg.num_observed} observed, eta={cfg.eta}"
     )
 
 
 def eos_figure(
-    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: dict[str, Any], out: Path
+    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: matrix_completion.Config, out: Path
 ) -> Path:
-    mains = [k for k in _mains(summary) if summary[k]["seed"] == cfg["seeds"][0]]
+    mains = [k for k in _mains(summary) if summary[k]["seed"] == cfg.seeds[0]]
     name = mains[len(mains) // 2]
     s = summary[name]
     x = arr[f"{name}.t_eta_wd"]
@@ -87,7 +87,7 @@ def eos_figure(
 
 
 def ablations_figure(
-    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: dict[str, Any], out: Path
+    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: matrix_completion.Config, out: Path
 ) -> Path:
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     cmap = plt.get_cmap("viridis")
@@ -145,8 +145,8 @@ def error_figure(summary: dict[str, Any], out: Path) -> Path:
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest(NAME)
-    cfg, summary, arr = stored.meta["config"], stored.meta["summary"], stored.arrays
+    res = results.load(NAME, results_dir)
+    cfg, summary, arr = res.config, res.summary, res.arrays
     out = Path(out_dir)
     return [
         eos_figure(arr, summary, cfg, out),

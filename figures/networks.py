@@ -20,7 +20,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims._store import ResultStore
+from sims import networks, results
 
 from ._style import COLORS, save
 from .phases import running_mean
@@ -46,9 +46,9 @@ def _final_sharpness(s: dict[str, Any]) -> float:
 
 
 def eos_figure(
-    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: dict[str, Any], out: Path
+    arr: dict[str, np.ndarray], summary: dict[str, Any], cfg: networks.Config, out: Path
 ) -> Path:
-    mains = [k for k in _main_runs(summary) if summary[k]["seed"] == cfg["seeds"][0]]
+    mains = [k for k in _main_runs(summary) if summary[k]["seed"] == cfg.seeds[0]]
     name = sorted(mains, key=lambda k: summary[k]["eta_wd"])[len(mains) // 2]
     s = summary[name]
     step = arr[f"{name}.step"]
@@ -65,8 +65,8 @@ def eos_figure(
     ax[0].set_ylim(0, max(4.0, float(np.nanpercentile(eos, 99))))
     ax[0].legend(loc="lower right")
     ax[0].set_title(
-        f"{cfg['dataset']}, {cfg['model']} {cfg['norm']}norm, {cfg['loss']}: "
-        f"eta={cfg['eta']}, eta*wd={s['eta_wd']:g} (onset at step {s['onset']})"
+        f"{cfg.dataset}, {cfg.model} {cfg.norm}norm, {cfg.loss}: "
+        f"eta={cfg.eta}, eta*wd={s['eta_wd']:g} (onset at step {s['onset']})"
     )
     ax[1].semilogy(step, arr[f"{name}.sharpness"], color=COLORS["gd"], lw=0.8, label="at $w_t$")
     _mid_dots(ax[1], step, arr.get(f"{name}.sharpness_mid"), COLORS["ref"])
@@ -143,8 +143,8 @@ def accuracy_figure(summary: dict[str, Any], out: Path) -> Path:
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("networks")
-    cfg, summary, arr = stored.meta["config"], stored.meta["summary"], stored.arrays
+    res = results.load("networks", results_dir)
+    cfg, summary, arr = res.config, res.summary, res.arrays
     out = Path(out_dir)
     return [
         eos_figure(arr, summary, cfg, out),
@@ -156,8 +156,8 @@ def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 def net_flow_figure(results_dir: str | Path, out_dir: str | Path) -> Path:
     """GD on a small normalized network against the flow: sharpness and distance vs tau."""
-    stored = ResultStore(results_dir).latest("net_flow")
-    s, arr = stored.meta["summary"], stored.arrays
+    res = results.load("net_flow", results_dir)
+    s, arr = res.summary, res.arrays
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     cmap = plt.get_cmap("viridis")
     n = len(s["eta_wd"])

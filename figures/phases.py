@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims._store import ResultStore
+from sims import results
 
 from ._style import COLORS, save, shade_phases
 
@@ -31,9 +31,9 @@ def running_mean(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("phases")
-    cfg, summary, arr = stored.meta["config"], stored.meta["summary"], stored.arrays
-    problems = list(cfg["problems"])
+    res = results.load("phases", results_dir)
+    cfg, summary, arr = res.config, res.summary, res.arrays
+    problems = list(cfg.problems)
     fig, axes = plt.subplots(4, len(problems), figsize=(3.6 * len(problems), 8.5), squeeze=False)
     for j, name in enumerate(problems):
         s = summary[name]
@@ -70,7 +70,7 @@ def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         ax[3].semilogy(t, amp, color="k", lw=1.2, label=r"rms dist($\hat w,\Gamma$)")
         ax[3].semilogy(t, mean_loss, color=COLORS["gd"], lw=1.2, label="mean loss")
         ax[3].axhline(
-            np.sqrt(cfg["eta"] * cfg["wd"] / 2),
+            np.sqrt(cfg.eta * cfg.wd / 2),
             color=COLORS["flow"],
             ls="--",
             lw=1,
@@ -81,7 +81,7 @@ def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
         ax[3].set_xlabel("step t + 1")
         ax[3].legend(loc="lower left")
     fig.suptitle(
-        f"GD+WD on scale-invariant problems: eta={cfg['eta']}, wd={cfg['wd']}, "
-        f"eta*wd={cfg['eta'] * cfg['wd']:.1e} ({cfg['dtype']}); bands: phase I / II / III (EoS)"
+        f"GD+WD on scale-invariant problems: eta={cfg.eta}, wd={cfg.wd}, "
+        f"eta*wd={cfg.eta * cfg.wd:.1e} ({cfg.dtype}); bands: phase I / II / III (EoS)"
     )
     return [save(fig, out_dir, "phases")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checks import CheckResult, Context, _within, register
+from .checks_core import CheckResult, Context, register, within
 
 SOURCE = "docs/ire.md (derived here)"
 
@@ -15,8 +15,8 @@ def _f(x: Any) -> float:
 
 
 def _rows(ctx: Context) -> tuple[list[dict[str, Any]], str]:
-    stored = ctx.results("ire_flow")
-    return stored.meta["summary"]["table"], str(stored.path)
+    stored = ctx.result("ire_flow")
+    return stored.summary["table"], str(stored.path)
 
 
 @register("ire_flow_speedup")
@@ -30,17 +30,15 @@ def _speedup(ctx: Context) -> list[CheckResult]:
         if r["mode"] == "radial" and r["kappa"] > 3:
             continue
         out.append(
-            _within(
-                f"ire_flow_speedup[{r['problem']},{r['mode']},kappa={r['kappa']:g}]",
-                f"exact IRE ({r['mode']}) speeds the flow by a(1+|g|^2/4)/(1+a|g|^2/(4b))",
-                "derived",
-                SOURCE,
-                _f(r["predicted"]),
-                _f(r["speedup"]),
-                0.05,
-                naive=r["naive"],
-                eta_wd=r["eta_wd"],
-                run=path,
+            within(
+                name=f"ire_flow_speedup[{r['problem']},{r['mode']},kappa={r['kappa']:g}]",
+                claim=f"exact IRE ({r['mode']}) speeds the flow by a(1+|g|^2/4)/(1+a|g|^2/(4b))",
+                kind="derived",
+                source=SOURCE,
+                predicted=_f(r["predicted"]),
+                measured=_f(r["speedup"]),
+                rtol=0.05,
+                details={"naive": r["naive"], "eta_wd": r["eta_wd"], "run": path},
             )
         )
     return out
@@ -57,15 +55,16 @@ def _naive(ctx: Context) -> list[CheckResult]:
         bound = 1 + 4 / r["g_sq_start"]
         out.append(
             CheckResult(
-                f"ire_flow_norm_limit[{r['problem']}]",
-                "tangent-mode IRE at kappa=10 is slower than 1+kappa and than the limit 1+4/|g|^2",
-                "derived",
-                SOURCE,
-                float(min(r["naive"], bound)),
-                _f(r["speedup"]),
-                "< min(1+kappa, 1+4/|g0|^2)",
-                bool(_f(r["speedup"]) < min(r["naive"], bound)),
-                {"run": path, "g_sq_start": r["g_sq_start"]},
+                name=f"ire_flow_norm_limit[{r['problem']}]",
+                claim="tangent-mode IRE at kappa=10 is slower than 1+kappa and than the limit "
+                "1+4/|g|^2",
+                kind="derived",
+                source=SOURCE,
+                predicted=float(min(r["naive"], bound)),
+                measured=_f(r["speedup"]),
+                tolerance="< min(1+kappa, 1+4/|g0|^2)",
+                passed=bool(_f(r["speedup"]) < min(r["naive"], bound)),
+                details={"run": path, "g_sq_start": r["g_sq_start"]},
             )
         )
     return out
@@ -83,28 +82,29 @@ def _projector(ctx: Context) -> list[CheckResult]:
         if r["projector"] == "current:1":
             out.append(
                 CheckResult(
-                    f"ire_flow_reversal[{r['problem']},kappa={r['kappa']:g}]",
-                    "exact IRE with the Hessian at the oscillating iterate raises the sharpness",
-                    "derived",
-                    SOURCE,
-                    float(r["naive"]),
-                    _f(r["speedup"]),
-                    "measured speed-up < 0",
-                    bool(_f(r["speedup"]) < 0),
-                    {"run": path},
+                    name=f"ire_flow_reversal[{r['problem']},kappa={r['kappa']:g}]",
+                    claim="exact IRE with the Hessian at the oscillating iterate raises the "
+                    "sharpness",
+                    kind="derived",
+                    source=SOURCE,
+                    predicted=float(r["naive"]),
+                    measured=_f(r["speedup"]),
+                    tolerance="measured speed-up < 0",
+                    passed=bool(_f(r["speedup"]) < 0),
+                    details={"run": path},
                 )
             )
         else:
             out.append(
-                _within(
-                    f"ire_flow_frozen[{r['problem']},{r['projector']},kappa={r['kappa']:g}]",
-                    "a projector frozen for K >= 2 steps drifts at (IRE-S) on average",
-                    "derived",
-                    SOURCE,
-                    _f(r["predicted"]),
-                    _f(r["speedup"]),
-                    0.10,
-                    run=path,
+                within(
+                    name=f"ire_flow_frozen[{r['problem']},{r['projector']},kappa={r['kappa']:g}]",
+                    claim="a projector frozen for K >= 2 steps drifts at (IRE-S) on average",
+                    kind="derived",
+                    source=SOURCE,
+                    predicted=_f(r["predicted"]),
+                    measured=_f(r["speedup"]),
+                    rtol=0.10,
+                    details={"run": path},
                 )
             )
     return out

@@ -1,6 +1,6 @@
 """Checks of IRE's applications: the paper's toy (Figure 1) and IRE on the normalized networks.
 
-Registered on import by :mod:`sims.checks` (``TOPIC_MODULES``). Kinds: ``theorem`` -- stated
+Registered when :mod:`sims.checks` loads its ``TOPIC_MODULES``. Kinds: ``theorem`` -- stated
 in the IRE paper (Wang et al. 2024, arXiv 2405.20763); ``derived`` -- predicted here or in
 docs/theory.md and not read in a paper. Every check reads the stored ``ire_toy`` / ``ire_networks``
 results (computed at the context's scale if absent) and reports what it measures; tolerances
@@ -16,7 +16,17 @@ from typing import Any
 import numpy as np
 
 from . import ire_networks, ire_toy
-from .checks import CheckResult, Context, Kind, _at_most, _within, expect_failure, register
+from .checks_core import (
+    CheckResult,
+    Context,
+    Kind,
+    above,
+    at_most,
+    below,
+    expect_failure,
+    register,
+    within,
+)
 
 PAPER = "Wang et al. 2024 (IRE), arXiv 2405.20763"
 FIG1 = f"{PAPER}, Figure 1 (docs/papers.md)"
@@ -25,26 +35,6 @@ FIG1 = f"{PAPER}, Figure 1 (docs/papers.md)"
 def _f(x: Any) -> float:
     """A stored summary number (``None`` and the strings of non-finite floats -> float)."""
     return float("nan") if x is None else float(x)
-
-
-def _below(
-    name: str, claim: str, kind: Kind, source: str, measured: float, bound: float, **details: Any
-) -> CheckResult:
-    """Pass iff ``measured < bound`` (strictly; NaN fails)."""
-    ok = bool(np.isfinite(measured) and measured < bound)
-    return CheckResult(
-        name, claim, kind, source, float(bound), float(measured), f"< {bound:.6g}", ok, details
-    )
-
-
-def _above(
-    name: str, claim: str, kind: Kind, source: str, measured: float, bound: float, **details: Any
-) -> CheckResult:
-    """Pass iff ``measured > bound`` (strictly; NaN fails)."""
-    ok = bool(np.isfinite(measured) and measured > bound)
-    return CheckResult(
-        name, claim, kind, source, float(bound), float(measured), f"> {bound:.6g}", ok, details
-    )
 
 
 def _violations(values: list[float], strict: bool) -> int:
@@ -63,20 +53,20 @@ def _violations(values: list[float], strict: bool) -> int:
 
 @register("ire_toy_divergence")
 def _toy_divergence(ctx: Context) -> list[CheckResult]:
-    stored = ctx.results(ire_toy.NAME)
-    s = stored.meta["summary"]["gd_eta2"]
+    stored = ctx.result(ire_toy.NAME)
+    s = stored.summary["gd_eta2"]
     at = s["diverged_at"]
     return [
         CheckResult(
-            "ire_toy: GD eta=2 diverges",
-            "v is multiplied by 1 - 2(1 + u^2) = -3 at u = 1: GD eta = 2 blows up",
-            "theorem",
-            FIG1,
-            0.0,
-            float("nan") if at is None else float(at),
-            "diverges (a finite step)",
-            at is not None,
-            {"run": str(stored.path)},
+            name="ire_toy: GD eta=2 diverges",
+            claim="v is multiplied by 1 - 2(1 + u^2) = -3 at u = 1: GD eta = 2 blows up",
+            kind="theorem",
+            source=FIG1,
+            predicted=0.0,
+            measured=float("nan") if at is None else float(at),
+            tolerance="diverges (a finite step)",
+            passed=at is not None,
+            details={"run": str(stored.path)},
         )
     ]
 
@@ -88,21 +78,23 @@ def _toy_gd_stall(ctx: Context) -> list[CheckResult]:
     Tolerance 5% on ``1 - u``: the continuum limit neglects corrections of relative order of
     the per-step change ``v_0^2 / (1 - u_inf) ~ v_0 sqrt 2`` (1.4% at ``v_0 = 0.01``).
     """
-    stored = ctx.results(ire_toy.NAME)
-    s = stored.meta["summary"]["gd_eta1"]
+    stored = ctx.result(ire_toy.NAME)
+    s = stored.summary["gd_eta1"]
     pred = _f(s["u_end_continuum"])
     return [
-        _within(
-            "ire_toy: GD eta=1 stalls at u = exp(-v0/sqrt 2)",
-            "1 - u at the end of GD eta=1 (the drift stops once the oscillation contracts)",
-            "derived",
-            "sims/ire_toy.py docstring (continuum limit of the two maps)",
-            1 - pred,
-            1 - _f(s["u_end"]),
-            0.05,
-            u_end=_f(s["u_end"]),
-            u_pred=pred,
-            sharpness_end=_f(s["sharpness_end"]),
+        within(
+            name="ire_toy: GD eta=1 stalls at u = exp(-v0/sqrt 2)",
+            claim="1 - u at the end of GD eta=1 (the drift stops once the oscillation contracts)",
+            kind="derived",
+            source="sims/ire_toy.py docstring (continuum limit of the two maps)",
+            predicted=1 - pred,
+            measured=1 - _f(s["u_end"]),
+            rtol=0.05,
+            details={
+                "u_end": _f(s["u_end"]),
+                "u_pred": pred,
+                "sharpness_end": _f(s["sharpness_end"]),
+            },
         )
     ]
 
@@ -113,21 +105,20 @@ def _mask_runs(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 @register("ire_toy_flatter")
 def _toy_flatter(ctx: Context) -> list[CheckResult]:
-    stored = ctx.results(ire_toy.NAME)
-    summary, cfg = stored.meta["summary"], stored.meta["config"]
+    stored = ctx.result(ire_toy.NAME)
+    summary, cfg = stored.summary, stored.config
     gd = _f(summary["gd_eta1"]["sharpness_end"])
     out = []
     for s in _mask_runs(summary):
         out.append(
-            _below(
-                f"ire_toy: IRE kappa={s['kappa']:g} flatter than GD",
-                f"sharpness 1 + u^2 after {cfg['steps']} steps, IRE (mask) below GD eta=1",
-                "theorem",
-                FIG1,
-                _f(s["sharpness_end"]),
-                gd,
-                u_end=_f(s["u_end"]),
-                steps_below=s["steps_below"],
+            below(
+                name=f"ire_toy: IRE kappa={s['kappa']:g} flatter than GD",
+                claim=f"sharpness 1 + u^2 after {cfg.steps} steps, IRE (mask) below GD eta=1",
+                kind="theorem",
+                source=FIG1,
+                measured=_f(s["sharpness_end"]),
+                bound=gd,
+                details={"u_end": _f(s["u_end"]), "steps_below": s["steps_below"]},
             )
         )
     return out
@@ -136,8 +127,8 @@ def _toy_flatter(ctx: Context) -> list[CheckResult]:
 @register("ire_toy_kappa_order")
 def _toy_kappa_order(ctx: Context) -> list[CheckResult]:
     """Larger kappa: lower final sharpness, and no later arrival below 1.9 (``None`` = never)."""
-    stored = ctx.results(ire_toy.NAME)
-    summary = stored.meta["summary"]
+    stored = ctx.result(ire_toy.NAME)
+    summary = stored.summary
     masks = _mask_runs(summary)
     finals = [_f(summary["gd_eta1"]["sharpness_end"])] + [_f(s["sharpness_end"]) for s in masks]
     level = "1.9" if "1.9" in masks[0]["steps_below"] else next(iter(masks[0]["steps_below"]))
@@ -149,25 +140,23 @@ def _toy_kappa_order(ctx: Context) -> list[CheckResult]:
     arr_bad += int(not math.isfinite(arrivals[-1]))
     kappas = [s["kappa"] for s in masks]
     return [
-        _at_most(
-            "ire_toy: final sharpness decreasing in kappa",
-            "order violations of S_end along GD, IRE kappa ascending (strict)",
-            "theorem",
-            FIG1,
-            _violations(finals, strict=True),
-            0,
-            kappas=kappas,
-            sharpness_end=finals,
+        at_most(
+            name="ire_toy: final sharpness decreasing in kappa",
+            claim="order violations of S_end along GD, IRE kappa ascending (strict)",
+            kind="theorem",
+            source=FIG1,
+            measured=_violations(finals, strict=True),
+            bound=0,
+            details={"kappas": kappas, "sharpness_end": finals},
         ),
-        _at_most(
-            f"ire_toy: steps to S < {level} non-increasing in kappa",
-            f"order violations of the steps until S stays below {level}, kappa ascending",
-            "theorem",
-            FIG1,
-            arr_bad,
-            0,
-            kappas=kappas,
-            steps=[None if math.isinf(a) else a for a in arrivals],
+        at_most(
+            name=f"ire_toy: steps to S < {level} non-increasing in kappa",
+            claim=f"order violations of the steps until S stays below {level}, kappa ascending",
+            kind="theorem",
+            source=FIG1,
+            measured=arr_bad,
+            bound=0,
+            details={"kappas": kappas, "steps": [None if math.isinf(a) else a for a in arrivals]},
         ),
     ]
 
@@ -180,8 +169,8 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
     the gradient has ``u`` component ``-u v^2``: IRE moves ``u`` away from 0. The midpoint of
     two iterates of the period-2 oscillation cancels the tilt.
     """
-    stored = ctx.results(ire_toy.NAME)
-    summary = stored.meta["summary"]
+    stored = ctx.result(ire_toy.NAME)
+    summary = stored.summary
     gd = _f(summary["gd_eta1"]["sharpness_end"])
     out = []
     exact = sorted(
@@ -190,27 +179,27 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
     for s in exact:
         if s["point"] == "current":
             out.append(
-                _above(
-                    f"ire_toy: exact (current) kappa={s['kappa']:g} reverses the drift",
-                    f"u(step {s['early_step']}) - u0 (positive: u moves away from the flat point)",
-                    "derived",
-                    "theory/ire.py exact_flat docstring; the brief's measured finding",
-                    _f(s["u_change_early"]),
-                    0.0,
-                    diverged_at=s["diverged_at"],
+                above(
+                    name=f"ire_toy: exact (current) kappa={s['kappa']:g} reverses the drift",
+                    claim=f"u(step {s['early_step']}) - u0 "
+                    "(positive: u moves away from the flat point)",
+                    kind="derived",
+                    source="theory/ire.py exact_flat docstring; the brief's measured finding",
+                    measured=_f(s["u_change_early"]),
+                    bound=0.0,
+                    details={"diverged_at": s["diverged_at"]},
                 )
             )
         else:
             out.append(
-                _below(
-                    f"ire_toy: exact (midpoint) kappa={s['kappa']:g} flatter than GD",
-                    "final sharpness 1 + u^2 of exact IRE at the midpoint, below GD eta=1",
-                    "derived",
-                    "theory/ire.py exact_flat docstring (point='midpoint')",
-                    _f(s["sharpness_end"]),
-                    gd,
-                    diverged_at=s["diverged_at"],
-                    u_end=_f(s["u_end"]),
+                below(
+                    name=f"ire_toy: exact (midpoint) kappa={s['kappa']:g} flatter than GD",
+                    claim="final sharpness 1 + u^2 of exact IRE at the midpoint, below GD eta=1",
+                    kind="derived",
+                    source="theory/ire.py exact_flat docstring (point='midpoint')",
+                    measured=_f(s["sharpness_end"]),
+                    bound=gd,
+                    details={"diverged_at": s["diverged_at"], "u_end": _f(s["u_end"])},
                 )
             )
     return out
@@ -251,11 +240,11 @@ expect_failure(
 @register("ire_net_sharpness")
 def _net_sharpness(ctx: Context) -> list[CheckResult]:
     """IRE ends flatter than GD+WD after the same number of steps (per selector and kappa)."""
-    stored = ctx.results(ire_networks.NAME)
-    summary, cfg = stored.meta["summary"], stored.meta["config"]
+    stored = ctx.result(ire_networks.NAME)
+    summary, cfg = stored.summary, stored.config
     base = _net_end(summary, "none", 0.0, "sharpness_end")
     out = []
-    for sel in cfg["selectors"]:
+    for sel in cfg.selectors:
         kind: Kind = "theorem" if sel == "mask" else "derived"
         source = (
             f"{PAPER}: IRE accelerates the discovery of flat minima (Algorithm 1)"
@@ -263,32 +252,34 @@ def _net_sharpness(ctx: Context) -> list[CheckResult]:
             else "docs/theory.md section 4: amplifying the tangent of Gamma speeds the flow "
             "[derived]"
         )
-        for kappa in cfg["kappas"]:
+        for kappa in cfg.kappas:
             out.append(
-                _below(
-                    f"ire_net: {sel} kappa={kappa:g} flatter than GD+WD",
-                    f"spherical sharpness after {cfg['steps']} steps (geometric mean of the last "
-                    "third of the rows and of the seeds), IRE below the base",
-                    kind,
-                    source,
-                    _net_end(summary, sel, kappa, "sharpness_end"),
-                    base,
-                    seeds=cfg["seeds"],
-                    eos_end=_net_end(summary, sel, kappa, "eos_end"),
-                    eos_end_base=_net_end(summary, "none", 0.0, "eos_end"),
+                below(
+                    name=f"ire_net: {sel} kappa={kappa:g} flatter than GD+WD",
+                    claim=f"spherical sharpness after {cfg.steps} steps (geometric mean of "
+                    "the last third of the rows and of the seeds), IRE below the base",
+                    kind=kind,
+                    source=source,
+                    measured=_net_end(summary, sel, kappa, "sharpness_end"),
+                    bound=base,
+                    details={
+                        "seeds": cfg.seeds,
+                        "eos_end": _net_end(summary, sel, kappa, "eos_end"),
+                        "eos_end_base": _net_end(summary, "none", 0.0, "eos_end"),
+                    },
                 )
             )
-        finals = [base] + [_net_end(summary, sel, k, "sharpness_end") for k in cfg["kappas"]]
+        finals = [base] + [_net_end(summary, sel, k, "sharpness_end") for k in cfg.kappas]
         out.append(
-            _at_most(
-                f"ire_net: {sel} sharpness decreasing in kappa",
-                "order violations of the final sharpness along base, kappa ascending (strict)",
-                "derived",
-                "docs/theory.md section 4 (the drift scales with 1 + kappa) [derived]",
-                _violations(finals, strict=True),
-                0,
-                kappas=cfg["kappas"],
-                sharpness_end=finals,
+            at_most(
+                name=f"ire_net: {sel} sharpness decreasing in kappa",
+                claim="order violations of the final sharpness along base, kappa ascending "
+                "(strict)",
+                kind="derived",
+                source="docs/theory.md section 4 (the drift scales with 1 + kappa) [derived]",
+                measured=_violations(finals, strict=True),
+                bound=0,
+                details={"kappas": cfg.kappas, "sharpness_end": finals},
             )
         )
     return out
@@ -303,25 +294,27 @@ def _net_exact_eos(ctx: Context) -> list[CheckResult]:
     ``2 lambda_1 / ((1 + kappa) lambda_{k+1})`` instead of 2 (measured in the details). Tolerance
     25%: the row-to-row fluctuation of the EoS quantity averaged over the last third.
     """
-    stored = ctx.results(ire_networks.NAME)
-    summary, cfg = stored.meta["summary"], stored.meta["config"]
-    if "exact" not in cfg["selectors"]:
+    stored = ctx.result(ire_networks.NAME)
+    summary, cfg = stored.summary, stored.config
+    if "exact" not in cfg.selectors:
         return []
     base = _net_end(summary, "none", 0.0, "eos_end")
     ratio = _net_end(summary, "none", 0.0, "lambda_ratio_end")
     return [
-        _within(
-            f"ire_net: exact kappa={kappa:g} stays at the base's EoS",
-            "EoS quantity eta*lambda_1 over the last third, exact IRE vs the base",
-            "derived",
-            "docs/theory.md section 4 (sharp directions left alone) [derived]",
-            base,
-            _net_end(summary, "exact", kappa, "eos_end"),
-            0.25,
-            lambda_k1_over_lambda_1_base=ratio,
-            amplified_stability_factor=(1 + kappa) * ratio,
+        within(
+            name=f"ire_net: exact kappa={kappa:g} stays at the base's EoS",
+            claim="EoS quantity eta*lambda_1 over the last third, exact IRE vs the base",
+            kind="derived",
+            source="docs/theory.md section 4 (sharp directions left alone) [derived]",
+            predicted=base,
+            measured=_net_end(summary, "exact", kappa, "eos_end"),
+            rtol=0.25,
+            details={
+                "lambda_k1_over_lambda_1_base": ratio,
+                "amplified_stability_factor": (1 + kappa) * ratio,
+            },
         )
-        for kappa in cfg["kappas"]
+        for kappa in cfg.kappas
     ]
 
 
@@ -329,21 +322,23 @@ def _net_exact_eos(ctx: Context) -> list[CheckResult]:
 def _net_overhead(ctx: Context) -> list[CheckResult]:
     """The mask costs about 10% per step at K = 10 (paper); bound 1.2 = the claim plus 10% for
     timing noise on a shared machine. The exact selector's cost is reported in the details."""
-    stored = ctx.results(ire_networks.NAME)
-    summary, cfg = stored.meta["summary"], stored.meta["config"]
+    stored = ctx.result(ire_networks.NAME)
+    summary, cfg = stored.summary, stored.config
     over = {s["selector"]: _f(s.get("overhead")) for s in summary.values() if s.get("overhead")}
     if "mask" not in over:
         return []
     return [
-        _at_most(
-            "ire_net: mask overhead about 10% at K=10",
-            f"seconds per step of IRE (mask, K={cfg['refresh_every']}) / GD+WD's (median)",
-            "theorem",
-            f"{PAPER}, cost of Algorithm 1 (docs/papers.md)",
-            over["mask"],
-            1.2,
-            exact_overhead=over.get("exact"),
-            timing_steps=cfg["timing_steps"],
-            repeats=cfg["timing_repeats"],
+        at_most(
+            name="ire_net: mask overhead about 10% at K=10",
+            claim=f"seconds per step of IRE (mask, K={cfg.refresh_every}) / GD+WD's (median)",
+            kind="theorem",
+            source=f"{PAPER}, cost of Algorithm 1 (docs/papers.md)",
+            measured=over["mask"],
+            bound=1.2,
+            details={
+                "exact_overhead": over.get("exact"),
+                "timing_steps": cfg.timing_steps,
+                "repeats": cfg.timing_repeats,
+            },
         )
     ]

@@ -2,9 +2,13 @@
 
 For each analytic problem, start and intrinsic learning rate ``eta * wd``:
 
-* ``equilibrium`` start: GD begins on the EoS equilibrium (``|w|^2 = eta lambda_1 / 2``,
+* ``equilibrium`` start: GD begins on the EoS equilibrium of (F1) (``|w|^2 = eta lambda_1 / 2``,
   amplitude ``sqrt(eta wd / 2 / (1 + |g|^2/4))`` along ``v_1``) next to the problem's start
   projected onto ``Gamma``; the flow starts at ``Phi`` of the first iterate, ``t0 = 0``.
+* ``equilibrium_F0`` start: the same with the amplitude of (F0), ``sqrt(eta wd / 2)``
+  (:func:`theory.tracking.eos_equilibrium_start`, ``form="F0"``). Whichever flow GD follows, it
+  should follow it from both starts (the amplitude is set by the norm balance, not by the
+  start), so "F1 tracks better than F0" is tested from the start that favours F0 too.
 * ``generic`` start: the phases simulation's start (off ``Gamma``, ``eta_eff * S = eos0``); GD
   runs through phases I and II (with a 1e-10 kick per step), and the flow starts at ``Phi`` of
   the direction at the measured EoS onset ``t0``.
@@ -19,29 +23,29 @@ them, both flows, distances and sharpness along both; the summary has the distan
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from theory import _validate as check
 from theory.gd import gd_wd, predicted_eos_onset
 from theory.manifold import project_to_manifold
 from theory.problems import PROBLEMS
 from theory.tracking import compare_with_flow, eos_equilibrium_start, fit_slope
 
-from . import _cli
 from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress, dtype_from_config
+from ._runtime import dtype_from_config
 from ._store import StoredRun
 from .phases import initial_point
+from .simulation import Simulation, cached_runs, prefixed
 
 NAME = "gd_vs_flow"
-STARTS = ("equilibrium", "generic")
+STARTS = ("equilibrium", "equilibrium_F0", "generic")
+# The flow form whose EoS amplitude each equilibrium start has.
+EQUILIBRIUM_FORM: dict[str, Literal["F0", "F1"]] = {"equilibrium": "F1", "equilibrium_F0": "F0"}
 FORMS = ("F1", "F0")
 
 
@@ -58,26 +62,20 @@ class Config:
     )
     tau_end: float = field(default=4.0, metadata={"help": "slow time to compare up to"})
     rows: int = field(default=80, metadata={"help": "GD rows recorded up to tau_end"})
-    starts: tuple[str, ...] = field(default=STARTS, metadata={"help": "equilibrium, generic"})
+    starts: tuple[str, ...] = field(
+        default=STARTS, metadata={"help": "equilibrium (F1 amplitude), equilibrium_F0, generic"}
+    )
     eos0: float = field(default=0.3, metadata={"help": "initial eta_eff * S (generic start)"})
     perturbation: float = field(default=1e-10, metadata={"help": "kick per step (generic)"})
     dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "precision"})
     seed: int = field(default=0, metadata={"help": "PRNG seed"})
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.problems if p not in PROBLEMS]
-        if not self.problems or bad:
-            raise ValueError(f"problems must be among {sorted(PROBLEMS)}, got {self.problems}")
-        if not self.starts or any(s not in STARTS for s in self.starts):
-            raise ValueError(f"starts must be among {STARTS}, got {self.starts}")
-        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
-        for name in ("eta", "tau_end", "eos0"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
-        if self.rows < 4:
-            raise ValueError(f"rows must be >= 4, got {self.rows}")
+        check.among(self.problems, "problems", sorted(PROBLEMS))
+        check.among(self.starts, "starts", STARTS)
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
+        check.positive_fields(self, "eta", "tau_end", "eos0")
+        check.int_fields_at_least(self, 4, "rows")
 
     @classmethod
     def preset(cls, scale: str) -> Config:
@@ -104,9 +102,10 @@ def _run_one(cfg: Config, problem: str, start: str, ewd: float, key: jax.Array) 
     dtype = dtype_from_config(cfg.dtype)
     wd = ewd / cfg.eta
     steps, every = _segment_steps(cfg, ewd)
-    if start == "equilibrium":
+    if start in EQUILIBRIUM_FORM:
         theta = project_to_manifold(prob.loss, jnp.asarray(prob.start, dtype))
-        w0 = eos_equilibrium_start(prob.loss, theta, eta=cfg.eta, wd=wd)
+        form = EQUILIBRIUM_FORM[start]
+        w0 = eos_equilibrium_start(prob.loss, theta, eta=cfg.eta, wd=wd, form=form)
         onset, kick = 0, 0.0
     else:
         w_init = jnp.asarray(initial_point(problem, cfg.eta, cfg.eos0, dtype))
@@ -176,58 +175,47 @@ def run(
     """Run the study; returns (arrays, summary) ready to store. Finished sub-runs are kept in
     ``checkpoints`` and reused when the same config runs again after an interruption."""
     dtype_from_config(cfg.dtype)
+    jobs = {
+        f"{problem}.{start}.{i}": (p_i, problem, start, i)
+        for p_i, problem in enumerate(cfg.problems)
+        for start in cfg.starts
+        for i in range(len(cfg.eta_wd))
+    }
     arrays: dict[str, np.ndarray] = {}
+    infos: dict[str, list[dict[str, Any]]] = {}
+    for name, sub, info in cached_runs(
+        list(jobs),
+        lambda _, name: _sub_run(cfg, *jobs[name]),
+        checkpoints,
+        desc=NAME,
+        progress=progress,
+    ):
+        arrays.update(prefixed(name, sub))
+        infos.setdefault(name.rpartition(".")[0], []).append(info)
     summary: dict[str, Any] = {}
-    total = len(cfg.problems) * len(cfg.starts) * len(cfg.eta_wd)
-    with Progress(NAME, total, progress, unit="run") as bar:
-        done = 0
-        for p_i, problem in enumerate(cfg.problems):
-            for start in cfg.starts:
-                infos = []
-                for i in range(len(cfg.eta_wd)):
-                    prefix = f"{problem}.{start}.{i}"
-                    cached = checkpoints.load_done(prefix) if checkpoints is not None else None
-                    if cached is None:
-                        cached = _sub_run(cfg, p_i, problem, start, i)
-                        if checkpoints is not None:
-                            checkpoints.save_done(prefix, *cached)
-                    sub_arrays, info = cached
-                    arrays.update({f"{prefix}.{k}": v for k, v in sub_arrays.items()})
-                    infos.append(info)
-                    done += 1
-                    bar(done, total)
-                entry: dict[str, Any] = {"eta_wd": list(cfg.eta_wd)}
-                for k in infos[0]:
-                    entry[k] = [info[k] for info in infos]
-                for form in FORMS:
-                    for where in ("tau2", "end"):
-                        slope, _ = fit_slope(np.asarray(cfg.eta_wd), entry[f"dist_{where}_{form}"])
-                        entry[f"slope_{where}_{form}"] = slope
-                summary[f"{problem}.{start}"] = entry
+    for key, rows in infos.items():
+        entry: dict[str, Any] = {"eta_wd": list(cfg.eta_wd)}
+        for k in rows[0]:
+            entry[k] = [info[k] for info in rows]
+        for form in FORMS:
+            for where in ("tau2", "end"):
+                slope, _ = fit_slope(np.asarray(cfg.eta_wd), entry[f"dist_{where}_{form}"])
+                entry[f"slope_{where}_{form}"] = slope
+        summary[key] = entry
     return arrays, summary
 
 
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
-    return stored_or_run(
-        NAME,
-        cfg,
-        lambda ck: run(cfg, progress=progress, checkpoints=ck),
-        results_dir=results_dir,
-        force=force,
-        extra_meta={"seed": cfg.seed},
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
-    print(f"{NAME}: results in {stored.path}")
+def _report(stored: StoredRun) -> list[str]:
+    lines = []
     for key, s in stored.meta["summary"].items():
         d1 = ", ".join(f"{x:.2e}" for x in s["dist_tau2_F1"])
-        print(
-            f"  {key}: |Phi(w_t) - theta_F1(tau=2)| = [{d1}] for eta*wd = {s['eta_wd']};"
+        lines.append(
+            f"{key}: |Phi(w_t) - theta_F1(tau=2)| = [{d1}] for eta*wd = {s['eta_wd']};"
             f" slope F1 {s['slope_tau2_F1']:.2f}, F0 {s['slope_tau2_F0']:.2f}"
         )
-    return stored
+    return lines
+
+
+SIM = Simulation(NAME, Config, run, __doc__, report=_report)
+run_and_store = SIM.run_and_store
+main = SIM.main

@@ -13,8 +13,8 @@ The prediction is not ``1 + kappa`` (the naive column of the table): IRE multipl
 along ``Gamma`` by ``a`` (``1 + kappa``; ``1 - kappa`` with the projector at the current iterate
 refreshed every step) and the norm balance by ``b`` (1 tangent, ``1 + kappa`` radial), and the
 EoS amplitude adjusts, so the flow runs ``a (1 + |g|^2/4) / (1 + a |g|^2 / (4 b))`` times faster
-in ``tau = 2 eta wd t`` where ``|g| = |P grad log lambda_1|`` (:func:`gains`,
-:func:`local_speedup`; derived in docs/ire.md).
+in ``tau = 2 eta wd t`` where ``|g| = |P grad log lambda_1|`` (:func:`theory.ire.flow_gains`,
+:func:`theory.ire.flow_speedup`; derived in docs/ire.md).
 
 The speed-up is measured without fitting a model of the path: each recorded direction is
 projected on ``Gamma`` (``Phi``), its sharpness ``S(Phi)`` is located on the closed-form flow
@@ -31,7 +31,6 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import jax
@@ -39,16 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from theory.ire import exact_flat, ire
+from theory import _validate as check
+from theory.ire import exact_flat, flow_gains, flow_time, ire
 from theory.manifold import hessian_rank, project_to_manifold
 from theory.optim import gd_wd_transform, run_optimizer
 from theory.problems import PROBLEMS
+from theory.tracking import ire_equilibrium_start
 
-from . import _cli
 from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress, dtype_from_config
-from ._store import StoredRun
+from ._runtime import dtype_from_config
+from .simulation import Simulation, cached_runs, prefixed
 
 NAME = "ire_flow"
 MODES = ("tangent", "radial")
@@ -89,23 +88,14 @@ class Config:
     seed: int = field(default=0, metadata={"help": "PRNG seed"})
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.problems if p not in CURVES]
-        if not self.problems or bad:
-            raise ValueError(f"problems must be among {CURVES} (closed-form flows), got {bad}")
-        if not self.modes or any(m not in MODES for m in self.modes):
-            raise ValueError(f"modes must be among {MODES}, got {self.modes}")
-        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
-        if not self.kappas or any(not (math.isfinite(k) and k >= 0) for k in self.kappas):
-            raise ValueError(f"kappas must be finite and >= 0, got {self.kappas}")
+        check.among(self.problems, "problems (the closed-form flows)", CURVES)
+        check.among(self.modes, "modes", MODES)
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
+        check.all_nonnegative(self.kappas, "kappas")
         for spec in (self.projector, *self.projectors):
             _parse_projector(spec)
-        for name in ("eta", "tau_target", "projector_kappa"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
-        if self.rows < 8:
-            raise ValueError(f"rows must be >= 8, got {self.rows}")
+        check.positive_fields(self, "eta", "tau_target", "projector_kappa")
+        check.int_fields_at_least(self, 8, "rows")
 
     @classmethod
     def preset(cls, scale: str) -> Config:
@@ -123,34 +113,13 @@ class Config:
 
 
 def gains(kappa: float, mode: str, projector: str) -> tuple[float, float]:
-    """[derived, docs/ire.md] ``(a, b)``: the factor IRE applies to the drift along ``Gamma``
-    (``1 + kappa``; ``1 - kappa`` with the projector at the current iterate refreshed every step)
-    and to the norm balance (``1`` tangent, ``1 + kappa`` radial)."""
+    """IRE's gains ``(a, b)`` on the flow (:func:`theory.ire.flow_gains`) for a run's mode and
+    projector: the drift is reversed by the projector at the current iterate refreshed every
+    step, and the norm balance is amplified in radial mode."""
     point, every = _parse_projector(projector)
-    a = 1.0 - kappa if (point == "current" and every == 1) else 1.0 + kappa
-    return a, (1.0 + kappa if mode == "radial" else 1.0)
-
-
-def local_speedup(a: float, b: float, g_sq: Any) -> Any:
-    """[derived, docs/ire.md] Speed of IRE along the flow relative to GD+WD where ``|g|^2 = g_sq``:
-    ``a (1 + |g|^2/4) / (1 + a |g|^2 / (4 b))``; NaN where the denominator is not positive (no
-    EoS equilibrium: the amplitude the norm balance asks for does not exist)."""
-    den = 1.0 + a * np.asarray(g_sq) / (4.0 * b)
-    return np.where(den > 0, a * (1.0 + np.asarray(g_sq) / 4.0) / np.where(den > 0, den, 1), np.nan)
-
-
-def ire_equilibrium_start(
-    prob: Any, theta: jax.Array, eta: float, wd: float, a: float, b: float
-) -> jax.Array:
-    """[derived, docs/ire.md] The EoS equilibrium of exact IRE next to ``theta`` on ``Gamma``:
-    ``|w|^2 = eta lambda_1 / 2`` and amplitude ``A^2 = (eta wd / 2) / (1 + a |g|^2 / (4 b))``
-    along ``v_1`` (the GD+WD one, ``a = b = 1``, where that has no solution)."""
-    lam1, v1 = prob.lambda1(theta), prob.top_eigvec(theta)
-    g_sq = jnp.vdot(*(2 * (prob.riemannian_grad_log_lambda1(theta),)))
-    den = 1 + a * g_sq / (4 * b)
-    amp_sq = (eta * wd / 2) / jnp.where(den > 0, den, 1 + g_sq / 4)
-    u = theta + jnp.sqrt(amp_sq) * v1
-    return jnp.sqrt(eta * lam1 / 2) * u / jnp.linalg.norm(u)
+    return flow_gains(
+        kappa, radial=mode == "radial", reversed_drift=point == "current" and every == 1
+    )
 
 
 @functools.cache
@@ -193,28 +162,8 @@ class _FlowRef:
         return out
 
     def predicted_times(self, tau: np.ndarray, a: float, b: float) -> np.ndarray:
-        """``tau_eff(tau)`` solving ``d tau_eff / d tau = local_speedup(a, b, |g(tau_eff)|^2)``
-        (RK4, 50 substeps per row; NaN from where the speed is undefined or off the grid)."""
-
-        def speed(te: float) -> float:
-            if not self.tau[0] <= te <= self.tau[-1]:
-                return float("nan")
-            return float(local_speedup(a, b, np.interp(te, self.tau, self.g_sq)))
-
-        out = np.full(tau.shape, np.nan)
-        out[0], te = 0.0, 0.0
-        for i in range(1, len(tau)):
-            h = (tau[i] - tau[i - 1]) / 50
-            for _ in range(50):
-                k1 = speed(te)
-                k2 = speed(te + h * k1 / 2)
-                k3 = speed(te + h * k2 / 2)
-                k4 = speed(te + h * k3)
-                te = te + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
-            if not np.isfinite(te):
-                break
-            out[i] = te
-        return out
+        """``tau_eff(tau)`` predicted for IRE's gains ``(a, b)`` (:func:`theory.ire.flow_time`)."""
+        return flow_time(tau, self.tau, self.g_sq, a, b)
 
 
 def _slope(tau: np.ndarray, tau_eff: np.ndarray) -> float:
@@ -235,7 +184,7 @@ def _run_one(
     a, b = gains(kappa, mode, projector)
     theta = project_to_manifold(prob.loss, jnp.asarray(prob.start, dtype))
     rank = hessian_rank(prob.loss, theta)
-    w0 = ire_equilibrium_start(prob, theta, cfg.eta, wd, a, b)
+    w0 = ire_equilibrium_start(prob, theta, eta=cfg.eta, wd=wd, a=a, b=b)
     per_step = 2 * ewd * max(abs(a), 1.0)
     every = max(1, math.ceil(cfg.tau_target / per_step / cfg.rows))
     steps = every * cfg.rows
@@ -303,36 +252,22 @@ def run(
     cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every run; returns (arrays, summary). Finished runs are checkpointed and reused."""
+    jobs = {
+        f"{problem}.{i}.{mode}.{proj}.k{kappa:g}": (problem, i, kappa, mode, proj)
+        for problem, i, kappa, mode, proj in _jobs(cfg)
+    }
+
+    def one(_: int, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        problem, i, kappa, mode, proj = jobs[name]
+        return _run_one(cfg, problem, cfg.eta_wd[i], kappa, mode, proj)
+
     arrays: dict[str, np.ndarray] = {}
     table: list[dict[str, Any]] = []
-    jobs = _jobs(cfg)
-    with Progress(NAME, len(jobs), progress, unit="run") as bar:
-        for n, (problem, i, kappa, mode, proj) in enumerate(jobs):
-            prefix = f"{problem}.{i}.{mode}.{proj}.k{kappa:g}"
-            cached = checkpoints.load_done(prefix) if checkpoints is not None else None
-            if cached is None:
-                cached = _run_one(cfg, problem, cfg.eta_wd[i], kappa, mode, proj)
-                if checkpoints is not None:
-                    checkpoints.save_done(prefix, *cached)
-            sub, info = cached
-            arrays.update({f"{prefix}.{k}": v for k, v in sub.items()})
-            table.append({"key": prefix, "problem": problem, "eta_wd": cfg.eta_wd[i], **info})
-            bar(n + 1, len(jobs))
+    for name, sub, info in cached_runs(list(jobs), one, checkpoints, desc=NAME, progress=progress):
+        problem, i = jobs[name][:2]
+        arrays.update(prefixed(name, sub))
+        table.append({"key": name, "problem": problem, "eta_wd": cfg.eta_wd[i], **info})
     return arrays, {"table": table}
-
-
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
-    return stored_or_run(
-        NAME,
-        cfg,
-        lambda ck: run(cfg, progress=progress, checkpoints=ck),
-        results_dir=results_dir,
-        force=force,
-        extra_meta={"seed": cfg.seed},
-    )
 
 
 def _num(x: Any, spec: str) -> str:
@@ -362,9 +297,8 @@ def format_table(table: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
-    print(f"{NAME}: results in {stored.path}")
-    for line in format_table(stored.meta["summary"]["table"]):
-        print("  " + line)
-    return stored
+SIM = Simulation(
+    NAME, Config, run, __doc__, report=lambda stored: format_table(stored.meta["summary"]["table"])
+)
+run_and_store = SIM.run_and_store
+main = SIM.main

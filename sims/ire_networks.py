@@ -42,11 +42,9 @@ seconds per step and the overhead ratio to the base (seed ``seeds[0]`` only).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import equinox as eqx
@@ -55,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from theory import _validate as check
 from theory import nets
 from theory.curvature import linearize_grad
 from theory.invariance import expand_groups, group_norms, normalize
@@ -63,11 +62,11 @@ from theory.lanczos import default_tol, lanczos
 from theory.optim import gd_wd_transform, run_optimizer
 from theory.sharpness import sharpness_eigs
 
-from . import _cli, networks
+from . import networks
 from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress, dtype_from_config
+from ._runtime import dtype_from_config
 from ._store import StoredRun
+from .simulation import Simulation, cached_runs, prefixed
 
 NAME = "ire_networks"
 SELECTORS = ("exact", "mask")
@@ -102,20 +101,14 @@ class Config:
     dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.selectors if s not in SELECTORS]
-        if bad:
-            raise ValueError(f"selectors must be among {SELECTORS}, got {bad}")
-        if not (0 < self.eta_wd < 0.1):
-            raise ValueError(f"eta_wd must be in (0, 0.1), got {self.eta_wd}")
-        if not (math.isfinite(self.eta) and self.eta > 0):
-            raise ValueError(f"eta must be a positive finite float, got {self.eta}")
-        if any(not (math.isfinite(x) and x > 0) for x in self.kappas):
-            raise ValueError(f"kappas must be positive and finite, got {self.kappas}")
-        if not (0 < self.gamma < 1):
-            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
-        for name in ("steps", "record_every", "refresh_every", "k", "lanczos_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check.among(self.selectors, "selectors", SELECTORS, empty=True)
+        check.in_interval(self.eta_wd, "eta_wd", 0, 0.1)
+        check.positive_fields(self, "eta")
+        check.all_positive(self.kappas, "kappas")
+        check.in_interval(self.gamma, "gamma", 0, 1)
+        check.int_fields_at_least(
+            self, 1, "steps", "record_every", "refresh_every", "k", "lanczos_iters"
+        )
         if self.steps % self.record_every:
             raise ValueError(f"record_every ({self.record_every}) must divide steps ({self.steps})")
         if self.timing_repeats < 0 or self.timing_steps < 1:
@@ -130,7 +123,7 @@ class Config:
     @classmethod
     def preset(cls, scale: str) -> Config:
         """``quick``: MLP 64-64, eta*wd = 4e-3, 600 steps, 1 seed (about 2 min on one core);
-        ``full``: eta*wd = 2e-3, 3000 steps (tau = 6), 3 seeds, kappa up to 9."""
+        ``full``: eta*wd = 2e-3, 3000 steps (tau = 2 eta wd t = 12), 3 seeds, kappa up to 9."""
         if scale == "quick":
             return cls()
         if scale == "full":
@@ -378,23 +371,22 @@ def run(
     dtype_from_config(cfg.dtype)
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {}
-    specs = runs(cfg)
+    specs = {spec["name"]: spec for spec in runs(cfg)}
     problems: dict[int, nets.NetProblem] = {}
-    with Progress(NAME, len(specs), progress, unit="run") as bar:
-        for i, spec in enumerate(specs):
-            seed = spec["seed"]
-            if seed not in problems:
-                problems[seed] = make_network(cfg, seed)
-                arrays[f"s{seed}.spectrum_start"] = spectrum(cfg, problems[seed], problems[seed].w0)
-            cached = checkpoints.load_done(spec["name"]) if checkpoints is not None else None
-            if cached is None:
-                cached = _one(cfg, spec, problems[seed])
-                if checkpoints is not None:
-                    checkpoints.save_done(spec["name"], *cached)
-            sub, info = cached
-            arrays.update({f"{spec['name']}.{k}": v for k, v in sub.items()})
-            summary[spec["name"]] = info
-            bar(i + 1, len(specs))
+
+    def problem(seed: int) -> nets.NetProblem:
+        if seed not in problems:
+            problems[seed] = make_network(cfg, seed)
+            arrays[f"s{seed}.spectrum_start"] = spectrum(cfg, problems[seed], problems[seed].w0)
+        return problems[seed]
+
+    def one(_: int, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return _one(cfg, specs[name], problem(specs[name]["seed"]))
+
+    for name, sub, info in cached_runs(list(specs), one, checkpoints, desc=NAME, progress=progress):
+        problem(specs[name]["seed"])
+        arrays.update(prefixed(name, sub))
+        summary[name] = info
     _timings(cfg, summary, problems[cfg.seeds[0]])
     return arrays, summary
 
@@ -423,29 +415,21 @@ def _timings(cfg: Config, summary: dict[str, Any], prob: nets.NetProblem) -> Non
         info.update(seconds_per_step=sps, overhead=sps / base, timing_repeats_seconds=times)
 
 
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
-    return stored_or_run(
-        NAME,
-        cfg,
-        lambda ck: run(cfg, progress=progress, checkpoints=ck),
-        results_dir=results_dir,
-        force=force,
-        extra_meta={"seeds": list(cfg.seeds)},
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
-    print(f"{NAME}: results in {stored.path}")
+def _report(stored: StoredRun) -> list[str]:
+    lines = []
     for name, s in stored.meta["summary"].items():
         over = s.get("overhead")
         over_s = "   -  " if over is None else f"{over:6.2f}"
-        print(
-            f"  {name:14s} S {s['sharpness_start']:7.3g} -> {s['sharpness_end']:7.3g}  "
+        lines.append(
+            f"{name:14s} S {s['sharpness_start']:7.3g} -> {s['sharpness_end']:7.3g}  "
             f"<eos> {s['eos_end']:5.2f}  test acc {s['test_accuracy']:.4f}  "
             f"l_(k+1)/l_1 {s['lambda_ratio_end']:.2f}  overhead {over_s}"
         )
-    return stored
+    return lines
+
+
+SIM = Simulation(
+    NAME, Config, run, __doc__, report=_report, meta=lambda cfg: {"seeds": list(cfg.seeds)}
+)
+run_and_store = SIM.run_and_store
+main = SIM.main

@@ -26,19 +26,15 @@ Hessian at the iterate itself, ``(1 + u^2 + v^2)/2 + sqrt(((1 + u^2 - v^2)/2)^2 
 Rows after a divergence (the runner freezes the parameters at the last finite iterate) are NaN.
 The summary has the final ``u``, sharpness, the divergence step, the steps until the sharpness
 falls below each threshold for good, and, for GD and the mask, the continuum prediction of the
-final ``u`` [derived here]: with ``eta = 1``, ``u_0 = 1``, ``a = -log u`` and the per-step
-maps ``u <- u (1 - (1 + kappa) v^2)``, ``v <- -u^2 v``, the continuum limit is
-``da/dt = (1 + kappa) v^2``, ``d(v^2)/dt = -4 a v^2``, hence ``v^2 = v_0^2 - 2 a^2 / (1 + kappa)``
-and the drift stops at ``u_inf = exp(-v_0 sqrt((1 + kappa) / 2))`` (valid while the per-step
-change ``(1 + kappa) v_0^2`` is small; for GD ``u_inf ~ 1 - v_0 / sqrt(2)``).
+final ``u`` [derived: :func:`theory.problems.ire_toy_stall`, ``u_inf = exp(-v_0 sqrt((1 + kappa)
+/ 2))`` for ``eta = 1`` and ``u_0 = 1``]. The loss and its closed forms are
+:func:`theory.problems.ire_toy_chart_loss` and :func:`theory.problems.ire_toy_chart_lambda_max`
+(the same toy as :func:`theory.problems.ire_toy`, read in its own coordinates).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import jax
@@ -46,38 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from theory import _validate as check
 from theory.ire import dense_hessian_diagonal, diagonal_mask, exact_flat, ire
 from theory.optim import run_optimizer
+from theory.problems import ire_toy_chart_lambda_max, ire_toy_chart_loss, ire_toy_stall
 
-from . import _cli
 from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress, dtype_from_config
+from ._runtime import dtype_from_config
 from ._store import StoredRun
+from .simulation import Simulation, collect_runs
 
 NAME = "ire_toy"
-
-
-def toy_loss(w: jax.Array) -> jax.Array:
-    """``L(u, v) = (1 + u^2) v^2 / 2`` for ``w = (u, v)`` (IRE paper, Figure 1)."""
-    return (1 + w[0] ** 2) * w[1] ** 2 / 2
-
-
-def toy_lambda_max(w: jax.Array) -> jax.Array:
-    """Top eigenvalue of ``hess L(u, v) = [[v^2, 2 u v], [2 u v, 1 + u^2]]`` (closed form)."""
-    a, c, b = w[1] ** 2, 1 + w[0] ** 2, 2 * w[0] * w[1]
-    return (a + c) / 2 + jnp.sqrt(((c - a) / 2) ** 2 + b**2)
-
-
-def stall_prediction(u0: float, v0: float, eta: float, kappa: float) -> float:
-    """Continuum prediction of the final ``u`` for GD/IRE-mask (module docstring) [derived].
-
-    Only for the paper's start on the Edge of Stability, ``eta = 1`` and ``u_0 = 1``; NaN
-    otherwise.
-    """
-    if eta != 1.0 or u0 != 1.0:
-        return float("nan")
-    return math.exp(-abs(v0) * math.sqrt((1 + kappa) / 2))
 
 
 @dataclass(frozen=True)
@@ -106,18 +81,14 @@ class Config:
     dtype: Literal["float32", "float64"] = field(default="float64", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        for name in ("u0", "v0", "eta", "eta_diverge", "gamma"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
-        if self.eta <= 0 or self.eta_diverge <= 0:
-            raise ValueError(f"eta and eta_diverge must be > 0, got {self.eta}, {self.eta_diverge}")
-        if any(not (k >= 0 and math.isfinite(k)) for k in (*self.kappas, *self.exact_kappas)):
-            raise ValueError("kappas and exact_kappas must be finite and >= 0")
-        if not (0 < self.gamma < 1):
-            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
-        for name in ("refresh_every", "exact_refresh_every", "steps", "record_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check.finite_fields(self, "u0", "v0")
+        check.positive_fields(self, "eta", "eta_diverge")
+        check.all_nonnegative(self.kappas, "kappas", empty=True)
+        check.all_nonnegative(self.exact_kappas, "exact_kappas", empty=True)
+        check.in_interval(self.gamma, "gamma", 0, 1)
+        check.int_fields_at_least(
+            self, 1, "refresh_every", "exact_refresh_every", "steps", "record_every"
+        )
         if self.steps % self.record_every:
             raise ValueError(f"record_every ({self.record_every}) must divide steps ({self.steps})")
         if any(t <= 1 for t in self.thresholds):
@@ -174,17 +145,17 @@ def make_optimizer(cfg: Config, spec: dict[str, Any]) -> optax.GradientTransform
         return base
     if spec["method"] == "mask":
         selector = diagonal_mask(
-            dense_hessian_diagonal(toy_loss), cfg.gamma, refresh_every=cfg.refresh_every
+            dense_hessian_diagonal(ire_toy_chart_loss), cfg.gamma, refresh_every=cfg.refresh_every
         )
     else:
         selector = exact_flat(
-            toy_loss, 1, refresh_every=cfg.exact_refresh_every, point=spec["point"]
+            ire_toy_chart_loss, 1, refresh_every=cfg.exact_refresh_every, point=spec["point"]
         )
     return ire(base, spec["kappa"], selector)
 
 
 def _observe(w: jax.Array) -> dict[str, jax.Array]:
-    return {"lambda_max": toy_lambda_max(w)}
+    return {"lambda_max": ire_toy_chart_lambda_max(w)}
 
 
 def steps_below(step: np.ndarray, sharp: np.ndarray, level: float) -> int | None:
@@ -202,7 +173,7 @@ def _one(cfg: Config, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict
     w0 = jnp.asarray([cfg.u0, cfg.v0], dtype)
     res = run_optimizer(
         make_optimizer(cfg, spec),
-        toy_loss,
+        ire_toy_chart_loss,
         w0,
         cfg.steps,
         record_every=cfg.record_every,
@@ -240,7 +211,7 @@ def _one(cfg: Config, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict
         "early_step": int(step[i_early]),
         "steps_below": {f"{t:g}": steps_below(step, sharp, t) for t in cfg.thresholds},
         "u_end_continuum": (
-            stall_prediction(cfg.u0, cfg.v0, spec["eta"], spec["kappa"])
+            ire_toy_stall(cfg.u0, cfg.v0, spec["eta"], spec["kappa"])
             if spec["method"] in ("gd", "mask")
             else float("nan")
         ),
@@ -252,44 +223,25 @@ def run(
     cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     dtype_from_config(cfg.dtype)
-    arrays: dict[str, np.ndarray] = {}
-    summary: dict[str, Any] = {}
-    specs = runs(cfg)
-    with Progress(NAME, len(specs), progress, unit="run") as bar:
-        for i, spec in enumerate(specs):
-            cached = checkpoints.load_done(spec["name"]) if checkpoints is not None else None
-            if cached is None:
-                cached = _one(cfg, spec)
-                if checkpoints is not None:
-                    checkpoints.save_done(spec["name"], *cached)
-            sub, info = cached
-            arrays.update({f"{spec['name']}.{k}": v for k, v in sub.items()})
-            summary[spec["name"]] = info
-            bar(i + 1, len(specs))
-    return arrays, summary
+    specs = {spec["name"]: spec for spec in runs(cfg)}
+
+    def one(_: int, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return _one(cfg, specs[name])
+
+    return collect_runs(list(specs), one, checkpoints, desc=NAME, progress=progress)
 
 
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg`` (computed first unless stored)."""
-    return stored_or_run(
-        NAME,
-        cfg,
-        lambda ck: run(cfg, progress=progress, checkpoints=ck),
-        results_dir=results_dir,
-        force=force,
-        extra_meta={"seed": 0},
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
-    print(f"{NAME}: results in {stored.path}")
+def _report(stored: StoredRun) -> list[str]:
+    lines = []
     for name, s in stored.meta["summary"].items():
         below = {k: v for k, v in s["steps_below"].items() if v is not None}
-        print(
-            f"  {name:22s} diverged at {s['diverged_at']!s:>5s}  u_end {float(s['u_end']):9.4g}  "
+        lines.append(
+            f"{name:22s} diverged at {s['diverged_at']!s:>5s}  u_end {float(s['u_end']):9.4g}  "
             f"S_end {float(s['sharpness_end']):9.4g}  steps below {below}"
         )
-    return stored
+    return lines
+
+
+SIM = Simulation(NAME, Config, run, __doc__, report=_report, meta=lambda cfg: {"seed": 0})
+run_and_store = SIM.run_and_store
+main = SIM.main

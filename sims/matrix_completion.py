@@ -8,33 +8,31 @@ affine head; the MSE loss is scale-invariant in ``U`` and in ``V`` separately (t
 model details of LLA22's appendix are not known here (docs/papers.md): this construction is ours.
 
 For each seed (the initialization; the data instance is fixed by ``data_seed``) and intrinsic
-learning rate ``eta * wd`` (``eta`` fixed, ``wd`` varied), full-batch GD+WD runs for
-``tau_end / (eta wd)`` steps, tracking every ``sharpness_every`` steps the two-group EoS quantity
-``eta * lambda_1(hess L(w))`` and the spherical sharpness (``U`` and ``V`` each normalized).
-Ablations at the middle ``eta * wd`` and the first seed: no weight decay (``wd = 0``), and no
-normalization (plain factorization ``p_ij`` with the same ``eta`` and ``wd``; not scale-invariant,
-so only ``eta * lambda_1`` is meaningful there: its ``sharpness`` is stored as NaN).
+learning rate ``eta * wd`` (``eta`` fixed, ``wd`` varied), full-batch GD+WD runs for ``tau_end / (2
+eta wd)`` steps (``tau = 2 eta wd t``, docs/theory.md section 3), tracking every
+``sharpness_every`` steps the two-group EoS quantity ``eta * lambda_1(hess L(w))`` and the
+spherical sharpness (``U`` and ``V`` each normalized). Ablations at the middle ``eta * wd`` and the
+first seed: no weight decay (``wd = 0``), and no normalization (plain factorization ``p_ij`` with
+the same ``eta`` and ``wd``; not scale-invariant, so only ``eta * lambda_1`` is meaningful there:
+its ``sharpness`` is stored as NaN).
 
 At the EoS the iterate alternates along the top eigenvector (a period-2 orbit), and metrics at
 the iterate include that oscillation. Each row is therefore also evaluated at the midpoint of the
 iterate and the next one, ``w_t - (eta / 2)(grad L(w_t) + wd w_t)``, which cancels the oscillation
 to first order (prefix ``mid_``): the error of the solution GD hovers around.
 
-Stored per run ``<run>.``: step, t_eta_wd, eos, sharpness, norm, group_norms ``(n, 2)``,
-group_eta_eff ``(n, 2)``, loss, lanczos_residual, and train/test loss and relative error
-``|f - y| / |y|`` at the iterate and at the midpoint. The summary has the onset, the mean EoS
-quantity over the settled EoS phase, the sharpness at the start, at the onset, halfway and at
-the end, and the final errors.
+Stored per run ``<run>.``: step, t_eta_wd (LLA22's time ``t eta wd = tau / 2``), eos, sharpness,
+norm, group_norms ``(n, 2)``, group_eta_eff ``(n, 2)``, loss, lanczos_residual, and train/test loss
+and relative error ``|f - y| / |y|`` at the iterate and at the midpoint. The summary has the onset,
+the mean EoS quantity over the settled EoS phase, the sharpness at the start, at the onset, halfway
+and at the end, and the final errors.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import equinox as eqx
@@ -42,15 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from theory import _validate as check
 from theory import nets
 from theory._types import Array, LossFn
-from theory.gd import GDResult, GDSnapshot, gd_wd
 
-from . import _cli
 from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress, dtype_from_config
+from ._runtime import dtype_from_config
 from ._store import StoredRun
+from .simulation import Simulation, collect_runs, resumable_gd_wd
 
 NAME = "matrix_completion"
 ABLATIONS = ("no_wd", "no_norm")
@@ -71,7 +68,10 @@ class Config:
     eta_wd: tuple[float, ...] = field(
         default=(1e-3, 2e-3, 4e-3), metadata={"help": "intrinsic learning rates eta*wd"}
     )
-    tau_end: float = field(default=3.0, metadata={"help": "train until t * eta * wd = tau_end"})
+    tau_end: float = field(
+        default=6.0,
+        metadata={"help": "train until tau = 2 eta wd t = tau_end (t eta wd = tau_end / 2)"},
+    )
     ablations: tuple[str, ...] = field(default=ABLATIONS, metadata={"help": "no_wd, no_norm"})
     seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "seeds (init, Lanczos)"})
     record_every: int = field(default=10, metadata={"help": "record a row every N steps"})
@@ -83,10 +83,8 @@ class Config:
     dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        for name in ("num_rows", "num_cols", "true_rank", "rank", "num_observed"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        check.int_fields_at_least(self, 1, "num_rows", "num_cols", "true_rank", "rank")
+        check.int_fields_at_least(self, 1, "num_observed")
         if self.true_rank > min(self.num_rows, self.num_cols):
             raise ValueError(
                 f"true_rank must be <= min(num_rows, num_cols) = "
@@ -98,17 +96,10 @@ class Config:
                 f"{self.num_rows * self.num_cols}) (the rest is the test set), "
                 f"got {self.num_observed}"
             )
-        bad = [a for a in self.ablations if a not in ABLATIONS]
-        if bad:
-            raise ValueError(f"ablations must be among {ABLATIONS}, got {bad}")
-        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
-        for name in ("eta", "tau_end"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
-        if min(self.record_every, self.sharpness_every, self.chunk_steps) < 1:
-            raise ValueError("record_every, sharpness_every and chunk_steps must be >= 1")
+        check.among(self.ablations, "ablations", ABLATIONS, empty=True)
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
+        check.positive_fields(self, "eta", "tau_end")
+        check.int_fields_at_least(self, 1, "record_every", "sharpness_every", "chunk_steps")
         if self.record_every % self.sharpness_every:
             raise ValueError("sharpness_every must divide record_every")
         if self.chunk_steps % self.record_every:
@@ -131,7 +122,7 @@ class Config:
                 rank=10,
                 num_observed=1000,
                 eta_wd=(5e-4, 1e-3, 2e-3, 4e-3),
-                tau_end=4.0,
+                tau_end=8.0,
                 seeds=(0, 1, 2),
                 sharpness_every=2,
                 chunk_steps=1000,
@@ -195,7 +186,7 @@ def runs(cfg: Config) -> list[dict[str, Any]]:
 
 def _steps(cfg: Config, ewd: float) -> int:
     every = cfg.record_every
-    return max(every, round(cfg.tau_end / ewd / every) * every)
+    return max(every, round(cfg.tau_end / (2 * ewd) / every) * every)
 
 
 @eqx.filter_jit
@@ -247,34 +238,28 @@ def _one(
     prob = make_model(cfg, spec["seed"], spec["norm"])
     steps = _steps(cfg, spec["eta_wd"])
     invariant = spec["norm"] != "none"
-    resume = ckpt.load_snapshot(spec["name"]) if ckpt is not None else None
-
-    def save(snap: GDSnapshot) -> None:
-        if ckpt is not None:
-            ckpt.save_snapshot(spec["name"], snap)
-
-    with Progress(f"{NAME}/{spec['name']}", steps, progress) as bar:
-        res: GDResult = gd_wd(
-            prob.loss,
-            prob.w0,
-            eta=cfg.eta,
-            wd=spec["wd"],
-            steps=steps,
-            record_every=cfg.record_every,
-            sharpness_every=cfg.sharpness_every,
-            # Without normalization S is undefined and only eta * lambda_1(H(w)) is tracked:
-            # one group, so one Lanczos per tracked step (the EoS quantity does not depend on
-            # the grouping).
-            groups=prob.groups if invariant else None,
-            key=jax.random.PRNGKey(spec["seed"]),
-            perturbation=0.0,
-            check_invariance=invariant,
-            callback=bar,
-            chunk_steps=cfg.chunk_steps,
-            on_snapshot=save,
-            resume=resume,
-            on_nonfinite="stop",
-        )
+    res = resumable_gd_wd(
+        prob.loss,
+        prob.w0,
+        name=spec["name"],
+        steps=steps,
+        checkpoints=ckpt,
+        desc=f"{NAME}/{spec['name']}",
+        progress=progress,
+        eta=cfg.eta,
+        wd=spec["wd"],
+        record_every=cfg.record_every,
+        sharpness_every=cfg.sharpness_every,
+        # Without normalization S is undefined and only eta * lambda_1(H(w)) is tracked:
+        # one group, so one Lanczos per tracked step (the EoS quantity does not depend on
+        # the grouping).
+        groups=prob.groups if invariant else None,
+        key=jax.random.PRNGKey(spec["seed"]),
+        perturbation=0.0,
+        check_invariance=invariant,
+        chunk_steps=cfg.chunk_steps,
+        on_nonfinite="stop",
+    )
     assert res.w is not None
     metrics = evaluate_rows(prob, res.w, cfg.eta, spec["wd"])
     gn = _group_norms(res.w, prob.groups)
@@ -283,7 +268,7 @@ def _one(
     arrays["group_norms"] = gn.astype(res.norm.dtype)
     arrays["group_eta_eff"] = (cfg.eta / gn**2).astype(res.norm.dtype)
     arrays.update(metrics)
-    arrays["t_eta_wd"] = res.step * spec["eta_wd"]
+    arrays["t_eta_wd"] = res.step * spec["eta_wd"]  # LLA22's time axis: tau / 2
     info = {
         **spec,
         "steps": steps,
@@ -341,44 +326,35 @@ def run(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every run of ``cfg`` (finished runs and GD snapshots resumed from ``checkpoints``)."""
     dtype_from_config(cfg.dtype)
-    arrays: dict[str, np.ndarray] = {}
-    summary: dict[str, Any] = {}
-    for spec in runs(cfg):
-        cached = checkpoints.load_done(spec["name"]) if checkpoints is not None else None
-        if cached is None:
-            cached = _one(cfg, spec, checkpoints, progress)
-            if checkpoints is not None:
-                checkpoints.save_done(spec["name"], *cached)
-        sub, info = cached
-        arrays.update({f"{spec['name']}.{k}": v for k, v in sub.items()})
-        summary[spec["name"]] = info
-    return arrays, summary
+    specs = {spec["name"]: spec for spec in runs(cfg)}
+
+    def one(_: int, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return _one(cfg, specs[name], checkpoints, progress)
+
+    return collect_runs(list(specs), one, checkpoints)
 
 
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
-    return stored_or_run(
-        NAME,
-        cfg,
-        lambda ck: run(cfg, progress=progress, checkpoints=ck),
-        results_dir=results_dir,
-        force=force,
-        extra_meta={"seeds": list(cfg.seeds), "data_seed": cfg.data_seed},
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
-    print(f"{NAME}: results in {stored.path}")
+def _report(stored: StoredRun) -> list[str]:
+    lines = []
     for name, s in stored.meta["summary"].items():
         nan = float("nan")
         eos = s.get("eos_mean_eos_phase", nan)
-        print(
-            f"  {name:14s} onset {s['onset']!s:>6s}  <eos> {eos:6.3f}  "
+        lines.append(
+            f"{name:14s} onset {s['onset']!s:>6s}  <eos> {eos:6.3f}  "
             f"S start {s.get('sharpness_start', nan):6.4g} onset "
             f"{s.get('sharpness_at_onset', nan):6.4g} end {s.get('sharpness_end', nan):6.4g}  "
             f"test err {s['test_rel_error']:.4f} (midpoint {s['mid_test_rel_error']:.4f})"
         )
-    return stored
+    return lines
+
+
+SIM = Simulation(
+    NAME,
+    Config,
+    run,
+    __doc__,
+    report=_report,
+    meta=lambda cfg: {"seeds": list(cfg.seeds), "data_seed": cfg.data_seed},
+)
+run_and_store = SIM.run_and_store
+main = SIM.main

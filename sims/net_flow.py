@@ -17,24 +17,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from theory import _validate as check
 from theory import nets
 from theory.errors import DegenerateSharpnessWarning
 from theory.gauss_newton import gauss_newton_project
 from theory.gd import gd_wd
 from theory.tracking import compare_with_flow, eos_equilibrium_start, fit_slope
 
-from . import _cli
 from . import data as datasets
-from ._runner import stored_or_run
+from ._checkpoint import Checkpoints
 from ._runtime import Progress, dtype_from_config
 from ._store import StoredRun
+from .simulation import Simulation
 
 NAME = "net_flow"
 
@@ -58,14 +57,9 @@ class Config:
     dtype: Literal["float64"] = field(default="float64", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
-        for name in ("eta", "tau_end"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
-        if self.rows < 2 or self.n_train < 2:
-            raise ValueError("rows and n_train must be >= 2")
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
+        check.positive_fields(self, "eta", "tau_end")
+        check.int_fields_at_least(self, 2, "rows", "n_train")
 
     @classmethod
     def preset(cls, scale: str) -> Config:
@@ -101,7 +95,10 @@ def make_network(cfg: Config) -> nets.NetProblem:
     )
 
 
-def run(cfg: Config, *, progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def run(
+    cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every eta*wd's comparison (a few short runs: nothing is checkpointed)."""
     dtype_from_config(cfg.dtype)
     prob = make_network(cfg)
     assert prob.residuals is not None
@@ -174,25 +171,15 @@ def run(cfg: Config, *, progress: bool = True) -> tuple[dict[str, np.ndarray], d
     return arrays, summary
 
 
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg`` (computed first unless stored)."""
-    return stored_or_run(
-        NAME,
-        cfg,
-        lambda ck: run(cfg, progress=progress),
-        results_dir=results_dir,
-        force=force,
-        extra_meta={"seed": cfg.seed},
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
+def _report(stored: StoredRun) -> list[str]:
     s = stored.meta["summary"]
-    print(f"{NAME}: results in {stored.path} (D = {s['dim']}, n = {s['n_train']})")
+    lines = [f"D = {s['dim']}, n = {s['n_train']}"]
     for ewd, d, tau in zip(s["eta_wd"], s["dist_end"], s["tau_reached"], strict=True):
-        print(f"  eta*wd = {ewd:g}: |Phi(w_t) - theta(tau)| = {d:.3e} at tau = {tau:.3g}")
-    print(f"  slope {float(s['slope']):.2f}")
-    return stored
+        lines.append(f"eta*wd = {ewd:g}: |Phi(w_t) - theta(tau)| = {d:.3e} at tau = {tau:.3g}")
+    lines.append(f"slope {float(s['slope']):.2f}")
+    return lines
+
+
+SIM = Simulation(NAME, Config, run, __doc__, report=_report)
+run_and_store = SIM.run_and_store
+main = SIM.main

@@ -1,13 +1,14 @@
 """LLA22's experiments on real data: normalized networks trained by full-batch GD+WD.
 
-For each seed and intrinsic learning rate ``eta * wd`` (``eta`` fixed, ``wd`` varied), a
-normalized network (BatchNorm or LayerNorm, no biases or affine parameters, fixed last layer:
-exactly scale-invariant per layer) is trained on a bundled dataset for ``tau_end / (eta wd)``
-steps, tracking every ``sharpness_every`` steps the multi-group EoS quantity (top eigenvalue of
-``D^{1/2} H D^{1/2}``, ``D`` = per-layer effective learning rates) and the spherical sharpness
-(each layer normalized), with train/test loss and accuracy at every recorded row. Ablations at
-the middle ``eta * wd``: no weight decay, and no normalization (the plain network with weight
-decay: not scale-invariant, so only ``eta * lambda_1`` is meaningful there).
+For each seed and intrinsic learning rate ``eta * wd`` (``eta`` fixed, ``wd`` varied), a normalized
+network (BatchNorm or LayerNorm, no biases or affine parameters, fixed last layer: exactly
+scale-invariant per layer) is trained on a bundled dataset for ``tau_end / (2 eta wd)`` steps
+(``tau = 2 eta wd t``, docs/theory.md section 3; the stored ``t_eta_wd = t eta wd = tau / 2`` is
+LLA22's time axis), tracking every ``sharpness_every`` steps the multi-group EoS quantity (top
+eigenvalue of ``D^{1/2} H D^{1/2}``, ``D`` = per-layer effective learning rates) and the spherical
+sharpness (each layer normalized), with train/test loss and accuracy at every recorded row.
+Ablations at the middle ``eta * wd``: no weight decay, and no normalization (the plain network with
+weight decay: not scale-invariant, so only ``eta * lambda_1`` is meaningful there).
 
 Stored per run ``<run>.``: step, eos, sharpness, norm, group_eta_eff, loss, and the metrics of
 ``NetProblem.evaluate`` at every row; the summary has the onset, the mean EoS quantity over the
@@ -28,10 +29,7 @@ checks use).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import equinox as eqx
@@ -39,17 +37,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from theory import _validate as check
 from theory import nets
-from theory.gd import GDResult, GDSnapshot, gd_wd
+from theory.gd import GDResult
 from theory.invariance import expand_groups, group_norms
 from theory.lanczos import lanczos
 
-from . import _cli
 from . import data as datasets
 from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress, dtype_from_config
+from ._runtime import dtype_from_config
 from ._store import StoredRun
+from .simulation import Simulation, collect_runs, resumable_gd_wd
 
 NAME = "networks"
 ABLATIONS = ("no_wd", "no_norm")
@@ -74,7 +72,10 @@ class Config:
     eta_wd: tuple[float, ...] = field(
         default=(1e-3, 2e-3, 4e-3), metadata={"help": "intrinsic learning rates eta*wd"}
     )
-    tau_end: float = field(default=3.0, metadata={"help": "train until t * eta * wd = tau_end"})
+    tau_end: float = field(
+        default=6.0,
+        metadata={"help": "train until tau = 2 eta wd t = tau_end (t eta wd = tau_end / 2)"},
+    )
     ablations: tuple[str, ...] = field(default=ABLATIONS, metadata={"help": "no_wd, no_norm"})
     seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "seeds (init, kicks)"})
     record_every: int = field(default=10, metadata={"help": "record a row every N steps"})
@@ -84,15 +85,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.dataset == "cifar10" and not self.cifar_path:
             raise ValueError("dataset='cifar10' needs cifar_path (a directory of CIFAR-10 batches)")
-        bad = [a for a in self.ablations if a not in ABLATIONS]
-        if bad:
-            raise ValueError(f"ablations must be among {ABLATIONS}, got {bad}")
-        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
-        for name in ("eta", "tau_end"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
+        check.among(self.ablations, "ablations", ABLATIONS, empty=True)
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
+        check.positive_fields(self, "eta", "tau_end")
+        check.int_fields_at_least(self, 1, "record_every", "sharpness_every")
         if self.record_every % self.sharpness_every:
             raise ValueError("sharpness_every must divide record_every")
         if not self.seeds:
@@ -119,7 +115,7 @@ class Config:
                 widths=(256, 256),
                 seeds=(0, 1, 2),
                 eta_wd=(1e-3, 2e-3, 4e-3),
-                tau_end=7.0,
+                tau_end=14.0,
                 sharpness_every=2,
             )
         raise ValueError(f"scale must be 'quick' or 'full', got {scale!r}")
@@ -202,7 +198,7 @@ def runs(cfg: Config) -> list[dict[str, Any]]:
 
 def _steps(cfg: Config, ewd: float) -> int:
     every = cfg.record_every
-    return max(every, round(cfg.tau_end / ewd / every) * every)
+    return max(every, round(cfg.tau_end / (2 * ewd) / every) * every)
 
 
 def _one(
@@ -211,31 +207,25 @@ def _one(
     prob = make_network(cfg, spec["seed"], spec["norm"])
     steps = _steps(cfg, spec["eta_wd"])
     invariant = spec["norm"] != "none"
-    resume = ckpt.load_snapshot(spec["name"]) if ckpt is not None else None
-
-    def save(snap: GDSnapshot) -> None:
-        if ckpt is not None:
-            ckpt.save_snapshot(spec["name"], snap)
-
-    with Progress(f"{NAME}/{spec['name']}", steps, progress) as bar:
-        res: GDResult = gd_wd(
-            prob.loss,
-            prob.w0,
-            eta=cfg.eta,
-            wd=spec["wd"],
-            steps=steps,
-            record_every=cfg.record_every,
-            sharpness_every=cfg.sharpness_every,
-            groups=prob.groups,
-            key=jax.random.PRNGKey(spec["seed"]),
-            perturbation=0.0,
-            check_invariance=invariant,
-            callback=bar,
-            chunk_steps=max(cfg.record_every, steps // 10),
-            on_snapshot=save,
-            resume=resume,
-            on_nonfinite="stop",
-        )
+    res = resumable_gd_wd(
+        prob.loss,
+        prob.w0,
+        name=spec["name"],
+        steps=steps,
+        checkpoints=ckpt,
+        desc=f"{NAME}/{spec['name']}",
+        progress=progress,
+        eta=cfg.eta,
+        wd=spec["wd"],
+        record_every=cfg.record_every,
+        sharpness_every=cfg.sharpness_every,
+        groups=prob.groups,
+        key=jax.random.PRNGKey(spec["seed"]),
+        perturbation=0.0,
+        check_invariance=invariant,
+        chunk_steps=max(cfg.record_every, steps // 10),
+        on_nonfinite="stop",
+    )
     assert res.w is not None
     metrics = jax.vmap(prob.evaluate)(jnp.asarray(res.w))
     arrays = {
@@ -243,7 +233,7 @@ def _one(
         for k in ("step", "eos", "sharpness", "norm", "loss", "group_eta_eff", "lanczos_residual")
     }
     arrays.update({k: np.asarray(v) for k, v in metrics.items()})
-    arrays["t_eta_wd"] = res.step * spec["eta_wd"]
+    arrays["t_eta_wd"] = res.step * spec["eta_wd"]  # LLA22's time axis: tau / 2
     arrays["eos_mid"], arrays["sharpness_mid"] = midpoint_curvature(
         prob.loss, res, cfg.eta, spec["wd"]
     )
@@ -381,46 +371,33 @@ def _summary(res: GDResult, metrics: dict[str, Any], invariant: bool) -> dict[st
 def run(
     cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every run of ``cfg`` (finished runs and GD snapshots resumed from ``checkpoints``)."""
     dtype_from_config(cfg.dtype)
-    arrays: dict[str, np.ndarray] = {}
-    summary: dict[str, Any] = {}
-    for spec in runs(cfg):
-        cached = checkpoints.load_done(spec["name"]) if checkpoints is not None else None
-        if cached is None:
-            cached = _one(cfg, spec, checkpoints, progress)
-            if checkpoints is not None:
-                checkpoints.save_done(spec["name"], *cached)
-        sub, info = cached
-        arrays.update({f"{spec['name']}.{k}": v for k, v in sub.items()})
-        summary[spec["name"]] = info
-    return arrays, summary
+    specs = {spec["name"]: spec for spec in runs(cfg)}
+
+    def one(_: int, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return _one(cfg, specs[name], checkpoints, progress)
+
+    return collect_runs(list(specs), one, checkpoints)
 
 
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg`` (computed first unless stored; resumes after a crash)."""
-    return stored_or_run(
-        NAME,
-        cfg,
-        lambda ck: run(cfg, progress=progress, checkpoints=ck),
-        results_dir=results_dir,
-        force=force,
-        extra_meta={"seeds": list(cfg.seeds)},
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
-    print(f"{NAME}: results in {stored.path}")
+def _report(stored: StoredRun) -> list[str]:
+    lines = []
     for name, s in stored.meta["summary"].items():
         acc = s.get("test_accuracy", float("nan"))
         eos = s.get("eos_mean_eos_phase", float("nan"))
         mid = s.get("eos_mid_mean_eos_phase", float("nan"))
         s_mid = s.get("sharpness_end_mid", float("nan"))
-        print(
-            f"  {name:16s} onset {s['onset']!s:>6s}  <eos> {eos:6.3f}  <eos mid> {mid:6.3f}  "
+        lines.append(
+            f"{name:16s} onset {s['onset']!s:>6s}  <eos> {eos:6.3f}  <eos mid> {mid:6.3f}  "
             f"S {s['sharpness_start']:8.3g} -> {s['sharpness_end']:8.3g} (mid {s_mid:8.3g})  "
             f"test acc {acc:.4f}"
         )
-    return stored
+    return lines
+
+
+SIM = Simulation(
+    NAME, Config, run, __doc__, report=_report, meta=lambda cfg: {"seeds": list(cfg.seeds)}
+)
+run_and_store = SIM.run_and_store
+main = SIM.main

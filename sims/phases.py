@@ -13,26 +13,23 @@ Stored per problem (prefix ``<problem>.``): every array of :class:`theory.gd.GDR
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.gd import GDResult, GDSnapshot, gd_wd
+from theory import _validate as check
+from theory.gd import GDResult
 from theory.problems import PROBLEMS
 from theory.sharpness import spherical_sharpness
 
-from . import _cli
 from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress, dtype_from_config
+from ._runtime import dtype_from_config
 from ._store import StoredRun
 from .analysis import eos_summary
+from .simulation import Simulation, resumable_gd_wd
 
 NAME = "phases"
 
@@ -62,21 +59,12 @@ class Config:
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        unknown = [p for p in self.problems if p not in PROBLEMS]
-        if not self.problems or unknown:
-            raise ValueError(f"problems must be among {sorted(PROBLEMS)}, got {self.problems}")
-        for name in ("eta", "wd", "eos0"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
+        check.among(self.problems, "problems", sorted(PROBLEMS))
+        check.positive_fields(self, "eta", "wd", "eos0")
         if not self.eos0 < 2:
             raise ValueError(f"eos0 must be < 2 so that phase II exists, got {self.eos0}")
-        if self.steps < 1 or self.record_every < 1:
-            raise ValueError(
-                f"steps and record_every must be >= 1, got {self.steps}, {self.record_every}"
-            )
-        if self.perturbation < 0:
-            raise ValueError(f"perturbation must be >= 0, got {self.perturbation}")
+        check.int_fields_at_least(self, 1, "steps", "record_every")
+        check.nonnegative(self.perturbation, "perturbation")
 
     @classmethod
     def preset(cls, scale: str) -> Config:
@@ -129,29 +117,23 @@ def _run_problem(
     dtype = dtype_from_config(cfg.dtype)
     prob = PROBLEMS[name]()
     w0 = jnp.asarray(initial_point(name, cfg.eta, cfg.eos0, dtype))
-    resume = ckpt.load_snapshot(name) if ckpt is not None else None
-    save = None
-    if ckpt is not None and cfg.checkpoint_every:
-
-        def save(snap: GDSnapshot) -> None:
-            ckpt.save_snapshot(name, snap)
-
-    with Progress(f"phases/{name}", cfg.steps, progress) as bar:
-        res = gd_wd(
-            prob.loss,
-            w0,
-            eta=cfg.eta,
-            wd=cfg.wd,
-            steps=cfg.steps,
-            record_every=cfg.record_every,
-            sharpness_every=1,
-            perturbation=cfg.perturbation,
-            key=jax.random.PRNGKey(cfg.seed * 1000 + i),
-            callback=bar,
-            chunk_steps=_chunk_steps(cfg),
-            on_snapshot=save,
-            resume=resume,
-        )
+    res = resumable_gd_wd(
+        prob.loss,
+        w0,
+        name=name,
+        steps=cfg.steps,
+        checkpoints=ckpt,
+        desc=f"phases/{name}",
+        progress=progress,
+        snapshots=bool(cfg.checkpoint_every),
+        eta=cfg.eta,
+        wd=cfg.wd,
+        record_every=cfg.record_every,
+        sharpness_every=1,
+        perturbation=cfg.perturbation,
+        key=jax.random.PRNGKey(cfg.seed * 1000 + i),
+        chunk_steps=_chunk_steps(cfg),
+    )
     if ckpt is not None:
         ckpt.save_done(name, res.arrays(), res.meta())
     return res
@@ -178,33 +160,27 @@ def run(cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None =
     return Results(cfg, runs, dist, summary)
 
 
-def run_and_store(
-    cfg: Config, *, results_dir: str | Path = "results", force: bool = False, progress: bool = True
-) -> StoredRun:
-    """The stored result of ``cfg``, computing and saving it first unless already there.
-
-    Work in progress is checkpointed under ``<results>/phases/.inprogress-<hash>/`` (finished
-    problems always; GD snapshots every ``checkpoint_every`` steps) and resumed by running the
-    same config again; ``force`` discards it.
-    """
-
-    def compute(ck: Checkpoints) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        res = run(cfg, progress=progress, checkpoints=ck)
-        return res.arrays(), res.summary
-
-    return stored_or_run(
-        NAME, cfg, compute, results_dir=results_dir, force=force, extra_meta={"seed": cfg.seed}
-    )
+def _compute(
+    cfg: Config, *, progress: bool = True, checkpoints: Checkpoints | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    res = run(cfg, progress=progress, checkpoints=checkpoints)
+    return res.arrays(), res.summary
 
 
-def main(argv: Sequence[str] | None = None) -> StoredRun:
-    stored = _cli.simple_main(Config, run_and_store, f"python -m sims {NAME}", __doc__, argv)
-    print(f"{NAME}: results in {stored.path}")
+def _report(stored: StoredRun) -> list[str]:
+    lines = []
     for name, s in stored.meta["summary"].items():
         pred = s.get("predicted_onset", float("nan"))
-        print(
-            f"  {name}: onset {s.get('onset')} (predicted {pred:.0f}),"
+        lines.append(
+            f"{name}: onset {s.get('onset')} (predicted {pred:.0f}),"
             f" <eta_eff*S> last quarter {s['eos_mean_last_quarter']:.4f},"
             f" S {s['sharpness_start']:.4g} -> {s['sharpness_end']:.4g}"
         )
-    return stored
+    return lines
+
+
+# Work in progress is checkpointed under <results>/phases/.inprogress-<hash>/ (finished problems
+# always; GD snapshots every checkpoint_every steps).
+SIM = Simulation(NAME, Config, _compute, __doc__, report=_report)
+run_and_store = SIM.run_and_store
+main = SIM.main

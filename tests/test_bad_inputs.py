@@ -287,3 +287,43 @@ def test_figures_refuse_missing_and_corrupted_results(tmp_path):
     with pytest.raises(MissingResultsError, match=r"damaged|no complete run"):
         store.load(path)
     assert not out.exists() or not any(out.iterdir())  # no partial figure
+
+
+def test_shared_validators_name_the_bad_value():
+    # theory/_validate.py: the one place a config's numbers are validated (sims use it too).
+    import dataclasses
+
+    from theory import _validate as check
+
+    @dataclasses.dataclass
+    class Cfg:
+        eta: float = 0.1
+        wd: float = float("nan")
+        steps: int = 0
+        gamma: float = 1.5
+
+    cfg = Cfg()
+    check.positive_fields(cfg, "eta")
+    with pytest.raises(ValueError, match="wd must be a positive finite float, got nan"):
+        check.positive_fields(cfg, "eta", "wd")
+    with pytest.raises(ValueError, match="wd must be finite"):
+        check.finite_fields(cfg, "wd")
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        check.int_fields_at_least(cfg, 1, "steps")
+    with pytest.raises(TypeError, match="gamma must be an int"):
+        check.int_fields_at_least(cfg, 1, "gamma")
+    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\), got 1.5"):
+        check.in_interval(cfg.gamma, "gamma", 0, 1)
+    assert check.all_in_interval((1e-3, 2e-3), "eta_wd", 0, 0.1) == (1e-3, 2e-3)
+    for bad in ((), (0.5,), (float("inf"),)):
+        with pytest.raises(ValueError, match=r"eta_wd values must be in \(0, 0.1\)"):
+            check.all_in_interval(bad, "eta_wd", 0, 0.1)
+    with pytest.raises(ValueError, match="kappas must be finite and >= 0"):
+        check.all_nonnegative((1.0, -1.0), "kappas")
+    with pytest.raises(ValueError, match="kappas must be positive and finite"):
+        check.all_positive((1.0, 0.0), "kappas")
+    check.among((), "ablations", ("no_wd",), empty=True)
+    with pytest.raises(ValueError, match="problems must be among"):
+        check.among((), "problems", ("a",))
+    with pytest.raises(ValueError, match="problems must be among"):
+        check.among(("b",), "problems", ("a",))

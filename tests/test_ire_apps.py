@@ -15,6 +15,7 @@ import figures.ire_networks
 import figures.ire_toy
 from sims import checks, ire_networks, ire_toy
 from sims._store import ResultStore
+from theory.problems import ire_toy_chart_loss
 
 U0, V0 = 1.0, 0.01
 
@@ -68,7 +69,7 @@ def test_toy_exact_first_step_against_eigh():
     spec = next(s for s in ire_toy.runs(cfg) if s["name"] == "exact_current_k90")
     opt = ire_toy.make_optimizer(cfg, spec)
     w = jnp.asarray([U0, V0], jnp.float64)
-    upd, _ = opt.update(jax.grad(ire_toy.toy_loss)(w), opt.init(w), w, loss_args=())
+    upd, _ = opt.update(jax.grad(ire_toy_chart_loss)(w), opt.init(w), w, loss_args=())
     w0 = np.array([U0, V0])
     hess = np.array([[V0**2, 2 * U0 * V0], [2 * U0 * V0, 1 + U0**2]])
     e = np.linalg.eigh(hess)[1][:, -1]

@@ -6,19 +6,54 @@ import numpy as np
 import pytest
 
 from sims import ire_flow
+from theory.ire import flow_gains, flow_speedup, flow_time
+from theory.problems import PROBLEMS
+from theory.tracking import eos_equilibrium_start, ire_equilibrium_start
 
 
 def test_local_speedup_limits() -> None:
     g_sq = np.array([0.0, 0.3, 1.0, 4.0])
     for kappa in (1.0, 10.0, 300.0):
         # radial mode: exactly 1 + kappa whatever |g|
-        np.testing.assert_allclose(ire_flow.local_speedup(1 + kappa, 1 + kappa, g_sq), 1 + kappa)
-        tangent = ire_flow.local_speedup(1 + kappa, 1.0, g_sq)
+        np.testing.assert_allclose(flow_speedup(1 + kappa, 1 + kappa, g_sq), 1 + kappa)
+        tangent = flow_speedup(1 + kappa, 1.0, g_sq)
         assert tangent[0] == pytest.approx(1 + kappa)  # |g| -> 0: the naive 1 + kappa
         assert np.all(tangent[1:] < 1 + 4 / g_sq[1:] + 1e-12)  # the norm limit
     # kappa = 0 is GD+WD; a reversed drift without an equilibrium is undefined
-    np.testing.assert_allclose(ire_flow.local_speedup(1.0, 1.0, g_sq), 1.0)
-    assert np.isnan(ire_flow.local_speedup(-9.0, 1.0, np.array([1.0])))[0]
+    np.testing.assert_allclose(flow_speedup(1.0, 1.0, g_sq), 1.0)
+    assert np.isnan(flow_speedup(-9.0, 1.0, np.array([1.0])))[0]
+
+
+def test_gains_and_flow_time() -> None:
+    assert flow_gains(3.0, radial=False, reversed_drift=False) == (4.0, 1.0)
+    assert flow_gains(3.0, radial=True, reversed_drift=False) == (4.0, 4.0)
+    assert flow_gains(3.0, radial=False, reversed_drift=True) == (-2.0, 1.0)
+    assert ire_flow.gains(3.0, "tangent", "current:1") == (-2.0, 1.0)
+    assert ire_flow.gains(3.0, "radial", "midpoint:1") == (4.0, 4.0)
+    # constant |g|^2 along the flow: tau_eff = speed * tau exactly (RK4 of a constant speed)
+    grid = np.linspace(-5.0, 5.0, 11)
+    tau = np.linspace(0.0, 1.0, 5)
+    te = flow_time(tau, grid, np.full(11, 0.5), 4.0, 1.0)
+    np.testing.assert_allclose(te, flow_speedup(4.0, 1.0, 0.5) * tau, rtol=1e-13)
+    # leaving the grid: NaN from there on
+    assert np.isnan(flow_time(np.array([0.0, 10.0]), grid, np.full(11, 0.5), 1.0, 1.0)[1])
+
+
+def test_ire_equilibrium_start_is_the_closed_form_gd_one_at_unit_gains() -> None:
+    import jax.numpy as jnp
+
+    from theory.manifold import project_to_manifold
+
+    prob = PROBLEMS["great_circle"]()
+    theta = project_to_manifold(prob.loss, jnp.asarray(prob.start, jnp.float64))
+    w_ire = ire_equilibrium_start(prob, theta, eta=0.1, wd=0.01)
+    w_gd = eos_equilibrium_start(prob.loss, theta, eta=0.1, wd=0.01, form="F1")
+    np.testing.assert_allclose(np.asarray(w_ire), np.asarray(w_gd), rtol=1e-10, atol=1e-12)
+    # radial amplification (a = b): the amplitude is GD+WD's (F1) one, the norm the same
+    w_rad = ire_equilibrium_start(prob, theta, eta=0.1, wd=0.01, a=4.0, b=4.0)
+    np.testing.assert_allclose(np.asarray(w_rad), np.asarray(w_gd), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="wd must be a positive"):
+        ire_equilibrium_start(prob, theta, eta=0.1, wd=0.0)
 
 
 @pytest.mark.slow

@@ -143,6 +143,32 @@ def _distance(case: str):
 # --------------------------------------------------------------------------------------------
 
 
+def test_ire_toy_in_its_own_coordinates():
+    # The chart loss is the sphere toy read in the chart; its closed-form lambda_max against
+    # eigvalsh of the dense Hessian; the stall prediction only for the paper's start.
+    for u, v in [(1.0, 0.01), (-0.7, 0.3), (2.0, -1.5)]:
+        w2 = jnp.asarray([u, v], jnp.float64)
+        w3 = pr.ire_to_sphere(u, v)
+        np.testing.assert_allclose(pr.ire_toy_chart_loss(w2), _problem("ire_toy").loss(w3), 1e-14)
+        ref = np.linalg.eigvalsh(np.asarray(jax.hessian(pr.ire_toy_chart_loss)(w2)))[-1]
+        np.testing.assert_allclose(pr.ire_toy_chart_lambda_max(w2), ref, rtol=1e-13)
+    assert pr.ire_toy_stall(1.0, 0.01, 1.0, 0.0) == pytest.approx(math.exp(-0.01 / math.sqrt(2)))
+    assert math.isnan(pr.ire_toy_stall(1.0, 0.01, 0.5, 0.0))
+
+
+def test_curve_charts():
+    # great_circle: (longitude, latitude); ire_toy: the toy's (u, v); none for surfaces.
+    gc = _problem("great_circle")
+    assert gc.chart is not None
+    x, y = gc.chart(jnp.asarray([[0.0, 1.0, 0.0], [math.cos(0.1), 0.0, math.sin(0.1)]]))
+    np.testing.assert_allclose(np.asarray(x), [math.pi / 2, 0.0], atol=1e-15)
+    np.testing.assert_allclose(np.asarray(y), [0.0, 0.1], rtol=1e-14, atol=1e-15)
+    toy = _problem("ire_toy")
+    assert toy.chart is not None
+    np.testing.assert_allclose(toy.chart(pr.ire_to_sphere(0.5, -0.2)), (0.5, -0.2), rtol=1e-14)
+    assert _problem("curved_manifold").chart is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", MAIN)
 def test_scale_invariance_identities(case, dtype):

@@ -8,7 +8,7 @@ import pytest
 import figures.__main__ as figures_cli
 import figures.phases
 import sims.__main__ as sims_cli
-from sims import checks, phases
+from sims import checks, phases, results
 from sims._store import MissingResultsError, ResultStore, config_hash
 
 TINY = phases.Config(problems=("great_circle",), wd=0.05, steps=3000, record_every=10)
@@ -34,6 +34,17 @@ def test_phases_run_store_reuse_and_figure(tmp_path, monkeypatch):
     assert again.path == stored.path
     paths = figures.phases.main(tmp_path, tmp_path / "out")
     assert paths[0].is_file() and paths[0].stat().st_size > 10_000
+    # The typed reader: the Config back as the dataclass, runs grouped by name.
+    res = results.load("phases", tmp_path)
+    assert res.config == TINY and res.path == stored.path
+    assert res.summary == stored.meta["summary"]
+    run = res.run("great_circle")
+    np.testing.assert_array_equal(run["sharpness"], stored.arrays["great_circle.sharpness"])
+    assert set(res.runs()) == {"great_circle"}
+    table = res.table("great_circle")
+    assert table.dtype.names is not None and "eos" in table.dtype.names
+    np.testing.assert_array_equal(table["step"], run["step"])
+    assert phases.SIM.load(tmp_path).config == TINY
 
 
 def test_figures_fail_loudly_without_results(tmp_path):
@@ -147,13 +158,16 @@ def test_gd_vs_flow_tiny_store_and_figures(tmp_path):
         eta_wd=(1e-2, 3e-3),
         rows=8,
         tau_end=1.0,
-        starts=("equilibrium",),
+        starts=("equilibrium", "equilibrium_F0"),
     )
     stored = gd_vs_flow.run_and_store(cfg, results_dir=tmp_path, progress=False)
     s = stored.meta["summary"]["great_circle.equilibrium"]
     # From the equilibrium, GD tracks F1 to ~1e-4..1e-3 at these eta*wd and F0 worse.
     assert max(s["dist_tau2_F1"]) < 2e-3
     assert s["dist_end_F1"][-1] < s["dist_end_F0"][-1]
+    # Started with F0's (larger) amplitude, GD still follows F1 better than F0.
+    s0 = stored.meta["summary"]["great_circle.equilibrium_F0"]
+    assert s0["dist_end_F1"][-1] < s0["dist_end_F0"][-1]
     assert stored.arrays["great_circle.equilibrium.0.tau"][-1] >= 1.0
     import figures.gd_vs_flow
 
@@ -171,7 +185,7 @@ def test_networks_tiny_run_and_figures(tmp_path):
         widths=(16, 16),
         n_train=128,
         eta_wd=(4e-3,),
-        tau_end=1.0,
+        tau_end=2.0,  # tau = 2 eta wd t: t eta wd = 1
         record_every=10,
         sharpness_every=5,
     )
@@ -245,10 +259,37 @@ def test_fast_theorem_checks_pass_strictly(tmp_path):
 
 
 def test_expected_failures_are_reported_not_counted(tmp_path):
-    ok = checks.CheckResult("a", "claim", "identity", "src", 0.0, 0.0, "<= 1", True)
+    ok = checks.CheckResult(
+        name="a",
+        claim="claim",
+        kind="identity",
+        source="src",
+        predicted=0.0,
+        measured=0.0,
+        tolerance="<= 1",
+        passed=True,
+    )
     known = next(iter(checks.EXPECTED_FAILURES))
-    exp = checks.CheckResult(known, "claim", "derived", "src", 0.0, 1.0, "<= 0", False)
-    new = checks.CheckResult("b", "claim", "derived", "src", 0.0, 1.0, "<= 0", False)
+    exp = checks.CheckResult(
+        name=known,
+        claim="claim",
+        kind="derived",
+        source="src",
+        predicted=0.0,
+        measured=1.0,
+        tolerance="<= 0",
+        passed=False,
+    )
+    new = checks.CheckResult(
+        name="b",
+        claim="claim",
+        kind="derived",
+        source="src",
+        predicted=0.0,
+        measured=1.0,
+        tolerance="<= 0",
+        passed=False,
+    )
     assert checks.unexpected_failures([ok, exp, new]) == [new]
     md, js = checks.write_report([ok, exp], tmp_path, "quick")
     text = md.read_text()
@@ -256,3 +297,29 @@ def test_expected_failures_are_reported_not_counted(tmp_path):
     assert json.loads(js.read_text())["unexpected_failures"] == []
     with pytest.raises(ValueError, match="reason"):
         checks.expect_failure("x", " ")
+
+
+def test_check_results_are_built_with_keywords():
+    with pytest.raises(TypeError):
+        checks.CheckResult("a", "claim", "identity", "src", 0.0, 0.0, "<= 1", True)  # type: ignore[misc]
+
+
+def test_checks_module_imports_no_topic_and_every_topic_registers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sims.checks as c; "
+        "assert not [m for m in c.TOPIC_MODULES if m in sys.modules], 'topic imported'; "
+        "reg = c.load_topics(); print(len(reg))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import importlib
+
+    from sims import checks_core
+
+    for topic in checks.TOPIC_MODULES:
+        module = importlib.import_module(topic)
+        assert any(fn.__module__ == module.__name__ for fn in checks_core.REGISTRY.values()), topic
+    assert set(checks.FAST_CHECKS) <= set(checks.REGISTRY)

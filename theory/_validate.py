@@ -75,3 +75,77 @@ def positive_int(x: Any, name: str) -> int:
     if x < 1:
         raise ValueError(f"{name} must be >= 1, got {x}")
     return int(x)
+
+
+def finite(x: Any, name: str) -> float:
+    """A finite float."""
+    try:
+        val = float(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a finite float, got {x!r}") from err
+    if not math.isfinite(val):
+        raise ValueError(f"{name} must be finite, got {x!r}")
+    return val
+
+
+def in_interval(x: Any, name: str, lo: float, hi: float) -> float:
+    """A float in the open interval ``(lo, hi)``."""
+    val = finite(x, name)
+    if not lo < val < hi:
+        raise ValueError(f"{name} must be in ({lo:g}, {hi:g}), got {x!r}")
+    return val
+
+
+def positive_fields(obj: Any, *names: str) -> None:
+    """Every named attribute of ``obj`` (a config dataclass) is a finite float ``> 0``."""
+    for name in names:
+        positive(getattr(obj, name), name)
+
+
+def finite_fields(obj: Any, *names: str) -> None:
+    """Every named attribute of ``obj`` is a finite float."""
+    for name in names:
+        finite(getattr(obj, name), name)
+
+
+def int_fields_at_least(obj: Any, minimum: int, *names: str) -> None:
+    """Every named attribute of ``obj`` is an int ``>= minimum``."""
+    for name in names:
+        val = getattr(obj, name)
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
+            raise TypeError(f"{name} must be an int >= {minimum}, got {val!r}")
+        if val < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {val!r}")
+
+
+def all_in_interval(values: Sequence[Any], name: str, lo: float, hi: float) -> tuple[float, ...]:
+    """A non-empty sequence of floats, each in the open interval ``(lo, hi)``."""
+    vals = tuple(values)
+    if not vals or any(not (math.isfinite(float(x)) and lo < float(x) < hi) for x in vals):
+        raise ValueError(f"{name} values must be in ({lo:g}, {hi:g}), got {values!r}")
+    return tuple(float(x) for x in vals)
+
+
+def all_nonnegative(values: Sequence[Any], name: str, *, empty: bool = False) -> tuple[float, ...]:
+    """A sequence of finite floats ``>= 0``, non-empty unless ``empty``."""
+    vals = tuple(values)
+    if (not vals and not empty) or any(
+        not (math.isfinite(float(x)) and float(x) >= 0) for x in vals
+    ):
+        raise ValueError(f"{name} must be finite and >= 0, got {values!r}")
+    return tuple(float(x) for x in vals)
+
+
+def all_positive(values: Sequence[Any], name: str) -> tuple[float, ...]:
+    """A sequence of finite floats ``> 0`` (may be empty)."""
+    vals = tuple(values)
+    if any(not (math.isfinite(float(x)) and float(x) > 0) for x in vals):
+        raise ValueError(f"{name} must be positive and finite, got {values!r}")
+    return tuple(float(x) for x in vals)
+
+
+def among(values: Sequence[str], name: str, allowed: Sequence[str], *, empty: bool = False) -> None:
+    """Every entry of ``values`` is one of ``allowed`` (and there is one, unless ``empty``)."""
+    bad = [v for v in values if v not in allowed]
+    if bad or (not values and not empty):
+        raise ValueError(f"{name} must be among {tuple(allowed)}, got {tuple(values)}")

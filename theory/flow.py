@@ -245,6 +245,20 @@ def _adaptive(
     return sol.ys[:-1], sol.ts, sol.stats["num_accepted_steps"], stopped, ok
 
 
+def rk4_step(f: Callable[[Any], Any], y: Any, h: Any) -> Any:
+    """One classical Runge-Kutta step of ``dy/dt = f(y)`` with step ``h``.
+
+    Plain arithmetic: ``y`` may be a JAX or NumPy array or a Python float (then ``f`` may return
+    NaN, which propagates). The one RK4 of the code base: the fixed-step flow integrator, the
+    independent integration of the checks and the IRE flow-time prediction use it.
+    """
+    k1 = f(y)
+    k2 = f(y + h * k1 / 2)
+    k3 = f(y + h * k2 / 2)
+    k4 = f(y + h * k3)
+    return y + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
+
+
 @eqx.filter_jit
 def _rk4(
     field_: SharpnessFlowField, retract: Retraction, y0: Array, taus: Array, substeps: int
@@ -253,11 +267,7 @@ def _rk4(
         h = (span[1] - span[0]) / substeps
 
         def rk4(_: Any, y: Array) -> Array:
-            k1 = field_(None, y, None)
-            k2 = field_(None, y + 0.5 * h * k1, None)
-            k3 = field_(None, y + 0.5 * h * k2, None)
-            k4 = field_(None, y + h * k3, None)
-            return retract(y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4))
+            return retract(rk4_step(lambda x: field_(None, x, None), y, h))
 
         y = jax.lax.fori_loop(0, substeps, rk4, y)
         return y, y
@@ -275,9 +285,7 @@ def _measure(field_: SharpnessFlowField, ys: Array) -> FlowQuantities:
 def _save_times(tau: Any, num_saves: int, dtype: Any) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(tau, dtype=np.float64))
     if arr.size == 1:
-        end = float(arr[0])
-        if not (math.isfinite(end) and end > 0):
-            raise ValueError(f"tau must be a positive finite end time or an array, got {tau!r}")
+        end = check.positive(float(arr[0]), "tau")  # an end time (else an array of times)
         if num_saves < 2:
             raise ValueError(f"num_saves must be >= 2, got {num_saves}")
         arr = np.linspace(0.0, end, num_saves)

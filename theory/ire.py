@@ -40,6 +40,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from . import _validate as check
+from .flow import rk4_step
 from .invariance import as_groups, group_ids
 from .lanczos import default_tol, lanczos
 
@@ -509,3 +510,56 @@ def ire(
         return unravel_u(amplified), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact IRE on the sharpness-reduction flow of scale-invariant GD+WD [derived, docs/ire.md]
+# --------------------------------------------------------------------------------------------
+
+
+def flow_gains(kappa: float, *, radial: bool, reversed_drift: bool) -> tuple[float, float]:
+    """[derived, docs/ire.md] ``(a, b)``: the factor exact IRE applies to the drift along
+    ``Gamma`` (``1 + kappa``; ``1 - kappa`` when the projector is taken at the current iterate
+    and refreshed every step, ``reversed_drift``) and to the norm balance (``1 + kappa`` when the
+    radial directions are amplified too, else 1)."""
+    a = 1.0 - kappa if reversed_drift else 1.0 + kappa
+    return a, (1.0 + kappa if radial else 1.0)
+
+
+def flow_speedup(a: float, b: float, g_sq: Any) -> Any:
+    """[derived, docs/ire.md] Speed of IRE along the flow relative to GD+WD where ``|g|^2 = g_sq``:
+    ``a (1 + |g|^2/4) / (1 + a |g|^2 / (4 b))``; NaN where the denominator is not positive (no
+    EoS equilibrium: the amplitude the norm balance asks for does not exist)."""
+    den = 1.0 + a * np.asarray(g_sq) / (4.0 * b)
+    return np.where(den > 0, a * (1.0 + np.asarray(g_sq) / 4.0) / np.where(den > 0, den, 1), np.nan)
+
+
+def flow_time(
+    tau: np.ndarray,
+    grid_tau: np.ndarray,
+    grid_g_sq: np.ndarray,
+    a: float,
+    b: float,
+    substeps: int = 50,
+) -> np.ndarray:
+    """[derived, docs/ire.md] The flow time ``tau_eff(tau)`` that IRE reaches at GD+WD's slow
+    time ``tau``: the solution of ``d tau_eff / d tau = flow_speedup(a, b, |g(tau_eff)|^2)``,
+    ``tau_eff(tau[0]) = 0``, where ``|g|^2`` along the GD+WD flow is tabulated on ``grid_tau``
+    (increasing). RK4 (:func:`theory.flow.rk4_step`) with ``substeps`` steps per interval of
+    ``tau``; NaN from where the speed is undefined or ``tau_eff`` leaves the grid."""
+
+    def speed(te: float) -> float:
+        if not grid_tau[0] <= te <= grid_tau[-1]:
+            return float("nan")
+        return float(flow_speedup(a, b, np.interp(te, grid_tau, grid_g_sq)))
+
+    out = np.full(tau.shape, np.nan)
+    out[0], te = 0.0, 0.0
+    for i in range(1, len(tau)):
+        h = (tau[i] - tau[i - 1]) / substeps
+        for _ in range(substeps):
+            te = rk4_step(speed, te, h)
+        if not np.isfinite(te):
+            break
+        out[i] = te
+    return out

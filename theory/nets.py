@@ -84,6 +84,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _validate as check
 from ._types import Array, Groups, LossFn
 from .objective import Chunked
 
@@ -524,8 +525,7 @@ def _init_scales(init_scale: float | Sequence[float], k: int) -> np.ndarray:
             f"init_scale must be a float or one value per trained tensor ({k}), got "
             f"{np.shape(init_scale)}"
         )
-    if not np.all(np.isfinite(scales) & (scales > 0)):
-        raise ValueError(f"init_scale must be positive and finite, got {init_scale!r}")
+    check.all_positive(scales.tolist(), "init_scale")
     return scales
 
 

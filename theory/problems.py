@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from . import _validate as check
 from ._types import Array, LossFn
 
 FlowForm = Literal["F0", "F1"]
@@ -90,6 +91,9 @@ class AnalyticProblem:
             or a first-order estimate, see each factory).
         flow_solution: ``(u0, tau, form) -> theta(tau)`` or ``None``; use
             :meth:`flow_closed_form`.
+        chart: for a curve ``Gamma`` (``manifold_dim == 1``), ``u -> (x, y)``: the position
+            along ``Gamma`` and the signed offset across it, for points near ``Gamma``
+            (batched over leading axes); ``None`` otherwise. For drawing trajectories.
         residuals: ``w -> r(w)``, ``(D,) -> (n,)``, scale-invariant residuals with
             ``loss(w) = 1/2 |r(w)|^2`` (the loss is a weighted sum of squares
             ``1/2 sum_j a_j r_j^2`` and ``r_j`` here is ``sqrt(a_j) r_j``), zero exactly on
@@ -114,6 +118,9 @@ class AnalyticProblem:
     )
     residuals: Callable[[Array], Array] | None = dataclasses.field(default=None, repr=False)
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    chart: Callable[[Array], tuple[Array, Array]] | None = dataclasses.field(
+        default=None, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.manifold_dim < self.dim:
@@ -293,6 +300,12 @@ def _gc_point(s: Any) -> Array:
     return jnp.stack([jnp.cos(phi), jnp.sin(phi), jnp.zeros_like(phi)])
 
 
+def _gc_chart(u: Array) -> tuple[Array, Array]:
+    """(longitude ``phi``, latitude): position along the equator and offset across it."""
+    u = _as_float_array(u)
+    return jnp.arctan2(u[..., 1], u[..., 0]), jnp.arcsin(jnp.clip(u[..., 2], -1, 1))
+
+
 def _gc_sample(key: Array, dtype: Any = None) -> Array:
     return _gc_point(jax.random.uniform(key, (), _default_float(dtype), 0.0, 2 * math.pi))
 
@@ -347,8 +360,7 @@ def great_circle(beta: float = 3.0) -> AnalyticProblem:
     Args:
         beta: sharpness contrast, ``> 0``.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    beta = check.positive(beta, "beta")
     loss = GreatCircleLoss(np.asarray(beta, np.float64))
     phi0, d0 = math.pi / 6, 0.1
     start = np.array([math.cos(phi0) * math.cos(d0), math.sin(phi0) * math.cos(d0), math.sin(d0)])
@@ -368,6 +380,7 @@ def great_circle(beta: float = 3.0) -> AnalyticProblem:
         flow_solution=Partial(_gc_flow, loss),
         residuals=Partial(_gc_residuals, loss),
         config={"beta": float(beta)},
+        chart=_gc_chart,
     )
 
 
@@ -385,8 +398,42 @@ class IreToyLoss(eqx.Module):
     """
 
     def __call__(self, w: Array) -> Array:
-        u, v = w[0] / w[2], w[1] / w[2]
-        return 0.5 * (1 + u**2) * v**2
+        return _ire_chart_loss(w[0] / w[2], w[1] / w[2])
+
+
+def _ire_chart_loss(u: Array, v: Array) -> Array:
+    return 0.5 * (1 + u**2) * v**2
+
+
+def ire_toy_chart_loss(w: Array) -> Array:
+    """The IRE toy in its own coordinates: ``L(u, v) = (1 + u^2) v^2 / 2`` for ``w = (u, v)``.
+
+    Not scale-invariant (the paper's Figure 1 runs plain GD and IRE on it); :func:`ire_toy` is
+    the same loss read through the gnomonic chart of the sphere.
+    """
+    return _ire_chart_loss(w[0], w[1])
+
+
+def ire_toy_chart_lambda_max(w: Array) -> Array:
+    """Top eigenvalue of ``hess L(u, v) = [[v^2, 2 u v], [2 u v, 1 + u^2]]`` (closed form)."""
+    a, c, b = w[1] ** 2, 1 + w[0] ** 2, 2 * w[0] * w[1]
+    return (a + c) / 2 + jnp.sqrt(((c - a) / 2) ** 2 + b**2)
+
+
+def ire_toy_stall(u0: float, v0: float, eta: float, kappa: float) -> float:
+    """[derived] Where GD (``kappa = 0``) or IRE with the ideal mask stalls on the chart toy.
+
+    With ``eta = 1``, ``u_0 = 1``, ``a = -log u`` and the per-step maps
+    ``u <- u (1 - (1 + kappa) v^2)``, ``v <- -u^2 v``, the continuum limit is
+    ``da/dt = (1 + kappa) v^2``, ``d(v^2)/dt = -4 a v^2``, hence
+    ``v^2 = v_0^2 - 2 a^2 / (1 + kappa)``: the drift stops at
+    ``u_inf = exp(-|v_0| sqrt((1 + kappa) / 2))`` (valid while the per-step change
+    ``(1 + kappa) v_0^2`` is small). Only for the paper's start on the Edge of Stability,
+    ``eta = 1`` and ``u_0 = 1``; NaN otherwise.
+    """
+    if eta != 1.0 or u0 != 1.0:
+        return float("nan")
+    return math.exp(-abs(v0) * math.sqrt((1 + kappa) / 2))
 
 
 def ire_to_sphere(u: Any, v: Any) -> Array:
@@ -518,6 +565,7 @@ def ire_toy(psi_max: float = 1.0) -> AnalyticProblem:
         flow_solution=_ire_flow,
         residuals=Partial(_ire_residuals),
         config={"psi_max": float(psi_max)},
+        chart=ire_to_chart,
     )
 
 
@@ -736,8 +784,7 @@ def curved_manifold(
     """
     if m < 2 or k < 1:
         raise ValueError(f"need m >= 2 and k >= 1, got m={m}, k={k}")
-    if not curvature >= 0:
-        raise ValueError(f"curvature must be >= 0, got {curvature}")
+    curvature = check.nonnegative(curvature, "curvature")
     rng = np.random.default_rng(seed)
     loss = _cm_make_loss(m, k, float(curvature), rng)
     return AnalyticProblem(

@@ -11,7 +11,8 @@ slow time ``tau(t) = 2 eta wd (t - t0)``:
 
 :func:`eos_equilibrium_start` builds the start that docs/theory.md calls the EoS equilibrium:
 ``|w|^2 = eta lambda_1 / 2`` and amplitude ``A = sqrt(eta wd / 2 / (1 + |g|^2/4))`` along
-``v_1`` (the (F1) amplitude; ``sqrt(eta wd / 2)`` for (F0)) [derived].
+``v_1`` (the (F1) amplitude; ``sqrt(eta wd / 2)`` for (F0)) [derived]; :func:`ire_equilibrium_start`
+the same for exact IRE (docs/ire.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ._types import Array, LossFn
 from .flow import FlowResult, SharpnessFlowField, sharpness_flow
 from .gauss_newton import gauss_newton_project
 from .manifold import hessian_rank, project_to_manifold
+from .problems import AnalyticProblem
 
 
 def eos_equilibrium_start(
@@ -66,6 +68,33 @@ def eos_equilibrium_start(
         amp_sq = amp_sq / (1 + 0.25 * jnp.vdot(q.g, q.g))
     u = th + jnp.sqrt(amp_sq) * q.v1
     return jnp.sqrt(eta * q.lam1 / 2) * u / jnp.linalg.norm(u)
+
+
+def ire_equilibrium_start(
+    prob: AnalyticProblem,
+    theta: Array,
+    *,
+    eta: float,
+    wd: float,
+    a: float = 1.0,
+    b: float = 1.0,
+) -> Array:
+    """[derived, docs/ire.md] The EoS equilibrium of exact IRE next to ``theta`` on ``Gamma``.
+
+    ``|w|^2 = eta lambda_1 / 2`` and amplitude ``A^2 = (eta wd / 2) / (1 + a |g|^2 / (4 b))``
+    along ``v_1``, with IRE's gains ``(a, b)`` (:func:`theory.ire.flow_gains`); where that has no
+    solution (``1 + a |g|^2 / (4 b) <= 0``), GD+WD's (F1) amplitude, ``a = b = 1``. Uses the
+    problem's closed forms (``lambda1``, ``top_eigvec``, ``riemannian_grad_log_lambda1``); with
+    ``a = b = 1`` it is :func:`eos_equilibrium_start` (form F1) in closed form.
+    """
+    eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
+    lam1, v1 = prob.lambda1(theta), prob.top_eigvec(theta)
+    g = prob.riemannian_grad_log_lambda1(theta)
+    g_sq = jnp.vdot(g, g)
+    den = 1 + a * g_sq / (4 * b)
+    amp_sq = (eta * wd / 2) / jnp.where(den > 0, den, 1 + g_sq / 4)
+    u = theta + jnp.sqrt(amp_sq) * v1
+    return jnp.sqrt(eta * lam1 / 2) * u / jnp.linalg.norm(u)
 
 
 @dataclass(frozen=True)
