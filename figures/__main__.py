@@ -15,6 +15,11 @@ FIGURES = {
     "ire_flow": "figures.ire_flow",
     "ire_toy": "figures.ire_toy",
     "ire_networks": "figures.ire_networks",
+    "tame": "figures.tame",
+    "crossing": "figures.crossing",
+    "regime_map": "figures.regime_map",
+    "central_flow": "figures.central_flow",
+    "predict_init": "figures.predict_init",
 }
 
 

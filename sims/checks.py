@@ -77,6 +77,10 @@ TOPIC_MODULES: tuple[str, ...] = (
     "sims.checks_mc",
     "sims.checks_ire",
     "sims.checks_ire_apps",
+    "sims.checks_tame",
+    "sims.checks_regime",
+    "sims.checks_central",
+    "sims.checks_predict",
 )
 # Checks that need no stored simulation (they compute what they test): run strictly by the
 # default test suite (tests/test_sims.py), so a new FAIL there stops CI.

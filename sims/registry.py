@@ -14,10 +14,15 @@ SIMS: dict[str, str] = {
     "gd_vs_flow": "sims.gd_vs_flow",
     "networks": "sims.networks",
     "net_flow": "sims.net_flow",
+    "tame": "sims.tame",
+    "crossing": "sims.crossing",
     "matrix_completion": "sims.matrix_completion",
     "ire_flow": "sims.ire_flow",
     "ire_toy": "sims.ire_toy",
     "ire_networks": "sims.ire_networks",
+    "regime_map": "sims.regime_map",
+    "central_flow": "sims.central_flow",
+    "predict_init": "sims.predict_init",
 }
 
 

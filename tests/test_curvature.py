@@ -12,6 +12,7 @@ from theory.curvature import (
     grad_log_lambda1,
     hvp,
     linearize_grad,
+    mixed_third,
     second_directional,
 )
 
@@ -68,3 +69,21 @@ def test_grad_lambda1_against_finite_differences(seed):
     np.testing.assert_allclose(grad_log_lambda1(loss, w, v1, vals[-1]), g / vals[-1], rtol=1e-14)
     # Homogeneity of degree -2 of lambda_1: the radial component of grad lambda_1 is -2 lambda_1.
     assert float(jnp.vdot(g, w)) == pytest.approx(-2 * float(vals[-1]), rel=1e-10)
+
+
+def test_mixed_third_against_central_differences_of_the_dense_hessian():
+    # grad_x (a^T H(x) b) by central differences of the dense Hessian (step 1e-5: truncation
+    # ~1e-10, rounding ~1e-11 relative in float64); symmetric in (a, b); (v, v) is grad_lambda1.
+    loss, w = random_loss(9, None, 3, jnp.float64)
+    rng = np.random.default_rng(4)
+    a, b = (jnp.asarray(rng.normal(size=9)) for _ in range(2))
+    got = mixed_third(loss, w, a, b)
+    hess = jax.hessian(loss)
+    step = 1e-5
+    fd = np.array(
+        [(a @ hess(w + step * e) @ b - a @ hess(w - step * e) @ b) / (2 * step) for e in np.eye(9)]
+    )
+    np.testing.assert_allclose(got, fd, rtol=1e-7, atol=1e-8 * np.abs(fd).max())
+    np.testing.assert_allclose(mixed_third(loss, w, b, a), got, rtol=1e-12, atol=1e-12)
+    v = a / jnp.linalg.norm(a)
+    np.testing.assert_allclose(mixed_third(loss, w, v, v), grad_lambda1(loss, w, v), rtol=1e-12)

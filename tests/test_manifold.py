@@ -97,3 +97,64 @@ def test_projection_failures_are_clear():
         project_to_manifold(loss, jnp.array([jnp.nan, 1.0, 0.0]))
     with pytest.raises(ValueError, match="shape"):
         project_to_manifold(loss, jnp.ones((2, 2, 3)))
+
+
+# Stiff: the normal eigenvalues at Gamma = {z = 0} span four decades (10 .. 1e-3).
+_STIFF_A = jnp.array([10.0, 1.0, 0.1, 1e-3])
+
+
+def _stiff(w):
+    """``sum_i a_i z_i^2 / 2`` at ``u = w / |w| = (t, z)``, ``t`` in ``R^2``, ``z`` in ``R^4``."""
+    u = w / jnp.linalg.norm(w)
+    return 0.5 * jnp.sum(_STIFF_A * u[2:] ** 2)
+
+
+def test_implicit_solver_on_a_stiff_flow():
+    # On the sphere dt/ds = 2 L t: the flow keeps the direction of t, so Phi(w) = (t / |t|, 0)
+    # in closed form; it ends within |grad L| / a_min = gtol / 1e-3 of Gamma.
+    starts = jnp.array([[0.6, 0.8, 0.1, -0.2, 0.15, 0.3], [1.0, -0.5, 0.05, 0.1, -0.2, -0.25]])
+    exact = np.asarray(starts[:, :2]) / np.linalg.norm(np.asarray(starts[:, :2]), axis=1)[:, None]
+    exact = np.concatenate([exact, np.zeros((2, 4))], axis=1)
+    # The explicit path sits at its stability limit (dt ~ 3 / a_max = 0.3) while the slowest
+    # mode needs s ~ 1e4 (> 3e4 steps), and its Newton polish skips eigenvalues below
+    # 1e-3 lambda_1: it cannot finish (a cap of 1500 steps keeps the test short).
+    cap = 1500
+    explicit = projection_info(_stiff, starts, max_steps=cap)
+    assert not np.asarray(explicit.converged).any()
+    assert np.asarray(explicit.grad_norm).min() > 1e-9
+    with pytest.raises(ProjectionError, match="solver='implicit'"):
+        project_to_manifold(_stiff, starts, max_steps=cap)
+    for solver in ("implicit", "auto"):
+        info = projection_info(_stiff, starts, solver=solver, max_steps=4000)
+        assert np.asarray(info.converged).all()
+        assert np.asarray(info.grad_norm).max() <= 1e-11
+        assert np.asarray(info.steps).max() < 2500
+        np.testing.assert_allclose(info.theta, exact, atol=1.1e-8)  # = gtol / a_min
+    single = project_to_manifold(_stiff, starts[0], solver="implicit", max_steps=4000)
+    np.testing.assert_allclose(single, exact[0], atol=1.1e-8)
+    # A looser ODE tolerance still meets gtol, in fewer steps, and stays close.
+    loose = projection_info(_stiff, starts, solver="implicit", implicit_rtol=1e-7)
+    assert np.asarray(loose.converged).all()
+    assert np.asarray(loose.steps).max() < np.asarray(info.steps).max()
+    np.testing.assert_allclose(loose.theta, exact, atol=1e-6)
+    with pytest.raises(ValueError, match="solver"):
+        projection_info(_stiff, starts, solver="rk4")
+    with pytest.raises(ValueError, match="implicit_rtol"):
+        projection_info(_stiff, starts, solver="implicit", implicit_rtol=-1.0)
+
+
+@pytest.mark.parametrize("name", ["curved_manifold"])
+def test_implicit_solver_agrees_where_both_work(name):
+    prob = PROBLEMS[name]()
+    key = jax.random.PRNGKey(3)
+    on = prob.sample_on_manifold(key, jnp.float64)
+    starts = jnp.stack([jnp.asarray(prob.start), on + 0.05 * jax.random.normal(key, on.shape)])
+    explicit = projection_info(prob.loss, starts)
+    implicit = projection_info(prob.loss, starts, solver="implicit")
+    assert np.asarray(explicit.converged).all() and np.asarray(implicit.converged).all()
+    # Both end within gtol / mu_min of the same limit (mu_min >= ~0.1 on these problems).
+    np.testing.assert_allclose(implicit.theta, explicit.theta, atol=1e-9)
+    assert float(jnp.max(prob.distance_to_manifold(implicit.theta[0]))) < 1e-10
+    # auto = explicit where the explicit solver converges.
+    auto = projection_info(prob.loss, starts, solver="auto")
+    np.testing.assert_array_equal(auto.theta, explicit.theta)

@@ -60,6 +60,25 @@ def grad_lambda1(loss: LossFn, w: Array, v1: Array) -> Array:
     return jax.grad(second_directional, argnums=1)(loss, w, v1)
 
 
+def mixed_third(loss: LossFn, w: Array, a: Array, b: Array) -> Array:
+    """``D^3 L(w)[a, b, .] = grad_x (a^T hess L(x) b)|_{x=w}``, shape ``(D,)``.
+
+    The gradient of one entry ``u_a^T hess L u_b`` of the Hessian restricted to a block of
+    eigenvectors held fixed: what the multi-eigenvalue flows (the central flow's ``Sigma``,
+    the cluster flow through an eigenvalue crossing) need. ``mixed_third(loss, w, v, v)`` is
+    :func:`grad_lambda1`.
+    """
+    a, b = jax.lax.stop_gradient(a), jax.lax.stop_gradient(b)
+
+    def along_a(x: Array) -> Array:
+        return jax.jvp(loss, (x,), (a,))[1]
+
+    def bilinear(x: Array) -> Array:
+        return jax.jvp(along_a, (x,), (b,))[1]
+
+    return jax.grad(bilinear)(w)
+
+
 def grad_log_lambda1(loss: LossFn, w: Array, v1: Array, lam1: Array) -> Array:
     """``grad log lambda_1 = D^3 L(w)[v1, v1, .] / lambda_1``."""
     return grad_lambda1(loss, w, v1) / jnp.asarray(lam1, w.dtype)

@@ -5,9 +5,21 @@ section 3). On the sphere that flow is simply ``d theta / ds = -grad L(theta)``:
 ``<grad L(theta), theta> = 0`` it preserves ``|theta|`` exactly. It is integrated here by an
 adaptive Runge-Kutta method (diffrax ``Tsit5`` with a PID step-size controller) until
 ``|grad L|`` is small (``1e-7`` in float64), then polished by Newton steps restricted to the
-range of the Hessian (CG on ``H x = grad L``) until ``|grad L| <= gtol``. The Newton limit and
-the flow limit differ by ``O(d^2)`` for a start at distance ``d`` from ``Gamma``, so handing over
-at ``d ~ 1e-7`` costs ``~1e-14``; the tests measure ``Phi`` against an independent solve.
+range of the Hessian (dense eigenpairs above ``1e-3 lambda_1``) until ``|grad L| <= gtol``.
+The Newton limit and the flow limit differ by ``O(d^2)`` for a start at distance ``d`` from
+``Gamma``, so handing over at ``d ~ 1e-7`` costs ``~1e-14``; the tests measure ``Phi`` against an
+independent solve.
+
+Stiff flows (``solver="implicit"``). When the normal Hessian eigenvalues span several decades
+(small normalized networks: ``mu_min / lambda_1 ~ 1e-4``), the explicit solver is held at its
+stability limit ``dt ~ 3 / lambda_1`` while the slowest mode needs a time ``~ log(d / gtol) /
+mu_min``: ``1e4 - 1e5`` steps; and the Newton polish, which keeps only eigenvalues above
+``1e-3 lambda_1``, cannot finish the modes below the cut. ``solver="implicit"`` integrates the same
+flow with an L-stable implicit Runge-Kutta method (diffrax ``Kvaerno5``; its Newton iterations use
+the dense Jacobian ``-hess L``, so it is for ``D`` up to a few thousand) all the way to
+``|grad L| <= gtol``, with no polish: the limit is the flow's own. ``solver="auto"`` runs the
+explicit solver and re-solves, implicitly, only the rows where it did not reach ``gtol`` (and
+did not stop on a critical point that is not a minimizer).
 
 The tangent space ``T_theta Gamma`` (assumption of docs/theory.md: ``rank hess L`` constant on
 ``Gamma``) is the part of the sphere's tangent space that the Hessian does not stretch: the
@@ -91,12 +103,71 @@ def newton_step(loss: LossFn, y: Array, rel_cut: float = 1e-3) -> Array:
     return _unit(y - vecs @ coef)
 
 
+Solver = Literal["explicit", "implicit", "auto"]
+
+
+def _implicit_tols(dtype: jnp.dtype) -> tuple[float, float]:
+    """(rtol, atol) of the implicit solve: ``1e-10, 1e-12`` in float64, ``1e-6, 1e-8`` in float32.
+
+    An L-stable method damps the stiff modes at any step size, so (unlike the explicit solver)
+    no margin below the gradient tolerance is needed to keep them from stalling.
+    """
+    return (1e-6, 1e-8) if jnp.finfo(dtype).bits <= 32 else (1e-10, 1e-12)
+
+
+def _field(s: Any, y: Array, args: LossFn) -> Array:
+    return -jax.grad(args)(y)
+
+
+def _minimizer_check(loss: LossFn, y: Array) -> tuple[Array, Array]:
+    """(min curvature of ``P H P`` / its largest, no negative curvature): a flow can also stop
+    on a saddle or a maximum. NaN and ``True`` above the dense size limit."""
+    dtype = y.dtype
+    if y.shape[0] > _DENSE_NEWTON_MAX_DIM:
+        return jnp.asarray(jnp.nan, dtype), jnp.asarray(True)
+    p = jnp.eye(y.shape[0], dtype=dtype) - jnp.outer(y, y)
+    vals = jnp.linalg.eigvalsh(p @ jax.hessian(loss)(y) @ p)
+    curv = vals[0] / jnp.maximum(vals[-1], jnp.finfo(dtype).tiny)
+    return curv, curv >= -jnp.sqrt(jnp.finfo(dtype).eps)
+
+
+def _flow_limit_implicit(
+    loss: LossFn, w: Array, gtol: Array, max_steps: int, rtol: float | None
+) -> Projection:
+    """The stiff path: ``Kvaerno5`` (dense Jacobian) to ``|grad L| <= gtol``, no polish."""
+    y0 = _unit(w)
+    dtype = y0.dtype
+    rtol, atol = _implicit_tols(dtype) if rtol is None else (rtol, 1e-2 * rtol)
+
+    def settled(t: Array, y: Array, args: LossFn, **kwargs: object) -> Array:
+        return jnp.linalg.norm(jax.grad(args)(y)) <= gtol
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_field),
+        diffrax.Kvaerno5(),
+        t0=jnp.asarray(0.0, dtype),
+        t1=jnp.asarray(1e12, dtype),
+        dt0=jnp.asarray(1e-3, dtype),
+        y0=y0,
+        args=loss,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        event=diffrax.Event(settled),
+        max_steps=max_steps,
+        throw=False,
+    )
+    assert sol.ys is not None and sol.ts is not None
+    y = jnp.where(jnp.isfinite(sol.ys[-1]).all(), sol.ys[-1], y0)
+    y = _unit(y)
+    curv, minimizer = _minimizer_check(loss, y)
+    gnorm = jnp.linalg.norm(jax.grad(loss)(y))
+    steps = sol.stats["num_accepted_steps"]
+    return Projection(y, gnorm, sol.ts[-1], steps, curv, (gnorm <= gtol) & minimizer)
+
+
 def _flow_limit(loss: LossFn, w: Array, gtol: Array, max_steps: int) -> Projection:
     y0 = _unit(w)
     dtype = y0.dtype
-
-    def field(s: Any, y: Array, args: LossFn) -> Array:
-        return -jax.grad(args)(y)
+    field = _field
 
     switch, ode_tol = _switch(dtype)
     if y0.shape[0] > _DENSE_NEWTON_MAX_DIM:  # no dense Newton polish: the ODE goes all the way
@@ -120,15 +191,9 @@ def _flow_limit(loss: LossFn, w: Array, gtol: Array, max_steps: int) -> Projecti
     )
     assert sol.ys is not None and sol.ts is not None
     y = jnp.where(jnp.isfinite(sol.ys[-1]).all(), sol.ys[-1], y0)
-    minimizer = jnp.asarray(True)
-    curv = jnp.asarray(jnp.nan, dtype)
     if y.shape[0] <= _DENSE_NEWTON_MAX_DIM:
         y = newton_step(loss, newton_step(loss, y))
-        # A flow can also stop on a saddle or a maximum: require no negative curvature.
-        p = jnp.eye(y.shape[0], dtype=dtype) - jnp.outer(y, y)
-        vals = jnp.linalg.eigvalsh(p @ jax.hessian(loss)(y) @ p)
-        curv = vals[0] / jnp.maximum(vals[-1], jnp.finfo(dtype).tiny)
-        minimizer = curv >= -jnp.sqrt(jnp.finfo(dtype).eps)
+    curv, minimizer = _minimizer_check(loss, y)
     gnorm = jnp.linalg.norm(jax.grad(loss)(y))
     steps = sol.stats["num_accepted_steps"]
     return Projection(y, gnorm, sol.ts[-1], steps, curv, (gnorm <= gtol) & minimizer)
@@ -139,8 +204,22 @@ def _flow_limit_batch(loss: LossFn, ws: Array, gtol: Array, max_steps: int) -> P
     return jax.vmap(lambda w: _flow_limit(loss, w, gtol, max_steps))(ws)
 
 
+@eqx.filter_jit
+def _flow_limit_implicit_batch(
+    loss: LossFn, ws: Array, gtol: Array, max_steps: int, rtol: float | None
+) -> Projection:
+    # One row at a time (lax.map): each row's Newton iterations factor a dense D x D matrix.
+    return jax.lax.map(lambda w: _flow_limit_implicit(loss, w, gtol, max_steps, rtol), ws)
+
+
 def projection_info(
-    loss: LossFn, w: Array, *, gtol: float | None = None, max_steps: int = 20_000
+    loss: LossFn,
+    w: Array,
+    *,
+    gtol: float | None = None,
+    max_steps: int = 20_000,
+    solver: Solver = "explicit",
+    implicit_rtol: float | None = None,
 ) -> Projection:
     """``Phi(w)`` with diagnostics, for one point ``(D,)`` or a batch ``(N, D)``.
 
@@ -149,8 +228,18 @@ def projection_info(
         w: start(s), nonzero and finite.
         gtol: stop when ``|grad L(theta)| <= gtol`` on the unit sphere (default
             :func:`default_gtol`).
-        max_steps: cap on accepted ODE steps.
+        max_steps: cap on accepted ODE steps (of each solver).
+        solver: ``"explicit"`` (Tsit5 + Newton polish, the default), ``"implicit"`` (Kvaerno5
+            to ``gtol``: stiff flows, module docstring) or ``"auto"`` (explicit, then implicit
+            for the rows the explicit one left above ``gtol``).
+        implicit_rtol: relative tolerance of the implicit solve (absolute: a hundredth of it;
+            default ``1e-10`` in float64, ``1e-6`` in float32). The end point still meets
+            ``gtol``; a looser tolerance moves it along ``Gamma`` by about ``implicit_rtol``
+            times the path length (measured in tests/test_manifold.py) and costs far fewer
+            dense Jacobian factorizations.
     """
+    if solver not in ("explicit", "implicit", "auto"):
+        raise ValueError(f"solver must be 'explicit', 'implicit' or 'auto', got {solver!r}")
     arr = jnp.asarray(w)
     if arr.ndim not in (1, 2):
         raise ValueError(f"w must have shape (D,) or (N, D), got {arr.shape}")
@@ -164,20 +253,42 @@ def projection_info(
             raise ValueError("w must be nonzero in every row: Phi is undefined at 0")
     rows = arr[None] if arr.ndim == 1 else arr
     tol = default_gtol(rows.dtype) if gtol is None else check.positive(gtol, "gtol")
-    out = _flow_limit_batch(loss, rows, jnp.asarray(tol, rows.dtype), max_steps)
+    if implicit_rtol is not None:
+        implicit_rtol = check.positive(implicit_rtol, "implicit_rtol")
+    tol_arr = jnp.asarray(tol, rows.dtype)
+    if solver == "implicit":
+        out = _flow_limit_implicit_batch(loss, rows, tol_arr, max_steps, implicit_rtol)
+    else:
+        out = _flow_limit_batch(loss, rows, tol_arr, max_steps)
+        if solver == "auto":
+            stalled = np.flatnonzero(np.asarray(out.grad_norm) > tol)
+            if stalled.size:
+                redo = _flow_limit_implicit_batch(
+                    loss, rows[stalled], tol_arr, max_steps, implicit_rtol
+                )
+                out = jax.tree.map(lambda a, b: a.at[stalled].set(b), out, redo)
     return jax.tree.map(lambda a: a[0], out) if arr.ndim == 1 else out
 
 
 def project_to_manifold(
-    loss: LossFn, w: Array, *, gtol: float | None = None, max_steps: int = 20_000
+    loss: LossFn,
+    w: Array,
+    *,
+    gtol: float | None = None,
+    max_steps: int = 20_000,
+    solver: Solver = "explicit",
+    implicit_rtol: float | None = None,
 ) -> Array:
     """``Phi(w)``: the unit-norm minimizer reached by the spherical gradient flow from ``w/|w|``.
 
     Accepts ``(D,)`` or a batch ``(N, D)`` (vmapped). Raises :class:`theory.ProjectionError`
     naming the rows and the gradient reached when the flow does not settle (no minimizer
-    nearby, or ``max_steps`` too small). See the module docstring for the method.
+    nearby, ``max_steps`` too small, or a stiff flow: try ``solver="implicit"``). See the
+    module docstring for the method and :func:`projection_info` for ``solver``.
     """
-    info = projection_info(loss, w, gtol=gtol, max_steps=max_steps)
+    info = projection_info(
+        loss, w, gtol=gtol, max_steps=max_steps, solver=solver, implicit_rtol=implicit_rtol
+    )
     ok = np.atleast_1d(np.asarray(info.converged))
     if not ok.all():
         bad = np.flatnonzero(~ok)
@@ -195,8 +306,14 @@ def project_to_manifold(
         else:
             why = (
                 f"the gradient flow stopped at |grad L| = {gn.max():.3g} after "
-                f"{int(steps.max())} steps (tolerance {tol:.1g}): there may be no minimizer near "
-                "the start, or it needs max_steps larger"
+                f"{int(steps.max())} steps (tolerance {tol:.1g}, solver={solver!r}): there may be "
+                "no minimizer near the start, or it needs max_steps larger"
+                + (
+                    "; if the Hessian's normal eigenvalues span decades (a stiff flow), "
+                    "solver='implicit' or 'auto'"
+                    if solver == "explicit"
+                    else ""
+                )
             )
         raise ProjectionError(
             f"the projection onto the minimizer manifold did not converge{where}: {why}"

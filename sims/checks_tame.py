@@ -1,0 +1,374 @@
+"""Checks of the tame regime and of the flow through eigenvalue crossings (issue 13, parts 2, 4).
+
+Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`), from the stored ``tame`` and
+``crossing`` results:
+
+* ``tame_tracking``: per network, the log-log slope of ``|GN(w_t) - theta(tau)|`` at ``tau_end``
+  against ``eta * wd`` (predicted 1 [derived: the error of GD against the flow is first order
+  in ``eta * wd``]; pass at ``>= 0.9``), and the sharpness-drop ratio of GD to the flow at the
+  smallest ``eta * wd`` (predicted 1; within 2%);
+* ``tame_projection``: the projection's own error ``|GN(w_t) - Phi(w_t)|`` plus the bound on
+  the ``Phi`` estimate, below the tracking error ``|GN(w_t) - theta(tau)|``, at every
+  ``eta * wd`` (both are ``O(eta * wd)``; the measured ratio is reported);
+* ``tame_collapse``: the midpoint sharpness against ``tau`` is the same curve for every
+  ``eta * wd``: the largest spread across ``eta * wd`` is at most the spread that the measured
+  tracking errors allow (a consistency check: ``2 max_i |1 - drop ratio_i| x`` the flow's
+  relative drop, derived from the drop ratios, plus 1% for the midpoint's own ``O(x^2)`` offset);
+* ``tame_f1_vs_f0``: GD started with either amplitude follows F1: its mean squared oscillation
+  amplitude is F1's ``(eta wd / 2) / (1 + |g|^2 / 4)`` within 15% [derived], and its distance
+  to F1 is at most a tenth of its distance to F0 at the last ``tau`` both reach;
+* ``crossing_*``: the smooth flow stops at the crossing; the continued flow keeps the pair
+  together past it; GD follows the continued flow (distance slope in ``eta * wd``); GD's
+  top-two eigenvalue gap stays small past the crossing; and GD's oscillation second moment in
+  the top eigenspace matches the flow's ``Sigma*`` [derived].
+
+Every number in "predicted" is derived (docs/theory.md section 3, docs/tame_and_crossings.md);
+none is an earlier measurement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sims.checks import CheckResult, Context, expect_failure, register
+
+from . import crossing, tame
+
+_THEORY = "docs/theory.md section 3"
+_DOC = "docs/tame_and_crossings.md"
+
+_CROSSING_SLOPE = "crossing BN: GD follows the continued flow past the crossing"
+expect_failure(
+    _CROSSING_SLOPE,
+    "measured (quick run): up to the crossing GD tracks the smooth flow with slope ~1 "
+    "(2.9e-3, 8.1e-4, 2.1e-4 at tau = 0.75 for eta*wd = 1e-3, 2.5e-4, 6.25e-5); from the "
+    "first row past it (tau = 0.8) GD's Gauss-Newton foot is 3.3-4.3e-3 from the continued "
+    "flow at every eta*wd and stays 1-3e-3 off (3.1e-3 at tau = 1.2 for the smallest), so the "
+    "end slope is 0.35. The offset is not the flow's: its cluster entry moves the flow's "
+    "point at tau = 1.5 by 1.4e-4 (cluster_tol 1e-3 -> 1e-4) and 1.5e-5 (1e-4 -> 1e-5). It "
+    "is GD's own passage: its pair is held only to a relative gap of ~1% and its oscillation "
+    "jumps between the two members from row to row (docs/tame_and_crossings.md section 5)",
+)
+
+# Measured at the quick scale (digits LayerNorm MLP, eta*wd 1e-3 / 5e-4 / 2.5e-4, tau 0.25) and
+# not yet explained; declared so that `make all` stays strict on new failures. The measured
+# values are in the report's rows; docs/tame_and_crossings.md discusses them.
+expect_failure(
+    "tame digits: GD tracks the F1 flow, error slope in eta*wd",
+    "measured: the distance to F1 falls with eta*wd (2.1e-3, 1.3e-3, 7.2e-4) but with slope "
+    "~0.76 over one decade, below the 0.9 asked; on the regression MLP of issue 13 it was ~1 "
+    "over two decades, so this may be the pre-asymptotic range at tau = 0.25",
+)
+for _start in ("F1", "F0"):
+    expect_failure(
+        f"tame digits: {_start} start, GD amplitude^2 = F1's",
+        "measured: GD's mean squared distance from Gamma is 1.1-1.3x F1's amplitude^2 from the "
+        "F1 start (0.84x from the F0 start) and the excess does not shrink with eta*wd; GD "
+        "still follows F1 and not F0 from both starts (the next check), so the drift is F1's "
+        "while the amplitude estimate (|w_hat - GN(w)|^2 at the iterates) is not yet understood",
+    )
+expect_failure(
+    "crossing BN: GD keeps lambda_1 = lambda_2 past the crossing",
+    "measured: past the crossing GD's top pair stays within a relative gap of ~1.2% at the "
+    "smallest eta*wd (5% at the largest), just above the run's sharpness error + cluster_tol "
+    "(~1.17%); the pair is held loosely, see the continued-flow slope above",
+)
+
+
+def _tame(ctx: Context) -> tuple[dict[str, Any], str]:
+    stored = ctx.results(tame.NAME)
+    return stored.meta["summary"], str(stored.path)
+
+
+@register("tame_tracking")
+def _tame_tracking(ctx: Context) -> list[CheckResult]:
+    summary, path = _tame(ctx)
+    out = []
+    for ds in summary["datasets"]:
+        s = summary[ds]
+        slope = float(s["slope"])
+        out.append(
+            CheckResult(
+                name=f"tame {ds}: GD tracks the F1 flow, error slope in eta*wd",
+                claim="log-log slope of |GN(w_t) - theta(tau_end)| against eta*wd (LayerNorm-tanh "
+                "MLP, EoS-equilibrium start)",
+                kind="derived",
+                source=f"{_THEORY}; LLA22 (error -> 0 with eta*wd)",
+                predicted=1.0,
+                measured=slope,
+                tolerance=">= 0.9",
+                passed=bool(np.isfinite(slope) and slope >= 0.9),
+                details={
+                    "eta_wd": s["eta_wd"],
+                    "distance": s["dist_end"],
+                    "tau": s["tau_reached"],
+                    "slope_smallest_two": s["slope_small"],
+                    "dim": s["dim"],
+                    "run": path,
+                },
+            )
+        )
+        ratio = float(s["drop_ratio"][-1])
+        out.append(
+            CheckResult(
+                name=f"tame {ds}: sharpness drop of GD = that of the flow",
+                claim="(S_GD(0) - S_GD(tau)) / (S_flow(0) - S_flow(tau)) at the smallest eta*wd",
+                kind="derived",
+                source=_THEORY,
+                predicted=1.0,
+                measured=ratio,
+                tolerance="relative 0.02",
+                passed=bool(np.isfinite(ratio) and abs(ratio - 1) <= 0.02),
+                details={
+                    "eta_wd": s["eta_wd"],
+                    "drop_ratios": s["drop_ratio"],
+                    "sharpness_flow_end": s["sharpness_flow_end"],
+                    "sharpness_gd_end": s["sharpness_gd_end"],
+                    "lambda1_start": s["lambda1_start"],
+                    "run": path,
+                },
+            )
+        )
+    return out
+
+
+@register("tame_projection")
+def _tame_projection(ctx: Context) -> list[CheckResult]:
+    summary, path = _tame(ctx)
+    out = []
+    for ds in summary["datasets"]:
+        s = summary[ds]
+        proj = np.asarray(s["proj_error"]) + np.asarray(s["phi_uncertainty"])
+        track = np.asarray(s["dist_end"])
+        ratio = proj / track
+        worst = float(np.max(ratio))
+        out.append(
+            CheckResult(
+                name=f"tame {ds}: projection error below the tracking error",
+                claim="max over eta*wd of (|GN(w_t) - Phi(w_t)| + bound on the Phi estimate) / "
+                "|GN(w_t) - theta(tau)| at tau_end",
+                kind="derived",
+                source=f"theory/gauss_newton.py (GN - Phi = O(dist^2)); {_DOC}",
+                predicted=0.0,
+                measured=worst,
+                tolerance="< 1",
+                passed=bool(np.isfinite(worst) and worst < 1),
+                details={
+                    "eta_wd": s["eta_wd"],
+                    "proj_error": s["proj_error"],
+                    "phi_uncertainty": s["phi_uncertainty"],
+                    "tracking_error": s["dist_end"],
+                    "dist_phi_true_to_flow": s["dist_phi_true"],
+                    "ratios": ratio.tolist(),
+                    "proj_slope": s["proj_slope"],
+                    "run": path,
+                },
+            )
+        )
+    return out
+
+
+@register("tame_collapse")
+def _tame_collapse(ctx: Context) -> list[CheckResult]:
+    summary, path = _tame(ctx)
+    out = []
+    for ds in summary["datasets"]:
+        s = summary[ds]
+        drop = np.asarray(s["drop_ratio"])
+        flow_drop = 1 - s["sharpness_flow_end"][0] / s["lambda1_start"]
+        allowed = 2 * float(np.max(np.abs(1 - drop))) * flow_drop + 0.01
+        spread = float(s["collapse_spread"])
+        out.append(
+            CheckResult(
+                name=f"tame {ds}: midpoint sharpness collapses against tau",
+                claim="max over tau of (max - min) / mean across eta*wd of S((w_t + w_{t+1}) / 2)",
+                kind="derived",
+                source=f"{_THEORY} (the direction depends on eta*wd only through tau)",
+                predicted=0.0,
+                measured=spread,
+                tolerance=f"<= {allowed:.3g} (allowed by the measured drop ratios, + 0.01)",
+                passed=bool(np.isfinite(spread) and spread <= allowed),
+                details={
+                    "eta_wd": s["eta_wd"],
+                    "spread_smallest_two": s["collapse_spread_small"],
+                    "tau_end": s["collapse_tau_end"],
+                    "relative_drop_of_midpoint_sharpness": s["collapse_drop"],
+                    "run": path,
+                },
+            )
+        )
+    return out
+
+
+@register("tame_f1_vs_f0")
+def _tame_f1_f0(ctx: Context) -> list[CheckResult]:
+    summary, path = _tame(ctx)
+    out = []
+    for ds in summary["datasets"]:
+        s = summary[ds]
+        ff = s["f0f1"]
+        g = s["g_norm_start"]
+        for start in ("F1", "F0"):
+            r = ff[start]
+            details = {
+                "eta_wd": ff["eta_wd"],
+                "g_norm_start": g,
+                "speed_ratio_f0_over_f1_start": 1 + g * g / 4,
+                "amp_start": r["amp_start"],
+                "amp_sq_over_f0_prediction": r["amp_sq_ratio_f0"],
+                "dist_f1_end": r["dist_f1_end"],
+                "tau_f1": r["tau_f1"],
+                "drop_ratio_f1": r["drop_ratio_f1"],
+                "drop_ratio_f0": r["drop_ratio_f0"],
+                "f0_degenerate": r["f0_degenerate"],
+                "run": path,
+            }
+            amp = float(r["amp_sq_ratio_f1"])
+            out.append(
+                CheckResult(
+                    name=f"tame {ds}: {start} start, GD amplitude^2 = F1's",
+                    claim="mean over rows of |w_hat - GN(w)|^2 / ((eta wd / 2) / (1 + |g|^2 / 4))",
+                    kind="derived",
+                    source=f"{_THEORY} (F1: norm balance)",
+                    predicted=1.0,
+                    measured=amp,
+                    tolerance="relative 0.15",
+                    passed=bool(np.isfinite(amp) and abs(amp - 1) <= 0.15),
+                    details=details,
+                )
+            )
+            d1, d0 = float(r["dist_f1_at_tau_f0"]), float(r["dist_f0_at_tau_f0"])
+            out.append(
+                CheckResult(
+                    name=f"tame {ds}: {start} start, GD follows F1, not F0",
+                    claim="|GN(w) - theta_F1(tau)| / |GN(w) - theta_F0(tau)| at the last tau both "
+                    "flows reach",
+                    kind="derived",
+                    source=f"{_THEORY} (F1 = F0 / (1 + |g|^2 / 4))",
+                    predicted=0.0,
+                    measured=d1 / d0,
+                    tolerance="<= 0.1",
+                    passed=bool(np.isfinite(d1 / d0) and d1 / d0 <= 0.1),
+                    details={**details, "tau": r["tau_f0"], "dist_f1": d1, "dist_f0": d0},
+                )
+            )
+    return out
+
+
+def _crossing(ctx: Context) -> tuple[dict[str, Any], str, float]:
+    stored = ctx.results(crossing.NAME)
+    tol = float(stored.meta.get("config", {}).get("cluster_tol", crossing.Config().cluster_tol))
+    return stored.meta["summary"], str(stored.path), tol
+
+
+@register("crossing")
+def _crossing_checks(ctx: Context) -> list[CheckResult]:
+    s, path, cfg_tol = _crossing(ctx)
+    out = [
+        CheckResult(
+            name="crossing BN: the smooth flow stops where lambda_1 meets lambda_2",
+            claim="tau where the smooth F1 flow's relative top gap falls below 1e-3 (against "
+            "where the continued flow's pair forms)",
+            kind="derived",
+            source=f"{_THEORY} (lambda_1 simple is assumed)",
+            predicted=float(s["tau_cluster"]),
+            measured=float(s["smooth_tau_end"]),
+            tolerance="stops before the end, within 0.1 of where the pair forms",
+            passed=bool(
+                s["smooth_stop"] is not None
+                and abs(float(s["smooth_tau_end"]) - float(s["tau_cluster"])) <= 0.1
+            ),
+            details={"message": s["smooth_stop"], "run": path},
+        ),
+        CheckResult(
+            name="crossing BN: the continued flow keeps the pair together",
+            claim="max relative gap 1 - lambda_2 / lambda_1 along the continued flow after the "
+            "pair forms",
+            kind="derived",
+            source=f"{_DOC} (minimal-norm Clarke subgradient: the cluster moves as one)",
+            predicted=0.0,
+            measured=float(s["flow_gap_after"]),
+            tolerance=f"<= {cfg_tol:g} (the cluster tolerance) and no third eigenvalue joins",
+            passed=bool(
+                np.isfinite(s["flow_gap_after"])
+                and s["flow_gap_after"] <= cfg_tol
+                and s["flow_stopped"] is None
+            ),
+            details={
+                "tau_cluster": s["tau_cluster"],
+                "lambda_start": s["lambda_start"],
+                "lambda_end": s["lambda_end"],
+                "sigma_eigs_end": s["flow_sigma_eigs_end"],
+                "run": path,
+            },
+        ),
+    ]
+    runs = s["runs"]
+    slope = float(s["slope_end"])
+    out.append(
+        CheckResult(
+            name=_CROSSING_SLOPE,
+            claim="log-log slope in eta*wd of |GN(w_t) - theta(tau_end)|, tau_end past the "
+            "crossing",
+            kind="derived",
+            source=_DOC,
+            predicted=1.0,
+            measured=slope,
+            tolerance=">= 0.9",
+            passed=bool(np.isfinite(slope) and slope >= 0.9),
+            details={
+                "eta_wd": s["eta_wd"],
+                "dist_end": [r["dist_end"] for r in runs],
+                "dist_before_crossing": [r["dist_before_crossing"] for r in runs],
+                "tau_end": [r["tau_end"] for r in runs],
+                "run": path,
+            },
+        )
+    )
+    small = runs[-1]
+    gap = float(small["gap_gd_after_max"])
+    # GD's pair is held together up to the O(eta*wd) tracking error of lambda: allowed gap is
+    # the relative sharpness error of the run, |S_GD - S_flow| / S_flow, plus the cluster tol.
+    allowed = (
+        abs(small["sharpness_gd_end"] - small["sharpness_flow_end"]) / small["sharpness_flow_end"]
+        + cfg_tol
+    )
+    out.append(
+        CheckResult(
+            name="crossing BN: GD keeps lambda_1 = lambda_2 past the crossing",
+            claim="max relative gap 1 - lambda_2 / lambda_1 at GN(w_t) past the crossing, smallest "
+            "eta*wd",
+            kind="derived",
+            source=_DOC,
+            predicted=0.0,
+            measured=gap,
+            tolerance=f"<= {allowed:.3g} (the run's relative sharpness error + cluster tol)",
+            passed=bool(np.isfinite(gap) and gap <= allowed),
+            details={"gaps_max": [r["gap_gd_after_max"] for r in runs], "run": path},
+        )
+    )
+    if "sigma_error" in small:
+        err = float(small["sigma_error"])
+        out.append(
+            CheckResult(
+                name="crossing BN: GD's oscillation weights = Sigma*",
+                claim="|mean (p_1 . x)^2 / |x|^2 - mean sigma_1| past the crossing, smallest "
+                "eta*wd (p_1, sigma_1: Sigma*'s heavier axis and weight, x: GD's oscillation "
+                "in the top-two eigenspace, row by row in one basis)",
+                kind="derived",
+                source=f"{_DOC} (self-stabilization selects the minimal-norm subgradient)",
+                predicted=0.0,
+                measured=err,
+                tolerance="<= 0.1",
+                passed=bool(np.isfinite(err) and err <= 0.1),
+                details={
+                    "weights_gd": small["sigma_weights_gd"],
+                    "weights_flow": small["sigma_weights_flow"],
+                    "errors": [r.get("sigma_error") for r in runs],
+                    "run": path,
+                },
+            )
+        )
+    return out
