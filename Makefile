@@ -11,7 +11,7 @@ OUT ?= out
 # Tests use both cores; XLA then gets one thread per worker.
 PYTEST_WORKERS ?= 2
 
-.PHONY: all venv test test-slow test-all lint bench clean-results
+.PHONY: all venv test test-slow test-all lint bench readme clean-results
 
 venv: $(STAMP)
 
@@ -46,6 +46,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --out $(RESULTS)/bench
+
+# The README's figures (docs/img/*.png) and its "Known failures" section, from the stored
+# results and theorem report of `make all` (never simulates).
+readme: $(STAMP)
+	$(PY) -m figures.readme --results-dir $(RESULTS) --readme README.md --img-dir docs/img
 
 clean-results:
 	rm -rf $(RESULTS) $(OUT)
