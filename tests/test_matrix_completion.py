@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import figures.matrix_completion
-from sims import checks
+from sims import checks, simulation
 from sims import matrix_completion as mc
 from sims._checkpoint import Checkpoints
 from sims._store import ResultStore, config_hash
@@ -95,13 +95,13 @@ def test_crash_and_resume_is_bitwise_equal(tmp_path, monkeypatch):
     monkeypatch.setattr(Checkpoints, "save_snapshot", original)
 
     resumed_from = []  # the `resume` snapshot of every GD run that is (re)started
-    gd_wd = mc.gd_wd
+    gd_wd = simulation.gd_wd  # every simulation's GD runs go through resumable_gd_wd
 
     def spy(loss, w0, **kw):
         resumed_from.append(kw["resume"])
         return gd_wd(loss, w0, **kw)
 
-    monkeypatch.setattr(mc, "gd_wd", spy)
+    monkeypatch.setattr(simulation, "gd_wd", spy)
     again = mc.run_and_store(TINY, results_dir=tmp_path / "crash", progress=False)
     # The main run came from its done file; the no-WD run continued from its snapshot.
     assert len(resumed_from) == 2
