@@ -49,7 +49,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -59,7 +58,7 @@ from . import _validate as check
 from ._types import Array, LossFn
 from .curvature import mixed_third
 from .errors import DegenerateSharpnessWarning
-from .flow import ProjectedSolver, Retraction, velocity
+from .flow import Retraction, solve_projected, velocity
 from .gauss_newton import gauss_newton_project
 from .manifold import hessian_rank, project_to_manifold
 
@@ -242,23 +241,7 @@ def _solve(
         lam = field_.quantities(y).lam
         return lam[2] >= (1.0 - field_.cluster_tol) * lam[0]
 
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field_),
-        ProjectedSolver(diffrax.Tsit5(), retract),
-        t0=taus[0],
-        t1=taus[-1],
-        dt0=None,
-        y0=y0,
-        saveat=diffrax.SaveAt(ts=taus, t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        event=diffrax.Event(third_joins),
-        max_steps=max_steps,
-        throw=False,
-    )
-    assert sol.ys is not None and sol.ts is not None
-    stopped = jnp.asarray(False) if sol.event_mask is None else jnp.asarray(sol.event_mask)
-    ok = sol.result == diffrax.RESULTS.successful
-    return sol.ys[:-1], sol.ts, sol.stats["num_accepted_steps"], stopped, ok
+    return solve_projected(field_, retract, y0, taus, rtol, atol, third_joins, max_steps)
 
 
 @eqx.filter_jit

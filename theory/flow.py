@@ -225,6 +225,25 @@ def _adaptive(
     def degenerate(t: Array, y: Array, args: Any, **kwargs: Any) -> Array:
         return ~_gap_ok(field_, y, gap_tol)
 
+    return solve_projected(field_, retract, y0, taus, rtol, atol, degenerate, max_steps)
+
+
+def solve_projected(
+    field_: Any,
+    retract: Retraction,
+    y0: Array,
+    taus: Array,
+    rtol: Array,
+    atol: Array,
+    stop: Callable[..., Array],
+    max_steps: int,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Tsit5 with PID steps and a retraction after each step, saved at ``taus``, stopped by
+    the event ``stop(t, y, args)``: ``(ys, ts, accepted steps, stopped, ok)``.
+
+    Shared by the sharpness-reduction flow (stops where ``lambda_1`` meets ``lambda_2``) and
+    the cluster flow (stops where a third eigenvalue joins the pair). Called inside ``jit``.
+    """
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field_),
         ProjectedSolver(diffrax.Tsit5(), retract),
@@ -234,7 +253,7 @@ def _adaptive(
         y0=y0,
         saveat=diffrax.SaveAt(ts=taus, t1=True),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        event=diffrax.Event(degenerate),
+        event=diffrax.Event(stop),
         max_steps=max_steps,
         throw=False,
     )
