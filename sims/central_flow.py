@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import nets
+from theory import linalg, nets
 from theory.central_flow import central_flow
 from theory.curvature import linearize_grad
 from theory.errors import DegenerateSharpnessWarning, ProjectionError
@@ -211,7 +211,7 @@ def _top_eig(loss: Any, ws: jax.Array) -> jax.Array:
 
     def one(w: jax.Array) -> jax.Array:
         if w.shape[0] <= _DENSE_MAX:
-            return jnp.linalg.eigvalsh(jax.hessian(loss)(w))[-1]
+            return linalg.eigvalsh(jax.hessian(loss)(w))[-1]
         _, hvp = linearize_grad(loss, w)
         v0 = jax.random.normal(jax.random.PRNGKey(1), w.shape, w.dtype)
         return lanczos(hvp, v0, k=1, max_iters=64).eigenvalues[0]

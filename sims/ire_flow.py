@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from theory import _validate as check
+from theory import linalg
 from theory.ire import exact_flat, flow_gains, flow_time, ire
 from theory.manifold import hessian_rank, project_to_manifold
 from theory.optim import gd_wd_transform, run_optimizer
@@ -204,7 +205,7 @@ def _run_one(
     tau_eff = ref.time_of(sharp)
     tau_pred = ref.predicted_times(tau, a, b)
     hess = jax.vmap(jax.hessian(prob.loss))(jnp.asarray(w))
-    eos = cfg.eta * np.asarray(jnp.linalg.eigvalsh(hess))[:, -1]
+    eos = cfg.eta * np.asarray(linalg.eigvalsh(hess))[:, -1]
     measured, predicted = _slope(tau, tau_eff), _slope(tau, tau_pred)
     arrays = {
         "step": run.step[: len(w)],

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import nets
+from theory import linalg, nets
 from theory._types import Array, LossFn
 from theory.errors import DegenerateSharpnessWarning
 from theory.flow import SharpnessFlowField
@@ -164,7 +164,7 @@ def _top2_dense(loss: LossFn, rows: Array) -> Array:
 
     def one(w: Array) -> Array:
         u = w / jnp.linalg.norm(w)
-        return jnp.linalg.eigvalsh(jax.hessian(loss)(u))[-2:][::-1]
+        return linalg.eigvalsh(jax.hessian(loss)(u))[-2:][::-1]
 
     return jax.lax.map(one, rows)
 

@@ -70,6 +70,7 @@ import numpy as np
 import optimistix as optx
 
 from . import _validate as check
+from . import linalg
 from ._types import Array, LossFn
 from .curvature import linearize_grad, mixed_third
 from .gd import check_rates
@@ -119,7 +120,7 @@ def solve_sigma(gram: Array, lin: Array, active: Array, iters: int = 200) -> Arr
         return jnp.where(active[0], s, 0.0).reshape(1, 1)
     mask = (active[:, None] & active[None, :]).astype(lin.dtype)
     gmat = gram.reshape(k * k, k * k)
-    lip = 0.5 * jnp.max(jnp.linalg.eigvalsh(gmat))
+    lip = 0.5 * jnp.max(linalg.eigvalsh(gmat))
     step = jnp.where(lip > 0, 1.0 / jnp.where(lip > 0, lip, 1.0), 0.0)
 
     def grad(m: Array) -> Array:
@@ -127,7 +128,7 @@ def solve_sigma(gram: Array, lin: Array, active: Array, iters: int = 200) -> Arr
 
     def project(m: Array) -> Array:
         m = 0.5 * (m + m.T) * mask
-        vals, vecs = jnp.linalg.eigh(m)
+        vals, vecs = linalg.eigh(m)
         return (vecs * jnp.maximum(vals, 0.0)) @ vecs.T * mask
 
     def body(_: int, state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
@@ -178,7 +179,7 @@ class CentralFlowField(eqx.Module):
         p = self.num_pairs(dim)
         if self.geometry == "dense":
             grad = jax.grad(self.loss)(w)
-            vals, vecs = jnp.linalg.eigh(jax.hessian(self.loss)(w))
+            vals, vecs = linalg.eigh(jax.hessian(self.loss)(w))
             return grad, vals[::-1][:p], vecs[:, ::-1][:, :p]
         grad, hvp = linearize_grad(self.loss, w)
         v0 = jax.random.normal(jax.random.PRNGKey(0), w.shape, w.dtype)

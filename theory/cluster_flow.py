@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as check
+from . import linalg
 from ._types import Array, LossFn
 from .curvature import mixed_third
 from .errors import DegenerateSharpnessWarning
@@ -99,7 +100,7 @@ def min_norm_disk(c: Array, a: Array, b: Array, lin: Array) -> Array:
     mat = jnp.stack([a, b], axis=1)
     m = mat.T @ mat
     q = mat.T @ c - jnp.stack([lin, jnp.zeros_like(lin)])
-    evals, evecs = jnp.linalg.eigh(m)
+    evals, evecs = linalg.eigh(m)
     qt = evecs.T @ q
     scale = jnp.maximum(evals[-1], jnp.finfo(m.dtype).tiny)
     regular = evals[0] > 1e3 * jnp.finfo(m.dtype).eps * scale
@@ -147,7 +148,7 @@ class ClusterFlowField(eqx.Module):
     def _eigen(self, u: Array) -> tuple[Array, Array, Callable[[Array], Array]]:
         """Top three eigenvalues, two top eigenvectors and ``v -> P_Gamma v`` at unit ``u``."""
         if self.geometry == "dense":
-            vals, vecs = jnp.linalg.eigh(jax.hessian(self.loss)(u))
+            vals, vecs = linalg.eigh(jax.hessian(self.loss)(u))
             normal = vecs[:, u.shape[0] - self.rank :]
 
             def project_dense(v: Array) -> Array:
@@ -157,7 +158,7 @@ class ClusterFlowField(eqx.Module):
             return vals[-3:][::-1], vecs[:, -2:][:, ::-1], project_dense
         assert self.residual_fn is not None, "geometry='least_squares' needs residual_fn"
         jac = jax.jacrev(lambda x: jnp.asarray(self.residual_fn(x)).astype(u.dtype))(u)  # type: ignore[misc]
-        mu, uu = jnp.linalg.eigh(jac @ jac.T)  # H = J^T J on Gamma: same nonzero spectrum
+        mu, uu = linalg.eigh(jac @ jac.T)  # H = J^T J on Gamma: same nonzero spectrum
         top = uu[:, -2:][:, ::-1]
         vecs = jac.T @ top / jnp.sqrt(mu[-2:][::-1])
         lam3 = mu[-3] if mu.shape[0] >= 3 else jnp.zeros_like(mu[0])

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as check
+from . import linalg
 from ._types import Array, LossFn
 from .curvature import grad_lambda1, linearize_grad
 from .errors import DegenerateSharpnessError, DegenerateSharpnessWarning
@@ -86,7 +87,7 @@ class SharpnessFlowField(eqx.Module):
     def quantities(self, y: Array) -> FlowQuantities:
         u = y / jnp.linalg.norm(y)
         if self.geometry == "dense":
-            vals, vecs = jnp.linalg.eigh(jax.hessian(self.loss)(u))
+            vals, vecs = linalg.eigh(jax.hessian(self.loss)(u))
             lam1, lam2, v1 = vals[-1], vals[-2], vecs[:, -1]
             normal = vecs[:, u.shape[0] - self.rank :]
         elif self.geometry == "lanczos":

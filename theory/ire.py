@@ -40,6 +40,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from . import _validate as check
+from . import linalg
 from .flow import rk4_step
 from .invariance import as_groups, group_ids
 from .lanczos import default_tol, lanczos
@@ -173,7 +174,7 @@ def exact_flat(
         d = x.shape[0]
         if solver == "dense" or (solver == "auto" and d <= DENSE_MAX_DIM):
             hess = jax.vmap(lin)(jnp.eye(d, dtype=x.dtype))
-            vals, vecs = jnp.linalg.eigh(0.5 * (hess + hess.T))
+            vals, vecs = linalg.eigh(0.5 * (hess + hess.T))
             return ExactFlatState(
                 vecs[:, ::-1][:, :k],
                 vals[::-1][:k],

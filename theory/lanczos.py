@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import linalg
 from ._types import Array, MatVec
 
 
@@ -82,7 +83,7 @@ def _ritz(alpha: Array, beta: Array, size: Array) -> tuple[Array, Array]:
     diag = jnp.where(active, alpha, pad)
     off = jnp.where(idx[:-1] < size - 1, beta[:-1], 0.0)
     t = jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
-    vals, vecs = jnp.linalg.eigh(t)
+    vals, vecs = linalg.eigh(t)
     return vals[::-1], vecs[:, ::-1]
 
 

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as check
+from . import linalg
 from ._types import Array, LossFn
 from .curvature import linearize_grad
 from .errors import ProjectionError
@@ -97,7 +98,7 @@ def newton_step(loss: LossFn, y: Array, rel_cut: float = 1e-3) -> Array:
     y = _unit(y)
     g = jax.grad(loss)(y)
     p = jnp.eye(y.shape[0], dtype=y.dtype) - jnp.outer(y, y)
-    vals, vecs = jnp.linalg.eigh(p @ jax.hessian(loss)(y) @ p)
+    vals, vecs = linalg.eigh(p @ jax.hessian(loss)(y) @ p)
     keep = vals > rel_cut * vals[-1]
     coef = jnp.where(keep, (vecs.T @ g) / jnp.where(keep, vals, 1.0), 0.0)
     return _unit(y - vecs @ coef)
@@ -126,7 +127,7 @@ def _minimizer_check(loss: LossFn, y: Array) -> tuple[Array, Array]:
     if y.shape[0] > _DENSE_NEWTON_MAX_DIM:
         return jnp.asarray(jnp.nan, dtype), jnp.asarray(True)
     p = jnp.eye(y.shape[0], dtype=dtype) - jnp.outer(y, y)
-    vals = jnp.linalg.eigvalsh(p @ jax.hessian(loss)(y) @ p)
+    vals = linalg.eigvalsh(p @ jax.hessian(loss)(y) @ p)
     curv = vals[0] / jnp.maximum(vals[-1], jnp.finfo(dtype).tiny)
     return curv, curv >= -jnp.sqrt(jnp.finfo(dtype).eps)
 
@@ -331,7 +332,7 @@ def hessian_rank(loss: LossFn, theta: Array, *, rel_tol: float = 1e-6) -> int:
 
     On ``Gamma`` this is the codimension of ``Gamma`` in the sphere (assumed constant).
     """
-    vals = jnp.linalg.eigvalsh(jax.hessian(loss)(_unit(jnp.asarray(theta))))
+    vals = linalg.eigvalsh(jax.hessian(loss)(_unit(jnp.asarray(theta))))
     return int(jnp.sum(vals > rel_tol * vals[-1]))
 
 
@@ -342,7 +343,7 @@ def dense_tangent_projector(loss: LossFn, theta: Array, rank: int) -> Array:
     eigenvectors span the kernel, which contains ``theta``.
     """
     u = _unit(theta)
-    _, vecs = jnp.linalg.eigh(jax.hessian(loss)(u))
+    _, vecs = linalg.eigh(jax.hessian(loss)(u))
     ker = vecs[:, : u.shape[0] - rank]
     p = ker @ ker.T
     ps = jnp.eye(u.shape[0], dtype=u.dtype) - jnp.outer(u, u)

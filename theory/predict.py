@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate as check
+from . import linalg
 from ._types import Array, LossFn
 from .curvature import linearize_grad
 from .flow import FlowResult, sharpness_flow
@@ -252,7 +253,7 @@ def _lambda1_rows(loss: LossFn, ys: Array, dense: bool) -> Array:
     def one(y: Array) -> Array:
         u = y / jnp.linalg.norm(y)
         if dense:
-            return jnp.linalg.eigvalsh(jax.hessian(loss)(u))[-1]
+            return linalg.eigvalsh(jax.hessian(loss)(u))[-1]
         _, hvp = linearize_grad(loss, u)
         return lanczos(hvp, jnp.ones_like(u), k=1, max_iters=min(u.shape[0], 64)).eigenvalues[0]
 

@@ -54,6 +54,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from . import _validate as check
+from . import linalg
 from ._types import Array, LossFn
 
 FlowForm = Literal["F0", "F1"]
@@ -652,7 +653,7 @@ def _top_eig_sym(mat: Array) -> tuple[Array, Array]:
         lam = 0.5 * (m00 + m11) + jnp.hypot(0.5 * (m00 - m11), m01)
         z = jnp.where(m00 >= m11, jnp.stack([lam - m11, m01]), jnp.stack([m01, lam - m00]))
         return lam, _unit(z)
-    evals, evecs = jnp.linalg.eigh(mat)
+    evals, evecs = linalg.eigh(mat)
     return evals[-1], evecs[:, -1]
 
 
