@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,101 +25,106 @@ from ._style import COLORS, CYCLE, save
 NAME = "tame"
 
 
-def tracking_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path) -> Path:
+def _per_eta_wd(
+    plot: Callable[..., Any],
+    arr: dict[str, np.ndarray],
+    ds: str,
+    eta_wd: list[float],
+    key: str,
+    fmt: str,
+    label: str = "",
+    start: int = 0,
+) -> None:
+    """One curve per ``eta * wd`` of ``ds`` with ``plot`` (an axis' ``plot`` or ``semilogy``):
+    ``key`` against ``tau`` from row ``start``, labelled ``label`` + ``eta*wd=...``."""
+    for i, ewd in enumerate(eta_wd):
+        pre = f"{ds}.r{i}"
+        plot(
+            arr[f"{pre}.tau"][start:],
+            arr[f"{pre}.{key}"][start:],
+            fmt,
+            ms=3,
+            color=CYCLE[i % len(CYCLE)],
+            label=f"{label}eta*wd={ewd:g}",
+        )
+
+
+def _curve(
+    ax: plt.Axes,
+    arr: dict[str, np.ndarray],
+    pre: str,
+    key: str,
+    fmt: str,
+    label: str,
+    color: str,
+    tau: str = "tau",
+    **kw: Any,
+) -> None:
+    """``<pre>.<key>`` against ``<pre>.<tau>``."""
+    ax.plot(arr[f"{pre}.{tau}"], arr[f"{pre}.{key}"], fmt, color=color, label=label, **kw)
+
+
+def _columns(
+    summary: dict[str, Any], rows: int, height: float
+) -> tuple[list[str], plt.Figure, np.ndarray]:
+    """The networks of ``summary``, a figure and its ``rows x networks`` axes (one column each)."""
     names = summary["datasets"]
-    fig, ax = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.5), squeeze=False)
+    fig, ax = plt.subplots(rows, len(names), figsize=(4.2 * len(names), height), squeeze=False)
+    return names, fig, ax
+
+
+def _finish(ax: plt.Axes, title: str, xlabel: str = r"$\tau$", ylabel: str = "sharpness") -> None:
+    """Labels (no y label if ``ylabel`` is empty), the title and the legend of one panel."""
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+
+
+def tracking_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path) -> Path:
+    names, fig, ax = _columns(summary, 2, 6.5)
     for j, ds in enumerate(names):
         s = summary[ds]
-        for i, ewd in enumerate(s["eta_wd"]):
-            pre = f"{ds}.r{i}"
-            ax[0, j].semilogy(
-                arr[f"{pre}.tau"][1:],
-                arr[f"{pre}.dist_phi"][1:],
-                "o-",
-                ms=3,
-                color=CYCLE[i % len(CYCLE)],
-                label=f"eta*wd={ewd:g}",
-            )
-        ax[0, j].set_xlabel(r"$\tau = 2\eta\,wd\,t$")
-        ax[0, j].set_ylabel(r"$|GN(w_t) - \theta(\tau)|$")
-        ax[0, j].set_title(f"{ds}: D={s['dim']}, n={s['n_train']}, LayerNorm-tanh", fontsize=9)
-        ax[0, j].legend()
+        _per_eta_wd(ax[0, j].semilogy, arr, ds, s["eta_wd"], "dist_phi", "o-", start=1)
+        _finish(
+            ax[0, j],
+            f"{ds}: D={s['dim']}, n={s['n_train']}, LayerNorm-tanh",
+            r"$\tau = 2\eta\,wd\,t$",
+            r"$|GN(w_t) - \theta(\tau)|$",
+        )
         ewd = np.asarray(s["eta_wd"])
         ax[1, j].loglog(ewd, s["dist_end"], "o-", color=COLORS["gd"], label="tracking error")
         ax[1, j].loglog(ewd, s["proj_error"], "s--", color=COLORS["flow"], label="|GN - Phi|")
         ref = s["dist_end"][-1] * ewd / ewd[-1]
         ax[1, j].loglog(ewd, ref, ":", color=COLORS["ref"], label="slope 1")
-        ax[1, j].set_xlabel(r"$\eta\,wd$")
-        ax[1, j].set_title(f"slope {s['slope']:.2f}", fontsize=9)
-        ax[1, j].legend()
+        _finish(ax[1, j], f"slope {s['slope']:.2f}", r"$\eta\,wd$", "")
     return save(fig, out, "tame_tracking")
 
 
 def collapse_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path) -> Path:
-    names = summary["datasets"]
-    fig, ax = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    names, fig, ax = _columns(summary, 1, 3.4)
     for j, ds in enumerate(names):
         s = summary[ds]
-        for i, ewd in enumerate(s["eta_wd"]):
-            pre = f"{ds}.r{i}"
-            ax[0, j].plot(
-                arr[f"{pre}.tau"],
-                arr[f"{pre}.sharpness_mid"],
-                "o",
-                ms=3,
-                color=CYCLE[i % len(CYCLE)],
-                label=f"midpoint, eta*wd={ewd:g}",
-            )
+        _per_eta_wd(ax[0, j].plot, arr, ds, s["eta_wd"], "sharpness_mid", "o", "midpoint, ")
         last = f"{ds}.r{len(s['eta_wd']) - 1}"
-        ax[0, j].plot(
-            arr[f"{last}.tau"],
-            arr[f"{last}.sharpness_flow"],
-            "-",
-            color=COLORS["flow"],
-            label="F1 flow",
-        )
-        ax[0, j].set_xlabel(r"$\tau$")
-        ax[0, j].set_ylabel("sharpness")
-        ax[0, j].set_title(f"{ds}: spread {s['collapse_spread']:.2g}", fontsize=9)
-        ax[0, j].legend()
+        _curve(ax[0, j], arr, last, "sharpness_flow", "-", "F1 flow", COLORS["flow"])
+        _finish(ax[0, j], f"{ds}: spread {s['collapse_spread']:.2g}")
     return save(fig, out, "tame_collapse")
 
 
 def f0_f1_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path) -> Path:
-    names = summary["datasets"]
-    fig, ax = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    names, fig, ax = _columns(summary, 1, 3.4)
     for j, ds in enumerate(names):
         ff = summary[ds]["f0f1"]
         for start, mk in (("F1", "o"), ("F0", "x")):
-            pre = f"{ds}.ff.{start}"
-            ax[0, j].plot(
-                arr[f"{pre}.tau"],
-                arr[f"{pre}.sharpness_gd"],
-                mk,
-                ms=4,
-                color=COLORS["gd"],
-                label=f"GD, {start} amplitude",
-            )
+            label = f"GD, {start} amplitude"
+            _curve(ax[0, j], arr, f"{ds}.ff.{start}", "sharpness_gd", mk, label, COLORS["gd"], ms=4)
         pre = f"{ds}.ff.F1"
-        ax[0, j].plot(
-            arr[f"{pre}.tau"],
-            arr[f"{pre}.sharpness_f1"],
-            "-",
-            color=COLORS["flow"],
-            label="F1 flow",
-        )
-        ax[0, j].plot(
-            arr[f"{pre}.tau_f0"],
-            arr[f"{pre}.sharpness_f0"],
-            "--",
-            color=COLORS["flow_f0"],
-            label="F0 flow",
-        )
-        ax[0, j].set_xlabel(r"$\tau$")
-        ax[0, j].set_ylabel("sharpness")
+        _curve(ax[0, j], arr, pre, "sharpness_f1", "-", "F1 flow", COLORS["flow"])
+        _curve(ax[0, j], arr, pre, "sharpness_f0", "--", "F0 flow", COLORS["flow_f0"], "tau_f0")
         g = summary[ds]["g_norm_start"]
-        ax[0, j].set_title(f"{ds}: eta*wd={ff['eta_wd']:g}, |g|={g:.3g}", fontsize=9)
-        ax[0, j].legend()
+        _finish(ax[0, j], f"{ds}: eta*wd={ff['eta_wd']:g}, |g|={g:.3g}")
     return save(fig, out, "tame_f0_f1")
 
 

@@ -17,10 +17,13 @@ topic at import time. A topic module::
 
     @register("my_check")
     def _my_check(ctx: Context) -> list[CheckResult]:
-        return [CheckResult(name=..., claim=..., kind=..., source=..., predicted=...,
-                            measured=..., tolerance=..., passed=..., details={...})]
+        return [at_least(name=..., claim=..., kind=..., source=..., measured=..., bound=...,
+                     details={...})]
 
-(or the builders ``within``, ``at_most``, ``below``, ``above`` of :mod:`sims.checks_core`).
+with one builder per comparison (NaN always fails): ``within`` (relative tolerance),
+``at_most``, ``below``, ``at_least``, ``above`` (one-sided against a bound), ``bounded`` (a
+predicted value and a looser bound) and ``eos_onset`` (whether a run reaches the edge); a
+condition no builder states is a hand-built ``CheckResult(...)`` with keywords.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ from .checks_core import (
     Context,
     Kind,
     above,
+    at_least,
     at_most,
     below,
+    bounded,
+    eos_onset,
     expect_failure,
     register,
     unexpected_failures,
@@ -55,8 +61,11 @@ __all__ = [
     "Context",
     "Kind",
     "above",
+    "at_least",
     "at_most",
     "below",
+    "bounded",
+    "eos_onset",
     "expect_failure",
     "load_topics",
     "main",

@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 
 from sims._runtime import dtype_from_config
-from sims.checks import CheckResult, Context, register
 from theory.central_flow import CentralFlowField, equilibrium_on_gamma
 from theory.problems import PROBLEMS
+
+from .checks_core import CheckResult, Context, at_most, below, register, within
 
 _CDTKL = "CDTKL25 (central flows); docs/theory.md section 5"
 
@@ -83,7 +84,7 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
             ("drift", "d theta/dt = -(eta wd/2) g / (1 + |g|^2/4): flow F1"),
         ):
             out.append(
-                CheckResult(
+                at_most(
                     name=f"{name}: central flow on Gamma, {what}",
                     claim=claim
                     + (
@@ -93,10 +94,8 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
                     ),
                     kind="derived",
                     source="docs/theory.md section 5",
-                    predicted=0.0,
                     measured=worst[what],
-                    tolerance=f"max relative deviation <= {bound:g}",
-                    passed=bool(worst[what] <= bound),
+                    bound=bound,
                     details={"eta": eta, "eta_wd": ewd, "points": 3},
                 )
             )
@@ -194,7 +193,7 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         d: dict[str, Any] = {"eta_wd": ewd, "run": str(stored.path)}
         onset_gd, onset_cf = _num(s.get("onset_gd")), _num(s.get("onset_central_flow"))
         out.append(
-            CheckResult(
+            within(
                 name=f"{key}: central-flow onset = GD onset",
                 claim="time at which eta (lambda_1 + wd) first reaches 2 (GD: first recorded "
                 "row with eta (lambda_1 + wd) >= 2 at the iterate)",
@@ -202,8 +201,7 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 source=_CDTKL,
                 predicted=onset_cf,
                 measured=onset_gd,
-                tolerance="relative 0.05",
-                passed=bool(_rel(onset_gd, onset_cf) <= 0.05),
+                rtol=0.05,
                 details={**d, "phase2_prediction": _num(s.get("onset_predicted_phase2"))},
             )
         )
@@ -225,7 +223,7 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                     "gd_at_iterates": _num(s.get("phase3_mean_gd_eos_raw")),
                 }
             out.append(
-                CheckResult(
+                within(
                     name=f"{problem}: central flow predicts GD's phase-III {what} at the "
                     "smallest eta*wd",
                     claim=claim.format(window=stored.meta["config"]["window"])
@@ -234,8 +232,7 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                     source=_CDTKL,
                     predicted=pred,
                     measured=meas,
-                    tolerance=f"relative {rtol:g}",
-                    passed=bool(_rel(meas, pred) <= rtol),
+                    rtol=rtol,
                     details={**d, **extra},
                 )
             )
@@ -262,15 +259,13 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         for what, err, claim in _ERRORS:
             small, large = err(s), err(s_max)
             out.append(
-                CheckResult(
+                below(
                     name=f"{problem}: central-flow {what} error shrinks as eta*wd decreases",
                     claim=f"{claim}: smaller at eta*wd = {ewd_min:g} than at {ewd_max:g}",
                     kind="theorem",
                     source=_CDTKL + " (first order in eta*wd)",
-                    predicted=large,
                     measured=small,
-                    tolerance=f"< the error at eta*wd = {ewd_max:g}",
-                    passed=bool(small < large),
+                    bound=large,
                     details={
                         "errors": {summary[k]["eta_wd"]: err(summary[k]) for _, k in runs},
                         "run": str(stored.path),

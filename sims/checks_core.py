@@ -103,7 +103,7 @@ def unexpected_failures(results: Sequence[CheckResult]) -> list[CheckResult]:
 
 
 # --------------------------------------------------------------------------------------------
-# Builders: one comparison each, NaN always fails
+# Builders: one comparison each (eos_onset: whether an onset exists), NaN always fails
 # --------------------------------------------------------------------------------------------
 
 
@@ -151,6 +151,15 @@ def within(
     )
 
 
+Op = Literal["<=", "<", ">=", ">"]
+_OPS: dict[Op, Callable[[Any, Any], Any]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+
+
 class OneSided(Protocol):
     def __call__(
         self,
@@ -162,8 +171,8 @@ class OneSided(Protocol):
     ) -> CheckResult: ...
 
 
-def _one_sided(op: Literal["<=", "<", ">"], doc: str) -> OneSided:
-    compare = {"<=": operator.le, "<": operator.lt, ">": operator.gt}[op]
+def _one_sided(op: Op, doc: str) -> OneSided:
+    compare = _OPS[op]
 
     def build(
         *,
@@ -188,6 +197,51 @@ def _one_sided(op: Literal["<=", "<", ">"], doc: str) -> OneSided:
 at_most = _one_sided("<=", "Pass iff ``measured <= bound`` (an error or a count; predicted 0).")
 below = _one_sided("<", "Pass iff ``measured < bound`` strictly (``predicted`` reports the bound).")
 above = _one_sided(">", "Pass iff ``measured > bound`` strictly (``predicted`` reports the bound).")
+at_least = _one_sided(">=", "Pass iff ``measured >= bound`` (``predicted`` reports the bound).")
+
+
+def bounded(
+    *,
+    predicted: float,
+    measured: float,
+    op: Op,
+    bound: float,
+    details: Mapping[str, Any] | None = None,
+    **claim: Unpack[Claim],
+) -> CheckResult:
+    """Pass iff ``measured <op> bound`` (``op`` one of ``<=``, ``<``, ``>=``, ``>``), where
+    ``predicted`` is a value the bound loosens: a slope predicted 1 that passes at ``>= 0.9``, an
+    earlier measurement with slack. Where ``predicted`` is 0 (``<=``) or the bound itself, use
+    the one-sided builders above."""
+    return _compare(
+        claim,
+        predicted=predicted,
+        measured=measured,
+        tolerance=f"{op} {bound:g}",
+        passed=_OPS[op](measured, bound),
+        details=details,
+    )
+
+
+def eos_onset(
+    *,
+    onset: object,
+    measured: float,
+    expected: bool = True,
+    details: Mapping[str, Any] | None = None,
+    **claim: Unpack[Claim],
+) -> CheckResult:
+    """Pass iff the run reaches the edge of stability (its ``onset`` is not ``None``) or, with
+    ``expected=False``, never does; ``measured`` reports the EoS quantity (NaN fails) and
+    ``predicted`` the edge, 2 (0 where no onset is expected)."""
+    return _compare(
+        claim,
+        predicted=2.0 if expected else 0.0,
+        measured=measured,
+        tolerance="onset exists" if expected else "no onset",
+        passed=(onset is not None) == expected,
+        details=details,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import phases
-from .checks_core import CheckResult, Context, register, within
+from .checks_core import CheckResult, Context, below, eos_onset, register, within
 
 # The EoS equilibrium [derived, docs/theory.md section 3]: (what, measured ratio, summary key,
 # relative tolerance); each ratio is predicted to be 1.
@@ -28,15 +28,13 @@ def _eos(ctx: Context) -> list[CheckResult]:
         d = {"eta": cfg.eta, "wd": cfg.wd, "steps": cfg.steps, "run": str(stored.path)}
         if s.get("onset") is None:
             out.append(
-                CheckResult(
+                eos_onset(
                     name=f"{name}: EoS reached",
                     claim="eta_eff * S reaches 2",
                     kind="theorem",
                     source="LLA22",
-                    predicted=2.0,
+                    onset=None,
                     measured=float(s["eos_mean_last_quarter"]),
-                    tolerance="reached",
-                    passed=False,
                     details=d,
                 )
             )
@@ -62,15 +60,13 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 rtol=0.02,
                 details={**d},
             ),
-            CheckResult(
+            below(
                 name=f"{name}: S falls during EoS",
                 claim="S at the end < S at the onset",
                 kind="theorem",
                 source="LLA22 (sharpness reduction)",
-                predicted=s["sharpness_at_onset"],
                 measured=s["sharpness_end"],
-                tolerance="end < onset",
-                passed=bool(s["sharpness_end"] < s["sharpness_at_onset"]),
+                bound=s["sharpness_at_onset"],
                 details=d,
             ),
         ]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import matrix_completion as mc
-from .checks_core import CheckResult, Context, at_most, register, within
+from .checks_core import CheckResult, Context, at_most, below, bounded, eos_onset, register, within
 
 _LLA22 = "LLA22 (matrix completion with BN, appendix)"
 
@@ -56,21 +56,18 @@ def _mc_eos(ctx: Context) -> list[CheckResult]:
         if s["kind"] != "main":
             continue
         d = _details(cfg, s, path)
-        reached = s["onset"] is not None
         out.append(
-            CheckResult(
+            eos_onset(
                 name=f"mc {name}: EoS reached",
                 claim="eta * lambda_1(H(w)) reaches 2 (two groups U, V)",
                 kind="theorem",
                 source=_LLA22,
-                predicted=2.0,
+                onset=s["onset"],
                 measured=float(s["eos_max"]),
-                tolerance="onset exists",
-                passed=reached,
                 details={**d, "onset": s["onset"]},
             )
         )
-        if not reached:
+        if s["onset"] is None:
             continue
         out.append(
             within(
@@ -85,30 +82,28 @@ def _mc_eos(ctx: Context) -> list[CheckResult]:
             )
         )
         out.append(
-            CheckResult(
+            bounded(
                 name=f"mc {name}: spherical sharpness falls during the EoS",
                 claim="S at the end (mean of the last 5% of rows) vs S at the onset",
                 kind="theorem",
                 source=f"{_LLA22} (sharpness reduction)",
                 predicted=s["sharpness_at_onset"],
                 measured=s["sharpness_end"],
-                tolerance="end <= 0.95 x onset",
-                passed=bool(s["sharpness_end"] <= 0.95 * s["sharpness_at_onset"]),
+                op="<=",
+                bound=0.95 * s["sharpness_at_onset"],
                 details={**d, "ratio": s["sharpness_end"] / s["sharpness_at_onset"]},
             )
         )
         # Part of the fall happens abruptly right after the onset, while the oscillation grows
         # from rounding noise; this one asks for the slow drift of the settled phase alone.
         out.append(
-            CheckResult(
+            below(
                 name=f"mc {name}: spherical sharpness keeps falling in the settled EoS",
                 claim="S at the end vs S at the start of the settled EoS phase",
                 kind="theorem",
                 source=f"{_LLA22} (sharpness-reduction flow); docs/theory.md section 3",
-                predicted=s["sharpness_settled"],
                 measured=s["sharpness_end"],
-                tolerance="end < settled start",
-                passed=bool(s["sharpness_end"] < s["sharpness_settled"]),
+                bound=s["sharpness_settled"],
                 details={**d, "ratio": s["sharpness_end"] / s["sharpness_settled"]},
             )
         )
@@ -164,57 +159,53 @@ def _mc_ablations(ctx: Context) -> list[CheckResult]:
                 )
             )
             out.append(
-                CheckResult(
+                eos_onset(
                     name=f"mc {name}: no EoS without weight decay",
                     claim="eta * lambda_1 never reaches 2 in the run",
                     kind="theorem",
                     source=f"{_LLA22}; docs/theory.md section 3",
-                    predicted=0.0,
+                    onset=s["onset"],
                     measured=float(s["eos_max"]),
-                    tolerance="no onset",
-                    passed=s["onset"] is None,
+                    expected=False,
                     details={**d, "eos_start": s["eos_start"], "eos_end": s["eos_end"]},
                 )
             )
             out.append(
-                CheckResult(
+                bounded(
                     name=f"mc {name}: spherical sharpness does not fall without WD",
                     claim="S at the end vs S halfway through the run",
                     kind="theorem",
                     source=f"{_LLA22}; docs/theory.md section 3",
                     predicted=s["sharpness_half"],
                     measured=s["sharpness_end"],
-                    tolerance="end >= 0.95 x halfway",
-                    passed=bool(s["sharpness_end"] >= 0.95 * s["sharpness_half"]),
+                    op=">=",
+                    bound=0.95 * s["sharpness_half"],
                     details=d,
                 )
             )
             ref = _main_at(summary, s["seed"], s["eta_wd"])
             if ref is not None:
                 out.append(
-                    CheckResult(
+                    below(
                         name=f"mc {name}: WD ends flatter than no WD",
                         claim="final S with WD (same seed, eta, eta*wd) vs without WD",
                         kind="theorem",
                         source=f"{_LLA22} (sharpness reduction needs WD)",
-                        predicted=s["sharpness_end"],
                         measured=ref["sharpness_end"],
-                        tolerance="with WD < without WD",
-                        passed=bool(ref["sharpness_end"] < s["sharpness_end"]),
+                        bound=s["sharpness_end"],
                         details=d,
                     )
                 )
         elif s["kind"] == "no_norm":
             out.append(
-                CheckResult(
+                eos_onset(
                     name=f"mc {name}: no EoS without normalization",
                     claim="eta * lambda_1 never reaches 2 (plain U V^T, same eta and wd)",
                     kind="theorem",
                     source=f"{_LLA22} (the effect needs normalization)",
-                    predicted=0.0,
+                    onset=s["onset"],
                     measured=float(s["eos_max"]),
-                    tolerance="no onset",
-                    passed=s["onset"] is None,
+                    expected=False,
                     details={**d, "eos_end": s["eos_end"]},
                 )
             )
@@ -228,15 +219,13 @@ def _mc_generalization(ctx: Context) -> list[CheckResult]:
     for name, s in summary.items():
         if s["kind"] == "main" and s["onset"] is not None:
             out.append(
-                CheckResult(
+                below(
                     name=f"mc {name}: held-out error falls during the EoS",
                     claim="held-out relative error (midpoint) at the end vs at the onset",
                     kind="theorem",
                     source=f"{_LLA22} (generalization benefit of sharpness reduction)",
-                    predicted=s["mid_test_rel_error_at_onset"],
                     measured=s["mid_test_rel_error"],
-                    tolerance="end < onset",
-                    passed=bool(s["mid_test_rel_error"] < s["mid_test_rel_error_at_onset"]),
+                    bound=s["mid_test_rel_error_at_onset"],
                     details={**_details(cfg, s, path), "iterate_end": s["test_rel_error"]},
                 )
             )
@@ -247,15 +236,13 @@ def _mc_generalization(ctx: Context) -> list[CheckResult]:
             continue
         what = "without weight decay" if s["kind"] == "no_wd" else "without normalization"
         out.append(
-            CheckResult(
+            below(
                 name=f"mc {name}: BN + WD generalizes better than {what}",
                 claim="final held-out relative error (midpoint): BN + WD vs the ablation",
                 kind="theorem",
                 source=f"{_LLA22} (test error with/without WD or normalization)",
-                predicted=s["mid_test_rel_error"],
                 measured=ref["mid_test_rel_error"],
-                tolerance="BN + WD < ablation",
-                passed=bool(ref["mid_test_rel_error"] < s["mid_test_rel_error"]),
+                bound=s["mid_test_rel_error"],
                 details={
                     **_details(cfg, s, path),
                     "iterate_bn_wd": ref["test_rel_error"],

@@ -37,14 +37,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
-from sims.checks import CheckResult, Context, expect_failure, register
 from theory.gd import predicted_eos_onset
 
 from . import regime_map as rm
+from .checks_core import CheckResult, Claim, Context, at_most, bounded, expect_failure, register
 
 _SRC = "docs/regimes.md"
 
@@ -104,6 +104,14 @@ def _rows(summary: dict[str, Any]) -> dict[tuple[str, float], list[dict[str, Any
     return {k: sorted(v, key=lambda s: s["eta_wd"]) for k, v in out.items()}
 
 
+def _fraction(
+    *, measured: float, bound: float, details: dict[str, Any], **claim: Unpack[Claim]
+) -> CheckResult:
+    """A fraction of runs (or rows) for which a claim holds: predicted 1, passing at
+    ``>= bound``."""
+    return bounded(predicted=1.0, measured=measured, op=">=", bound=bound, details=details, **claim)
+
+
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
     if np.std(rx) == 0 or np.std(ry) == 0:
@@ -117,16 +125,14 @@ def _initial_edge(ctx: Context) -> list[CheckResult]:
     errs = {k: abs(_f(s["eos0"]) / float(s["eos0_target"]) - 1) for k, s in summary.items()}
     worst = max(errs, key=lambda k: errs[k])
     return [
-        CheckResult(
+        at_most(
             name="regime map: eta * lambda_1(H(w0)) at step 0 = the target eos0",
             claim="the tracker's EoS quantity at step 0 against the target from which eta was "
             "set (eta = eos0 / lambda_1(H(w0)), an independent Lanczos run); worst run",
             kind="identity",
             source="docs/theory.md section 2 (eta * lambda_1(H(w)) is the EoS quantity)",
-            predicted=0.0,
             measured=float(errs[worst]),
-            tolerance="<= 0.01",
-            passed=bool(np.isfinite(errs[worst]) and errs[worst] <= 0.01),
+            bound=0.01,
             details={"worst_run": worst, "runs": len(errs), "run": path, "basis": "identity"},
         )
     ]
@@ -159,16 +165,14 @@ def _no_eos_boundary(ctx: Context) -> list[CheckResult]:
         "measured": "onset (first row with eta*lambda_1 >= 2), sharpening S_pre/S_0",
     }
     return [
-        CheckResult(
+        _fraction(
             name="regime map: no EoS within the budget where phase II needs longer",
             claim="runs starting below the edge: 'predicted onset > steps' agrees with the "
             "classification 'no_eos' (fraction of runs)",
             kind="derived",
             source="docs/theory.md section 2 (phase II); " + _SRC,
-            predicted=1.0,
             measured=frac,
-            tolerance=">= 0.9",
-            passed=bool(np.isfinite(frac) and frac >= 0.9),
+            bound=0.9,
             details={
                 "disagreements [run, predicted, measured onset]": wrong,
                 "median_rel_error_fixed_S": med_plain,
@@ -177,16 +181,14 @@ def _no_eos_boundary(ctx: Context) -> list[CheckResult]:
                 "run": path,
             },
         ),
-        CheckResult(
+        at_most(
             name="regime map: onset = norm decay x progressive sharpening",
             claim="median relative error of the phase-II onset prediction started from "
             "eos0 x (S before the onset / S(0)) against the measured onset (runs with an onset)",
             kind="derived",
             source="docs/theory.md section 2 (phase II); " + _SRC,
-            predicted=0.0,
             measured=med_corr,
-            tolerance="<= 0.25",
-            passed=bool(np.isfinite(med_corr) and med_corr <= 0.25),
+            bound=0.25,
             details={
                 "median_rel_error_fixed_S": med_plain,
                 "runs": len(rel_corr),
@@ -210,16 +212,14 @@ def _sharpening(ctx: Context) -> list[CheckResult]:
     vals = np.array(list(ratios.values()))
     frac = float(np.mean(vals > 1.05)) if vals.size else math.nan
     return [
-        CheckResult(
+        _fraction(
             name="regime map: progressive sharpening before the onset",
             claim="fraction of the runs starting below the edge (onset after >= 10 rows) whose "
             "spherical sharpness just before the onset exceeds 1.05 x S(0)",
             kind="theorem",
             source="Cohen et al. 2021 (arXiv 2103.00065), an empirical claim; " + _SRC,
-            predicted=1.0,
             measured=frac,
-            tolerance=">= 0.75",
-            passed=bool(np.isfinite(frac) and frac >= 0.75),
+            bound=0.75,
             details={
                 "ratios": {k: round(v, 3) for k, v in ratios.items()},
                 "basis": {"measured": "S at midpoints before the onset / S(w0)"},
@@ -242,16 +242,14 @@ def _inflation(ctx: Context) -> list[CheckResult]:
     vals = np.array([v for v in rhos.values() if np.isfinite(v)])
     frac = float(np.mean(vals > 0)) if vals.size else math.nan
     return [
-        CheckResult(
+        _fraction(
             name="regime map: the settled EoS quantity grows with eta * wd",
             claim="fraction of the (network, eos0) rows with >= 3 settled runs whose midpoint "
             "EoS mean has a positive Spearman correlation with eta * wd",
             kind="derived",
             source="docs/theory.md section 3 (amplitude x^2 ~ eta wd / 2); " + _SRC,
-            predicted=1.0,
             measured=frac,
-            tolerance=">= 0.8",
-            passed=bool(np.isfinite(frac) and frac >= 0.8),
+            bound=0.8,
             details={
                 "spearman": {k: round(v, 3) for k, v in rhos.items()},
                 "basis": {"derived": "amplitude grows with eta*wd", "measured": "eos_mid_mean"},
@@ -273,16 +271,14 @@ def _tame_small(ctx: Context) -> list[CheckResult]:
     vals = [r == "tame" for _, r in first.values()]
     frac = float(np.mean(vals)) if vals else math.nan
     return [
-        CheckResult(
+        _fraction(
             name="regime map: tame EoS at the smallest eta * wd that settles",
             claim="fraction of the (network, eos0) rows whose run at the smallest eta * wd "
             "that settles at the EoS is tame",
             kind="theorem",
             source="LLA22 (GD follows the sharpness-reduction flow as eta*wd -> 0); " + _SRC,
-            predicted=1.0,
             measured=frac,
-            tolerance=">= 0.75",
-            passed=bool(np.isfinite(frac) and frac >= 0.75),
+            bound=0.75,
             details={"first_settled [eta*wd, regime]": first, "run": path},
         )
     ]
@@ -306,28 +302,24 @@ def _above_edge(ctx: Context) -> list[CheckResult]:
     ]
     src = "docs/theory.md section 2 (norm recursion); " + _SRC
     return [
-        CheckResult(
+        _fraction(
             name="regime map: runs started above the edge stay finite and grow |w|",
             claim="runs with eos0 > 2: no divergence, and |w| grows between two recorded rows "
             "after the start (fraction of runs)",
             kind="derived",
             source=src,
-            predicted=1.0,
             measured=1 - len(grew) / len(above),
-            tolerance="all runs",
-            passed=not grew,
+            bound=1.0,
             details={"failing [run, regime, norm_growth]": grew, "run": path},
         ),
-        CheckResult(
+        _fraction(
             name="regime map: runs started above the edge settle below eos0",
             claim="runs with eos0 > 2: the settled EoS quantity at the iterates averages below "
             "eos0 (fraction of runs)",
             kind="derived",
             source=src,
-            predicted=1.0,
             measured=1 - len(high) / len(above),
-            tolerance="all runs",
-            passed=not high,
+            bound=1.0,
             details={"failing [run, regime, eos_iter_mean]": high, "run": path},
         ),
     ]
@@ -350,17 +342,15 @@ def _earlier(ctx: Context) -> list[CheckResult]:
     if ce:
         frac = float(np.mean([s["regime"] == "chaotic" for s in ce]))
         out.append(
-            CheckResult(
+            _fraction(
                 name="regime map: digits BN-MLP with CE settles in a chaotic EoS (eta*wd >= 2e-3)",
                 claim="fraction of the settled digits BN-MLP CE runs at eta*wd >= 2e-3 "
                 "classified chaotic",
                 kind="regression",
                 source="earlier measurement: sims/networks.py (64-64, CE, eta 0.5, eta*wd 2e-3: "
                 "eta*lambda_1 2.9 at iterates, 2.1 at midpoints)",
-                predicted=1.0,
                 measured=frac,
-                tolerance=">= 0.75",
-                passed=frac >= 0.75,
+                bound=0.75,
                 details={
                     "regimes": {
                         f"{s['arch']} eos0={s['eos0_target']:g} ewd={s['eta_wd']:g}": s["regime"]
@@ -380,17 +370,15 @@ def _earlier(ctx: Context) -> list[CheckResult]:
     if firsts:
         frac = float(np.mean([r == "tame" for r in firsts.values()]))
         out.append(
-            CheckResult(
+            _fraction(
                 name="regime map: LayerNorm MLPs with MSE are tame at the smallest eta*wd",
                 claim="fraction of the LN-MSE (network, eos0) rows whose run at the smallest "
                 "settled eta*wd is tame (ReLU here; the earlier run used tanh)",
                 kind="regression",
                 source="earlier measurement: sims/net_flow.py (LayerNorm-tanh MLP, small "
                 "regression, MSE: GD follows the flow)",
-                predicted=1.0,
                 measured=frac,
-                tolerance=">= 0.75",
-                passed=frac >= 0.75,
+                bound=0.75,
                 details={"regimes": firsts, "basis": "earlier measurement", "run": path},
             )
         )
@@ -407,17 +395,15 @@ def _earlier(ctx: Context) -> list[CheckResult]:
     if wide:
         frac = float(np.mean([s["regime"] == "catapult" for s in wide]))
         out.append(
-            CheckResult(
+            _fraction(
                 name="regime map: digits 256-256 BN-MLP with CE shows catapult cycles",
                 claim="fraction of the digits 256-256 BN CE runs at eta*wd in [1e-3, 4e-3] "
                 "classified catapult",
                 kind="regression",
                 source="earlier measurement: sims/networks.py full preset (catapult, relax, "
                 "repeat; midpoint EoS means 1.08-1.84)",
-                predicted=1.0,
                 measured=frac,
-                tolerance=">= 0.5",
-                passed=frac >= 0.5,
+                bound=0.5,
                 details={
                     "regimes": {
                         f"eos0={s['eos0_target']:g} ewd={s['eta_wd']:g}": s["regime"] for s in wide

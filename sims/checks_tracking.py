@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import gd_vs_flow, net_flow
-from .checks_core import CheckResult, Context, above, below, register
+from .checks_core import CheckResult, Context, above, below, bounded, register
 
 # Earlier measurements (quick presets, 2026-12-01), each at eta*wd = 3e-4 (in the quick and the
 # full presets): |Phi(w_t) - theta_F1(tau = 2)| of gd_vs_flow per (problem, start), and
@@ -58,18 +58,17 @@ def _regression(
     at = [i for i, x in enumerate(eta_wd) if np.isclose(x, EARLIER_ETA_WD, rtol=1e-9)]
     if key not in EARLIER or not at:
         return []
-    earlier, measured = EARLIER[key], float(dist[at[0]])
-    bound = SLACK * earlier
+    earlier = EARLIER[key]
     return [
-        CheckResult(
+        bounded(
             name=name,
             claim=f"{claim} at eta*wd = {EARLIER_ETA_WD:g}; earlier measurement {earlier:.3g}",
             kind="regression",
             source="sims/checks_tracking.py EARLIER (quick preset, a regression bound)",
             predicted=earlier,
-            measured=measured,
-            tolerance=f"<= {SLACK:g} x earlier = {bound:.3g}",
-            passed=bool(np.isfinite(measured) and measured <= bound),
+            measured=float(dist[at[0]]),
+            op="<=",
+            bound=SLACK * earlier,
             details=details,
         )
     ]
