@@ -3,10 +3,12 @@
 Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`), from the stored ``tame`` and
 ``crossing`` results:
 
-* ``tame_tracking``: per network, the log-log slope of ``|GN(w_t) - theta(tau)|`` at ``tau_end``
-  against ``eta * wd`` (predicted 1 [derived: the error of GD against the flow is first order
-  in ``eta * wd``]; pass at ``>= 0.9``), and the sharpness-drop ratio of GD to the flow at the
-  smallest ``eta * wd`` (predicted 1; within 2%);
+* ``tame_tracking``: per network, the observed order of ``|GN(w_t) - theta(tau)|`` at
+  ``tau_end`` in ``eta * wd``, the log-log slope between the two smallest ``eta * wd`` (the
+  usual estimate of a convergence order; the all-points slope is in the details), predicted 1
+  [derived: the error of GD against the flow is first order in ``eta * wd``]; pass at
+  ``>= 0.9``; and the sharpness-drop ratio of GD to the flow at the smallest ``eta * wd``
+  (predicted 1; within 2%);
 * ``tame_projection``: the projection's own error ``|GN(w_t) - Phi(w_t)|`` plus the bound on
   the ``Phi`` estimate, below the tracking error ``|GN(w_t) - theta(tau)|``, at every
   ``eta * wd`` (both are ``O(eta * wd)``; the measured ratio is reported);
@@ -32,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from sims.checks import CheckResult, Context, expect_failure, register
-
 from . import crossing, tame
+from .checks_core import CheckResult, Context, at_most, bounded, expect_failure, register, within
 
 _THEORY = "docs/theory.md section 3"
 _DOC = "docs/tame_and_crossings.md"
@@ -52,23 +53,36 @@ expect_failure(
     "jumps between the two members from row to row (docs/tame_and_crossings.md section 5)",
 )
 
-# Measured at the quick scale (digits LayerNorm MLP, eta*wd 1e-3 / 5e-4 / 2.5e-4, tau 0.25) and
-# not yet explained; declared so that `make all` stays strict on new failures. The measured
-# values are in the report's rows; docs/tame_and_crossings.md discusses them.
+# Measured (quick: digits, eta*wd 1e-3..2.5e-4 to tau 0.25; full: digits and MNIST-1D, eta*wd
+# 2e-3..3.1e-5 to tau 0.5; docs/tame_and_crossings.md section 3) and not explained; declared so
+# that `make all` stays strict on new failures. The measured values are in the report's rows.
 expect_failure(
-    "tame digits: GD tracks the F1 flow, error slope in eta*wd",
-    "measured: the distance to F1 falls with eta*wd (2.1e-3, 1.3e-3, 7.2e-4) but with slope "
-    "~0.76 over one decade, below the 0.9 asked; on the regression MLP of issue 13 it was ~1 "
-    "over two decades, so this may be the pre-asymptotic range at tau = 0.25",
+    "tame digits: GD tracks the F1 flow, error order in eta*wd",
+    "measured: the distance to F1 falls with eta*wd with order ~0.8, not 1: 0.83 between the two "
+    "smallest at quick (1.3e-3, 7.2e-4) and at full (5.5e-4, 1.7e-4 at 1.25e-4, 3.1e-5), "
+    "0.73-0.90 for every pair of the full run at every tau from 0.2 to 0.5; MNIST-1D reaches "
+    "0.93. Not the foot (GN - Phi has order 1.2). Untested candidate: digits runs towards a "
+    "crossing (relative top gap 0.33 -> 0.078 by tau = 0.5)",
 )
-for _start in ("F1", "F0"):
-    expect_failure(
-        f"tame digits: {_start} start, GD amplitude^2 = F1's",
-        "measured: GD's mean squared distance from Gamma is 1.1-1.3x F1's amplitude^2 from the "
-        "F1 start (0.84x from the F0 start) and the excess does not shrink with eta*wd; GD "
-        "still follows F1 and not F0 from both starts (the next check), so the drift is F1's "
-        "while the amplitude estimate (|w_hat - GN(w)|^2 at the iterates) is not yet understood",
-    )
+for _ds, _range in (("digits", "1.1-1.3x"), ("mnist1d", "1.4-2.0x")):
+    for _start in ("F1", "F0"):
+        expect_failure(
+            f"tame {_ds}: {_start} start, GD amplitude^2 = F1's",
+            f"measured: GD's mean squared distance from Gamma is {_range} F1's amplitude^2 from "
+            "the F1 start at every eta*wd (from the F0 start: 0.84x on digits at quick, 1.18x "
+            "at full; 37x on MNIST-1D, which has not forgotten the start by tau = 0.5), and the "
+            "excess does not "
+            "shrink with eta*wd; from the F1 start GD still follows F1 and not F0 (the next "
+            "check), so the drift is F1's while the amplitude is not understood",
+        )
+expect_failure(
+    "tame mnist1d: F0 start, GD follows F1, not F0",
+    "measured (full run): from the F0 amplitude, 37x F1's amplitude^2 on MNIST-1D (|g| = 77.7, "
+    "F1 ~1500x slower than F0), GD moves far along -g before its oscillation decays: at tau = "
+    "0.125 it is 0.056 from F1 and 0.19 from F0 (ratio 0.29 > 0.1), 0.040 from F1 at tau = 0.5. "
+    "It relaxes towards F1, not F0, but neither flow describes that transient (digits: 0.069, "
+    "pass)",
+)
 expect_failure(
     "crossing BN: GD keeps lambda_1 = lambda_2 past the crossing",
     "measured: past the crossing GD's top pair stays within a relative gap of ~1.2% at the "
@@ -88,39 +102,36 @@ def _tame_tracking(ctx: Context) -> list[CheckResult]:
     out = []
     for ds in summary["datasets"]:
         s = summary[ds]
-        slope = float(s["slope"])
         out.append(
-            CheckResult(
-                name=f"tame {ds}: GD tracks the F1 flow, error slope in eta*wd",
-                claim="log-log slope of |GN(w_t) - theta(tau_end)| against eta*wd (LayerNorm-tanh "
-                "MLP, EoS-equilibrium start)",
+            bounded(
+                name=f"tame {ds}: GD tracks the F1 flow, error order in eta*wd",
+                claim="observed order of |GN(w_t) - theta(tau_end)| in eta*wd: the log-log slope "
+                "between the two smallest eta*wd (LayerNorm-tanh MLP, EoS-equilibrium start)",
                 kind="derived",
                 source=f"{_THEORY}; LLA22 (error -> 0 with eta*wd)",
                 predicted=1.0,
-                measured=slope,
-                tolerance=">= 0.9",
-                passed=bool(np.isfinite(slope) and slope >= 0.9),
+                measured=float(s["slope_small"]),
+                op=">=",
+                bound=0.9,
                 details={
                     "eta_wd": s["eta_wd"],
                     "distance": s["dist_end"],
                     "tau": s["tau_reached"],
-                    "slope_smallest_two": s["slope_small"],
+                    "slope_all_points": s["slope"],
                     "dim": s["dim"],
                     "run": path,
                 },
             )
         )
-        ratio = float(s["drop_ratio"][-1])
         out.append(
-            CheckResult(
+            within(
                 name=f"tame {ds}: sharpness drop of GD = that of the flow",
                 claim="(S_GD(0) - S_GD(tau)) / (S_flow(0) - S_flow(tau)) at the smallest eta*wd",
                 kind="derived",
                 source=_THEORY,
                 predicted=1.0,
-                measured=ratio,
-                tolerance="relative 0.02",
-                passed=bool(np.isfinite(ratio) and abs(ratio - 1) <= 0.02),
+                measured=float(s["drop_ratio"][-1]),
+                rtol=0.02,
                 details={
                     "eta_wd": s["eta_wd"],
                     "drop_ratios": s["drop_ratio"],
@@ -143,18 +154,17 @@ def _tame_projection(ctx: Context) -> list[CheckResult]:
         proj = np.asarray(s["proj_error"]) + np.asarray(s["phi_uncertainty"])
         track = np.asarray(s["dist_end"])
         ratio = proj / track
-        worst = float(np.max(ratio))
         out.append(
-            CheckResult(
+            bounded(
                 name=f"tame {ds}: projection error below the tracking error",
                 claim="max over eta*wd of (|GN(w_t) - Phi(w_t)| + bound on the Phi estimate) / "
                 "|GN(w_t) - theta(tau)| at tau_end",
                 kind="derived",
                 source=f"theory/gauss_newton.py (GN - Phi = O(dist^2)); {_DOC}",
                 predicted=0.0,
-                measured=worst,
-                tolerance="< 1",
-                passed=bool(np.isfinite(worst) and worst < 1),
+                measured=float(np.max(ratio)),
+                op="<",
+                bound=1.0,
                 details={
                     "eta_wd": s["eta_wd"],
                     "proj_error": s["proj_error"],
@@ -179,18 +189,16 @@ def _tame_collapse(ctx: Context) -> list[CheckResult]:
         drop = np.asarray(s["drop_ratio"])
         flow_drop = 1 - s["sharpness_flow_end"][0] / s["lambda1_start"]
         allowed = 2 * float(np.max(np.abs(1 - drop))) * flow_drop + 0.01
-        spread = float(s["collapse_spread"])
         out.append(
-            CheckResult(
+            at_most(
                 name=f"tame {ds}: midpoint sharpness collapses against tau",
                 claim="max over tau of (max - min) / mean across eta*wd of S((w_t + w_{t+1}) / 2)",
                 kind="derived",
                 source=f"{_THEORY} (the direction depends on eta*wd only through tau)",
-                predicted=0.0,
-                measured=spread,
-                tolerance=f"<= {allowed:.3g} (allowed by the measured drop ratios, + 0.01)",
-                passed=bool(np.isfinite(spread) and spread <= allowed),
+                measured=float(s["collapse_spread"]),
+                bound=allowed,
                 details={
+                    "bound": "2 max_i |1 - drop ratio_i| x the flow's relative drop + 0.01",
                     "eta_wd": s["eta_wd"],
                     "spread_smallest_two": s["collapse_spread_small"],
                     "tau_end": s["collapse_tau_end"],
@@ -225,32 +233,28 @@ def _tame_f1_f0(ctx: Context) -> list[CheckResult]:
                 "f0_degenerate": r["f0_degenerate"],
                 "run": path,
             }
-            amp = float(r["amp_sq_ratio_f1"])
             out.append(
-                CheckResult(
+                within(
                     name=f"tame {ds}: {start} start, GD amplitude^2 = F1's",
                     claim="mean over rows of |w_hat - GN(w)|^2 / ((eta wd / 2) / (1 + |g|^2 / 4))",
                     kind="derived",
                     source=f"{_THEORY} (F1: norm balance)",
                     predicted=1.0,
-                    measured=amp,
-                    tolerance="relative 0.15",
-                    passed=bool(np.isfinite(amp) and abs(amp - 1) <= 0.15),
+                    measured=float(r["amp_sq_ratio_f1"]),
+                    rtol=0.15,
                     details=details,
                 )
             )
             d1, d0 = float(r["dist_f1_at_tau_f0"]), float(r["dist_f0_at_tau_f0"])
             out.append(
-                CheckResult(
+                at_most(
                     name=f"tame {ds}: {start} start, GD follows F1, not F0",
                     claim="|GN(w) - theta_F1(tau)| / |GN(w) - theta_F0(tau)| at the last tau both "
                     "flows reach",
                     kind="derived",
                     source=f"{_THEORY} (F1 = F0 / (1 + |g|^2 / 4))",
-                    predicted=0.0,
                     measured=d1 / d0,
-                    tolerance="<= 0.1",
-                    passed=bool(np.isfinite(d1 / d0) and d1 / d0 <= 0.1),
+                    bound=0.1,
                     details={**details, "tau": r["tau_f0"], "dist_f1": d1, "dist_f0": d0},
                 )
             )
@@ -306,18 +310,17 @@ def _crossing_checks(ctx: Context) -> list[CheckResult]:
         ),
     ]
     runs = s["runs"]
-    slope = float(s["slope_end"])
     out.append(
-        CheckResult(
+        bounded(
             name=_CROSSING_SLOPE,
             claim="log-log slope in eta*wd of |GN(w_t) - theta(tau_end)|, tau_end past the "
             "crossing",
             kind="derived",
             source=_DOC,
             predicted=1.0,
-            measured=slope,
-            tolerance=">= 0.9",
-            passed=bool(np.isfinite(slope) and slope >= 0.9),
+            measured=float(s["slope_end"]),
+            op=">=",
+            bound=0.9,
             details={
                 "eta_wd": s["eta_wd"],
                 "dist_end": [r["dist_end"] for r in runs],
@@ -328,7 +331,6 @@ def _crossing_checks(ctx: Context) -> list[CheckResult]:
         )
     )
     small = runs[-1]
-    gap = float(small["gap_gd_after_max"])
     # GD's pair is held together up to the O(eta*wd) tracking error of lambda: allowed gap is
     # the relative sharpness error of the run, |S_GD - S_flow| / S_flow, plus the cluster tol.
     allowed = (
@@ -336,33 +338,28 @@ def _crossing_checks(ctx: Context) -> list[CheckResult]:
         + cfg_tol
     )
     out.append(
-        CheckResult(
+        at_most(
             name="crossing BN: GD keeps lambda_1 = lambda_2 past the crossing",
             claim="max relative gap 1 - lambda_2 / lambda_1 at GN(w_t) past the crossing, smallest "
             "eta*wd",
             kind="derived",
             source=_DOC,
-            predicted=0.0,
-            measured=gap,
-            tolerance=f"<= {allowed:.3g} (the run's relative sharpness error + cluster tol)",
-            passed=bool(np.isfinite(gap) and gap <= allowed),
+            measured=float(small["gap_gd_after_max"]),
+            bound=allowed,
             details={"gaps_max": [r["gap_gd_after_max"] for r in runs], "run": path},
         )
     )
     if "sigma_error" in small:
-        err = float(small["sigma_error"])
         out.append(
-            CheckResult(
+            at_most(
                 name="crossing BN: GD's oscillation weights = Sigma*",
                 claim="|mean (p_1 . x)^2 / |x|^2 - mean sigma_1| past the crossing, smallest "
                 "eta*wd (p_1, sigma_1: Sigma*'s heavier axis and weight, x: GD's oscillation "
                 "in the top-two eigenspace, row by row in one basis)",
                 kind="derived",
                 source=f"{_DOC} (self-stabilization selects the minimal-norm subgradient)",
-                predicted=0.0,
-                measured=err,
-                tolerance="<= 0.1",
-                passed=bool(np.isfinite(err) and err <= 0.1),
+                measured=float(small["sigma_error"]),
+                bound=0.1,
                 details={
                     "weights_gd": small["sigma_weights_gd"],
                     "weights_flow": small["sigma_weights_flow"],
