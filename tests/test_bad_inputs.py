@@ -34,6 +34,32 @@ def _not_invariant(w):
 
 CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     (
+        "gd_wd loss promotes float32 w0 to float64",
+        lambda: theory.gd_wd(
+            lambda w: L(w.astype(jnp.float64)), W.astype(jnp.float32), eta=0.1, wd=0.1, steps=5
+        ),
+        TypeError,
+        "returns float64 but w0 is float32",
+    ),
+    (
+        "gd_wd_sweep loss promotes float32 w0",
+        lambda: gd_wd_sweep(
+            lambda w: L(w.astype(jnp.float64)),
+            W.astype(jnp.float32),
+            eta=[0.1, 0.2],
+            wd=0.1,
+            steps=5,
+        ),
+        TypeError,
+        "returns float64 but w0 is float32",
+    ),
+    (
+        "gd_wd loss not scalar",
+        lambda: theory.gd_wd(lambda w: w / jnp.linalg.norm(w), W, eta=0.1, wd=0.1, steps=5),
+        ValueError,
+        "must return a scalar, got ShapeDtypeStruct of shape",
+    ),
+    (
         "gd_wd eta=0",
         lambda: theory.gd_wd(L, W, eta=0.0, wd=0.1, steps=5),
         ValueError,

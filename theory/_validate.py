@@ -46,6 +46,27 @@ def flat_vector(w: Any, name: str, groups: Sequence[int] | None = None) -> tuple
     return arr, sizes
 
 
+def loss_output(loss: Any, w: Array, name: str = "loss") -> None:
+    """``loss(w)`` must be a scalar of ``w``'s floating dtype (checked abstractly, no FLOPs).
+
+    A loss that promotes (float64 data with a float32 ``w0``, say) would otherwise fail deep
+    inside the compiled step with a ``lax.cond`` dtype mismatch.
+    """
+    if is_traced(w):
+        return
+    out = jax.eval_shape(loss, jax.ShapeDtypeStruct(w.shape, w.dtype))
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape != ():
+        raise ValueError(
+            f"{name}(w) must return a scalar, got {type(out).__name__} of shape {shape}"
+        )
+    if dtype != w.dtype:
+        raise TypeError(
+            f"{name}(w) returns {dtype} but w0 is {w.dtype}: the loss must return w0's dtype "
+            f"(pass w0 as {dtype}, or keep the loss's data and constants in {w.dtype})"
+        )
+
+
 def positive(x: Any, name: str) -> float:
     """A finite float ``> 0``."""
     try:

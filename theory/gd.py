@@ -201,6 +201,7 @@ def gd_wd(
     eta, wd, perturbation = check_rates(eta, wd, perturbation)
     perturb_every = check.positive_int(perturb_every, "perturb_every")
     w0, sizes = check.flat_vector(w0, "w0", groups)
+    check.loss_output(loss, w0)
     saveat = _saveat(saveat, record_every, record_iterates)
     tracker = _tracker(
         tracker, saveat, track_sharpness, sharpness_every, lanczos_tol, lanczos_iters, warm_start

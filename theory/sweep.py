@@ -169,6 +169,7 @@ def gd_wd_sweep(
     first, sizes = check.flat_vector(jnp.asarray(w0s[0]), "w0", groups)
     for i in range(1, n):
         check.flat_vector(jnp.asarray(w0s[i]), f"w0[{i}]", sizes)
+    check.loss_output(loss, first)
     dtype = first.dtype
     perturb_every = check.positive_int(perturb_every, "perturb_every")
     saveat = _saveat(saveat, record_every, record_iterates)
