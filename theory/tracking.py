@@ -62,9 +62,15 @@ def eos_equilibrium_start(
         th = project_to_manifold(loss, theta)
         rank = hessian_rank(loss, th) if rank is None else rank
         field_ = SharpnessFlowField(loss, rank, form)
+    return _equilibrium_point(field_, th, jnp.asarray(eta * wd / 2, th.dtype), eta)
+
+
+@eqx.filter_jit
+def _equilibrium_point(field_: SharpnessFlowField, th: Array, amp_sq: Array, eta: float) -> Array:
+    """``eos_equilibrium_start``'s point from ``Phi(theta)`` (compiled: the field's Lanczos and
+    gradient passes would otherwise run op by op)."""
     q = field_.quantities(th)
-    amp_sq = jnp.asarray(eta * wd / 2, th.dtype)
-    if form == "F1":
+    if field_.form == "F1":
         amp_sq = amp_sq / (1 + 0.25 * jnp.vdot(q.g, q.g))
     u = th + jnp.sqrt(amp_sq) * q.v1
     return jnp.sqrt(eta * q.lam1 / 2) * u / jnp.linalg.norm(u)
@@ -173,7 +179,7 @@ def compare_with_flow(
     field_ = SharpnessFlowField(
         loss, flow.rank, form, flow.config["geometry"], flow_kwargs.get("residual_fn")
     )
-    sharp_phi = np.asarray(jax.vmap(lambda y: field_.quantities(y).lam1)(jnp.asarray(phi)))
+    sharp_phi = np.asarray(_lam1_rows(field_, jnp.asarray(phi)))
     return Comparison(
         step=step[idx][:n],
         tau=tau,
@@ -186,6 +192,12 @@ def compare_with_flow(
         sharpness_flow=flow.sharpness,
         flow_result=flow,
     )
+
+
+@eqx.filter_jit
+def _lam1_rows(field_: SharpnessFlowField, rows: Array) -> Array:
+    """``lambda_1`` of the flow's geometry at each row (one compiled map)."""
+    return jax.vmap(lambda y: field_.quantities(y).lam1)(rows)
 
 
 @eqx.filter_jit
