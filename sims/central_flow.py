@@ -345,7 +345,9 @@ def _sr_flow(
     dim = len(setup["w0"])
     out = {"tau": np.zeros(0), "theta": np.zeros((0, dim)), "s": np.zeros(0), "g": np.zeros(0)}
     try:
-        start = project_to_manifold(setup["loss"], setup["w0"])
+        # "auto": the network's normal spectrum is stiff (the explicit flow stalled at
+        # |grad L| = 2e-5 on the full preset's 16x16 MLP).
+        start = project_to_manifold(setup["loss"], setup["w0"], solver="auto")
         if prob is not None and prob.has_closed_form_flow:
             info["sr_method"] = "closed form"
             theta = prob.flow_closed_form(start, jnp.asarray(grid), "F1")

@@ -35,9 +35,23 @@ from sims._runtime import dtype_from_config
 from theory.central_flow import CentralFlowField, equilibrium_on_gamma
 from theory.problems import PROBLEMS
 
-from .checks_core import CheckResult, Context, at_most, below, register, within
+from .checks_core import CheckResult, Context, at_most, below, expect_failure, register, within
 
 _CDTKL = "CDTKL25 (central flows); docs/theory.md section 5"
+
+# Measured at the full scale only (eta*wd 1e-2 .. 1e-4); docs/central_flow.md "Full scale".
+for _problem, _errs in (
+    ("curved_manifold", "0.013, 0.0006, 0.0046, 0.19, 0.038"),
+    ("great_circle", "0.027, 0.025, 0.0070, 0.042, 0.18"),
+):
+    expect_failure(
+        f"{_problem}: central-flow loss error shrinks as eta*wd decreases",
+        f"measured (full run): the relative error of GD's phase-III mean loss is {_errs} at "
+        "eta*wd = 1e-2 .. 1e-4, not monotone, while every other phase-III error (eta_eff S, "
+        "|w|, direction, oscillation) shrinks. Suspected, not verified: GD's mean loss is a "
+        "mean over rows (every tau_end / rows in tau, 8-step windows) of a loss that the "
+        "relaxation cycles concentrate in short bursts, so it depends on which rows hit a burst",
+    )
 
 
 @register("central_flow_on_gamma")
