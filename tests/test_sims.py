@@ -136,6 +136,27 @@ def test_command_lines(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing written by failed commands
 
 
+def test_all_runs_each_simulation_in_its_own_process_and_goes_on_after_a_failure(
+    tmp_path, monkeypatch, capsys
+):
+    """`sims all`: one subprocess per simulation (compiled code must not pile up in one
+    process), a failure reported and not fatal to the rest, the checks last, exit 1."""
+    calls = []
+
+    def fake_call(cmd):
+        calls.append(cmd)
+        return 3 if cmd[3] == "tame" else 0
+
+    monkeypatch.setattr(sims_cli.subprocess, "call", fake_call)
+    code = sims_cli.main(["all", "--results-dir", str(tmp_path), "--strict"])
+    assert code == 1
+    names = [c[3] for c in calls]
+    assert names == [*sims_cli.SIMS, "check"]
+    assert all(c[:3] == [sims_cli.sys.executable, "-m", "sims"] for c in calls)
+    assert calls[-1][-1] == "--strict" and str(tmp_path) in calls[0]
+    assert "tame (exit 3)" in capsys.readouterr().err
+
+
 def test_checks_registry_and_report(tmp_path):
     ctx = checks.Context(ResultStore(tmp_path))
     results = checks.run_checks(ctx, ["norm_recursion", "intrinsic_lr"])
