@@ -48,6 +48,7 @@ from .checks_core import (
     eos_onset,
     expect_failure,
     register,
+    register_table,
     unexpected_failures,
     within,
     write_report,
@@ -70,6 +71,7 @@ __all__ = [
     "load_topics",
     "main",
     "register",
+    "register_table",
     "run_checks",
     "unexpected_failures",
     "within",
@@ -145,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_checks(ctx, ns.names)
     except KeyError as err:
         parser.error(str(err))
-    md, _ = write_report(results, Path(ns.results_dir), ns.scale)
+    ran = ns.names or list(registry)
+    tables = [fn(ctx) for check, fn in _core.TABLES.items() if check in ran]
+    md, _ = write_report(results, Path(ns.results_dir), ns.scale, tables)
     failed = [r for r in results if not r.passed]
     unexpected = unexpected_failures(results)
     print(

@@ -90,6 +90,23 @@ def register(name: str) -> Callable[[CheckFn], CheckFn]:
     return deco
 
 
+TableFn = Callable[["Context"], list[str]]
+TABLES: dict[str, TableFn] = {}
+
+
+def register_table(check: str) -> Callable[[TableFn], TableFn]:
+    """Register ``fn(ctx) -> markdown lines`` (a heading and a table) for the report, written
+    whenever the registered check ``check`` runs (from the same stored results)."""
+
+    def deco(fn: TableFn) -> TableFn:
+        if check in TABLES:
+            raise ValueError(f"a report table for check {check!r} is already registered")
+        TABLES[check] = fn
+        return fn
+
+    return deco
+
+
 def expect_failure(name: str, reason: str) -> None:
     """Declare that the check result ``name`` is known to fail, and why."""
     if not reason.strip():
@@ -271,8 +288,14 @@ def _verdict(r: CheckResult) -> str:
     return "pass" if r.passed else "**FAIL**"
 
 
-def write_report(results: list[CheckResult], root: Path, scale: str) -> tuple[Path, Path]:
-    """``report.json`` and ``report.md`` under ``<root>/checks/`` (atomic writes)."""
+def write_report(
+    results: list[CheckResult],
+    root: Path,
+    scale: str,
+    tables: Sequence[list[str]] = (),
+) -> tuple[Path, Path]:
+    """``report.json`` and ``report.md`` under ``<root>/checks/`` (atomic writes); ``tables``
+    (markdown lines each, from :func:`register_table`) follow the checks in ``report.md``."""
     out = Path(root) / "checks"
     out.mkdir(parents=True, exist_ok=True)
     passed = sum(r.passed for r in results)
@@ -305,6 +328,8 @@ def write_report(results: list[CheckResult], root: Path, scale: str) -> tuple[Pa
             f"| {r.name} | {r.kind} | {r.claim} | {fmt(r.predicted)} | {fmt(r.measured)} | "
             f"{r.tolerance} | {_verdict(r)} |"
         )
+    for table in tables:
+        lines += ["", *table]
     if expected:
         lines += ["", "## Known failures", ""]
         lines += [f"- **{r.name}**: {EXPECTED_FAILURES[r.name]}" for r in expected]

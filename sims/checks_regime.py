@@ -44,7 +44,16 @@ import numpy as np
 from theory.gd import predicted_eos_onset
 
 from . import regime_map as rm
-from .checks_core import CheckResult, Claim, Context, at_most, bounded, expect_failure, register
+from .checks_core import (
+    CheckResult,
+    Claim,
+    Context,
+    at_most,
+    bounded,
+    expect_failure,
+    register,
+    register_table,
+)
 
 _SRC = "docs/regimes.md"
 
@@ -117,6 +126,47 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     if np.std(rx) == 0 or np.std(ry) == 0:
         return math.nan
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@register_table("regime_initial_edge")
+def regime_table(ctx: Context) -> list[str]:
+    """The map itself: one row per (network, eos0), one column per eta * wd; each cell the
+    regime, the settled EoS quantity at midpoints / iterates and the midpoint sharpness factor
+    over the settled phase (docs/regimes.md)."""
+    _, summary, path = _stored(ctx)
+    rows = _rows(summary)
+    ewds = sorted({float(r["eta_wd"]) for runs in rows.values() for r in runs})
+    counts: dict[str, int] = defaultdict(int)
+    lines = [
+        "## Regime map",
+        "",
+        f"From `{path}` (criteria: `theory.regimes.RegimeCriteria`, docs/regimes.md). Cell: "
+        "regime, settled `eta * lambda_1` at midpoints / iterates, midpoint spherical "
+        "sharpness factor over the settled phase.",
+        "",
+        "| network | eos0 | " + " | ".join(f"eta*wd = {e:g}" for e in ewds) + " |",
+        "|---|---|" + "---|" * len(ewds),
+    ]
+    for (arch, eos0), runs in sorted(rows.items()):
+        by_ewd = {float(r["eta_wd"]): r for r in runs}
+        cells = []
+        for e in ewds:
+            r = by_ewd.get(e)
+            if r is None:
+                cells.append("")
+                continue
+            counts[r["regime"]] += 1
+            mid, it, fac = (
+                _f(r.get(k)) for k in ("eos_mid_mean", "eos_iter_mean", "sharpness_ratio")
+            )
+            cells.append(
+                r["regime"]
+                if not math.isfinite(mid)
+                else f"{r['regime']} {mid:.2f} / {it:.2f}, S x{fac:.2f}"
+            )
+        lines.append(f"| {arch} | {eos0:g} | " + " | ".join(cells) + " |")
+    lines += ["", "Counts: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."]
+    return lines
 
 
 @register("regime_initial_edge")

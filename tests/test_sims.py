@@ -168,6 +168,14 @@ def test_checks_registry_and_report(tmp_path):
     assert payload["total"] == 3 and payload["checks"][0]["kind"] == "identity"
     with pytest.raises(KeyError, match="unknown check"):
         checks.run_checks(ctx, ["no_such_check"])
+    # Report tables (the regime map's) follow the checks, before the known failures.
+    md, _ = checks.write_report(results, tmp_path, "quick", [["## A table", "", "| x |"]])
+    text = md.read_text()
+    assert text.index("| identity |") < text.index("## A table") < text.index("| x |")
+    checks.load_topics()
+    assert "regime_initial_edge" in checks._core.TABLES
+    with pytest.raises(ValueError, match="already registered"):
+        checks.register_table("regime_initial_edge")(lambda ctx: [])
 
 
 @pytest.mark.slow
