@@ -29,11 +29,11 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # a script, not library code: float64 for Part A
 
 from benchmarks._timing import median_time  # noqa: E402
-from theory.curvature import linearize_grad  # noqa: E402
-from theory.gd import gd_wd  # noqa: E402
-from theory.invariance import normalize  # noqa: E402
-from theory.lanczos import lanczos  # noqa: E402
-from theory.problems import curved_manifold, random_regression  # noqa: E402
+from theory.core.curvature import linearize_grad  # noqa: E402
+from theory.core.invariance import normalize  # noqa: E402
+from theory.core.lanczos import lanczos  # noqa: E402
+from theory.engine.gd import gd_wd  # noqa: E402
+from theory.problems.analytic import curved_manifold, random_regression  # noqa: E402
 
 
 def _problems(quick: bool) -> list[tuple[str, Any]]:

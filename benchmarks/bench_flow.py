@@ -22,11 +22,11 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # a script, not library code
 
 from benchmarks._timing import median_time  # noqa: E402
-from theory.flow import sharpness_flow  # noqa: E402
-from theory.gd import gd_wd  # noqa: E402
-from theory.manifold import project_to_manifold  # noqa: E402
-from theory.problems import curved_manifold  # noqa: E402
-from theory.tracking import eos_equilibrium_start  # noqa: E402
+from theory.engine.gd import gd_wd  # noqa: E402
+from theory.flows.compare import eos_equilibrium_start  # noqa: E402
+from theory.flows.manifold import project_to_manifold  # noqa: E402
+from theory.flows.reduction import sharpness_flow  # noqa: E402
+from theory.problems.analytic import curved_manifold  # noqa: E402
 
 
 def measure(quick: bool = False) -> list[dict[str, Any]]:

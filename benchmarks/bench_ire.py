@@ -3,8 +3,9 @@
     python -m benchmarks.bench_ire [--quick]
 
 Digits (first 1024 samples, standardized), MLP 64-256-256-10 with BatchNorm without affine, MSE
-to one-hot, full-batch GD+WD (``theory.optim.gd_wd_transform``, eta = 0.1, wd = 1e-3) through
-``theory.optim.run_optimizer``, against IRE (kappa = 4) on it with
+to one-hot, full-batch GD+WD (``theory.optim.transforms.gd_wd_transform``, eta = 0.1, wd = 1e-3)
+through
+``theory.optim.transforms.run_optimizer``, against IRE (kappa = 4) on it with
 
 * the diagonal mask (the paper's Algorithm 1: sampled-label Fisher diagonal, gamma = 0.7),
   refreshed every K = 10 steps (the paper's default) and every step;
@@ -24,9 +25,9 @@ import numpy as np
 
 from benchmarks._timing import median_time
 from sims import data
-from theory import nets
-from theory.ire import diagonal_mask, exact_flat, fisher_diagonal, ire
-from theory.optim import gd_wd_transform, run_optimizer
+from theory.optim.ire import diagonal_mask, exact_flat, fisher_diagonal, ire
+from theory.optim.transforms import gd_wd_transform, run_optimizer
+from theory.problems import nets
 
 
 def _loss(w: Any, loss: Any, predict: Any, x: Any) -> Any:

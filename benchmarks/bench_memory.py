@@ -3,10 +3,10 @@
     python -m benchmarks.bench_memory [--quick] [--rss]
 
 Synthetic data (nothing downloaded): ``N`` images ``32 x 32 x 3`` float32, 10 classes, CE loss.
-Two LayerNorm networks from :mod:`theory.nets` (per-example normalization, so the chunked
+Two LayerNorm networks from :mod:`theory.problems.nets` (per-example normalization, so the chunked
 objective IS the full-batch loss): an MLP 3072-512-512 on the flattened images and the VGG-style
 CNN with channels (16, 32, 64). For each, the full-batch objective (:class:`FullBatch`, chunk
-``N``) against :func:`theory.nets.chunked_objective` with smaller chunks, for four passes:
+``N``) against :func:`theory.problems.nets.chunked_objective` with smaller chunks, for four passes:
 
 * ``grad``: ``value_and_grad(w)``;
 * ``lin+hvp``: ``linearize(w)`` then one ``hvp(v)`` (what a tracked step pays: FullBatch keeps
@@ -39,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import nets
-from theory.objective import FullBatch
+from theory.core.objective import FullBatch
+from theory.problems import nets
 
 MB = 2.0**20
 IMAGE = (32, 32, 3)

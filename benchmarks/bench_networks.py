@@ -45,10 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sims import data
-from theory import nets
+from theory.core.lanczos import lanczos
 from theory.engine import LanczosTracker
-from theory.gd import GDResult, gd_wd
-from theory.lanczos import lanczos
+from theory.engine.gd import GDResult, gd_wd
+from theory.problems import nets
 
 WD = 1e-3
 WORKLOADS = (("W1", 0.1), ("W1-EoS", 0.3))

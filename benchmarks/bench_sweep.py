@@ -37,9 +37,9 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # a script, not library code
 
 from benchmarks._timing import median_time  # noqa: E402
-from theory.gd import gd_wd  # noqa: E402
-from theory.problems import curved_manifold  # noqa: E402
-from theory.sweep import gd_wd_sweep  # noqa: E402
+from theory.engine.gd import gd_wd  # noqa: E402
+from theory.engine.sweep import gd_wd_sweep  # noqa: E402
+from theory.problems.analytic import curved_manifold  # noqa: E402
 
 STEPS, WD, EVERY = 3000, 3e-3, 10
 

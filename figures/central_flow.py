@@ -21,9 +21,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from figures._style import COLORS, save
 from sims._store import ResultStore
-
-from ._style import COLORS, save
 
 
 def _num(x: Any) -> float:

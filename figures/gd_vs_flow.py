@@ -21,14 +21,15 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims import gd_vs_flow, results
-from theory.problems import PROBLEMS
-
-from ._style import COLORS, save
+from figures._style import COLORS, save
+from sims import results
+from sims.studies import gd_vs_flow
+from theory.problems.analytic import PROBLEMS
 
 
 def _chart(problem: str, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position along Gamma, signed offset across it): the problem's chart (theory.problems)."""
+    """(position along Gamma, signed offset across it): the problem's chart
+    (theory.problems.analytic)."""
     chart = PROBLEMS[problem]().chart
     assert chart is not None, f"{problem}: Gamma is not a curve"
     x, y = chart(jnp.asarray(u))

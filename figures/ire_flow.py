@@ -14,9 +14,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from figures._style import COLORS, CYCLE, save
 from sims import results
-
-from ._style import COLORS, CYCLE, save
 
 MARKERS = {"tangent": "o", "radial": "s"}
 

@@ -16,9 +16,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims import ire_networks, results
-
-from ._style import COLORS, CYCLE, save
+from figures._style import COLORS, CYCLE, save
+from sims import results
+from sims.studies import ire_networks
 
 SELECTOR_COLORS = {"none": COLORS["ref"], "exact": CYCLE[0], "mask": CYCLE[1]}
 SELECTOR_NAMES = {"none": "GD+WD (base)", "exact": "IRE exact", "mask": "IRE mask"}

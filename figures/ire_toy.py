@@ -15,9 +15,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims import ire_toy, results
-
-from ._style import COLORS, save
+from figures._style import COLORS, save
+from sims import results
+from sims.studies import ire_toy
 
 _STYLES = {
     "gd": {"ls": "-", "lw": 2.0},

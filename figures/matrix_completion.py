@@ -19,10 +19,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims import matrix_completion, results
-
-from ._style import COLORS, save
-from .phases import running_mean
+from figures._style import COLORS, save
+from figures.phases import running_mean
+from sims import results
+from sims.studies import matrix_completion
 
 NAME = "matrix_completion"
 _ABLATION_STYLE = {

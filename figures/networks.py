@@ -20,10 +20,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sims import networks, results
-
-from ._style import COLORS, save
-from .phases import running_mean
+from figures._style import COLORS, save
+from figures.phases import running_mean
+from sims import results
+from sims.studies import networks
 
 
 def _main_runs(summary: dict[str, Any]) -> list[str]:

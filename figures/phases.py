@@ -13,9 +13,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from figures._style import COLORS, save, shade_phases
 from sims import results
-
-from ._style import COLORS, save, shade_phases
 
 
 def running_mean(x: np.ndarray, window: int) -> np.ndarray:

@@ -25,10 +25,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from figures._style import COLORS, CYCLE, shade_phases
+from figures.phases import running_mean
 from sims import results
-
-from ._style import COLORS, CYCLE, shade_phases
-from .phases import running_mean
 
 START = "<!-- known-failures:start -->"
 END = "<!-- known-failures:end -->"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from .registry import SIMS
+from sims.registry import SIMS
 
 
 def _all(argv: Sequence[str]) -> int:
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     cmd, rest = args[0], args[1:]
     if cmd == "list":
-        from . import checks
+        from sims import checks
 
         for name, module in SIMS.items():
             doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()[0]
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'check':16s} theorem checks: {', '.join(checks.REGISTRY)}")
         return 0
     if cmd == "check":
-        from . import checks
+        from sims import checks
 
         return checks.main(rest)
     if cmd == "all":

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from theory.gd import GDSnapshot
-
-from ._store import ResultStore, _jsonable, atomic_write, config_hash
+from sims._store import ResultStore, _jsonable, atomic_write, config_hash
+from theory.engine.gd import GDSnapshot
 
 
 def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ._checkpoint import Checkpoints
-from ._store import ResultStore, StoredRun
+from sims._checkpoint import Checkpoints
+from sims._store import ResultStore, StoredRun
 
 Compute = Callable[[Checkpoints], tuple[Mapping[str, np.ndarray], Mapping[str, Any]]]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from theory.gd import predicted_eos_onset
+from theory.engine.gd import predicted_eos_onset
 
 
 def phase1_end(step: np.ndarray, loss: np.ndarray, onset: int | None, rel: float = 1e-3) -> int:

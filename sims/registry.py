@@ -10,19 +10,19 @@ import importlib
 from types import ModuleType
 
 SIMS: dict[str, str] = {
-    "phases": "sims.phases",
-    "gd_vs_flow": "sims.gd_vs_flow",
-    "networks": "sims.networks",
-    "net_flow": "sims.net_flow",
-    "tame": "sims.tame",
-    "crossing": "sims.crossing",
-    "matrix_completion": "sims.matrix_completion",
-    "ire_flow": "sims.ire_flow",
-    "ire_toy": "sims.ire_toy",
-    "ire_networks": "sims.ire_networks",
-    "regime_map": "sims.regime_map",
-    "central_flow": "sims.central_flow",
-    "predict_init": "sims.predict_init",
+    "phases": "sims.studies.phases",
+    "gd_vs_flow": "sims.studies.gd_vs_flow",
+    "networks": "sims.studies.networks",
+    "net_flow": "sims.studies.net_flow",
+    "tame": "sims.studies.tame",
+    "crossing": "sims.studies.crossing",
+    "matrix_completion": "sims.studies.matrix_completion",
+    "ire_flow": "sims.studies.ire_flow",
+    "ire_toy": "sims.studies.ire_toy",
+    "ire_networks": "sims.studies.ire_networks",
+    "regime_map": "sims.studies.regime_map",
+    "central_flow": "sims.studies.central_flow",
+    "predict_init": "sims.studies.predict_init",
 }
 
 

@@ -22,8 +22,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from . import registry
-from ._store import MissingResultsError, ResultStore, StoredRun
+from sims import registry
+from sims._store import MissingResultsError, ResultStore, StoredRun
 
 C = TypeVar("C")
 

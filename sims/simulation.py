@@ -21,14 +21,13 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from theory.gd import GDResult, GDSnapshot, gd_wd
-
-from . import _cli
-from ._checkpoint import Checkpoints
-from ._runner import stored_or_run
-from ._runtime import Progress
-from ._store import ResultStore, StoredRun
-from .results import Result, from_stored
+from sims import _cli
+from sims._checkpoint import Checkpoints
+from sims._runner import stored_or_run
+from sims._runtime import Progress
+from sims._store import ResultStore, StoredRun
+from sims.results import Result, from_stored
+from theory.engine.gd import GDResult, GDSnapshot, gd_wd
 
 C = TypeVar("C")
 Arrays = dict[str, np.ndarray]
@@ -157,7 +156,8 @@ def resumable_gd_wd(
     snapshots: bool = True,
     **gd_kwargs: Any,
 ) -> GDResult:
-    """:func:`theory.gd.gd_wd` for the long run ``name``, with a progress bar: resumed from its
+    """:func:`theory.engine.gd.gd_wd` for the long run ``name``, with a progress bar: resumed from
+    its
     last snapshot in ``checkpoints`` and, with ``snapshots``, saving one after every chunk
     (``chunk_steps`` in ``gd_kwargs``); bitwise equal to an uninterrupted run."""
     resume = checkpoints.load_snapshot(name) if checkpoints is not None else None

@@ -1,4 +1,5 @@
-"""Subprocess worker for tests/test_distributed.py (run as ``python -m tests._distributed_worker``).
+"""Subprocess worker for tests/engine/test_distributed.py (run as
+``python -m tests._distributed_worker``).
 
 Each mode runs in a fresh interpreter, because the device count (``XLA_FLAGS``) and
 ``jax.distributed`` must be set up before JAX creates its backend, and the test process already
@@ -33,7 +34,7 @@ import numpy as np
 # Shared settings (NumPy only at import: no JAX array may be created before x64 is enabled)
 # --------------------------------------------------------------------------------------------
 
-# Data-parallel problem: theory.problems.random_regression, a realizable 2-layer tanh
+# Data-parallel problem: theory.problems.analytic.random_regression, a realizable 2-layer tanh
 # regression ``L(w) = 1/(2n) sum_i (a^T tanh(s W_hat z_i) - y_i)^2`` (one invariance group).
 # n = 16 examples (divisible by 8 devices), D = 48 > n: the minimizers form a manifold, GD+WD
 # reaches it, eta_eff grows and the EoS onset comes at step 347 (eta * wd = 2e-3).
@@ -71,14 +72,14 @@ SWEEP_FIELDS = (*GD_FIELDS, "onset_step", "diverged_at", "v1")
 
 def dp_problem():
     """The data-parallel loss (data leaves ``inputs`` ``(n, d_in)``, ``targets`` ``(n,)``)."""
-    from theory.problems import random_regression
+    from theory.problems.analytic import random_regression
 
     prob = random_regression(**DP_PROBLEM)
     return prob.loss, np.asarray(prob.start, np.float64)
 
 
 def sweep_problem():
-    from theory.problems import curved_manifold
+    from theory.problems.analytic import curved_manifold
 
     prob = curved_manifold()
     return prob.loss, 0.6 * np.asarray(prob.start, np.float64)
@@ -112,7 +113,7 @@ def run_dp(loss, w0, steps=None):
 
 
 def run_sweep(loss, w0, steps=None, etas=SWEEP_ETAS, **kw):
-    from theory.sweep import gd_wd_sweep
+    from theory.engine.sweep import gd_wd_sweep
 
     kw = {**SWEEP_KW, "steps": steps or SWEEP_KW["steps"], **kw}
     return gd_wd_sweep(loss, w0, eta=etas, wd=SWEEP_WDS, **kw)

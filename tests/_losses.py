@@ -1,4 +1,4 @@
-"""Small random scale-invariant losses for the tests (independent of theory.problems)."""
+"""Small random scale-invariant losses for the tests (independent of theory.problems.analytic)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from theory.invariance import make_scale_invariant
+from theory.core.invariance import make_scale_invariant
 
 
 def _smooth(u, a, b, c):

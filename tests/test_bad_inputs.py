@@ -18,8 +18,8 @@ import sims.__main__ as sims_cli
 import theory
 from sims import data as sims_data
 from sims._store import MissingResultsError, ResultStore
-from theory.problems import PROBLEMS
-from theory.sweep import gd_wd_sweep
+from theory.engine.sweep import gd_wd_sweep
+from theory.problems.analytic import PROBLEMS
 
 P = PROBLEMS["great_circle"]()
 L = P.loss
@@ -134,7 +134,12 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     (
         "gd_wd resume other run",
         lambda: theory.gd_wd(
-            L, W, eta=0.1, wd=0.1, steps=5, resume=theory.gd.GDSnapshot({}, {}, 0, {"eta": 0.3})
+            L,
+            W,
+            eta=0.1,
+            wd=0.1,
+            steps=5,
+            resume=theory.engine.gd.GDSnapshot({}, {}, 0, {"eta": 0.3}),
         ),
         ValueError,
         "cannot resume",
@@ -258,7 +263,7 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ),
     (
         "problems unknown name",
-        lambda: theory.problems.get_problem("nope"),
+        lambda: theory.problems.analytic.get_problem("nope"),
         ValueError,
         "valid names",
     ),
@@ -316,10 +321,10 @@ def test_figures_refuse_missing_and_corrupted_results(tmp_path):
 
 
 def test_shared_validators_name_the_bad_value():
-    # theory/_validate.py: the one place a config's numbers are validated (sims use it too).
+    # theory/core/validate.py: the one place a config's numbers are validated (sims use it too).
     import dataclasses
 
-    from theory import _validate as check
+    from theory.core import validate as check
 
     @dataclasses.dataclass
     class Cfg:

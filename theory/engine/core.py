@@ -21,10 +21,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._types import Array, Groups
-from ..invariance import group_norms
-from ..objective import Objective
-from .trackers import Obs
+from theory.core.invariance import group_norms
+from theory.core.objective import Objective
+from theory.core.types import Array, Groups
+from theory.engine.trackers import Obs
 
 
 class SaveAt(eqx.Module):

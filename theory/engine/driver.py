@@ -2,7 +2,7 @@
 non-finite handling as hooks; and the same for a batch of configurations over devices.
 
 :func:`run` is the one loop behind :func:`theory.gd_wd` and :func:`theory.run_optimizer`;
-:func:`run_batch` is the one behind :func:`theory.sweep.gd_wd_sweep`.
+:func:`run_batch` is the one behind :func:`theory.engine.sweep.gd_wd_sweep`.
 
 Hooks (all optional): ``progress(steps_done, steps)`` after each chunk; ``on_snapshot(snap)``
 with a :class:`GDSnapshot` after each chunk (write it to disk to survive a crash); ``resume``: a
@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .. import _validate as check
-from .._types import Array, Groups
-from ..objective import Objective
-from .core import Program, Row, SaveAt, State, chunk_jit, final_row, sharded_chunk
-from .results import DivergenceError, GDResult, GDSnapshot
-from .trackers import NoTracking
+from theory.core import validate as check
+from theory.core.objective import Objective
+from theory.core.types import Array, Groups
+from theory.engine.core import Program, Row, SaveAt, State, chunk_jit, final_row, sharded_chunk
+from theory.engine.results import DivergenceError, GDResult, GDSnapshot
+from theory.engine.trackers import NoTracking
 
 
 def check_same_everywhere(what: str, *args: Any) -> None:
@@ -81,7 +81,7 @@ def engine_config(tracker: Any, saveat: SaveAt, w0: Array, steps: int) -> dict[s
     """The settings that decide a run's arrays (compared on resume)."""
     tc = dict(tracker.config())
     if "lanczos_tol" in tc and tc["lanczos_tol"] is None:
-        from ..lanczos import default_tol
+        from theory.core.lanczos import default_tol
 
         tc["lanczos_tol"] = default_tol(w0.dtype)
     if "lanczos_iters" in tc:
@@ -122,8 +122,8 @@ def run(
     """Run ``method`` on ``objective`` from ``w0`` for ``steps`` steps (module docstring).
 
     Args:
-        objective: :class:`theory.objective.Objective` (a plain loss: wrap it with
-            :func:`theory.objective.as_objective`).
+        objective: :class:`theory.core.objective.Objective` (a plain loss: wrap it with
+            :func:`theory.core.objective.as_objective`).
         method: :class:`theory.engine.GDWD`, :class:`theory.engine.Optax` or any pytree with
             ``lr``, ``init`` and ``update``.
         w0: ``(D,)`` start (validated by the caller).

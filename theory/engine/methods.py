@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from .._types import Array, Groups
-from ..invariance import expand_groups, group_norms, normalize
+from theory.core.invariance import expand_groups, group_norms, normalize
+from theory.core.types import Array, Groups
 
 
 def tangent_kick(w: Array, key: Array, scale: Array, groups: Groups) -> Array:

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._types import Groups
+from theory.core.types import Groups
 
 
 class DivergenceError(FloatingPointError):

@@ -29,10 +29,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._types import Array, Groups
-from ..invariance import expand_groups, group_norms
-from ..lanczos import default_tol, lanczos
-from ..objective import Objective
+from theory.core.invariance import expand_groups, group_norms
+from theory.core.lanczos import default_tol, lanczos
+from theory.core.objective import Objective
+from theory.core.types import Array, Groups
 
 
 class Obs(NamedTuple):
@@ -110,12 +110,12 @@ class LanczosTracker(eqx.Module):
 
     Stopping rule ``stop``: ``"residual"`` as above; ``"error"`` stops instead on an estimate
     of the eigenvalue error, ``min(r, safety r^2 / gap) <= tol |theta|`` (Kato-Temple, with the
-    gap of the top two Ritz values; :func:`theory.lanczos.lanczos` with ``stop="error"``), so
+    gap of the top two Ritz values; :func:`theory.core.lanczos.lanczos` with ``stop="error"``), so
     ``tol`` is then the relative eigenvalue accuracy asked for (the gap is trusted from three
     Krylov vectors on, and the last trusted gap of the same chain caps it). At the same ``tol``
     it stops earlier than the residual rule and still meets ``tol``; at equal *accuracy* it is
     not always cheaper, since the residual rule's error ``~ r^2 / gap`` is often far below its
-    ``tol`` (measured in ``tests/test_engine.py`` and ``benchmarks/bench_networks.py``). The
+    ``tol`` (measured in ``tests/engine/test_engine.py`` and ``benchmarks/bench_networks.py``). The
     residual is still reported.
 
     Near a crossing of the top two eigenvalues (at the Edge of Stability of W1 the top gap is

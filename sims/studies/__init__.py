@@ -1,0 +1,1 @@
+"""The simulations, one module per study (named in :mod:`sims.registry`)."""

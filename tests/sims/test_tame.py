@@ -1,0 +1,90 @@
+"""The tame-regime and crossing studies (sims/studies/tame.py, sims/studies/crossing.py), their
+checks, figures."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sims.studies import crossing, tame
+
+
+def test_configs_validate_and_presets():
+    assert tame.Config.preset("quick") == tame.Config()
+    full = tame.Config.preset("full")
+    assert len(full.eta_wd) > len(tame.Config().eta_wd) and set(full.datasets) == set(tame.DATASETS)
+    assert len(tame.Config().eta_wd) >= 3 and len(crossing.Config().eta_wd) >= 3  # a slope
+    assert crossing.Config.preset("full").rows > crossing.Config().rows
+    assert crossing.Config.preset("quick") == crossing.Config()
+    assert tame.SIM.name == tame.NAME and crossing.SIM.name == crossing.NAME
+    with pytest.raises(ValueError, match="datasets"):
+        tame.Config(datasets=("cifar10",))
+    with pytest.raises(ValueError, match="decreasing"):
+        tame.Config(eta_wd=(1e-4, 1e-3))
+    with pytest.raises(ValueError, match="eta_wd"):
+        tame.Config(eta_wd=(1e-3,))
+    with pytest.raises(ValueError, match="relax"):
+        crossing.Config(relax=-1.0)
+    with pytest.raises(ValueError, match="scale"):
+        crossing.Config.preset("huge")
+
+
+def test_binary_target():
+    y = tame.binary_target(np.array([0, 4, 5, 9]))
+    np.testing.assert_array_equal(y, [[1.0], [1.0], [-1.0], [-1.0]])
+
+
+def test_midpoint_rows_is_the_gd_midpoint():
+    def loss(w: jax.Array) -> jax.Array:
+        u = w / jnp.linalg.norm(w)
+        return 0.5 * (2.0 + u[0]) * u[2] ** 2
+
+    w = np.array([[0.3, 0.9, 0.1], [1.0, -0.2, 0.05]])
+    eta, wd = 0.2, 0.01
+    mid = tame.midpoint_rows(loss, w, eta, wd)
+    for row, m in zip(w, mid, strict=True):
+        nxt = (1 - eta * wd) * row - eta * np.asarray(jax.grad(loss)(jnp.asarray(row)))
+        np.testing.assert_allclose(m, (row + nxt) / 2, rtol=1e-14)
+
+
+def test_interp_rows():
+    grid = np.array([0.0, 1.0, 2.0])
+    theta = np.array([[0.0, 1.0], [1.0, 3.0], [2.0, 5.0]])
+    np.testing.assert_allclose(
+        crossing._interp_rows(np.array([0.5, 2.0]), grid, theta), [[0.5, 2.0], [2.0, 5.0]]
+    )
+
+
+def test_second_moment_and_rotation():
+    x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]])
+    m = crossing._second_moment(x)
+    np.testing.assert_allclose(m, [[2 / 6, 0], [0, 4 / 6]])
+    basis = np.eye(4)[:, :2]
+    rot = np.array([[0.0, 1.0], [1.0, 0.0]])
+    np.testing.assert_allclose(
+        crossing._sigma_in_basis(m, basis, basis @ rot), rot @ m @ rot.T, atol=1e-15
+    )
+
+
+@pytest.mark.slow
+def test_tame_tiny_run_checks_and_figures(tmp_path):
+    import figures.tame
+    from sims._store import ResultStore
+    from sims.checks import Context, run_checks
+
+    cfg = tame.Config(
+        datasets=("digits",), eta_wd=(2e-3, 1e-3), f0_eta_wd=1e-3, tau_end=0.1, rows=3
+    )
+    stored = tame.run_and_store(cfg, results_dir=tmp_path, progress=False)
+    s = stored.meta["summary"]["digits"]
+    assert len(s["dist_end"]) == 2 and all(d < 0.05 for d in s["dist_end"])
+    assert all(0.5 < r < 1.5 for r in s["drop_ratio"])
+    assert set(s["f0f1"]) == {"eta_wd", "F0", "F1"}
+    ctx = Context(ResultStore(tmp_path))
+    ctx._cache[tame.NAME] = stored
+    results = run_checks(ctx, ["tame_tracking", "tame_projection", "tame_collapse"])
+    assert len(results) == 4 and all(np.isfinite(r.measured) for r in results)
+    paths = figures.tame.main(tmp_path, tmp_path / "out")
+    assert len(paths) == 3 and all(p.stat().st_size > 5_000 for p in paths)

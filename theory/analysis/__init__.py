@@ -1,0 +1,1 @@
+"""Measurements on trajectories: the regime classifier (:mod:`.regimes`)."""

@@ -1,0 +1,224 @@
+"""GD+WD against the sharpness-reduction flow on matched time (docs/theory.md section 3).
+
+A GD run at the Edge of Stability is compared with the flow started at ``Phi`` of the direction
+at a chosen step ``t0`` (the EoS onset, or 0 for a run started on the EoS equilibrium), on the
+slow time ``tau(t) = 2 eta wd (t - t0)``:
+
+* ``|Phi(w_hat_t) - theta(tau)|``: where the projected iterate is against the flow;
+* ``|w_hat_t - theta(tau)|``: the direction itself (includes the oscillation amplitude);
+* the angle between ``Phi(w_hat_t)`` and ``theta(tau)``;
+* the sharpness along both: ``lambda_1(Phi(w_hat_t))`` and ``lambda_1(theta(tau))``.
+
+:func:`eos_equilibrium_start` builds the start that docs/theory.md calls the EoS equilibrium:
+``|w|^2 = eta lambda_1 / 2`` and amplitude ``A = sqrt(eta wd / 2 / (1 + |g|^2/4))`` along
+``v_1`` (the (F1) amplitude; ``sqrt(eta wd / 2)`` for (F0)) [derived]; :func:`ire_equilibrium_start`
+the same for exact IRE (docs/ire.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.core import validate as check
+from theory.core.types import Array, LossFn
+from theory.flows.gauss_newton import gauss_newton_project
+from theory.flows.manifold import hessian_rank, project_to_manifold
+from theory.flows.reduction import FlowResult, SharpnessFlowField, sharpness_flow
+from theory.problems.analytic import AnalyticProblem
+
+
+def eos_equilibrium_start(
+    loss: LossFn,
+    theta: Array,
+    *,
+    eta: float,
+    wd: float,
+    form: Literal["F0", "F1"] = "F1",
+    rank: int | None = None,
+    residual_fn: Callable[[Array], Array] | None = None,
+) -> Array:
+    """A GD+WD start on the EoS equilibrium near ``Phi(theta)``.
+
+    Returns ``w0 = sqrt(eta lambda_1 / 2) * normalize(theta + A v_1)`` with
+    ``A^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (form F1) or ``eta wd / 2`` (F0). Dense geometry
+    (small ``D``), or with ``residual_fn`` (interpolating least squares) the Gauss-Newton
+    projection and the matrix-free least-squares geometry.
+    """
+    eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
+    if form not in ("F0", "F1"):
+        raise ValueError(f"form must be 'F0' or 'F1', got {form!r}")
+    if residual_fn is not None:
+        th = gauss_newton_project(residual_fn, theta).theta
+        rank = int(residual_fn(th).shape[0]) if rank is None else rank
+        field_ = SharpnessFlowField(loss, rank, form, "gauss_newton", residual_fn)
+    else:
+        th = project_to_manifold(loss, theta)
+        rank = hessian_rank(loss, th) if rank is None else rank
+        field_ = SharpnessFlowField(loss, rank, form)
+    return _equilibrium_point(field_, th, jnp.asarray(eta * wd / 2, th.dtype), eta)
+
+
+@eqx.filter_jit
+def _equilibrium_point(field_: SharpnessFlowField, th: Array, amp_sq: Array, eta: float) -> Array:
+    """``eos_equilibrium_start``'s point from ``Phi(theta)`` (compiled: the field's Lanczos and
+    gradient passes would otherwise run op by op)."""
+    q = field_.quantities(th)
+    if field_.form == "F1":
+        amp_sq = amp_sq / (1 + 0.25 * jnp.vdot(q.g, q.g))
+    u = th + jnp.sqrt(amp_sq) * q.v1
+    return jnp.sqrt(eta * q.lam1 / 2) * u / jnp.linalg.norm(u)
+
+
+def ire_equilibrium_start(
+    prob: AnalyticProblem,
+    theta: Array,
+    *,
+    eta: float,
+    wd: float,
+    a: float = 1.0,
+    b: float = 1.0,
+) -> Array:
+    """[derived, docs/ire.md] The EoS equilibrium of exact IRE next to ``theta`` on ``Gamma``.
+
+    ``|w|^2 = eta lambda_1 / 2`` and amplitude ``A^2 = (eta wd / 2) / (1 + a |g|^2 / (4 b))``
+    along ``v_1``, with IRE's gains ``(a, b)`` (:func:`theory.optim.ire.flow_gains`); where that
+    has no
+    solution (``1 + a |g|^2 / (4 b) <= 0``), GD+WD's (F1) amplitude, ``a = b = 1``. Uses the
+    problem's closed forms (``lambda1``, ``top_eigvec``, ``riemannian_grad_log_lambda1``); with
+    ``a = b = 1`` it is :func:`eos_equilibrium_start` (form F1) in closed form.
+    """
+    eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
+    lam1, v1 = prob.lambda1(theta), prob.top_eigvec(theta)
+    g = prob.riemannian_grad_log_lambda1(theta)
+    g_sq = jnp.vdot(g, g)
+    den = 1 + a * g_sq / (4 * b)
+    amp_sq = (eta * wd / 2) / jnp.where(den > 0, den, 1 + g_sq / 4)
+    u = theta + jnp.sqrt(amp_sq) * v1
+    return jnp.sqrt(eta * lam1 / 2) * u / jnp.linalg.norm(u)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """GD rows against the flow on matched time (NumPy arrays, one entry per GD row used)."""
+
+    step: np.ndarray
+    tau: np.ndarray
+    phi: np.ndarray  # Phi(w_hat_t), (n, D)
+    flow: np.ndarray  # theta(tau), (n, D)
+    dist_phi: np.ndarray
+    dist_w: np.ndarray
+    angle: np.ndarray
+    sharpness_phi: np.ndarray
+    sharpness_flow: np.ndarray
+    flow_result: FlowResult
+
+    def at(self, tau: float) -> dict[str, float]:
+        """The row whose ``tau`` is closest to the given one."""
+        i = int(np.argmin(np.abs(self.tau - tau)))
+        return {
+            "tau": float(self.tau[i]),
+            "dist_phi": float(self.dist_phi[i]),
+            "dist_w": float(self.dist_w[i]),
+            "angle": float(self.angle[i]),
+        }
+
+
+def compare_with_flow(
+    loss: LossFn,
+    step: np.ndarray,
+    w: np.ndarray,
+    *,
+    eta: float,
+    wd: float,
+    t0: int,
+    form: Literal["F0", "F1"] = "F1",
+    rank: int | None = None,
+    residual_fn: Callable[[Array], Array] | None = None,
+    **flow_kwargs: Any,
+) -> Comparison:
+    """Compare recorded GD iterates with the flow started at ``Phi(w_hat_{t0})``.
+
+    Args:
+        loss: the scale-invariant loss.
+        step, w: recorded steps ``(n,)`` and iterates ``(n, D)``; rows before ``t0`` are ignored
+            and ``t0`` must be one of the recorded steps.
+        eta, wd: the run's hyperparameters (they set ``tau = 2 eta wd (t - t0)``).
+        t0: the step where the flow starts (EoS onset, or 0 from the equilibrium).
+        form: flow form, ``"F1"`` or ``"F0"``.
+        rank: codimension of ``Gamma`` (default: counted at the start).
+        residual_fn: for interpolating least squares: project with the Gauss-Newton projection
+            (the foot of the normal, ``O(dist^2)`` from ``Phi``) and integrate with the
+            least-squares geometry (network scale).
+        flow_kwargs: passed to :func:`theory.sharpness_flow` (``rtol``, ``geometry``, ...).
+    """
+    eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
+    step = np.asarray(step)
+    w = np.asarray(w)
+    if w.ndim != 2 or w.shape[0] != step.shape[0]:
+        raise ValueError(f"w must have shape (len(step), D) = ({step.shape[0]}, D), got {w.shape}")
+    idx = np.flatnonzero(step >= t0)
+    if idx.size == 0 or step[idx[0]] != t0:
+        raise ValueError(f"t0={t0} must be one of the recorded steps")
+    rows = np.asarray(w)[idx]
+    tau = 2.0 * eta * wd * (step[idx] - t0).astype(np.float64)
+    if residual_fn is not None:
+        phi = np.asarray(_gn_batch(residual_fn, jnp.asarray(rows)))
+        flow_kwargs = {"geometry": "gauss_newton", "residual_fn": residual_fn, **flow_kwargs}
+    else:
+        phi = np.asarray(project_to_manifold(loss, jnp.asarray(rows)))
+    flow = sharpness_flow(loss, jnp.asarray(phi[0]), tau=tau, form=form, rank=rank, **flow_kwargs)
+    n = len(flow.tau)  # shorter if the flow stopped at a degeneracy
+    phi, rows, tau = phi[:n], rows[:n], tau[:n]
+    w_hat = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    field_ = SharpnessFlowField(
+        loss, flow.rank, form, flow.config["geometry"], flow_kwargs.get("residual_fn")
+    )
+    sharp_phi = np.asarray(_lam1_rows(field_, jnp.asarray(phi)))
+    return Comparison(
+        step=step[idx][:n],
+        tau=tau,
+        phi=phi,
+        flow=flow.theta,
+        dist_phi=np.linalg.norm(phi - flow.theta, axis=1),
+        dist_w=np.linalg.norm(w_hat - flow.theta, axis=1),
+        angle=_angle(phi, flow.theta),
+        sharpness_phi=sharp_phi,
+        sharpness_flow=flow.sharpness,
+        flow_result=flow,
+    )
+
+
+@eqx.filter_jit
+def _lam1_rows(field_: SharpnessFlowField, rows: Array) -> Array:
+    """``lambda_1`` of the flow's geometry at each row (one compiled map)."""
+    return jax.vmap(lambda y: field_.quantities(y).lam1)(rows)
+
+
+@eqx.filter_jit
+def _gn_batch(residual_fn: Callable[[Array], Array], rows: Array) -> Array:
+    return jax.vmap(lambda w: gauss_newton_project(residual_fn, w, raise_on_failure=False).theta)(
+        rows
+    )
+
+
+def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angle between rows, ``2 arcsin(|a_hat - b_hat| / 2)`` (accurate for tiny angles)."""
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return 2.0 * np.arcsin(np.clip(np.linalg.norm(a - b, axis=-1) / 2.0, 0.0, 1.0))
+
+
+def fit_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of ``log y`` against ``log x`` (NaN for < 2 points)."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if lx.size < 2 or np.ptp(lx) == 0:
+        return float("nan"), float("nan")  # a slope needs two distinct x values
+    slope, intercept = np.polyfit(lx, ly, 1)
+    return float(slope), float(intercept)

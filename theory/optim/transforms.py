@@ -1,0 +1,215 @@
+"""Base optimizers as optax transformations (GD+WD, SAM) and a compiled driver for any of them.
+
+These are the bases that :func:`theory.optim.ire.ire` wraps. All take the extra argument
+``loss_args``
+(a tuple passed as ``loss_fn(params, *loss_args)``) where they need the loss, so they compose with
+``optax.chain`` and IRE.
+
+* :func:`gd_wd_transform`: ``u = -eta (g + wd w)``, the update of docs/theory.md section 2.
+* :func:`sam`: replaces the gradient by the gradient at a perturbed point (Foret et al. 2021):
+  ``standard`` ``w + rho g/|g|``; ``average`` ``w + rho xi``, ``xi`` uniform on the unit sphere
+  (the "average-direction" SAM of Wen, Ma, Li 2023 analysed in the IRE paper).
+* :func:`run_optimizer`: a whole run through the engine (:func:`theory.engine.run`), recording
+  every ``record_every`` steps; the same :class:`theory.GDResult` as :func:`theory.gd_wd`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from theory.core import validate as check
+from theory.core.invariance import as_groups
+from theory.core.objective import FullBatch
+from theory.engine import GDResult, Optax, SaveAt, optax_method
+from theory.engine import run as engine_run
+
+Array = jax.Array
+PyTree = Any
+LossFn = Callable[..., Array]
+
+
+def gd_wd_transform(eta: float, wd: float) -> optax.GradientTransformation:
+    """GD with (coupled) weight decay: ``u = -eta (grad + wd * params)``."""
+    eta = check.positive(eta, "eta")
+    wd = check.nonnegative(wd, "wd")
+    return optax.chain(optax.add_decayed_weights(wd), optax.sgd(eta))
+
+
+class SAMState(NamedTuple):
+    step: Array
+    key: Array
+
+
+def sam(
+    loss_fn: LossFn, rho: float, *, variant: str = "standard", seed: int = 0
+) -> optax.GradientTransformationExtraArgs:
+    """Sharpness-aware minimization's gradient, as an optax transformation.
+
+    ``update(grads, state, params, *, loss_args=())`` returns ``grad loss_fn(params + e)`` with
+    ``e = rho grads / |grads|`` (``standard``; ``e = 0`` where ``grads = 0``) or ``e = rho xi``,
+    ``xi`` uniform on the unit sphere of the flattened parameters (``average``). Chain it before
+    the step (e.g. ``optax.chain(sam(...), optax.add_decayed_weights(wd), optax.sgd(eta))``).
+
+    Args:
+        loss_fn: ``loss_fn(params, *loss_args) -> scalar``.
+        rho: perturbation radius ``> 0``.
+        variant: ``"standard"`` or ``"average"``.
+        seed: PRNG seed of the ``average`` directions.
+    """
+    rho = check.positive(rho, "rho")
+    if variant not in ("standard", "average"):
+        raise ValueError(f"variant must be 'standard' or 'average', got {variant!r}")
+
+    def init_fn(params: PyTree) -> SAMState:
+        del params
+        return SAMState(jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
+
+    def update_fn(
+        updates: PyTree,
+        state: SAMState,
+        params: PyTree | None = None,
+        *,
+        loss_args: tuple = (),
+        **extra: Any,
+    ) -> tuple[PyTree, SAMState]:
+        del extra
+        if params is None:
+            raise ValueError("sam needs params: call update(grads, state, params, ...)")
+        x, unravel = ravel_pytree(params)
+        g, _ = ravel_pytree(updates)
+        if variant == "standard":
+            norm = jnp.linalg.norm(g)
+            e = jnp.where(norm > 0, rho * g / jnp.where(norm > 0, norm, 1), 0)
+        else:
+            xi = jax.random.normal(jax.random.fold_in(state.key, state.step), x.shape, x.dtype)
+            e = rho * xi / jnp.linalg.norm(xi)
+        grads = jax.grad(loss_fn)(unravel(x + e.astype(x.dtype)), *loss_args)
+        return grads, SAMState(state.step + 1, state.key)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _PytreeLoss(eqx.Module):
+    """``w -> loss_fn(unravel(w), *loss_args)``: a pytree loss as a flat one (data are leaves)."""
+
+    loss_fn: LossFn  # a pytree callable's arrays are leaves (traced, not baked in)
+    unravel: Callable[[Array], PyTree] = eqx.field(static=True)
+    loss_args: tuple
+
+    def __call__(self, w: Array) -> Array:
+        return self.loss_fn(self.unravel(w), *self.loss_args)
+
+
+class _PytreeObserve(eqx.Module):
+    """``w -> observe(unravel(w), *loss_args)`` (recorded on every row)."""
+
+    observe: Callable[..., dict[str, Array]]
+    unravel: Callable[[Array], PyTree] = eqx.field(static=True)
+    loss_args: tuple
+
+    def __call__(self, w: Array) -> dict[str, Array]:
+        return dict(self.observe(self.unravel(w), *self.loss_args))
+
+
+def run_optimizer(
+    opt: optax.GradientTransformation,
+    loss_fn: LossFn,
+    params0: PyTree,
+    steps: int,
+    *,
+    loss_args: tuple = (),
+    record_every: int = 1,
+    observe: Callable[..., dict[str, Array]] | None = None,
+    state0: Any = None,
+    tracker: Any = None,
+    lr: float | None = None,
+    groups: Sequence[int] | None = None,
+    chunk_steps: int = 20_000,
+    callback: Callable[[int, int], None] | None = None,
+) -> GDResult:
+    """Run ``steps`` full-batch steps of ``opt`` on ``loss_fn`` through the engine.
+
+    Each step: ``g = grad loss_fn(p, *loss_args)``, ``u = opt.update(g, s, p,
+    loss_args=loss_args)``, ``p += u`` (:class:`theory.engine.Optax`), compiled in
+    ``lax.scan`` chunks by :func:`theory.engine.run`. A non-finite iterate stops the run instead
+    of raising: ``diverged_at`` is the first step whose iterate is non-finite (the update of
+    step ``diverged_at - 1`` blew up), or whose loss is non-finite at a finite iterate, and the
+    rows from it on are dropped.
+
+    Args:
+        opt: the optimizer (``loss_args`` is passed to its update as an extra argument).
+        loss_fn: ``loss_fn(params, *loss_args) -> scalar``.
+        params0: initial parameters (pytree; flattened with ``ravel_pytree``).
+        steps: number of steps, a multiple of ``record_every``.
+        loss_args: data passed to the loss (arguments, not closed over).
+        record_every: rows every this many steps.
+        observe: ``observe(params, *loss_args) -> dict`` of arrays recorded on each row
+            (``result.observed``).
+        state0: initial optimizer state (default ``opt.init(params0)``), e.g. with other
+            hyperparameters set under ``optax.inject_hyperparams``.
+        tracker: a sharpness tracker (default none), e.g.
+            ``theory.engine.LanczosTracker(every=10)``.
+        lr: the step size of the EoS quantity ``lr * lambda_1`` (default ``nan``: no EoS).
+        groups: scale-invariance groups of the flat parameters (for the recorded group norms
+            and a multi-group spherical sharpness).
+        chunk_steps, callback: as :func:`theory.gd_wd`.
+
+    Returns:
+        :class:`theory.GDResult` (``w`` the flattened parameters per row, ``observed``,
+        ``final_state`` the optimizer state after the run).
+    """
+    steps = check.positive_int(steps, "steps")
+    every = check.positive_int(record_every, "record_every")
+    if steps % every:
+        raise ValueError(f"steps ({steps}) must be a multiple of record_every ({every})")
+    if not isinstance(loss_args, tuple):
+        raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")
+    if tracker is not None and getattr(tracker, "every", 0) > 0 and lr is None:
+        raise ValueError(
+            "a sharpness tracker needs lr= (the step size of the EoS quantity lr * lambda_1)"
+        )
+    method, w0 = optax_method(opt, params0, loss_args=loss_args, lr=lr)
+    sizes = as_groups(groups, int(w0.shape[0]))
+    loss = _PytreeLoss(loss_fn, method.unravel, loss_args)
+    saveat = SaveAt(
+        every=every,
+        observe=None if observe is None else _PytreeObserve(observe, method.unravel, loss_args),
+    )
+    return engine_run(
+        FullBatch(loss),
+        method if state0 is None else _WithState(method, state0),
+        w0,
+        steps=steps,
+        groups=sizes,
+        tracker=tracker,
+        saveat=saveat,
+        chunk_steps=chunk_steps,
+        progress=callback,
+        on_nonfinite="stop",
+        config={"method": "optax", "lr": lr},
+    )
+
+
+class _WithState(eqx.Module):
+    """An engine method whose initial state is given (``state0``) instead of ``init(w)``."""
+
+    base: Optax
+    state0: Any
+
+    @property
+    def lr(self) -> Array:
+        return self.base.lr
+
+    def init(self, w: Array) -> Any:
+        del w
+        return self.state0
+
+    def update(self, w: Array, grad: Array, state: Any, t: Array, key: Array) -> tuple[Array, Any]:
+        return self.base.update(w, grad, state, t, key)
