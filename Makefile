@@ -31,7 +31,7 @@ all: $(STAMP)
 	exit $$status
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q
+	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) -q
