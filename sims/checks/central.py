@@ -2,12 +2,12 @@
 
 Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`):
 
-* ``central_flow_on_gamma`` (computed here, no stored run): at points of ``Gamma`` of the
-  analytic problems put on the edge, the central flow's ``sigma^2``, time-averaged loss and the
-  drift of the direction equal the derived equilibrium (flow F1) [derived]. On the great
-  circle and the IRE toy ``grad lambda_1`` has no normal part on ``Gamma`` (parity), so the
-  equality is exact (1e-8); on ``curved_manifold`` it holds to leading order and the relative
-  deviation is bounded by 0.1.
+* ``central_flow_on_gamma`` (computed here, no stored run): at the relaxed central point near
+  ``Gamma`` (the central flow run 100 GD steps from a point of ``Gamma`` on the edge at the
+  equilibrium norm), the central flow's ``sigma^2``, time-averaged loss and the drift of the
+  direction equal the derived equilibrium (flow F1) at ``Phi`` of that point, to relative
+  ``eta wd`` [derived]. On the great circle and the IRE toy ``grad lambda_1`` has no normal
+  part on ``Gamma`` (parity), so the equality is also exact at points of ``Gamma`` (1e-8).
 * ``central_flow_vs_gd`` (stored ``central_flow`` run): at every ``eta * wd``, the central
   flow's onset against GD's measured onset. The central flow is a first-order model in
   ``eta * wd`` (CDTKL25 derive it for small steps; docs/theory.md section 5), so the phase-III
@@ -28,12 +28,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from sims._runtime import dtype_from_config
 from sims.checks.core import CheckResult, Context, at_most, below, expect_failure, register, within
 from theory.flows.central import CentralFlowField, equilibrium_on_gamma
+from theory.flows.manifold import project_to_manifold
 from theory.problems.analytic import PROBLEMS
 
 _CDTKL = "CDTKL25 (central flows); docs/theory.md section 5"
@@ -53,6 +55,22 @@ for _problem, _errs in (
     )
 
 
+@eqx.filter_jit
+def _relax(field_: CentralFlowField, w: jax.Array, n: int, dt: float) -> jax.Array:
+    """``n`` explicit Euler steps of size ``dt`` (GD steps) of the central flow in mode 1."""
+
+    def body(i: jax.Array, w: jax.Array) -> jax.Array:
+        return w + dt * field_.quantities(w, jnp.asarray(1)).velocity
+
+    return jax.lax.fori_loop(0, n, body, w)
+
+
+# The relaxed central point: from a point of Gamma at the equilibrium norm, the central flow's
+# normal directions relax at rates eta lambda_i per GD step (to ~1e-5 in 10 steps, measured with
+# theory.central_flow); 100 GD steps of Euler with dt = 0.25 (stable for rates up to 2 per step).
+_RELAX_STEPS, _RELAX_DT = 400, 0.25
+
+
 @register("central_flow_on_gamma")
 def _on_gamma(ctx: Context) -> list[CheckResult]:
     dtype_from_config("float64")
@@ -61,57 +79,82 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
     out = []
     for name in PROBLEMS:
         prob = PROBLEMS[name]()
-        worst: dict[str, float] = {"sigma2": 0.0, "avg_loss": 0.0, "drift": 0.0}
+        field_ = CentralFlowField(
+            prob.loss,
+            jnp.asarray(eta),
+            jnp.asarray(wd),
+            jnp.asarray(0.2),
+            max_edge=1,
+            geometry="dense",
+        )
+        keys = ("sigma2", "avg_loss", "drift")
+        on_gamma: dict[str, float] = dict.fromkeys(keys, 0.0)
+        relaxed: dict[str, float] = dict.fromkeys(keys, 0.0)
         for i in range(3):
             u = prob.sample_on_manifold(jax.random.PRNGKey(10 + i), jnp.float64)
             s = float(prob.lambda1(u))
             g = jnp.asarray(prob.riemannian_grad_log_lambda1(u))
             eq = equilibrium_on_gamma(s, float(jnp.linalg.norm(g)), eta=eta, wd=wd)
-            w = math.sqrt(eq["norm_sq"]) * u
-            field_ = CentralFlowField(
-                prob.loss,
-                jnp.asarray(eta),
-                jnp.asarray(wd),
-                jnp.asarray(0.0),
-                max_edge=1,
-                geometry="dense",
-            )
-            q = field_.quantities(w, jnp.asarray(1))
-            sigma2 = float(q.sigma[0, 0])
-            avg = float(q.loss) + 0.5 * sigma2 * float(q.lam[0])
-            drift = prob.tangent_projector(u) @ q.velocity / math.sqrt(eq["norm_sq"])
-            f1 = -(ewd / 2) * g / (1 + 0.25 * jnp.vdot(g, g))
-            worst["sigma2"] = max(worst["sigma2"], abs(sigma2 / eq["sigma2"] - 1))
-            worst["avg_loss"] = max(worst["avg_loss"], abs(avg / eq["avg_loss"] - 1))
-            scale = max(float(jnp.linalg.norm(f1)), 1e-3 * ewd)
-            worst["drift"] = max(worst["drift"], float(jnp.linalg.norm(drift - f1)) / scale)
+            w_gamma = math.sqrt(eq["norm_sq"]) * u
+            w_relaxed = _relax(field_, w_gamma, _RELAX_STEPS, _RELAX_DT)
+            for w, worst in ((w_gamma, on_gamma), (w_relaxed, relaxed)):
+                n2 = float(jnp.vdot(w, w))
+                theta = project_to_manifold(prob.loss, w / math.sqrt(n2))
+                s_t = float(prob.lambda1(theta))
+                g_t = jnp.asarray(prob.riemannian_grad_log_lambda1(theta))
+                eq_t = equilibrium_on_gamma(s_t, float(jnp.linalg.norm(g_t)), eta=eta, wd=wd)
+                q = field_.quantities(w, jnp.asarray(1))
+                sigma2 = float(q.sigma[0, 0])
+                avg = float(q.loss) + 0.5 * sigma2 * float(q.lam[0])
+                drift = prob.tangent_projector(theta) @ q.velocity / math.sqrt(n2)
+                f1 = -(ewd / 2) * g_t / (1 + 0.25 * jnp.vdot(g_t, g_t))
+                scale = max(float(jnp.linalg.norm(f1)), 1e-3 * ewd)
+                errs = {
+                    "sigma2": abs((sigma2 / n2) / (eq_t["sigma2"] / eq_t["norm_sq"]) - 1),
+                    "avg_loss": abs(avg / eq_t["avg_loss"] - 1),
+                    "drift": float(jnp.linalg.norm(drift - f1)) / scale,
+                }
+                for k in keys:
+                    worst[k] = max(worst[k], errs[k])
         # On the great circle and the IRE toy the normal part of grad lambda_1 vanishes on
-        # Gamma (parity), so the formulas are exact there; on curved_manifold they neglect it,
-        # an O(1) fraction of sigma^2's drive only if the normal third derivative is O(1): the
-        # bound 0.1 is that statement, not a fit.
+        # Gamma (parity): the formulas are exact at points of Gamma (1e-8). Elsewhere the
+        # central point sits O(sigma^2) = O(eta wd) off Gamma, and the formulas hold there to
+        # relative O(eta wd): at points of Gamma itself (where the central flow is not at rest
+        # in the normal directions) they miss by an eta*wd-independent fraction set by the
+        # normal part of grad lambda_1 (measured 0.7-3.6% on curved_manifold), so the
+        # comparison is made at the relaxed central point, with the bound eta wd (an O(eta wd)
+        # error with constant 1; the Euler relaxation and the restoring rate add ~1e-5).
         exact = name in ("great_circle", "ire_toy")
-        bound = 1e-8 if exact else 0.1
         for what, claim in (
-            ("sigma2", "sigma^2 = eta wd |w|^2 / ((2 - eta wd)(1 + |g|^2/4)) on Gamma"),
+            ("sigma2", "sigma^2 / |w|^2 = eta wd / ((2 - eta wd)(1 + |g|^2/4))"),
             ("avg_loss", "time-averaged loss = eta wd S / (2 (2 - eta wd)(1 + |g|^2/4))"),
             ("drift", "d theta/dt = -(eta wd/2) g / (1 + |g|^2/4): flow F1"),
         ):
+            d = {"eta": eta, "eta_wd": ewd, "points": 3}
             out.append(
                 at_most(
-                    name=f"{name}: central flow on Gamma, {what}",
-                    claim=claim
-                    + (
-                        ""
-                        if exact
-                        else " (to leading order; normal part of grad lambda_1 neglected)"
-                    ),
+                    name=f"{name}: central flow at its relaxed point, {what}",
+                    claim=claim + ", S and g at Phi of the relaxed central point (100 GD steps "
+                    "of the flow from Gamma at the equilibrium norm)",
                     kind="derived",
-                    source="docs/theory.md section 5",
-                    measured=worst[what],
-                    bound=bound,
-                    details={"eta": eta, "eta_wd": ewd, "points": 3},
+                    source="docs/theory.md section 5; docs/central_flow.md section 2",
+                    measured=relaxed[what],
+                    bound=ewd,
+                    details={**d, "error at the Gamma point itself": on_gamma[what]},
                 )
             )
+            if exact:
+                out.append(
+                    at_most(
+                        name=f"{name}: central flow on Gamma, {what}",
+                        claim=claim + " (exact on Gamma: no normal part of grad lambda_1)",
+                        kind="derived",
+                        source="docs/theory.md section 5",
+                        measured=on_gamma[what],
+                        bound=1e-8,
+                        details=d,
+                    )
+                )
     return out
 
 
