@@ -171,6 +171,12 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / abs(b) if b != 0 else math.nan
 
 
+def _gd_loss(s: dict[str, Any]) -> float:
+    """GD's phase-III mean loss over every step (results stored before it was recorded: the
+    mean over the rows' moving averages)."""
+    return _num(s.get("phase3_mean_gd_loss_every_step", s.get("phase3_mean_gd_loss")))
+
+
 def _abs_log_ratio(a: float, b: float) -> float:
     """``|log(a / b)|`` (NaN unless both are positive)."""
     return abs(math.log(a / b)) if a > 0 and b > 0 else math.nan
@@ -197,12 +203,16 @@ _AT_SMALLEST = (
     ),
     (
         "loss",
-        "phase3_mean_gd_loss",
+        "phase3_mean_gd_loss_every_step",
         "phase3_mean_cf_loss",
         0.5,
-        "phase-III mean of GD's loss vs the central flow's L + 1/2 <Sigma, H>",
+        "phase-III mean of GD's loss over every step vs the central flow's L + 1/2 <Sigma, H> "
+        "(regression bound 0.5: set after measuring 0.01-0.12 at quick and up to 0.19 at "
+        "full, not derived)",
     ),
 )
+# Tolerances set after seeing the data (kind "regression"); the others are derived or stated.
+_REGRESSION_BOUNDS = ("loss",)
 
 # Errors that the first-order theory says vanish as eta*wd -> 0: (name, function of a run's
 # summary, what it is).
@@ -224,8 +234,8 @@ _ERRORS: tuple[tuple[str, Any, str], ...] = (
     ),
     (
         "loss",
-        lambda s: _rel(_num(s.get("phase3_mean_gd_loss")), _num(s.get("phase3_mean_cf_loss"))),
-        "relative error of the phase-III mean loss",
+        lambda s: _rel(_gd_loss(s), _num(s.get("phase3_mean_cf_loss"))),
+        "relative error of the phase-III mean loss (GD's over every step)",
     ),
     (
         "oscillation",
@@ -251,14 +261,19 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         out.append(
             within(
                 name=f"{key}: central-flow onset = GD onset",
-                claim="time at which eta (lambda_1 + wd) first reaches 2 (GD: first recorded "
-                "row with eta (lambda_1 + wd) >= 2 at the iterate)",
+                claim="time at which eta (lambda_1 + wd) first reaches 2 (GD: first step "
+                "with eta (lambda_1 + wd) >= 2 at the iterate, located between the rows that "
+                "bracket it)",
                 kind="theorem",
                 source=_CDTKL,
                 predicted=onset_cf,
                 measured=onset_gd,
                 rtol=0.05,
-                details={**d, "phase2_prediction": _num(s.get("onset_predicted_phase2"))},
+                details={
+                    **d,
+                    "phase2_prediction": _num(s.get("onset_predicted_phase2")),
+                    "gd_first_row_at_edge": _num(s.get("onset_gd_first_row")),
+                },
             )
         )
     # The central flow is a first-order model in eta*wd: it is held to a tolerance at the
@@ -271,7 +286,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         if "phase3_mean_gd_norm" not in s:
             continue
         for what, gd_key, cf_key, rtol, claim in _AT_SMALLEST:
-            pred, meas = _num(s.get(cf_key)), _num(s.get(gd_key))
+            pred = _num(s.get(cf_key))
+            meas = _gd_loss(s) if what == "loss" else _num(s.get(gd_key))
             extra = {}
             if what == "eos":
                 extra = {
@@ -284,7 +300,7 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                     "smallest eta*wd",
                     claim=claim.format(window=stored.meta["config"]["window"])
                     + f" (eta*wd = {ewd_min:g})",
-                    kind="theorem",
+                    kind="regression" if what in _REGRESSION_BOUNDS else "theorem",
                     source=_CDTKL,
                     predicted=pred,
                     measured=meas,
@@ -298,8 +314,9 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 name=f"{problem}: trace Sigma = GD's mean squared oscillation at the smallest "
                 "eta*wd",
                 claim="phase-III mean of trace Sigma vs GD's |w_t - w_bar_t|^2 (moving "
-                f"averages; eta*wd = {ewd_min:g})",
-                kind="theorem",
+                f"averages; eta*wd = {ewd_min:g}; regression bound: the ratio window [0.5, 2] "
+                "was set after measuring 1.1-1.25, not derived)",
+                kind="regression",
                 source=_CDTKL,
                 predicted=pred,
                 measured=meas,
