@@ -7,7 +7,8 @@ Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`), from the stored 
   ``tau_end`` in ``eta * wd``, the log-log slope between the two smallest ``eta * wd`` (the
   usual estimate of a convergence order; the all-points slope is in the details), predicted 1
   [derived: the error of GD against the flow is first order in ``eta * wd``]; pass at
-  ``>= 0.9``; and the sharpness-drop ratio of GD to the flow at the smallest ``eta * wd``
+  ``>= 0.9`` (kind ``regression``: the two-smallest estimator and 0.9 were chosen after seeing
+  the data); and the sharpness-drop ratio of GD to the flow at the smallest ``eta * wd``
   (predicted 1; within 2%);
 * ``tame_projection``: the projection's own error ``|GN(w_t) - Phi(w_t)|`` plus the bound on
   the ``Phi`` estimate, below the tracking error ``|GN(w_t) - theta(tau)|``, at every
@@ -15,7 +16,8 @@ Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`), from the stored 
 * ``tame_collapse``: the midpoint sharpness against ``tau`` is the same curve for every
   ``eta * wd``: the largest spread across ``eta * wd`` is at most the spread that the measured
   tracking errors allow (a consistency check: ``2 max_i |1 - drop ratio_i| x`` the flow's
-  relative drop, derived from the drop ratios, plus 1% for the midpoint's own ``O(x^2)`` offset);
+  relative drop, from the drop ratios, plus ``max eta*wd`` for the midpoint's own ``O(x^2)``
+  offset: its order is derived, its constant 1 chosen);
 * ``tame_f1_vs_f0``: GD's mean squared oscillation amplitude (F1 start) is F1's
   ``(eta wd / 2) / (1 + |g|^2 / 4)`` within 15% at the smallest ``eta * wd`` [derived at
   leading order; every ``eta * wd``'s ratio in the details]; and GD started with either
@@ -99,8 +101,11 @@ def _tame_tracking(ctx: Context) -> list[CheckResult]:
             bounded(
                 name=f"tame {ds}: GD tracks the F1 flow, error order in eta*wd",
                 claim="observed order of |GN(w_t) - theta(tau_end)| in eta*wd: the log-log slope "
-                "between the two smallest eta*wd (LayerNorm-tanh MLP, EoS-equilibrium start)",
-                kind="derived",
+                "between the two smallest eta*wd (LayerNorm-tanh MLP, EoS-equilibrium start). "
+                "Regression bound: the predicted order 1 is derived, but the estimator (two "
+                "smallest, not all points: 0.86-0.89) and the bound 0.9 were chosen after "
+                "seeing the pre-asymptotic orders 0.6-0.9",
+                kind="regression",
                 source=f"{_THEORY}; LLA22 (error -> 0 with eta*wd)",
                 predicted=1.0,
                 measured=float(s["slope_small"]),
@@ -181,7 +186,14 @@ def _tame_collapse(ctx: Context) -> list[CheckResult]:
         s = summary[ds]
         drop = np.asarray(s["drop_ratio"])
         flow_drop = 1 - s["sharpness_flow_end"][0] / s["lambda1_start"]
-        allowed = 2 * float(np.max(np.abs(1 - drop))) * flow_drop + 0.01
+        # Tracking part: the drop ratios (checked on their own in tame_tracking) allow the
+        # curves to differ by 2 max |1 - ratio| x the flow's drop. Midpoint part: the midpoint
+        # sits O(x^2) = O(eta wd) off Gamma (the central point's offset, docs/central_flow.md
+        # section 2), so its relative sharpness offset is O(eta wd); the bound allows
+        # max(eta wd), i.e. the constant 1, which is chosen, not derived (on the great circle's
+        # period-2 orbit the constant is 0: the mean iterate lies on Gamma). It replaced a
+        # fixed 0.01, 17 times the measured spread, that no spread at these eta*wd could reach.
+        allowed = 2 * float(np.max(np.abs(1 - drop))) * flow_drop + float(np.max(s["eta_wd"]))
         out.append(
             at_most(
                 name=f"tame {ds}: midpoint sharpness collapses against tau",
@@ -191,7 +203,7 @@ def _tame_collapse(ctx: Context) -> list[CheckResult]:
                 measured=float(s["collapse_spread"]),
                 bound=allowed,
                 details={
-                    "bound": "2 max_i |1 - drop ratio_i| x the flow's relative drop + 0.01",
+                    "bound": "2 max_i |1 - drop ratio_i| x the flow's relative drop + max eta*wd",
                     "eta_wd": s["eta_wd"],
                     "spread_smallest_two": s["collapse_spread_small"],
                     "tau_end": s["collapse_tau_end"],
