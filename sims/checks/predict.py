@@ -15,8 +15,9 @@ Phase III and the cycles are a first-order (small ``eta wd``) theory: the claim 
 error vanishes as ``eta wd -> 0``, not that it is small at every ``eta wd``. Each quantity is
 checked per problem (a) within its tolerance at the smallest ``eta wd`` and (b) with a log-log
 slope of the error against ``eta wd`` of at least 0.5 (least squares over the ``eta wd`` of the
-run: the error falls at least like ``sqrt(eta wd)``, the rate of the cycle swing
-``u_max ~ sqrt(eta wd)`` that a whole-cycle average removes only to leading order):
+run). The minimum 0.5 (the order of the cycle swing ``u_max ~ sqrt(eta wd)``, which a
+whole-cycle average removes only to leading order) was chosen after the slopes were measured,
+so (b) is of kind ``regression``: that the error vanishes is derived, the bound is not:
 
 * ``predict_sharpness``: max over whole relaxation cycles of
   ``|<S(P(w_GD))>_cycle / <S_pred>_cycle - 1|`` (rows in the cycle), tolerance 0.02;
@@ -134,8 +135,10 @@ def _rate_checks(
                 out.append(
                     at_least(
                         name=f"{name}: {what}: error vanishes as eta*wd -> 0",
-                        claim=f"log-log slope of {key} against eta*wd (first-order theory)",
-                        kind="derived",
+                        claim=f"log-log slope of {key} against eta*wd (first-order theory: "
+                        f"the error vanishes; regression bound: the minimum {SLOPE_MIN} was "
+                        "chosen after measuring the slopes, not derived)",
+                        kind="regression",
                         source=_SRC,
                         measured=slope(ewd, errs),
                         bound=SLOPE_MIN,
