@@ -53,18 +53,30 @@ from theory.problems.analytic import PROBLEMS
 
 _CDTKL = "CDTKL25 (central flows); docs/theory.md section 5"
 
-# Measured at the full scale only (eta*wd 1e-2 .. 1e-4); docs/central_flow.md "Full scale".
-for _problem, _errs in (
-    ("curved_manifold", "0.013, 0.0006, 0.0046, 0.19, 0.038"),
-    ("great_circle", "0.027, 0.025, 0.0070, 0.042, 0.18"),
+# Measured at the full scale only (eta*wd 1e-2 .. 1e-4, 5 values: the fitted-order checks);
+# docs/central_flow.md "Full scale". GD's phase-III mean loss was first a mean over the rows'
+# 8-step windows; averaged over every step (now), the errors at 3e-4 and 1e-4 fell from
+# 0.19 / 0.038 (curved) and 0.042 / 0.18 (great circle) to 0.0093 / 0.0064 and 0.0092 / 0.0017:
+# row sampling of the relaxation cycles' loss bursts was the cause, and the great circle's loss
+# order now passes (0.68 +- 0.11).
+expect_failure(
+    "curved_manifold: central-flow loss error shrinks as eta*wd decreases",
+    "measured (full run, GD's loss averaged over every step of phase III): signed relative "
+    "errors -0.017, +0.0004, -0.016, -0.0093, +0.0064 at eta*wd = 1e-2 .. 1e-4, about 1% at "
+    "every eta*wd with changes of sign; fitted order -0.10 +- 0.50. The central flow matches "
+    "GD's mean loss to ~1-2% throughout, but no convergence in eta*wd is resolved at that level",
+)
+for _problem, _ratios, _order in (
+    ("curved_manifold", "1.28, 1.13, 1.04, 1.21, 0.96", "0.27 +- 0.23"),
+    ("great_circle", "1.47, 1.13, 1.06, 0.98, 1.18", "0.31 +- 0.31"),
 ):
     expect_failure(
-        f"{_problem}: central-flow loss error shrinks as eta*wd decreases",
-        f"measured (full run): the relative error of GD's phase-III mean loss is {_errs} at "
-        "eta*wd = 1e-2 .. 1e-4, not monotone, while every other phase-III error (eta_eff S, "
-        "|w|, direction, oscillation) shrinks. Suspected, not verified: GD's mean loss is a "
-        "mean over rows (every tau_end / rows in tau, 8-step windows) of a loss that the "
-        "relaxation cycles concentrate in short bursts, so it depends on which rows hit a burst",
+        f"{_problem}: central-flow oscillation error shrinks as eta*wd decreases",
+        f"measured (full run): GD's phase-III mean squared oscillation over trace Sigma is "
+        f"{_ratios} at eta*wd = 1e-2 .. 1e-4: within 25% of 1 below 1e-2 but scattered, fitted "
+        f"order of |log ratio| {_order}. Not verified: GD's oscillation is averaged over the "
+        "rows' 8-step windows, the sampling that made the loss error scatter before it was "
+        "averaged over every step",
     )
 
 
