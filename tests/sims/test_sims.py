@@ -365,3 +365,16 @@ def test_central_flow_fitted_order():
     slope, se, _ = fitted_order(ewd, [0.027, 0.025, 0.0070, 0.042])
     assert se > 0.2  # scattered errors: an order with a large spread
     assert np.isnan(fitted_order(ewd[:2], [1.0, 0.5])[0])  # two points give no spread
+
+
+@pytest.mark.slow
+def test_great_circle_period2_check_passes(tmp_path):
+    """The derived check runs GD+WD through the engine and Lanczos: every row passes and each
+    tolerance is below the eta*wd that separates the candidate edges."""
+    from sims._store import ResultStore
+    from sims.checks import Context, run_checks
+
+    rows = run_checks(Context(ResultStore(tmp_path)), ["great_circle_period2"])
+    assert len(rows) == 12 and all(r.passed and r.kind == "derived" for r in rows)
+    edges = [r for r in rows if "angular instability" in r.name]
+    assert all(abs(r.measured - r.predicted) < 0.01 * (2 - r.predicted) for r in edges)
