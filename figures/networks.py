@@ -2,7 +2,7 @@
 
 * ``networks_eos``: the EoS quantity ``eta * lambda_1(hess L(w))`` rising to 2 and hovering
   (dots: at midpoints of consecutive iterates, the proxy of the manifold point ``Phi(w)``; at the
-  iterates a chaotic oscillation inflates it) while the spherical sharpness falls (dots again at
+  iterates the oscillation inflates it) while the spherical sharpness falls (dots again at
   midpoints), with train/test accuracy (the middle ``eta * wd``);
 * ``networks_ablations``: spherical sharpness and the EoS quantity (lines at the iterates, dots
   at midpoints) against ``t * eta * wd`` for every ``eta * wd`` (LLA22: the curves collapse; at the

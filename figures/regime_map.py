@@ -26,10 +26,11 @@ import numpy as np
 
 from figures._style import COLORS, save
 from sims._store import ResultStore
+from sims.studies.regime_map import relabel
 
 REGIME_COLORS = {
     "tame": "#2ca02c",
-    "chaotic": "#d62728",
+    "inflated": "#d62728",
     "catapult": "#9467bd",
     "below_edge": "#ff7f0e",
     "stalled": "#8c564b",
@@ -184,6 +185,7 @@ def series_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
     stored = ResultStore(results_dir).latest("regime_map")
     cfg, summary, arr = stored.meta["config"], stored.meta["summary"], stored.arrays
+    summary = relabel(summary)  # results stored with the old label "chaotic"
     out = Path(out_dir)
     return [
         phase_diagram(summary, cfg, out),

@@ -2,14 +2,15 @@
 
 Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`):
 
-* ``central_flow_on_gamma`` (computed here, no stored run): at points of ``Gamma`` of the
-  analytic problems put on the edge, the central flow's ``sigma^2``, time-averaged loss and the
-  drift of the direction equal the derived equilibrium (flow F1) [derived]. On the great
-  circle and the IRE toy ``grad lambda_1`` has no normal part on ``Gamma`` (parity), so the
-  equality is exact (1e-8); on ``curved_manifold`` it holds to leading order and the relative
-  deviation is bounded by 0.1.
+* ``central_flow_on_gamma`` (computed here, no stored run): at the relaxed central point near
+  ``Gamma`` (the central flow run 100 GD steps from a point of ``Gamma`` on the edge at the
+  equilibrium norm), the central flow's ``sigma^2``, time-averaged loss and the drift of the
+  direction equal the derived equilibrium (flow F1) at ``Phi`` of that point, to relative
+  ``eta wd`` [derived]. On the great circle and the IRE toy ``grad lambda_1`` has no normal
+  part on ``Gamma`` (parity), so the equality is also exact at points of ``Gamma`` (1e-8).
 * ``central_flow_vs_gd`` (stored ``central_flow`` run): at every ``eta * wd``, the central
-  flow's onset against GD's measured onset. The central flow is a first-order model in
+  flow's onset against GD's measured onset (the first step at the edge, located at step
+  resolution between the rows that bracket it). The central flow is a first-order model in
   ``eta * wd`` (CDTKL25 derive it for small steps; docs/theory.md section 5), so the phase-III
   comparisons are stated as such: (a) at the smallest ``eta * wd`` of each problem, its edge
   ``eta_eff S = 2 - eta wd`` against GD's phase-III mean of ``eta_eff S`` at the
@@ -20,7 +21,9 @@ Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`):
   ``eta * wd`` is below the error at the largest.
 
 Every predicted value is the central flow's own output (a model prediction), never an earlier
-measurement; tolerances are stated per check.
+measurement; tolerances are stated per check. Two tolerances were set after seeing the data
+and those rows are of kind ``regression``: the phase-III mean loss (relative 0.5; GD's loss
+averaged over every step of phase III) and the oscillation ratio window ``[0.5, 2]``.
 """
 
 from __future__ import annotations
@@ -28,29 +31,69 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sims._runtime import dtype_from_config
-from sims.checks.core import CheckResult, Context, at_most, below, expect_failure, register, within
+from sims.checks.core import (
+    CheckResult,
+    Context,
+    above,
+    at_most,
+    below,
+    expect_failure,
+    register,
+    within,
+)
 from theory.flows.central import CentralFlowField, equilibrium_on_gamma
+from theory.flows.manifold import project_to_manifold
 from theory.problems.analytic import PROBLEMS
 
 _CDTKL = "CDTKL25 (central flows); docs/theory.md section 5"
 
-# Measured at the full scale only (eta*wd 1e-2 .. 1e-4); docs/central_flow.md "Full scale".
-for _problem, _errs in (
-    ("curved_manifold", "0.013, 0.0006, 0.0046, 0.19, 0.038"),
-    ("great_circle", "0.027, 0.025, 0.0070, 0.042, 0.18"),
+# Measured at the full scale only (eta*wd 1e-2 .. 1e-4, 5 values: the fitted-order checks);
+# docs/central_flow.md "Full scale". GD's phase-III mean loss was first a mean over the rows'
+# 8-step windows; averaged over every step (now), the errors at 3e-4 and 1e-4 fell from
+# 0.19 / 0.038 (curved) and 0.042 / 0.18 (great circle) to 0.0093 / 0.0064 and 0.0092 / 0.0017:
+# row sampling of the relaxation cycles' loss bursts was the cause, and the great circle's loss
+# order now passes (0.68 +- 0.11).
+expect_failure(
+    "curved_manifold: central-flow loss error shrinks as eta*wd decreases",
+    "measured (full run, GD's loss averaged over every step of phase III): signed relative "
+    "errors -0.017, +0.0004, -0.016, -0.0093, +0.0064 at eta*wd = 1e-2 .. 1e-4, about 1% at "
+    "every eta*wd with changes of sign; fitted order -0.10 +- 0.50. The central flow matches "
+    "GD's mean loss to ~1-2% throughout, but no convergence in eta*wd is resolved at that level",
+)
+for _problem, _ratios, _order in (
+    ("curved_manifold", "1.28, 1.13, 1.04, 1.21, 0.96", "0.27 +- 0.23"),
+    ("great_circle", "1.47, 1.13, 1.06, 0.98, 1.18", "0.31 +- 0.31"),
 ):
     expect_failure(
-        f"{_problem}: central-flow loss error shrinks as eta*wd decreases",
-        f"measured (full run): the relative error of GD's phase-III mean loss is {_errs} at "
-        "eta*wd = 1e-2 .. 1e-4, not monotone, while every other phase-III error (eta_eff S, "
-        "|w|, direction, oscillation) shrinks. Suspected, not verified: GD's mean loss is a "
-        "mean over rows (every tau_end / rows in tau, 8-step windows) of a loss that the "
-        "relaxation cycles concentrate in short bursts, so it depends on which rows hit a burst",
+        f"{_problem}: central-flow oscillation error shrinks as eta*wd decreases",
+        f"measured (full run): GD's phase-III mean squared oscillation over trace Sigma is "
+        f"{_ratios} at eta*wd = 1e-2 .. 1e-4: within 25% of 1 below 1e-2 but scattered, fitted "
+        f"order of |log ratio| {_order}. Not verified: GD's oscillation is averaged over the "
+        "rows' 8-step windows, the sampling that made the loss error scatter before it was "
+        "averaged over every step",
     )
+
+
+@eqx.filter_jit
+def _relax(field_: CentralFlowField, w: jax.Array, n: int, dt: float) -> jax.Array:
+    """``n`` explicit Euler steps of size ``dt`` (GD steps) of the central flow in mode 1."""
+
+    def body(i: jax.Array, w: jax.Array) -> jax.Array:
+        return w + dt * field_.quantities(w, jnp.asarray(1)).velocity
+
+    return jax.lax.fori_loop(0, n, body, w)
+
+
+# The relaxed central point: from a point of Gamma at the equilibrium norm, the central flow's
+# normal directions relax at rates eta lambda_i per GD step (to ~1e-5 in 10 steps, measured with
+# theory.central_flow); 100 GD steps of Euler with dt = 0.25 (stable for rates up to 2 per step).
+_RELAX_STEPS, _RELAX_DT = 400, 0.25
 
 
 @register("central_flow_on_gamma")
@@ -61,57 +104,82 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
     out = []
     for name in PROBLEMS:
         prob = PROBLEMS[name]()
-        worst: dict[str, float] = {"sigma2": 0.0, "avg_loss": 0.0, "drift": 0.0}
+        field_ = CentralFlowField(
+            prob.loss,
+            jnp.asarray(eta),
+            jnp.asarray(wd),
+            jnp.asarray(0.2),
+            max_edge=1,
+            geometry="dense",
+        )
+        keys = ("sigma2", "avg_loss", "drift")
+        on_gamma: dict[str, float] = dict.fromkeys(keys, 0.0)
+        relaxed: dict[str, float] = dict.fromkeys(keys, 0.0)
         for i in range(3):
             u = prob.sample_on_manifold(jax.random.PRNGKey(10 + i), jnp.float64)
             s = float(prob.lambda1(u))
             g = jnp.asarray(prob.riemannian_grad_log_lambda1(u))
             eq = equilibrium_on_gamma(s, float(jnp.linalg.norm(g)), eta=eta, wd=wd)
-            w = math.sqrt(eq["norm_sq"]) * u
-            field_ = CentralFlowField(
-                prob.loss,
-                jnp.asarray(eta),
-                jnp.asarray(wd),
-                jnp.asarray(0.0),
-                max_edge=1,
-                geometry="dense",
-            )
-            q = field_.quantities(w, jnp.asarray(1))
-            sigma2 = float(q.sigma[0, 0])
-            avg = float(q.loss) + 0.5 * sigma2 * float(q.lam[0])
-            drift = prob.tangent_projector(u) @ q.velocity / math.sqrt(eq["norm_sq"])
-            f1 = -(ewd / 2) * g / (1 + 0.25 * jnp.vdot(g, g))
-            worst["sigma2"] = max(worst["sigma2"], abs(sigma2 / eq["sigma2"] - 1))
-            worst["avg_loss"] = max(worst["avg_loss"], abs(avg / eq["avg_loss"] - 1))
-            scale = max(float(jnp.linalg.norm(f1)), 1e-3 * ewd)
-            worst["drift"] = max(worst["drift"], float(jnp.linalg.norm(drift - f1)) / scale)
+            w_gamma = math.sqrt(eq["norm_sq"]) * u
+            w_relaxed = _relax(field_, w_gamma, _RELAX_STEPS, _RELAX_DT)
+            for w, worst in ((w_gamma, on_gamma), (w_relaxed, relaxed)):
+                n2 = float(jnp.vdot(w, w))
+                theta = project_to_manifold(prob.loss, w / math.sqrt(n2))
+                s_t = float(prob.lambda1(theta))
+                g_t = jnp.asarray(prob.riemannian_grad_log_lambda1(theta))
+                eq_t = equilibrium_on_gamma(s_t, float(jnp.linalg.norm(g_t)), eta=eta, wd=wd)
+                q = field_.quantities(w, jnp.asarray(1))
+                sigma2 = float(q.sigma[0, 0])
+                avg = float(q.loss) + 0.5 * sigma2 * float(q.lam[0])
+                drift = prob.tangent_projector(theta) @ q.velocity / math.sqrt(n2)
+                f1 = -(ewd / 2) * g_t / (1 + 0.25 * jnp.vdot(g_t, g_t))
+                scale = max(float(jnp.linalg.norm(f1)), 1e-3 * ewd)
+                errs = {
+                    "sigma2": abs((sigma2 / n2) / (eq_t["sigma2"] / eq_t["norm_sq"]) - 1),
+                    "avg_loss": abs(avg / eq_t["avg_loss"] - 1),
+                    "drift": float(jnp.linalg.norm(drift - f1)) / scale,
+                }
+                for k in keys:
+                    worst[k] = max(worst[k], errs[k])
         # On the great circle and the IRE toy the normal part of grad lambda_1 vanishes on
-        # Gamma (parity), so the formulas are exact there; on curved_manifold they neglect it,
-        # an O(1) fraction of sigma^2's drive only if the normal third derivative is O(1): the
-        # bound 0.1 is that statement, not a fit.
+        # Gamma (parity): the formulas are exact at points of Gamma (1e-8). Elsewhere the
+        # central point sits O(sigma^2) = O(eta wd) off Gamma, and the formulas hold there to
+        # relative O(eta wd): at points of Gamma itself (where the central flow is not at rest
+        # in the normal directions) they miss by an eta*wd-independent fraction set by the
+        # normal part of grad lambda_1 (measured 0.7-3.6% on curved_manifold), so the
+        # comparison is made at the relaxed central point, with the bound eta wd (an O(eta wd)
+        # error with constant 1; the Euler relaxation and the restoring rate add ~1e-5).
         exact = name in ("great_circle", "ire_toy")
-        bound = 1e-8 if exact else 0.1
         for what, claim in (
-            ("sigma2", "sigma^2 = eta wd |w|^2 / ((2 - eta wd)(1 + |g|^2/4)) on Gamma"),
+            ("sigma2", "sigma^2 / |w|^2 = eta wd / ((2 - eta wd)(1 + |g|^2/4))"),
             ("avg_loss", "time-averaged loss = eta wd S / (2 (2 - eta wd)(1 + |g|^2/4))"),
             ("drift", "d theta/dt = -(eta wd/2) g / (1 + |g|^2/4): flow F1"),
         ):
+            d = {"eta": eta, "eta_wd": ewd, "points": 3}
             out.append(
                 at_most(
-                    name=f"{name}: central flow on Gamma, {what}",
-                    claim=claim
-                    + (
-                        ""
-                        if exact
-                        else " (to leading order; normal part of grad lambda_1 neglected)"
-                    ),
+                    name=f"{name}: central flow at its relaxed point, {what}",
+                    claim=claim + ", S and g at Phi of the relaxed central point (100 GD steps "
+                    "of the flow from Gamma at the equilibrium norm)",
                     kind="derived",
-                    source="docs/theory.md section 5",
-                    measured=worst[what],
-                    bound=bound,
-                    details={"eta": eta, "eta_wd": ewd, "points": 3},
+                    source="docs/theory.md section 5; docs/central_flow.md section 2",
+                    measured=relaxed[what],
+                    bound=ewd,
+                    details={**d, "error at the Gamma point itself": on_gamma[what]},
                 )
             )
+            if exact:
+                out.append(
+                    at_most(
+                        name=f"{name}: central flow on Gamma, {what}",
+                        claim=claim + " (exact on Gamma: no normal part of grad lambda_1)",
+                        kind="derived",
+                        source="docs/theory.md section 5",
+                        measured=on_gamma[what],
+                        bound=1e-8,
+                        details=d,
+                    )
+                )
     return out
 
 
@@ -126,6 +194,12 @@ def _num(x: Any) -> float:
 def _rel(a: float, b: float) -> float:
     """``|a - b| / |b|`` (NaN if either is not a number: NaN never passes)."""
     return abs(a - b) / abs(b) if b != 0 else math.nan
+
+
+def _gd_loss(s: dict[str, Any]) -> float:
+    """GD's phase-III mean loss over every step (results stored before it was recorded: the
+    mean over the rows' moving averages)."""
+    return _num(s.get("phase3_mean_gd_loss_every_step", s.get("phase3_mean_gd_loss")))
 
 
 def _abs_log_ratio(a: float, b: float) -> float:
@@ -154,12 +228,16 @@ _AT_SMALLEST = (
     ),
     (
         "loss",
-        "phase3_mean_gd_loss",
+        "phase3_mean_gd_loss_every_step",
         "phase3_mean_cf_loss",
         0.5,
-        "phase-III mean of GD's loss vs the central flow's L + 1/2 <Sigma, H>",
+        "phase-III mean of GD's loss over every step vs the central flow's L + 1/2 <Sigma, H> "
+        "(regression bound 0.5: set after measuring 0.01-0.12 at quick and up to 0.19 at "
+        "full, not derived)",
     ),
 )
+# Tolerances set after seeing the data (kind "regression"); the others are derived or stated.
+_REGRESSION_BOUNDS = ("loss",)
 
 # Errors that the first-order theory says vanish as eta*wd -> 0: (name, function of a run's
 # summary, what it is).
@@ -181,8 +259,8 @@ _ERRORS: tuple[tuple[str, Any, str], ...] = (
     ),
     (
         "loss",
-        lambda s: _rel(_num(s.get("phase3_mean_gd_loss")), _num(s.get("phase3_mean_cf_loss"))),
-        "relative error of the phase-III mean loss",
+        lambda s: _rel(_gd_loss(s), _num(s.get("phase3_mean_cf_loss"))),
+        "relative error of the phase-III mean loss (GD's over every step)",
     ),
     (
         "oscillation",
@@ -192,6 +270,53 @@ _ERRORS: tuple[tuple[str, Any, str], ...] = (
         "|log| of GD's phase-III mean squared oscillation over the mean trace Sigma",
     ),
 )
+
+
+def fitted_order(eta_wd: list[float], errors: list[float]) -> tuple[float, float, list[float]]:
+    """Least-squares order of ``errors`` in ``eta_wd`` (log-log slope), its standard error and
+    the local orders between neighbours (NaN unless every error is positive, >= 3 points)."""
+    x, y = np.log(np.asarray(eta_wd, float)), np.asarray(errors, float)
+    if x.size < 3 or not np.all(np.isfinite(y) & (y > 0)):
+        return math.nan, math.nan, []
+    ly = np.log(y)
+    (slope, icpt), cov = np.polyfit(x, ly, 1, cov="unscaled")
+    resid = ly - (slope * x + icpt)
+    se = float(np.sqrt(cov[0, 0] * np.sum(resid**2) / (x.size - 2)))
+    order = np.argsort(x)
+    local = np.diff(ly[order]) / np.diff(x[order])
+    return float(slope), se, [round(float(v), 3) for v in local]
+
+
+def _order_check(
+    problem: str,
+    what: str,
+    claim: str,
+    runs: list[tuple[float, str]],
+    summary: dict[str, dict[str, Any]],
+    err: Any,
+    stored: Any,
+) -> CheckResult:
+    """With >= 3 eta*wd: the fitted order of the error minus twice its standard error is
+    above 0 (the error vanishes as eta*wd -> 0, beyond the scatter of the fit)."""
+    ewds = [e for e, _ in runs]
+    errs = [err(summary[k]) for _, k in runs]
+    slope, se, local = fitted_order(ewds, errs)
+    return above(
+        name=f"{problem}: central-flow {what} error shrinks as eta*wd decreases",
+        claim=f"{claim}: least-squares order in eta*wd over {len(runs)} values, minus twice "
+        "its standard error, is above 0",
+        kind="theorem",
+        source=_CDTKL + " (first order in eta*wd)",
+        measured=slope - 2 * se if np.isfinite(se) else math.nan,
+        bound=0.0,
+        details={
+            "order": slope,
+            "order_standard_error": se,
+            "local_orders": local,
+            "errors": dict(zip(ewds, errs, strict=True)),
+            "run": str(stored.path),
+        },
+    )
 
 
 @register("central_flow_vs_gd")
@@ -208,14 +333,19 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         out.append(
             within(
                 name=f"{key}: central-flow onset = GD onset",
-                claim="time at which eta (lambda_1 + wd) first reaches 2 (GD: first recorded "
-                "row with eta (lambda_1 + wd) >= 2 at the iterate)",
+                claim="time at which eta (lambda_1 + wd) first reaches 2 (GD: first step "
+                "with eta (lambda_1 + wd) >= 2 at the iterate, located between the rows that "
+                "bracket it)",
                 kind="theorem",
                 source=_CDTKL,
                 predicted=onset_cf,
                 measured=onset_gd,
                 rtol=0.05,
-                details={**d, "phase2_prediction": _num(s.get("onset_predicted_phase2"))},
+                details={
+                    **d,
+                    "phase2_prediction": _num(s.get("onset_predicted_phase2")),
+                    "gd_first_row_at_edge": _num(s.get("onset_gd_first_row")),
+                },
             )
         )
     # The central flow is a first-order model in eta*wd: it is held to a tolerance at the
@@ -228,7 +358,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         if "phase3_mean_gd_norm" not in s:
             continue
         for what, gd_key, cf_key, rtol, claim in _AT_SMALLEST:
-            pred, meas = _num(s.get(cf_key)), _num(s.get(gd_key))
+            pred = _num(s.get(cf_key))
+            meas = _gd_loss(s) if what == "loss" else _num(s.get(gd_key))
             extra = {}
             if what == "eos":
                 extra = {
@@ -241,7 +372,7 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                     "smallest eta*wd",
                     claim=claim.format(window=stored.meta["config"]["window"])
                     + f" (eta*wd = {ewd_min:g})",
-                    kind="theorem",
+                    kind="regression" if what in _REGRESSION_BOUNDS else "theorem",
                     source=_CDTKL,
                     predicted=pred,
                     measured=meas,
@@ -255,8 +386,9 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 name=f"{problem}: trace Sigma = GD's mean squared oscillation at the smallest "
                 "eta*wd",
                 claim="phase-III mean of trace Sigma vs GD's |w_t - w_bar_t|^2 (moving "
-                f"averages; eta*wd = {ewd_min:g})",
-                kind="theorem",
+                f"averages; eta*wd = {ewd_min:g}; regression bound: the ratio window [0.5, 2] "
+                "was set after measuring 1.1-1.25, not derived)",
+                kind="regression",
                 source=_CDTKL,
                 predicted=pred,
                 measured=meas,
@@ -271,6 +403,9 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         s_max = summary[key_max]
         for what, err, claim in _ERRORS:
             small, large = err(s), err(s_max)
+            if len(runs) >= 3:
+                out.append(_order_check(problem, what, claim, runs, summary, err, stored))
+                continue
             out.append(
                 below(
                     name=f"{problem}: central-flow {what} error shrinks as eta*wd decreases",

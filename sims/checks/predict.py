@@ -15,8 +15,9 @@ Phase III and the cycles are a first-order (small ``eta wd``) theory: the claim 
 error vanishes as ``eta wd -> 0``, not that it is small at every ``eta wd``. Each quantity is
 checked per problem (a) within its tolerance at the smallest ``eta wd`` and (b) with a log-log
 slope of the error against ``eta wd`` of at least 0.5 (least squares over the ``eta wd`` of the
-run: the error falls at least like ``sqrt(eta wd)``, the rate of the cycle swing
-``u_max ~ sqrt(eta wd)`` that a whole-cycle average removes only to leading order):
+run). The minimum 0.5 (the order of the cycle swing ``u_max ~ sqrt(eta wd)``, which a
+whole-cycle average removes only to leading order) was chosen after the slopes were measured,
+so (b) is of kind ``regression``: that the error vanishes is derived, the bound is not:
 
 * ``predict_sharpness``: max over whole relaxation cycles of
   ``|<S(P(w_GD))>_cycle / <S_pred>_cycle - 1|`` (rows in the cycle), tolerance 0.02;
@@ -30,7 +31,9 @@ and run by run:
 
 * ``predict_cycle_period``: the measured cycle period against the reduced model's for the
   measured swing of ``u`` (conditioned on that measurement), relative 0.15;
-* ``predict_compute``: GD's compiled wall-clock over the prediction's grows as ``eta wd`` falls;
+* ``predict_compute``: the prediction's solver work (phase-I ODE steps + flow evaluations) does
+  not grow like GD's steps, ``1 / (eta wd)``: its growth from the largest to the smallest
+  ``eta wd`` is below the geometric midpoint between 1 and GD's (counts, not wall-clock);
 * ``predict_network``: (full scale) the MLP's phase III sharpness at the smallest ``eta wd``,
   relative 0.02: a declared expected failure (the reason is stated with it below).
 """
@@ -134,8 +137,10 @@ def _rate_checks(
                 out.append(
                     at_least(
                         name=f"{name}: {what}: error vanishes as eta*wd -> 0",
-                        claim=f"log-log slope of {key} against eta*wd (first-order theory)",
-                        kind="derived",
+                        claim=f"log-log slope of {key} against eta*wd (first-order theory: "
+                        f"the error vanishes; regression bound: the minimum {SLOPE_MIN} was "
+                        "chosen after measuring the slopes, not derived)",
+                        kind="regression",
                         source=_SRC,
                         measured=slope(ewd, errs),
                         bound=SLOPE_MIN,
@@ -336,32 +341,43 @@ def _network(ctx: Context) -> list[CheckResult]:
     ]
 
 
+def _work(r: dict[str, Any]) -> float:
+    """The prediction's solver work in one run: phase I's ODE steps plus the flow's vector-field
+    evaluations (phase II is closed form)."""
+    c = r.get("pred_counts") or {}
+    return float(c.get("ode_steps", np.nan)) + float(c.get("flow_evals", np.nan))
+
+
 @register("predict_compute")
 def _compute(ctx: Context) -> list[CheckResult]:
     summary, path = _runs(ctx)
     out = []
     for name, s in summary.items():
-        runs = s["runs"]
-        ratios = [r["seconds_gd"] / r["seconds_pred"] for r in runs]
-        order = np.argsort([r["eta_wd"] for r in runs])
-        smallest, largest = ratios[order[0]], ratios[order[-1]]
+        runs = sorted(s["runs"], key=lambda r: r["eta_wd"])
+        small, large = runs[0], runs[-1]
+        gd_growth = float(large["eta_wd"] / small["eta_wd"])  # GD's steps grow as 1/(eta wd)
+        growth = _work(small) / _work(large)
+        # Predicted 1: phase I runs in steps on the scale 1/eta_eff and phase III in tau, so
+        # neither solver sees eta*wd except through phase I's O(eta wd) norm decay. The bound
+        # sqrt(gd_growth) is the geometric midpoint between 1 and GD's growth: the check tells
+        # which of the two the prediction's work follows (deterministic counts, not seconds).
         out.append(
             bounded(
-                name=f"{name}: GD / prediction compute grows as eta*wd falls",
-                claim="compiled wall-clock ratio at the smallest eta*wd over that at the largest",
+                name=f"{name}: prediction's work does not grow like GD's as eta*wd falls",
+                claim="(phase-I ODE steps + flow evaluations) at the smallest eta*wd over that "
+                f"at the largest, against GD's step ratio {gd_growth:.3g}",
                 kind="derived",
                 source=_SRC,
-                predicted=runs[order[-1]]["eta_wd"] / runs[order[0]]["eta_wd"],
-                measured=smallest / largest,
-                op=">",
-                bound=1.0,
+                predicted=1.0,
+                measured=growth,
+                op="<",
+                bound=float(np.sqrt(gd_growth)),
                 details={
                     "eta_wd": [r["eta_wd"] for r in runs],
-                    "ratio": ratios,
+                    "work": [_work(r) for r in runs],
+                    "gd_steps": [r.get("steps") for r in runs],
                     "seconds_gd": [r["seconds_gd"] for r in runs],
                     "seconds_pred": [r["seconds_pred"] for r in runs],
-                    "seconds_gd_first": [r["seconds_gd_first"] for r in runs],
-                    "seconds_pred_first": [r["seconds_pred_first"] for r in runs],
                     "run": path,
                 },
             )

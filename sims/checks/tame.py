@@ -7,7 +7,8 @@ Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`), from the stored 
   ``tau_end`` in ``eta * wd``, the log-log slope between the two smallest ``eta * wd`` (the
   usual estimate of a convergence order; the all-points slope is in the details), predicted 1
   [derived: the error of GD against the flow is first order in ``eta * wd``]; pass at
-  ``>= 0.9``; and the sharpness-drop ratio of GD to the flow at the smallest ``eta * wd``
+  ``>= 0.9`` (kind ``regression``: the two-smallest estimator and 0.9 were chosen after seeing
+  the data); and the sharpness-drop ratio of GD to the flow at the smallest ``eta * wd``
   (predicted 1; within 2%);
 * ``tame_projection``: the projection's own error ``|GN(w_t) - Phi(w_t)|`` plus the bound on
   the ``Phi`` estimate, below the tracking error ``|GN(w_t) - theta(tau)|``, at every
@@ -15,16 +16,19 @@ Registered on import (``TOPIC_MODULES`` in :mod:`sims.checks`), from the stored 
 * ``tame_collapse``: the midpoint sharpness against ``tau`` is the same curve for every
   ``eta * wd``: the largest spread across ``eta * wd`` is at most the spread that the measured
   tracking errors allow (a consistency check: ``2 max_i |1 - drop ratio_i| x`` the flow's
-  relative drop, derived from the drop ratios, plus 1% for the midpoint's own ``O(x^2)`` offset);
+  relative drop, from the drop ratios, plus ``max eta*wd`` for the midpoint's own ``O(x^2)``
+  offset: its order is derived, its constant 1 chosen);
 * ``tame_f1_vs_f0``: GD's mean squared oscillation amplitude (F1 start) is F1's
   ``(eta wd / 2) / (1 + |g|^2 / 4)`` within 15% at the smallest ``eta * wd`` [derived at
   leading order; every ``eta * wd``'s ratio in the details]; and GD started with either
   amplitude (at ``f0_eta_wd``) follows F1: its distance to F1 is at most a tenth of its
   distance to F0 at the last ``tau`` both flows reach;
-* ``crossing_*``: the smooth flow stops at the crossing; the continued flow keeps the pair
-  together past it; GD follows the continued flow (distance slope in ``eta * wd``); GD's
-  top-two eigenvalue gap stays small past the crossing; and GD's oscillation second moment in
-  the top eigenspace matches the flow's ``Sigma*`` [derived].
+* ``crossing_*``: the smooth flow stops at the crossing; the continued flow runs past it (no
+  third eigenvalue joins; the pair's gap along the flow is held at the cluster tolerance by
+  construction and is only reported); GD follows the continued flow (distance slope in
+  ``eta * wd``); GD's top-two eigenvalue gap past the crossing closes like ``sqrt(eta * wd)``
+  (log-log slope 1/2 +- 1/4); and GD's oscillation second moment in the top eigenspace matches
+  the flow's ``Sigma*`` [derived].
 
 Every number in "predicted" is derived (docs/theory.md section 3, docs/tame_and_crossings.md);
 none is an earlier measurement.
@@ -72,14 +76,14 @@ expect_failure(
     "It relaxes towards F1, not F0, but neither flow describes that transient (digits: 0.069, "
     "pass)",
 )
-expect_failure(
-    "crossing BN: GD keeps lambda_1 = lambda_2 past the crossing",
-    "measured: past the crossing GD's top pair stays within a relative gap of 1.2% at the "
-    "smallest eta*wd of the quick run and 1.04% at the full run's (bounds 1.17% and 0.77%: "
-    "the run's sharpness error + cluster_tol); the mean gap shrinks like sqrt(eta*wd) (0.020, "
-    "0.012, 0.0059, 0.0031 at the full run's four), as GD's oscillation of amplitude "
-    "~sqrt(eta*wd) splitting the pair would make it, so a fixed bound is the wrong test",
-)
+
+
+def _loglog_slope(x: list[float], y: list[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log x`` (NaN unless every ``y > 0``, >= 2)."""
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    if xa.size < 2 or not np.all(np.isfinite(ya) & (ya > 0)):
+        return float("nan")
+    return float(np.polyfit(np.log(xa), np.log(ya), 1)[0])
 
 
 def _tame(ctx: Context) -> tuple[dict[str, Any], str]:
@@ -97,8 +101,11 @@ def _tame_tracking(ctx: Context) -> list[CheckResult]:
             bounded(
                 name=f"tame {ds}: GD tracks the F1 flow, error order in eta*wd",
                 claim="observed order of |GN(w_t) - theta(tau_end)| in eta*wd: the log-log slope "
-                "between the two smallest eta*wd (LayerNorm-tanh MLP, EoS-equilibrium start)",
-                kind="derived",
+                "between the two smallest eta*wd (LayerNorm-tanh MLP, EoS-equilibrium start). "
+                "Regression bound: the predicted order 1 is derived, but the estimator (two "
+                "smallest, not all points: 0.86-0.89) and the bound 0.9 were chosen after "
+                "seeing the pre-asymptotic orders 0.6-0.9",
+                kind="regression",
                 source=f"{_THEORY}; LLA22 (error -> 0 with eta*wd)",
                 predicted=1.0,
                 measured=float(s["slope_small"]),
@@ -179,7 +186,14 @@ def _tame_collapse(ctx: Context) -> list[CheckResult]:
         s = summary[ds]
         drop = np.asarray(s["drop_ratio"])
         flow_drop = 1 - s["sharpness_flow_end"][0] / s["lambda1_start"]
-        allowed = 2 * float(np.max(np.abs(1 - drop))) * flow_drop + 0.01
+        # Tracking part: the drop ratios (checked on their own in tame_tracking) allow the
+        # curves to differ by 2 max |1 - ratio| x the flow's drop. Midpoint part: the midpoint
+        # sits O(x^2) = O(eta wd) off Gamma (the central point's offset, docs/central_flow.md
+        # section 2), so its relative sharpness offset is O(eta wd); the bound allows
+        # max(eta wd), i.e. the constant 1, which is chosen, not derived (on the great circle's
+        # period-2 orbit the constant is 0: the mean iterate lies on Gamma). It replaced a
+        # fixed 0.01, 17 times the measured spread, that no spread at these eta*wd could reach.
+        allowed = 2 * float(np.max(np.abs(1 - drop))) * flow_drop + float(np.max(s["eta_wd"]))
         out.append(
             at_most(
                 name=f"tame {ds}: midpoint sharpness collapses against tau",
@@ -189,7 +203,7 @@ def _tame_collapse(ctx: Context) -> list[CheckResult]:
                 measured=float(s["collapse_spread"]),
                 bound=allowed,
                 details={
-                    "bound": "2 max_i |1 - drop ratio_i| x the flow's relative drop + 0.01",
+                    "bound": "2 max_i |1 - drop ratio_i| x the flow's relative drop + max eta*wd",
                     "eta_wd": s["eta_wd"],
                     "spread_smallest_two": s["collapse_spread_small"],
                     "tau_end": s["collapse_tau_end"],
@@ -265,6 +279,8 @@ def _crossing(ctx: Context) -> tuple[dict[str, Any], str, float]:
 @register("crossing")
 def _crossing_checks(ctx: Context) -> list[CheckResult]:
     s, path, cfg_tol = _crossing(ctx)
+    cfg = ctx.results(crossing.NAME).meta.get("config", {})
+    tau_end = float(cfg.get("tau_end", crossing.Config().tau_end))
     out = [
         CheckResult(
             name="crossing BN: the smooth flow stops where lambda_1 meets lambda_2",
@@ -282,20 +298,20 @@ def _crossing_checks(ctx: Context) -> list[CheckResult]:
             details={"message": s["smooth_stop"], "run": path},
         ),
         CheckResult(
-            name="crossing BN: the continued flow keeps the pair together",
-            claim="max relative gap 1 - lambda_2 / lambda_1 along the continued flow after the "
-            "pair forms",
+            name="crossing BN: the continued flow runs past the crossing",
+            claim="the continued flow reaches tau_end without a third eigenvalue joining the "
+            "pair (the pair's own gap is held at the cluster tolerance by construction and is "
+            "not tested; it is in the details)",
             kind="derived",
             source=f"{_DOC} (minimal-norm Clarke subgradient: the cluster moves as one)",
-            predicted=0.0,
-            measured=float(s["flow_gap_after"]),
-            tolerance=f"<= {cfg_tol:g} (the cluster tolerance) and no third eigenvalue joins",
-            passed=bool(
-                np.isfinite(s["flow_gap_after"])
-                and s["flow_gap_after"] <= cfg_tol
-                and s["flow_stopped"] is None
-            ),
+            predicted=tau_end,
+            measured=float(s.get("flow_tau_end", np.nan)),
+            tolerance="no stop before tau_end",
+            passed=bool(s["flow_stopped"] is None),
             details={
+                "flow_gap_after": s["flow_gap_after"],
+                "cluster_tol": cfg_tol,
+                "stopped": s["flow_stopped"],
                 "tau_cluster": s["tau_cluster"],
                 "lambda_start": s["lambda_start"],
                 "lambda_end": s["lambda_end"],
@@ -326,22 +342,31 @@ def _crossing_checks(ctx: Context) -> list[CheckResult]:
         )
     )
     small = runs[-1]
-    # GD's pair is held together up to the O(eta*wd) tracking error of lambda: allowed gap is
-    # the relative sharpness error of the run, |S_GD - S_flow| / S_flow, plus the cluster tol.
-    allowed = (
-        abs(small["sharpness_gd_end"] - small["sharpness_flow_end"]) / small["sharpness_flow_end"]
-        + cfg_tol
-    )
+    # GD's oscillation, of amplitude x ~ sqrt(eta*wd) along the top pair, splits the degenerate
+    # pair at first order in x (degenerate perturbation theory), so the mean gap past the
+    # crossing shrinks like sqrt(eta*wd): slope 1/2 [derived]. The tolerance 0.25 is half the
+    # distance to the alternatives, 0 (a gap that does not close: no cluster) and 1 (a gap of
+    # order x^2 = eta*wd, second order).
+    ewds = [float(r["eta_wd"]) for r in runs]
+    gaps = [float(r.get("gap_gd_after_mean", np.nan)) for r in runs]
+    rate = _loglog_slope(ewds, gaps)
     out.append(
-        at_most(
-            name="crossing BN: GD keeps lambda_1 = lambda_2 past the crossing",
-            claim="max relative gap 1 - lambda_2 / lambda_1 at GN(w_t) past the crossing, smallest "
-            "eta*wd",
+        CheckResult(
+            name="crossing BN: GD's top-pair gap past the crossing closes like sqrt(eta*wd)",
+            claim="log-log slope in eta*wd of the mean relative gap 1 - lambda_2 / lambda_1 "
+            "at GN(w_t) past the crossing (least squares over every eta*wd)",
             kind="derived",
             source=_DOC,
-            measured=float(small["gap_gd_after_max"]),
-            bound=allowed,
-            details={"gaps_max": [r["gap_gd_after_max"] for r in runs], "run": path},
+            predicted=0.5,
+            measured=rate,
+            tolerance="|slope - 0.5| <= 0.25",
+            passed=bool(np.isfinite(rate) and abs(rate - 0.5) <= 0.25),
+            details={
+                "eta_wd": ewds,
+                "gap_mean": gaps,
+                "gaps_max": [r["gap_gd_after_max"] for r in runs],
+                "run": path,
+            },
         )
     )
     if "sigma_error" in small:

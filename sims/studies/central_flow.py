@@ -283,11 +283,18 @@ def _gd_and_central(
     n = len(row_t)
     lam = np.asarray(_top_eig(loss, jnp.asarray(np.concatenate([wb, mid, w_all[row_t]]))))
     gd_eos, gd_eos_mid, gd_eos_raw = eta * lam[:n], eta * lam[n : 2 * n], eta * lam[2 * n :]
-    # GD's onset: the first row where eta (lambda_1 + wd) >= 2 at the iterate (the same edge as
-    # the central flow's; before the onset there is no oscillation to average).
-    gd_onset = next(
-        (int(t) for t, e in zip(row_t, gd_eos_raw, strict=True) if e + ewd >= 2.0), None
-    )
+    # GD's onset: the first step where eta (lambda_1 + wd) >= 2 at the iterate (the same edge
+    # as the central flow's; before the onset there is no oscillation to average). The rows
+    # bracket it; the steps between the last row below and the first row at the edge are then
+    # measured one by one (phase II grows the quantity monotonically).
+    gd_onset_row = next((i for i, e in enumerate(gd_eos_raw) if e + ewd >= 2.0), None)
+    gd_onset = None if gd_onset_row is None else int(row_t[gd_onset_row])
+    if gd_onset_row is not None and gd_onset_row > 0:
+        between = np.arange(row_t[gd_onset_row - 1] + 1, row_t[gd_onset_row] + 1)
+        lam_between = eta * np.asarray(_top_eig(loss, jnp.asarray(w_all[between])))
+        at_edge = np.flatnonzero(lam_between + ewd >= 2.0)
+        if at_edge.size:
+            gd_onset = int(between[at_edge[0]])
     cost_gd = time.process_time() - clock
 
     clock = time.process_time()
@@ -315,6 +322,8 @@ def _gd_and_central(
         "gd_eos_mid": gd_eos_mid,
         "gd_eos_raw": gd_eos_raw,
         "gd_onset": gd_onset,
+        "gd_onset_row": None if gd_onset_row is None else int(row_t[gd_onset_row]),
+        "l_all": l_all,
         "l_bar": l_bar[row_t],
         "osc": osc[row_t],
         "cf": cf,
@@ -422,6 +431,7 @@ def _compare(
         "onset_predicted_phase2": run["t_pred"],
         "onset_central_flow": cf.onset,
         "onset_gd": run["gd_onset"],
+        "onset_gd_first_row": run["gd_onset_row"],
         "loss_level": level,
         "tau_reached_sr": float(tau[n_sr - 1]) if n_sr else 0.0,
         "cost_gd_cpu_s": run["cost_gd"],
@@ -454,6 +464,10 @@ def _compare(
             info[f"phase3_mean_cf_{name_}"] = float(np.mean(cf_v[after]))
         info["phase3_mean_gd_eos_mid"] = float(np.mean(run["gd_eos_mid"][after]))
         info["phase3_mean_gd_eos_raw"] = float(np.mean(run["gd_eos_raw"][after]))
+        # GD's loss at every step of phase III (not only at the rows' 8-step windows): the
+        # time mean that the central flow's L + 1/2 <Sigma, H>, smooth, averages over its rows.
+        l_steps = run["l_all"][math.ceil(t_c) : int(row_t[-1]) + 1]
+        info["phase3_mean_gd_loss_every_step"] = float(np.mean(l_steps))
         info["phase3_mean_gd_osc"] = float(np.mean(osc[after]))
         info["phase3_mean_cf_sigma2"] = float(np.mean(cf.sigma2[after]))
         info["phase3_rms_eos"] = float(np.sqrt(np.mean((gd_eos - cf.eos)[after] ** 2)))

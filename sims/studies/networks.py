@@ -17,7 +17,7 @@ EoS phase, the sharpness at the onset and at the end, and the final accuracies.
 Where the EoS quantity is measured matters (measured here). LLA22's ``eta_eff lambda_1 -> 2``
 refers to the point ``Phi(w)`` on the manifold that the oscillating iterates straddle, not to the
 iterates: with cross-entropy at ``eta * wd = 2e-3`` the quantity at the iterates has quantiles
-5/25/50/75/95% = 2.18/2.64/3.00/3.31/4.49 over the last 200 steps (a chaotic EoS whose
+5/25/50/75/95% = 2.18/2.64/3.00/3.31/4.49 over the last 200 steps (an inflated EoS whose
 oscillation inflates ``lambda_1`` through the third derivative), while at the midpoint of
 consecutive iterates, ``(w_t + w_{t+1}) / 2``, it is 1.93/2.05/2.16/2.24/2.36. The spherical
 sharpness at the iterates is inflated the same way. So both are also measured at midpoints

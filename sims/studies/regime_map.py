@@ -71,6 +71,19 @@ from theory.engine.gd import predicted_eos_onset
 from theory.engine.sweep import SweepResult, gd_wd_sweep
 from theory.problems import nets
 
+# Results stored before the label "chaotic" was renamed "inflated" (it measures the inflation of
+# the EoS quantity above a threshold, not chaos): read with the current label.
+LEGACY_LABELS = {"chaotic": "inflated"}
+
+
+def relabel(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with every run's legacy ``regime`` label replaced by the current one."""
+    return {
+        k: {**s, "regime": LEGACY_LABELS.get(s["regime"], s["regime"])} if "regime" in s else s
+        for k, s in summary.items()
+    }
+
+
 NAME = "regime_map"
 DATASETS = ("digits", "mnist1d")
 NORM_LOSS = ("batch-ce", "batch-mse", "layer-ce", "layer-mse")

@@ -81,14 +81,14 @@ def test_midpoint_band_edges():
     # Midpoint average 2.08 is inside 2 +- 0.1, 2.12 and 1.88 are outside.
     assert _classify(_run(mid_level=2.08, mid_noise=0.0)).regime == "tame"
     res = _classify(_run(mid_level=2.12, mid_noise=0.0))
-    assert res.regime == "chaotic" and "midpoint mean 2.120" in res.reasons[0]
+    assert res.regime == "inflated" and "midpoint mean 2.120" in res.reasons[0]
     assert _classify(_run(mid_level=1.88, mid_noise=0.0)).regime == "below_edge"
 
 
-def test_chaotic_when_the_iterates_are_inflated():
-    # The digits measurement: iterates ~2.9, midpoints ~2.05 -> chaotic by the iterates.
+def test_inflated_when_the_iterates_are_inflated():
+    # The digits measurement: iterates ~2.9, midpoints ~2.05 -> inflated by the iterates.
     res = _classify(_run(iter_level=2.9, iter_amp=0.8, mid_level=2.05))
-    assert res.regime == "chaotic"
+    assert res.regime == "inflated"
     assert any("iterate mean" in r for r in res.reasons)
     # The same run with a looser iterate tolerance is tame.
     loose = RegimeCriteria(iterate_tol=1.0)
@@ -136,7 +136,7 @@ def test_catapult_cycles():
     loss1[60:63] *= 100
     eos1[63:73] = 1.0
     assert _classify({**run, "loss": loss1, "eos": eos1}).regime == "tame"
-    # A loss spike without the relaxation below 1.5 (chaotic wandering) is no cycle.
+    # A loss spike without the relaxation below 1.5 (wandering) is no cycle.
     loss2 = run["loss"].copy()
     loss2[60:63] *= 100
     loss2[100:103] *= 100
@@ -182,7 +182,7 @@ def test_regimes_listed_and_criteria_validated():
         "unresolved",
         "catapult",
         "tame",
-        "chaotic",
+        "inflated",
         "below_edge",
         "stalled",
     }
@@ -251,9 +251,9 @@ def test_tiny_regime_map(tmp_path):
     assert slow_run["predicted_onset"] > 900
     assert slow_run["regime"] == "no_eos", slow_run["reasons"]
     # At eta*wd = 3e-2 the edge is reached within ~35 steps and the large oscillation inflates
-    # the EoS quantity at the midpoints above 2.1: chaotic.
+    # the EoS quantity at the midpoints above 2.1: inflated.
     assert fast_run["onset_step"] is not None and float(fast_run["onset_step"]) < 60
-    assert fast_run["regime"] == "chaotic", fast_run["reasons"]
+    assert fast_run["regime"] == "inflated", fast_run["reasons"]
     assert float(fast_run["eos_mid_mean"]) > 2.1
     # Started above the edge, every run grows its norm and comes down from eos0 = 3.
     for name in ("digits_mlp8-8_ln_mse_e03_ewd0.001", "digits_mlp8-8_ln_mse_e03_ewd0.03"):
@@ -332,3 +332,12 @@ def test_padded_mnist1d_is_the_unpadded_network():
     # Weight decay keeps the padded weights at 0: one GD+WD step leaves them 0.
     w1 = jnp.asarray(w_pad) * (1 - 1e-3) - 0.1 * jnp.asarray(g_pad)
     assert not np.any(np.asarray(w1[: 64 * 8]).reshape(64, 8)[40:])
+
+
+def test_results_stored_with_the_old_label_read_as_inflated():
+    from sims.studies.regime_map import relabel
+    from theory.analysis.regimes import REGIMES
+
+    out = relabel({"a": {"regime": "chaotic", "x": 1}, "b": {"regime": "tame"}, "c": {}})
+    assert out == {"a": {"regime": "inflated", "x": 1}, "b": {"regime": "tame"}, "c": {}}
+    assert "chaotic" not in REGIMES and "inflated" in REGIMES

@@ -573,3 +573,103 @@ def test_factory_argument_validation():
         pr.ire_toy(psi_max=2.0)
     with pytest.raises(ValueError, match="multiple of hidden"):
         pr.random_regression(dim=100, hidden=16)
+
+
+# --------------------------------------------------------------------------------------------
+# The exact period-2 orbit of GD+WD on the great circle (docs/theory.md section 6)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", [0.5, 3.0])
+@pytest.mark.parametrize("ewd", [0.3, 1e-2, 1e-3])
+def test_great_circle_period2_against_explicit_gd(beta, ewd):
+    """Oracle: the GD+WD update written out by hand with ``jax.grad``, and dense
+    ``jax.hessian`` + ``eigvalsh`` for the EoS quantities. Rounding: ~1e-16 per step on
+    O(0.1) iterates; the 2x2 block of the two-step map has determinant 1, so 200 steps keep
+    the error near 1e-14 (a linearly unstable orbit would amplify it)."""
+    eta = 0.1
+    wd = ewd / eta
+    orbit = pr.great_circle_period2(eta, wd, beta)
+    loss = pr.great_circle(beta).loss
+
+    def step(w):
+        return (1 - eta * wd) * w - eta * jax.grad(loss)(w)
+
+    wp = jnp.asarray(orbit.w_plus)
+    np.testing.assert_allclose(step(wp), orbit.w_minus, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(step(jnp.asarray(orbit.w_minus)), orbit.w_plus, rtol=0, atol=1e-15)
+    w200 = jax.lax.fori_loop(0, 200, lambda i, w: step(w), wp)
+    np.testing.assert_allclose(w200, orbit.w_plus, rtol=0, atol=1e-13)
+    assert orbit.norm == pytest.approx(float(jnp.linalg.norm(wp)), rel=1e-15)
+    assert float(loss(wp)) == pytest.approx(orbit.loss, rel=1e-12)
+    assert orbit.loss == pytest.approx(ewd / 4, rel=1e-12)  # section 3's eta wd lambda_1 / 4
+
+    def eos(w):
+        return eta * float(jnp.linalg.eigvalsh(jax.hessian(loss)(w))[-1])
+
+    assert eos(wp) == pytest.approx(orbit.eos_iterates, rel=1e-12)
+    assert eos(jnp.asarray(orbit.w_minus)) == pytest.approx(orbit.eos_iterates, rel=1e-12)
+    mean = (wp + jnp.asarray(orbit.w_minus)) / 2
+    assert float(mean[2]) == 0.0  # the mean iterate lies on Gamma
+    assert eos(mean) == pytest.approx(orbit.eos_mean, rel=1e-12)
+    if beta < 2:  # the e_1 eigenvalue (beta - 1) sin^2 psi / r^2 is not the top one
+        assert orbit.eos_iterates == pytest.approx(2 - ewd, rel=1e-15)
+
+    # the angular curvature: eta_eff d^2 L / d psi^2 along the circle through w_+ in the plane
+    r, psi = orbit.norm, orbit.psi
+
+    def along(p):
+        return loss(r * jnp.stack([jnp.zeros_like(p), jnp.cos(p), jnp.sin(p)]))
+
+    curv = float(jax.grad(jax.grad(along))(jnp.asarray(psi)))
+    assert eta / r**2 * curv == pytest.approx(orbit.eos_angular, rel=1e-12)
+
+
+@pytest.mark.parametrize("ewd", [1e-2, 1e-3])
+def test_great_circle_period2_stability_and_angular_edge(ewd):
+    """The two-step map's Jacobian at the orbit (``jax.jacfwd`` of two explicit steps): the
+    along-``Gamma`` multiplier is below ``1 - eta wd`` and the pair in the plane
+    ``w_1 = 0`` lies on the unit circle (the orbit is linearly neutral, not attracting). Near
+    ``Gamma`` the angle's one-step multiplier at ``eta_eff S = 2 (1 - eta wd)`` is ``-1``."""
+    eta, wd = 0.1, ewd / 0.1
+    orbit = pr.great_circle_period2(eta, wd)
+    loss = pr.great_circle().loss
+
+    def step(w):
+        return (1 - eta * wd) * w - eta * jax.grad(loss)(w)
+
+    jac = np.asarray(jax.jacfwd(lambda w: step(step(w)))(jnp.asarray(orbit.w_plus)))
+    mu = np.linalg.eigvals(jac[1:, 1:])  # the invariant plane w_1 = 0
+    np.testing.assert_allclose(np.abs(mu), 1.0, rtol=0, atol=1e-12)
+    assert np.all(np.abs(mu.imag) > 0.1 * math.sqrt(ewd))  # a rotation, not a real pair
+    assert abs(jac[0, 0]) < 1 - ewd  # along Gamma (jac[0, 1:] = 0 by the symmetry w_1 -> -w_1)
+    np.testing.assert_allclose(jac[0, 1:], 0.0, atol=1e-15)
+
+    # angle multiplier near Gamma at u_1 = 0, norm chosen so eta_eff S = angular_edge (S = 1)
+    r = math.sqrt(eta / orbit.angular_edge)
+
+    def angle_after_step(p):
+        w = r * jnp.stack([jnp.zeros_like(p), jnp.cos(p), jnp.sin(p)])
+        w1 = step(w)
+        return jnp.arctan2(w1[2], w1[1])
+
+    mult = float(jax.grad(angle_after_step)(jnp.asarray(1e-9)))
+    assert mult == pytest.approx(-1.0, abs=1e-9)
+    # the central flow's linear edge eta (lambda_1 + wd) = 2 is past it: multiplier < -1
+    r_cf = math.sqrt(eta / (2 - ewd))
+
+    def angle_cf(p):
+        w = r_cf * jnp.stack([jnp.zeros_like(p), jnp.cos(p), jnp.sin(p)])
+        w1 = step(w)
+        return jnp.arctan2(w1[2], w1[1])
+
+    assert float(jax.grad(angle_cf)(jnp.asarray(1e-9))) < -1 - 0.4 * ewd
+
+
+def test_great_circle_period2_bad_input():
+    with pytest.raises(ValueError, match="eta \\* wd"):
+        pr.great_circle_period2(1.0, 1.0)
+    with pytest.raises(ValueError, match="wd"):
+        pr.great_circle_period2(0.1, -1.0)
+    with pytest.raises(ValueError, match="eta"):
+        pr.great_circle_period2(0.0, 0.1)

@@ -88,3 +88,49 @@ def test_tame_tiny_run_checks_and_figures(tmp_path):
     assert len(results) == 4 and all(np.isfinite(r.measured) for r in results)
     paths = figures.tame.main(tmp_path, tmp_path / "out")
     assert len(paths) == 3 and all(p.stat().st_size > 5_000 for p in paths)
+
+
+def _fake_crossing(gap_means):
+    from types import SimpleNamespace
+
+    ewds = [1e-3, 2.5e-4, 6.25e-5, 1.5625e-5][: len(gap_means)]
+    runs = [
+        {
+            "eta_wd": e,
+            "dist_end": 1e-3,
+            "dist_before_crossing": 1e-4,
+            "tau_end": 1.2,
+            "gap_gd_after_max": 2 * g,
+            "gap_gd_after_mean": g,
+        }
+        for e, g in zip(ewds, gap_means, strict=True)
+    ]
+    summary = {
+        "tau_cluster": 0.8, "smooth_tau_end": 0.75, "smooth_stop": "stop", "flow_gap_after": 1e-5,
+        "flow_stopped": None, "lambda_start": [1, 1], "lambda_end": [1, 1],
+        "flow_sigma_eigs_end": [0.5, 0.5], "slope_end": 0.4, "eta_wd": ewds, "runs": runs,
+    }  # fmt: skip
+    return SimpleNamespace(
+        meta={"summary": summary, "config": {"cluster_tol": 1e-4, "tau_end": 1.2}}, path="fake"
+    )
+
+
+@pytest.mark.parametrize(
+    ("gaps", "passes"),
+    [
+        ([0.020, 0.012, 0.0059, 0.0031], True),  # the full run's means: slope ~0.45
+        ([0.01, 0.01, 0.01, 0.01], False),  # a gap that does not close
+        ([0.04, 0.01, 0.0025, 0.000625], False),  # second order: slope 1
+    ],
+)
+def test_crossing_gap_is_a_rate_check(tmp_path, gaps, passes):
+    from sims._store import ResultStore
+    from sims.checks import Context, run_checks
+
+    ctx = Context(ResultStore(tmp_path))
+    ctx._cache[crossing.NAME] = _fake_crossing(gaps)
+    rows = {r.name: r for r in run_checks(ctx, ["crossing"])}
+    gap = rows["crossing BN: GD's top-pair gap past the crossing closes like sqrt(eta*wd)"]
+    assert gap.kind == "derived" and gap.predicted == 0.5 and gap.passed is passes
+    flow = rows["crossing BN: the continued flow runs past the crossing"]
+    assert flow.passed and flow.details["flow_gap_after"] == 1e-5

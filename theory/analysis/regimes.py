@@ -30,7 +30,7 @@ The regimes, tested in this order (thresholds are the fields of :class:`RegimeCr
     spherical sharpness falls: its mean over the last third of the settled rows where it was
     measured is at most ``1 - min_fall`` times its mean over the first third. LLA22's regime:
     GD follows the sharpness-reduction flow.
-``"chaotic"``
+``"inflated"``
     settled, no catapult cycles, and the oscillation inflates the EoS quantity: the midpoint
     average above ``edge + tame_tol`` or the iterates' average above ``edge + iterate_tol``.
 ``"below_edge"``
@@ -39,7 +39,7 @@ The regimes, tested in this order (thresholds are the fields of :class:`RegimeCr
 ``"stalled"``
     at the edge like a tame run, but the spherical sharpness does not fall.
 
-Where the EoS quantity is measured matters: in a chaotic EoS the oscillation inflates it at the
+Where the EoS quantity is measured matters: in an inflated EoS the oscillation inflates it at the
 iterates (measured on digits, docs/regimes.md), so the midpoint value is the proxy for the point
 on the manifold that the iterates straddle. Without midpoint values (``eos_mid=None``) the
 iterate values are used in their place, and the result says so (``eos_mid_source``).
@@ -69,7 +69,7 @@ REGIMES = (
     "unresolved",
     "catapult",
     "tame",
-    "chaotic",
+    "inflated",
     "below_edge",
     "stalled",
 )
@@ -93,7 +93,7 @@ class RegimeCriteria:
         edge: the stability threshold of the EoS quantity (2 for GD).
         tame_tol: half-width of the band around ``edge`` for the settled midpoint average.
         iterate_tol: the iterates' settled average may exceed ``edge`` by at most this in a
-            tame run (a larger excess: the oscillation inflates ``lambda_1``, chaotic).
+            tame run (a larger excess: the oscillation inflates ``lambda_1``, inflated).
         settle_frac: the settled phase starts this fraction of the way from the onset to the
             last row.
         min_settled_rows: midpoint rows needed in the settled phase to classify.
@@ -334,7 +334,7 @@ def classify_regime(
     if it > crit.edge + crit.iterate_tol:
         inflated.append(f"iterate mean {it:.3f} > {crit.edge + crit.iterate_tol:g}")
     if inflated:
-        return RegimeResult("chaotic", tuple(inflated), m)
+        return RegimeResult("inflated", tuple(inflated), m)
     if mid < crit.edge - crit.tame_tol:
         return RegimeResult(
             "below_edge", (f"midpoint mean {mid:.3f} < {crit.edge - crit.tame_tol:g}",), m

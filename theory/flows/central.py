@@ -15,7 +15,10 @@ with ``Sigma`` a PSD matrix on the eigenspace of ``hess f`` at the stability edg
 
 in the project's EoS quantity ``eta lambda_1(hess L) = eta_eff S`` (docs/theory.md section 2):
 along the top eigenvector GD multiplies a displacement by ``1 - eta wd - eta lambda_1``, which
-leaves ``[-1, 1]`` exactly there. ``grad <Sigma, hess f> = grad <Sigma, hess L>`` (the decay term
+leaves ``[-1, 1]`` exactly there. This is the central flow's linear-stability edge, one of
+several ``O(eta wd)``-different values that tend to 2 as ``eta wd -> 0`` (GD's period-2 orbit at
+``g = 0`` has its mean iterate at ``~ 2 + eta wd``; docs/theory.md section 6).
+``grad <Sigma, hess f> = grad <Sigma, hess L>`` (the decay term
 has a constant Hessian), computed by third-order autodiff with the eigenvectors held fixed.
 
 **Sigma.** With ``U = [u_1 .. u_k]`` the top ``k`` eigenvectors of ``hess L(w)`` at the edge,

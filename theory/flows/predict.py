@@ -8,7 +8,7 @@ The three phases of docs/theory.md section 2, each replaced by something much ch
   ``N = |w|^2``::
 
       dy/dt = -h P (g + (h / 2) H g)                                   (modified flow, default)
-      dN/dt = -c N + (eta / h) (-dL(y)/dt) / (1 - h R / 2),    R = g.Hg / |g|^2
+      dN/dt = -c N + eta (-dL(y)/dt) / (1 - h R / 2),           R = g.Hg / |g|^2
 
   with ``g = grad L(y)``, ``H = hess L(y)``, ``P`` the projector onto the sphere's tangent space,
   ``c = -2 log(1 - eta wd)`` (the exact per-step decay of ``N``). ``phase1="flow"`` drops the

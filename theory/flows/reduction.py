@@ -3,12 +3,15 @@
 With ``g(theta) = P_Gamma(theta) grad log lambda_1(hess L(theta))`` and the slow time
 ``tau = 2 eta wd t`` (``t`` = GD steps):
 
-    (F0)  d theta / d tau = -(1/4) g                      leading order (ALP22, LLA22)
+    (F0)  d theta / d tau = -(1/4) g                      small-|g| limit (direction: LLA22)
     (F1)  d theta / d tau = -(1/4) g / (1 + |g|^2 / 4)    norm-balanced  [derived in docs/theory.md]
 
 ``grad lambda_1 = D^3 L[v_1, v_1, .]`` (one third-order autodiff pass, :func:`grad_lambda1`);
 ``P_Gamma`` removes the Hessian's range and the radial direction. (F1) is the default. Along
-either flow ``d log lambda_1 / d tau = <g, d theta / d tau> <= 0``.
+either flow ``d log lambda_1 / d tau = <g, d theta / d tau> <= 0``. The two trace the same path on
+clocks that differ by ``1 + |g|^2 / 4`` (independent of ``eta wd``); (F0) lets ``log lambda_1``
+fall faster than the norm can shrink (``d log S / d tau >= -1``) when ``|g| > 2``
+(docs/theory.md section 3).
 
 Vector fields (:class:`SharpnessFlowField`) have diffrax's ``f(t, y, args)`` signature and are
 separate from the integrators: :func:`sharpness_flow` integrates them adaptively (diffrax
@@ -342,7 +345,7 @@ def sharpness_flow(
         theta0: start ``(D,)``; projected onto ``Gamma`` first (row 0 of the result).
         tau: end time (saves at ``num_saves`` equally spaced times) or an increasing array of
             save times (0 is prepended if missing).
-        form: ``"F1"`` (norm-balanced, default) or ``"F0"`` (leading order).
+        form: ``"F1"`` (norm-balanced, default) or ``"F0"`` (its small-``|g|`` limit).
         method: ``"adaptive"`` (diffrax Tsit5, PID control with ``rtol``/``atol``, retraction
             after every step) or ``"rk4"`` (fixed steps of at most ``dt``, retraction after
             every step; saves must then be equally spaced).

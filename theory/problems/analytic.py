@@ -22,7 +22,8 @@ A general fact used throughout [derived here]: if ``grad h(u) = 0`` at a unit ``
 
 Problems (factories return an :class:`AnalyticProblem`; registry :data:`PROBLEMS`):
 
-* :func:`great_circle` -- ``D = 3``, ``Gamma`` the equator, ``lambda_1 = 1 + beta u_1^2``.
+* :func:`great_circle` -- ``D = 3``, ``Gamma`` the equator, ``lambda_1 = 1 + beta u_1^2``
+  (and :func:`great_circle_period2`, the exact period-2 orbit of GD+WD on it at ``g = 0``).
 * :func:`curved_manifold` -- ``D = m + k``, ``Gamma`` a curved ``(m-1)``-sphere.
 * :func:`ire_toy` -- the IRE toy ``(1 + u^2) v^2 / 2`` (Wang et al. 2024, Fig. 1) read in the
   gnomonic chart of the upper hemisphere of ``S^2``.
@@ -46,7 +47,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -384,6 +385,74 @@ def great_circle(beta: float = 3.0) -> AnalyticProblem:
         residuals=Partial(_gc_residuals, loss),
         config={"beta": float(beta)},
         chart=_gc_chart,
+    )
+
+
+class GreatCirclePeriod2(NamedTuple):
+    """The exact period-2 orbit of GD+WD on :func:`great_circle` at a point with ``g = 0``.
+
+    Fields (NumPy float64): ``w_plus``, ``w_minus`` (``(3,)``, GD maps each to the other),
+    ``norm`` (``|w|``), ``psi`` (angle of the iterates off ``Gamma``), ``eos_iterates``
+    (``eta lambda_1(hess L(w_+-))``), ``eos_angular`` (``eta_eff d^2 L / d psi^2`` at the
+    iterates), ``eos_mean`` (``eta lambda_1(hess L)`` at the mean iterate ``(w_+ + w_-) / 2``,
+    which lies on ``Gamma``), ``loss`` (at the iterates) and ``angular_edge`` (``eta_eff S`` at
+    which phase II's angular instability starts). docs/theory.md section 6 derives them.
+    """
+
+    w_plus: np.ndarray
+    w_minus: np.ndarray
+    norm: float
+    psi: float
+    eos_iterates: float
+    eos_angular: float
+    eos_mean: float
+    loss: float
+    angular_edge: float
+
+
+def great_circle_period2(eta: float, wd: float, beta: float = 3.0) -> GreatCirclePeriod2:
+    """The exact period-2 orbit of GD+WD on ``great_circle(beta)`` at ``phi = pi/2`` [derived].
+
+    At ``phi = pi/2`` (``u_1 = 0``, where ``lambda_1 = 1`` and ``g = 0``) the plane ``w_1 = 0`` is
+    invariant and ``L = 1/2 sin^2 psi`` there, ``psi`` the angle off the equator. GD+WD maps
+    ``w = r (0, cos psi, sin psi)`` to ``r' (0, cos psi', sin psi')`` with
+    ``r'^2 = q^2 r^2 + eta^2 sin^2(2 psi) / (4 r^2)`` and
+    ``psi' = psi - atan(eta sin(2 psi) / (2 q r^2))``, ``q = 1 - eta wd``. The orbit
+    ``psi' = -psi``, ``r' = r`` is ``eta / r^2 = 2`` (exactly) and ``cos(2 psi) = q``. At the
+    iterates the Hessian's top eigenvalue is ``cos^2 psi / r^2`` (or ``(beta - 1) sin^2 psi /
+    r^2``, along ``e_1``, if larger), so ``eta lambda_1 = 2 - eta wd``; the angular curvature
+    gives ``eta_eff d^2 L / d psi^2 = 2 q``; the mean iterate ``r cos psi (0, 1, 0)`` is on
+    ``Gamma`` with ``eta lambda_1 = 4 / (2 - eta wd)``. Near ``Gamma`` the angle is multiplied
+    by ``1 - eta_eff S / q`` per step, so it grows once ``eta_eff S > 2 q = 2 (1 - eta wd)``.
+
+    Args:
+        eta: learning rate, ``> 0``.
+        wd: weight decay, ``> 0`` with ``eta * wd < 1``.
+        beta: the problem's sharpness contrast, ``> 0``.
+
+    Returns:
+        A :class:`GreatCirclePeriod2`.
+    """
+    eta = check.positive(eta, "eta")
+    wd = check.positive(wd, "wd")
+    beta = check.positive(beta, "beta")
+    ewd = check.in_interval(eta * wd, "eta * wd", 0.0, 1.0)
+    q = 1.0 - ewd
+    psi = 0.5 * math.acos(q)
+    r = math.sqrt(eta / 2.0)
+    c, s = math.cos(psi), math.sin(psi)
+    w_plus = np.array([0.0, r * c, r * s])
+    w_minus = np.array([0.0, r * c, -r * s])
+    return GreatCirclePeriod2(
+        w_plus=w_plus,
+        w_minus=w_minus,
+        norm=r,
+        psi=psi,
+        eos_iterates=max(2.0 - ewd, (beta - 1.0) * ewd),
+        eos_angular=2.0 * q,
+        eos_mean=4.0 / (2.0 - ewd),
+        loss=0.5 * s**2,
+        angular_edge=2.0 * q,
     )
 
 
