@@ -138,8 +138,9 @@ class Config:
 
     @classmethod
     def preset(cls, scale: str) -> Config:
-        """``quick`` (the defaults, ~60 s CPU with Edge Flow and the timing repeats): great circle and IRE toy at eta*wd 1e-2, 3e-3,
-        no network (``--network true`` adds it at 1e-2); ``full``: the three analytic problems
+        """``quick`` (the defaults, ~60 s CPU with Edge Flow and the timing repeats): great
+        circle and IRE toy at eta*wd 1e-2, 3e-3, no network (``--network true`` adds it at
+        1e-2); ``full``: the three analytic problems
         down to 1e-4 and the network down to 1e-3, longer and wider."""
         if scale == "quick":
             return cls()
