@@ -320,8 +320,8 @@ _EDGE_ONSET = (
 
 @register("edge_flow_vs_gd")
 def _edge_vs_gd(ctx: Context) -> list[CheckResult]:
-    stored = ctx.results("central_flow")
-    summary: dict[str, dict[str, Any]] = stored.meta["summary"]
+    stored = ctx.result("central_flow")  # typed reader (sims.results)
+    summary: dict[str, dict[str, Any]] = stored.summary
     out = []
     for key, s in summary.items():
         if "overshoot_ef_peak" not in s:
