@@ -1,4 +1,4 @@
-"""GD, the central flow and the sharpness-reduction flow from a generic start (stored
+"""GD, the central flow, Edge Flow and the sharpness-reduction flow from a generic start (stored
 ``central_flow`` results; never runs a simulation).
 
 One figure, ``central_flow``: one column per problem (the smallest stored ``eta * wd``), rows
@@ -9,6 +9,10 @@ One figure, ``central_flow``: one column per problem (the smallest stored ``eta 
 3. GD's moving-average loss, the central flow's ``L + 1/2 <Sigma, H>`` and the SR flow's
    ``eta wd S / (4 (1 + |g|^2/4))`` (log scale);
 4. the direction error (angle to GD's moving-average direction) of both models;
+
+Edge Flow (green, where stored) is drawn in rows 1-4 against the same axes: its center's
+``|w|``, ``eta_eff S`` (which resolves the overshoot at the onset that the central flow
+averages away), its predicted two-step average loss and its center's angle to GD's midpoints;
 
 and a last column with the largest errors after the onset against ``eta * wd``.
 """
@@ -21,7 +25,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from figures._style import COLORS, save
+from figures._style import COLORS, CYCLE, save
 from sims._store import ResultStore
 
 
@@ -40,6 +44,22 @@ def _runs(summary: dict[str, Any]) -> dict[str, list[str]]:
     return by_problem
 
 
+EDGE = CYCLE[2]  # Edge Flow's color
+
+
+def _edge_flow(axes: Any, c: int, arr: dict[str, np.ndarray], key: str) -> None:
+    """Edge Flow's curves in column ``c`` (runs stored before it existed have none)."""
+    if f"{key}.ef_eos" not in arr:
+        return
+    t = arr[f"{key}.t"]
+    axes[0, c].plot(t, arr[f"{key}.ef_norm"], color=EDGE, lw=0.8, label="Edge Flow")
+    axes[1, c].plot(t, arr[f"{key}.ef_eos"], color=EDGE, lw=0.8)
+    axes[2, c].semilogy(t, np.maximum(arr[f"{key}.ef_avg_loss"], 1e-300), color=EDGE, lw=0.8)
+    axes[3, c].semilogy(
+        t, np.maximum(arr[f"{key}.err_ef_dir"], 1e-12), color=EDGE, label="Edge Flow (midpoints)"
+    )
+
+
 def draw(arr: dict[str, np.ndarray], summary: dict[str, Any], out_dir: Path) -> Path:
     groups = _runs(summary)
     problems = list(groups)
@@ -56,6 +76,7 @@ def draw(arr: dict[str, np.ndarray], summary: dict[str, Any], out_dir: Path) -> 
         ax.plot(sr_t, arr[f"{key}.sr_norm"], color=COLORS["flow_f0"], ls=":", label="SR flow F1")
         ax.set_title(f"{prob}, eta*wd = {s['eta_wd']:g}")
         ax.set_ylabel("$|w|$")
+        _edge_flow(axes, c, arr, key)
         if c == 0:
             ax.legend(fontsize=7)
         ax = axes[1, c]
@@ -122,7 +143,9 @@ def draw(arr: dict[str, np.ndarray], summary: dict[str, Any], out_dir: Path) -> 
         ax.set_xlabel("$\\eta\\,wd$")
         if r == 0:
             ax.legend(fontsize=6)
-    fig.suptitle("GD+WD from a generic start: central flow (CF) and sharpness-reduction flow (SR)")
+    fig.suptitle(
+        "GD+WD from a generic start: central flow (CF), Edge Flow and sharpness-reduction flow (SR)"
+    )
     return save(fig, out_dir, "central_flow")
 
 

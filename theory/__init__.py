@@ -1,7 +1,7 @@
 """Pure mathematics of the sharpness-reduction simulator (no I/O, no plotting, no CLI).
 
 Public surface (stable): :func:`spherical_sharpness`, :func:`gd_wd`,
-:func:`project_to_manifold`, :func:`sharpness_flow`, :func:`central_flow`,
+:func:`project_to_manifold`, :func:`sharpness_flow`, :func:`central_flow`, :func:`edge_flow`,
 :func:`predict_from_init`, :func:`cluster_flow`, :func:`classify_regime` and the helpers below.
 Everything works on flat parameter vectors ``w`` of shape ``(D,)``; see docs/theory.md for the
 definitions and docs/conventions.md for the conventions.
@@ -45,6 +45,9 @@ from theory.flows.cluster import cluster_flow as cluster_flow
 from theory.flows.compare import compare_with_flow as compare_with_flow
 from theory.flows.compare import eos_equilibrium_start as eos_equilibrium_start
 from theory.flows.compare import ire_equilibrium_start as ire_equilibrium_start
+from theory.flows.edge import EdgeFlowField as EdgeFlowField
+from theory.flows.edge import EdgeFlowResult as EdgeFlowResult
+from theory.flows.edge import edge_flow as edge_flow
 from theory.flows.gauss_newton import gauss_newton_project as gauss_newton_project
 from theory.flows.gauss_newton import ls_tangent_projector as ls_tangent_projector
 from theory.flows.manifold import project_to_manifold as project_to_manifold

@@ -421,3 +421,82 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 )
             )
     return out
+
+
+# Edge Flow against GD at the onset (docs/edge_flow.md): what the model claims of GD's first
+# overshoot of eta lambda_1 above the edge 2 - eta wd, and of GD's two-step average before the
+# relaxation cycles take over. (quantity, summary key of GD, of Edge Flow, tolerance, claim)
+_EDGE_ONSET = (
+    (
+        "overshoot height",
+        "overshoot_gd_mid_peak",
+        "overshoot_ef_peak",
+        0.1,
+        "height of the first overshoot, the peak of eta lambda_1 minus the edge 2 - eta wd: GD "
+        "at its midpoints (w_t + w_{t+1})/2 vs Edge Flow at its center",
+    ),
+    (
+        "overshoot duration",
+        "overshoot_gd_mid_duration",
+        "overshoot_ef_duration",
+        0.2,
+        "time from the first up-crossing of the edge to the next down-crossing (GD midpoints "
+        "vs Edge Flow's center)",
+    ),
+    (
+        "onset",
+        "overshoot_gd_mid_onset",
+        "overshoot_ef_onset",
+        0.05,
+        "time at which eta lambda_1 first crosses the edge (GD midpoints vs Edge Flow)",
+    ),
+)
+
+
+@register("edge_flow_vs_gd")
+def _edge_vs_gd(ctx: Context) -> list[CheckResult]:
+    stored = ctx.result("central_flow")  # typed reader (sims.results)
+    summary: dict[str, dict[str, Any]] = stored.summary
+    out = []
+    for key, s in summary.items():
+        if "overshoot_ef_peak" not in s:
+            continue
+        d: dict[str, Any] = {"eta_wd": _num(s.get("eta_wd")), "run": str(stored.path)}
+        edge = 2.0 - d["eta_wd"]
+        for what, gd_key, ef_key, rtol, claim in _EDGE_ONSET:
+            shift = edge if what == "overshoot height" else 0.0
+            out.append(
+                within(
+                    name=f"{key}: Edge Flow predicts GD's first {what}",
+                    claim=claim,
+                    kind="model",
+                    source="Marion, Edge Flow (arXiv 2606.18080); docs/edge_flow.md",
+                    predicted=_num(s.get(ef_key)) - shift,
+                    measured=_num(s.get(gd_key)) - shift,
+                    rtol=rtol,
+                    details={
+                        **d,
+                        "central_flow_peak": _num(s.get("overshoot_cf_peak")),
+                        "gd_iterates_peak": _num(s.get("overshoot_gd_raw_peak")),
+                    },
+                )
+            )
+        # The central flow averages the overshoot away: its peak stays at the edge.
+        out.append(
+            at_most(
+                name=f"{key}: the central flow has no overshoot that Edge Flow resolves",
+                claim="the central flow's largest eta lambda_1 above the edge 2 - eta wd is at "
+                "most a tenth of Edge Flow's first overshoot",
+                kind="model",
+                source="CDTKL25; Marion (arXiv 2606.18080); docs/edge_flow.md",
+                measured=_nan_to(_num(s.get("overshoot_cf_peak")) - edge, 0.0),
+                bound=0.1 * (_num(s.get("overshoot_ef_peak")) - edge),
+                details=d,
+            )
+        )
+    return out
+
+
+def _nan_to(x: float, value: float) -> float:
+    """``x``, or ``value`` if ``x`` is NaN (no overshoot at all)."""
+    return value if math.isnan(x) else x

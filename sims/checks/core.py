@@ -8,7 +8,9 @@ imports the topics when the registry is first needed.
 Kinds of a check: ``identity`` (exact mathematics of scale invariance), ``theorem`` (stated in a
 paper), ``derived`` (predicted in docs/theory.md or docs/ire.md, not read in a paper) and
 ``regression`` (a bound set from an earlier measurement of this code, not a prediction: it
-catches a change of behaviour, not a wrong theory; the claim says which measurement).
+catches a change of behaviour, not a wrong theory; the claim says which measurement) and
+``model`` (how closely a continuous model built here, e.g. Edge Flow, tracks a measured GD run:
+the model's output is the prediction and the tolerance is the claim).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sims import registry
 from sims._store import ResultStore, StoredRun, _write_text, provenance
 from sims.results import Result, from_stored
 
-Kind = Literal["identity", "theorem", "derived", "regression"]
+Kind = Literal["identity", "theorem", "derived", "regression", "model"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,12 @@ intrinsic learning rate ``eta * wd``, from the phases simulation's start (off ``
   midpoints ``(w_t + w_{t+1}) / 2`` and at the iterates ``w_t`` themselves.
 * **The central flow** (``theory.central_flow``) is integrated from the same ``w0`` on GD's time
   axis; it predicts ``w_bar``, the mean loss, ``trace Sigma`` (the oscillation) and the onset.
+* **Edge Flow** (``theory.edge_flow``: a center, the oscillation direction and its magnitude;
+  docs/edge_flow.md) is integrated from the same ``w0`` on GD's time axis, seeded by GD's kick
+  (``kick = rho0 = perturbation / sqrt(D)``). It predicts GD's two-step average (the center,
+  compared with GD's midpoints ``(w_t + w_{t+1}) / 2``) and resolves the oscillation of
+  ``eta lambda_1`` at the onset: the first overshoot above the edge ``2 - eta wd`` (height,
+  duration, period; ``theory.flows.edge.first_overshoot``) is measured on both.
 * **The sharpness-reduction flow** (F1) starts, as in LLA22, at ``Phi(w0)`` (the spherical
   gradient-flow limit; equal to ``Phi`` of the central flow's state at its onset, since before
   the onset that flow moves the direction along the spherical gradient flow), placed at the
@@ -29,14 +35,18 @@ Stored per ``<problem>.<i>`` (``i`` indexes ``eta_wd``): the compared rows and e
 summary holds per run the errors of each model against GD (norm and ``eta_eff S`` relative, loss
 in units of GD's EoS loss level, direction angle), over the whole run and over ``t >= t_c``,
 the phase-III means and RMS errors, ``sigma^2`` against the measured oscillation, the onsets and
-the CPU time of each model.
+the CPU time of each model, and the wall time of GD's run, the central flow's and Edge Flow's
+solves over the same horizon (compile excluded: the median of ``timing_repeats`` calls after a
+first one), as ratios to GD's.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +67,8 @@ from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
 from theory.core.lanczos import lanczos
 from theory.engine.gd import gd_wd, predicted_eos_onset
 from theory.flows.central import central_flow
+from theory.flows.common import Dense, Lanczos, SaveTimes
+from theory.flows.edge import edge_flow, first_overshoot
 from theory.flows.manifold import project_to_manifold
 from theory.flows.reduction import sharpness_flow
 from theory.problems import nets
@@ -95,6 +107,9 @@ class Config:
     net_max_edge: int = field(
         default=2, metadata={"help": "eigenvalues allowed at the edge at once (network)"}
     )
+    timing_repeats: int = field(
+        default=3, metadata={"help": "timed calls per model after a first (compiling) one"}
+    )
     dtype: Literal["float64"] = field(default="float64", metadata={"help": "precision"})
     seed: int = field(default=0, metadata={"help": "PRNG seed"})
 
@@ -118,11 +133,14 @@ class Config:
             raise ValueError(f"rows must be >= 8, got {self.rows}")
         if self.net_max_edge < 1:
             raise ValueError(f"net_max_edge must be >= 1, got {self.net_max_edge}")
+        if self.timing_repeats < 0:
+            raise ValueError(f"timing_repeats must be >= 0, got {self.timing_repeats}")
 
     @classmethod
     def preset(cls, scale: str) -> Config:
-        """``quick`` (the defaults, ~40 s CPU): great circle and IRE toy at eta*wd 1e-2, 3e-3,
-        no network (``--network true`` adds it at 1e-2); ``full``: the three analytic problems
+        """``quick`` (the defaults, ~60 s CPU with Edge Flow and the timing repeats): great
+        circle and IRE toy at eta*wd 1e-2, 3e-3, no network (``--network true`` adds it at
+        1e-2); ``full``: the three analytic problems
         down to 1e-4 and the network down to 1e-3, longer and wider."""
         if scale == "quick":
             return cls()
@@ -241,6 +259,18 @@ def _stat(v: np.ndarray, fn: Any) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
+    """``fn()`` and the median wall time of ``repeats`` further calls (NaN if 0): the first
+    call compiles, the others reuse its compilations."""
+    out = fn()
+    walls = []
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        jax.block_until_ready(fn())
+        walls.append(time.perf_counter() - clock)
+    return out, statistics.median(walls) if walls else math.nan
+
+
 def _rows(cfg: Config, ewd: float) -> tuple[int, np.ndarray, float]:
     """GD steps (a multiple of ``_CHUNK``), the ``cfg.rows`` compared steps, the phase-II onset."""
     t_pred = predicted_eos_onset(cfg.eta, ewd / cfg.eta, cfg.eos0)
@@ -260,17 +290,20 @@ def _gd_and_central(
     steps, row_t, t_pred = _rows(cfg, ewd)
 
     clock = time.process_time()
-    gd = gd_wd(
-        loss,
-        w0,
-        eta=eta,
-        wd=wd,
-        steps=steps,
-        track_sharpness=False,
-        perturbation=cfg.perturbation,
-        key=key,
-        chunk_steps=_CHUNK,
-        check_invariance=problem != NETWORK,
+    gd, wall_gd = _timed(
+        lambda: gd_wd(
+            loss,
+            w0,
+            eta=eta,
+            wd=wd,
+            steps=steps,
+            track_sharpness=False,
+            perturbation=cfg.perturbation,
+            key=key,
+            chunk_steps=_CHUNK,
+            check_invariance=problem != NETWORK,
+        ),
+        cfg.timing_repeats,
     )
     assert gd.w is not None
     w_all = np.asarray(gd.w)
@@ -298,18 +331,40 @@ def _gd_and_central(
     cost_gd = time.process_time() - clock
 
     clock = time.process_time()
-    cf = central_flow(
-        loss,
-        w0,
-        eta=eta,
-        wd=wd,
-        t=row_t.astype(np.float64),
-        geometry=setup["geometry"],
-        max_edge=1 if problem != NETWORK else cfg.net_max_edge,
-        check_invariance=problem != NETWORK,
+    cf, wall_cf = _timed(
+        lambda: central_flow(
+            loss,
+            w0,
+            eta=eta,
+            wd=wd,
+            t=row_t.astype(np.float64),
+            geometry=setup["geometry"],
+            max_edge=1 if problem != NETWORK else cfg.net_max_edge,
+            check_invariance=problem != NETWORK,
+        ),
+        cfg.timing_repeats,
     )
     cost_cf = time.process_time() - clock
     assert len(cf.t) == len(row_t), "the central flow stopped early"
+
+    # Edge Flow, seeded like GD: the kick's RMS along a unit direction orthogonal to w is
+    # perturbation |w| / sqrt(D) per step (theory.engine.methods.tangent_kick).
+    kick = cfg.perturbation / math.sqrt(w0.shape[0])
+    clock = time.process_time()
+    ef, wall_ef = _timed(
+        lambda: edge_flow(
+            loss,
+            w0,
+            eta=eta,
+            wd=wd,
+            saveat=SaveTimes(ts=row_t.astype(np.float64)),
+            rho0=kick,
+            kick=kick,
+            geometry=Dense() if setup["geometry"] == "dense" else Lanczos(),
+        ),
+        cfg.timing_repeats,
+    )
+    cost_ef = time.process_time() - clock
     return {
         "ewd": ewd,
         "steps": steps,
@@ -321,14 +376,20 @@ def _gd_and_central(
         "gd_eos": gd_eos,
         "gd_eos_mid": gd_eos_mid,
         "gd_eos_raw": gd_eos_raw,
+        "gd_mid": mid,
         "gd_onset": gd_onset,
         "gd_onset_row": None if gd_onset_row is None else int(row_t[gd_onset_row]),
         "l_all": l_all,
         "l_bar": l_bar[row_t],
         "osc": osc[row_t],
         "cf": cf,
+        "ef": ef,
         "cost_gd": cost_gd,
         "cost_cf": cost_cf,
+        "cost_ef": cost_ef,
+        "wall_gd": wall_gd,
+        "wall_cf": wall_cf,
+        "wall_ef": wall_ef,
     }
 
 
@@ -424,6 +485,14 @@ def _compare(
         "sr_loss": np.abs(sr_loss - l_bar[sr_rows]) / level,
         "sr_dir": _angle(sr_theta, wb[sr_rows]),
     }
+    # Edge Flow's center against GD's midpoints (its two-step average), the whole run.
+    ef = run["ef"]
+    mid_norm = np.linalg.norm(run["gd_mid"], axis=1)
+    err |= {
+        "ef_norm": np.abs(ef.norm - mid_norm) / mid_norm,
+        "ef_eos": np.abs(ef.eos - run["gd_eos_mid"]) / 2.0,
+        "ef_dir": _angle(ef.x, run["gd_mid"]),
+    }
     settled = (cf.mode > 0) & (row_t >= t_c + 0.25 / (2 * ewd))  # a quarter of tau after t_c
     info: dict[str, Any] = {
         "eta_wd": ewd,
@@ -442,11 +511,30 @@ def _compare(
         if len(sr["tau"])
         else float("nan"),
         "events": [[e.t, e.change] for e in cf.events],
+        "cost_edge_cpu_s": run["cost_ef"],
+        "steps_edge": ef.num_steps,
+        "wall_gd_s": run["wall_gd"],
+        "wall_central_s": run["wall_cf"],
+        "wall_edge_s": run["wall_ef"],
+        "cost_ratio_central": run["wall_cf"] / run["wall_gd"],
+        "cost_ratio_edge": run["wall_ef"] / run["wall_gd"],
     }
+    # The first overshoot of eta lambda_1 above the edge: GD at its midpoints, at its iterates
+    # and at its moving average; Edge Flow and the central flow at their points.
+    edge = 2.0 - ewd
+    for who, series in (
+        ("gd_mid", run["gd_eos_mid"]),
+        ("gd_raw", run["gd_eos_raw"]),
+        ("gd_bar", gd_eos),
+        ("ef", ef.eos),
+        ("cf", cf.eos),
+    ):
+        for k, v in first_overshoot(row_t, series, edge)._asdict().items():
+            info[f"overshoot_{who}_{k}"] = v
     for k, v in err.items():
         info[f"max_{k}"] = _stat(v, np.max)
         info[f"median_{k}"] = _stat(v, np.median)
-    for k in ("cf_norm", "cf_eos", "cf_loss", "cf_dir"):
+    for k in ("cf_norm", "cf_eos", "cf_loss", "cf_dir", "ef_norm", "ef_eos", "ef_dir"):
         info[f"max_{k}_after"] = _stat(err[k][after], np.max)
     if np.any(settled):
         info["sigma2_ratio_median"] = float(np.median(cf.sigma2[settled] / osc[settled]))
@@ -493,6 +581,11 @@ def _compare(
         "cf_avg_loss": cf.avg_loss,
         "cf_sigma2": cf.sigma2,
         "cf_mode": cf.mode.astype(np.float64),
+        "ef_norm": ef.norm,
+        "ef_eos": ef.eos,
+        "ef_amplitude": ef.amplitude,
+        "ef_avg_loss": ef.avg_loss,
+        "gd_mid_norm": mid_norm,
         "sr_t": row_t[sr_rows].astype(np.float64),
         "sr_norm": sr_norm,
         "sr_avg_loss": sr_loss,
@@ -570,6 +663,15 @@ def _report(stored: StoredRun) -> list[str]:
             f"{_fmt(s['max_cf_norm_after'])} vs SR {_fmt(s['max_sr_norm'])}, direction "
             f"{_fmt(s['max_cf_dir_after'])} vs {_fmt(s['max_sr_dir'])}"
             + (f"; SR failed: {s['sr_failure'][:80]}" if s.get("sr_failure") else "")
+        )
+        lines.append(
+            f"{key}: first overshoot of eta lambda_1 above the edge, GD (midpoints) peak "
+            f"{_fmt(s.get('overshoot_gd_mid_peak'))} duration "
+            f"{_fmt(s.get('overshoot_gd_mid_duration'))} period "
+            f"{_fmt(s.get('overshoot_gd_mid_period'))}, Edge Flow peak "
+            f"{_fmt(s.get('overshoot_ef_peak'))} duration {_fmt(s.get('overshoot_ef_duration'))} "
+            f"period {_fmt(s.get('overshoot_ef_period'))}; wall time per GD time: central "
+            f"{_fmt(s.get('cost_ratio_central'))}, Edge Flow {_fmt(s.get('cost_ratio_edge'))}"
         )
     return lines
 
