@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from sims._runtime import dtype_from_config
 from sims.checks.core import CheckResult, Context, at_most, below, expect_failure, register, within
 from theory.flows.central import CentralFlowField, equilibrium_on_gamma
+from theory.flows.common import Dense
 from theory.problems.analytic import PROBLEMS
 
 _CDTKL = "CDTKL25 (central flows); docs/theory.md section 5"
@@ -73,8 +74,8 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
                 jnp.asarray(eta),
                 jnp.asarray(wd),
                 jnp.asarray(0.0),
+                geometry=Dense(),
                 max_edge=1,
-                geometry="dense",
             )
             q = field_.quantities(w, jnp.asarray(1))
             sigma2 = float(q.sigma[0, 0])

@@ -56,7 +56,8 @@ from theory.core.curvature import linearize_grad
 from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
 from theory.core.lanczos import lanczos
 from theory.engine.gd import gd_wd, predicted_eos_onset
-from theory.flows.central import central_flow
+from theory.flows.central import EdgeSettings, central_flow
+from theory.flows.common import Dense, Lanczos
 from theory.flows.manifold import project_to_manifold
 from theory.flows.reduction import sharpness_flow
 from theory.problems import nets
@@ -179,7 +180,7 @@ def _setup(cfg: Config, problem: str) -> dict[str, Any]:
         u = net.w0 / jnp.linalg.norm(net.w0)
         s0 = float(_top_eig(net.loss, u[None])[0])
         w0 = u * math.sqrt(cfg.eta * s0 / cfg.eos0)
-        geometry = "dense" if w0.shape[0] <= _DENSE_MAX else "lanczos"
+        geometry = Dense() if w0.shape[0] <= _DENSE_MAX else Lanczos()
         return {
             "loss": net.loss,
             "w0": w0,
@@ -189,7 +190,7 @@ def _setup(cfg: Config, problem: str) -> dict[str, Any]:
         }
     prob = PROBLEMS[problem]()
     w0 = jnp.asarray(initial_point(problem, cfg.eta, cfg.eos0, dtype))
-    return {"loss": prob.loss, "w0": w0, "geometry": "dense", "residuals": None, "problem": prob}
+    return {"loss": prob.loss, "w0": w0, "geometry": Dense(), "residuals": None, "problem": prob}
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,10 +297,9 @@ def _gd_and_central(
         w0,
         eta=eta,
         wd=wd,
-        t=row_t.astype(np.float64),
+        saveat=row_t.astype(np.float64),
         geometry=setup["geometry"],
-        max_edge=1 if problem != NETWORK else cfg.net_max_edge,
-        check_invariance=problem != NETWORK,
+        edge=EdgeSettings(max_edge=1 if problem != NETWORK else cfg.net_max_edge),
     )
     cost_cf = time.process_time() - clock
     assert len(cf.t) == len(row_t), "the central flow stopped early"
