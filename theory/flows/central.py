@@ -415,8 +415,9 @@ def _edge_settings(edge: Any) -> EdgeSettings:
 
 
 def _adaptive(obj: Any, kind: type, name: str) -> Any:
-    """``obj`` if it is an adaptive diffrax ``kind`` (the flow's solves start with ``dt0=None``
-    and end at events located on the dense output)."""
+    """``obj`` if it is an adaptive diffrax ``kind`` (a solve that starts with ``dt0=None`` and
+    ends at an event located on the dense output needs one; also used by theory.flows.predict:
+    a candidate for theory.flows.common)."""
     if not isinstance(obj, kind):
         raise TypeError(f"{name} must be adaptive (a diffrax {kind.__name__}), got {obj!r}")
     return obj

@@ -11,9 +11,10 @@ The three phases of docs/theory.md section 2, each replaced by something much ch
       dN/dt = -c N + (eta / h) (-dL(y)/dt) / (1 - h R / 2),    R = g.Hg / |g|^2
 
   with ``g = grad L(y)``, ``H = hess L(y)``, ``P`` the projector onto the sphere's tangent space,
-  ``c = -2 log(1 - eta wd)`` (the exact per-step decay of ``N``). ``Phase1Model(equation="flow")`` drops the
-  ``(h/2) H g`` term: the direction then lands exactly on ``Phi(w0)``, the limit of the spherical
-  gradient flow (a re-timed gradient flow has the same limit). The ``(h/2) H g`` term is GD's
+  ``c = -2 log(1 - eta wd)`` (the exact per-step decay of ``N``).
+  ``Phase1Model(equation="flow")`` drops the ``(h/2) H g`` term: the direction then lands exactly
+  on ``Phi(w0)``, the limit of the spherical gradient flow (a re-timed gradient flow has the same
+  limit). The ``(h/2) H g`` term is GD's
   first-order modified equation (backward error analysis): GD with step ``h`` follows the
   gradient flow of ``L + (h/4)|grad L|^2`` up to ``O(h^2)`` per unit time, so the landing point
   moves from ``Phi(w0)`` by ``O(h)`` along ``Gamma`` [standard; applied here]. The norm's source
@@ -30,9 +31,10 @@ The three phases of docs/theory.md section 2, each replaced by something much ch
   ``Gamma``.
 * **II (norm decay).** Once ``|g| <= switch`` the direction is polished onto ``Gamma`` (dense
   Newton via :func:`theory.project_to_manifold`, or with the :class:`theory.GaussNewton`
-  geometry the matrix-free Gauss-Newton projection) and frozen there: the gradient vanishes, so ``N`` decays exactly as
-  ``(1 - eta wd)^{2 t}`` and ``eta_eff S`` grows until it reaches 2 at the onset
-  ``t_on = t_I + log(2 / e_I) / c`` (``e_I = eta S(theta_I) / N_I`` at the end of phase I).
+  geometry the matrix-free Gauss-Newton projection) and frozen there: the gradient vanishes,
+  so ``N`` decays exactly as ``(1 - eta wd)^{2 t}`` and ``eta_eff S`` grows until it reaches 2
+  at the onset ``t_on = t_I + log(2 / e_I) / c`` (``e_I = eta S(theta_I) / N_I`` at the end of
+  phase I).
 * **III (Edge of Stability).** The direction follows the sharpness-reduction flow
   (:func:`theory.sharpness_flow`, form F1 by default) from ``theta_I`` on ``tau = 2 eta wd
   (t - t_on)``, and the norm is the EoS equilibrium ``|w|^2 = eta lambda_1(theta(tau)) / 2``
@@ -63,6 +65,7 @@ import numpy as np
 from theory.core import validate as check
 from theory.core.curvature import linearize_grad
 from theory.core.types import Array, LossFn
+from theory.flows.central import _adaptive
 from theory.flows.common import (
     AbstractGeometry,
     Dense,
@@ -194,7 +197,7 @@ class Phase1Model(eqx.Module):
     def __check_init__(self) -> None:
         check.among([self.equation], "Phase1Model.equation", ("modified", "flow"))
         check.among([self.gradient_term], "Phase1Model.gradient_term", ("discrete", "flow", "none"))
-        _adaptive(self.stepsize_controller, "Phase1Model.stepsize_controller")
+        _controller(self.stepsize_controller, "Phase1Model.stepsize_controller")
         check.positive_int(self.max_steps, "Phase1Model.max_steps")
         if not isinstance(self.reference_phi, bool):
             raise TypeError(f"Phase1Model.reference_phi must be a bool, got {self.reference_phi!r}")
@@ -233,7 +236,7 @@ class Phase3Flow(eqx.Module):
 
     def __check_init__(self) -> None:
         check.among([self.form], "Phase3Flow.form", ("F0", "F1"))
-        _adaptive(self.stepsize_controller, "Phase3Flow.stepsize_controller")
+        _controller(self.stepsize_controller, "Phase3Flow.stepsize_controller")
         check.positive(self.gap_tol, "Phase3Flow.gap_tol")
         check.among([self.on_degenerate], "Phase3Flow.on_degenerate", ("raise", "stop"))
         if check.positive_int(self.saves, "Phase3Flow.saves") < 2:
@@ -251,15 +254,10 @@ class Phase3Flow(eqx.Module):
         }
 
 
-def _adaptive(controller: Any, name: str) -> diffrax.AbstractAdaptiveStepSizeController:
+def _controller(controller: Any, name: str) -> diffrax.AbstractAdaptiveStepSizeController:
     """``controller`` if it is an adaptive diffrax controller with positive tolerances."""
-    check_controller(controller, name)
-    if not isinstance(controller, diffrax.AbstractAdaptiveStepSizeController):
-        raise TypeError(
-            f"{name} must be adaptive (e.g. diffrax.PIDController(rtol=1e-8, atol=1e-10)), "
-            f"got {controller!r}"
-        )
-    return controller
+    kind = diffrax.AbstractAdaptiveStepSizeController
+    return _adaptive(check_controller(controller, name), kind, name)
 
 
 _PHASE1 = Phase1Model()
