@@ -48,6 +48,7 @@ from sims.checks.core import (
     within,
 )
 from theory.flows.central import CentralFlowField, equilibrium_on_gamma
+from theory.flows.common import Dense
 from theory.flows.manifold import project_to_manifold
 from theory.problems.analytic import PROBLEMS
 
@@ -109,8 +110,8 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
             jnp.asarray(eta),
             jnp.asarray(wd),
             jnp.asarray(0.2),
+            geometry=Dense(),
             max_edge=1,
-            geometry="dense",
         )
         keys = ("sigma2", "avg_loss", "drift")
         on_gamma: dict[str, float] = dict.fromkeys(keys, 0.0)

@@ -66,7 +66,7 @@ from theory.core.curvature import linearize_grad
 from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
 from theory.core.lanczos import lanczos
 from theory.engine.gd import gd_wd, predicted_eos_onset
-from theory.flows.central import central_flow
+from theory.flows.central import EdgeSettings, central_flow
 from theory.flows.common import Dense, Lanczos, SaveTimes
 from theory.flows.edge import edge_flow, first_overshoot
 from theory.flows.manifold import project_to_manifold
@@ -197,7 +197,7 @@ def _setup(cfg: Config, problem: str) -> dict[str, Any]:
         u = net.w0 / jnp.linalg.norm(net.w0)
         s0 = float(_top_eig(net.loss, u[None])[0])
         w0 = u * math.sqrt(cfg.eta * s0 / cfg.eos0)
-        geometry = "dense" if w0.shape[0] <= _DENSE_MAX else "lanczos"
+        geometry = Dense() if w0.shape[0] <= _DENSE_MAX else Lanczos()
         return {
             "loss": net.loss,
             "w0": w0,
@@ -207,7 +207,7 @@ def _setup(cfg: Config, problem: str) -> dict[str, Any]:
         }
     prob = PROBLEMS[problem]()
     w0 = jnp.asarray(initial_point(problem, cfg.eta, cfg.eos0, dtype))
-    return {"loss": prob.loss, "w0": w0, "geometry": "dense", "residuals": None, "problem": prob}
+    return {"loss": prob.loss, "w0": w0, "geometry": Dense(), "residuals": None, "problem": prob}
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,10 +337,9 @@ def _gd_and_central(
             w0,
             eta=eta,
             wd=wd,
-            t=row_t.astype(np.float64),
+            saveat=row_t.astype(np.float64),
             geometry=setup["geometry"],
-            max_edge=1 if problem != NETWORK else cfg.net_max_edge,
-            check_invariance=problem != NETWORK,
+            edge=EdgeSettings(max_edge=1 if problem != NETWORK else cfg.net_max_edge),
         ),
         cfg.timing_repeats,
     )
@@ -360,7 +359,7 @@ def _gd_and_central(
             saveat=SaveTimes(ts=row_t.astype(np.float64)),
             rho0=kick,
             kick=kick,
-            geometry=Dense() if setup["geometry"] == "dense" else Lanczos(),
+            geometry=setup["geometry"],
         ),
         cfg.timing_repeats,
     )

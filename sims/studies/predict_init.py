@@ -43,9 +43,10 @@ from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.sharpness import spherical_sharpness
 from theory.engine.gd import gd_wd
+from theory.flows.common import AbstractGeometry, Dense, GaussNewton
 from theory.flows.manifold import project_to_manifold
 from theory.flows.predict import (
-    Prediction,
+    PredictResult,
     gauss_newton_feet,
     predict_from_init,
     relaxation_cycle,
@@ -142,7 +143,10 @@ class _Problem:
         u0 = u0 / jnp.linalg.norm(u0)
         self.eos0 = cfg.net_eos0 if name == NET else cfg.eos0
         self.w0 = u0 * jnp.sqrt(cfg.eta * s0 / self.eos0)
-        self.dense = self.residuals is None
+        # Dense Hessians on the analytic problems; the least-squares geometry on the network.
+        self.geometry: AbstractGeometry = (
+            Dense() if self.residuals is None else GaussNewton(self.residuals)
+        )
 
     def project(self, w: np.ndarray) -> np.ndarray:
         if self.residuals is not None:
@@ -152,7 +156,7 @@ class _Problem:
         return np.asarray(project_to_manifold(self.loss, jnp.asarray(padded)))[: len(w)]
 
     def sharpness(self, points: np.ndarray) -> np.ndarray:
-        return top_eigenvalues(self.loss, points, dense=self.dense)
+        return top_eigenvalues(self.loss, points, geometry=self.geometry)
 
 
 def _timed(fn: Any, repeats: int = 1) -> tuple[Any, float]:
@@ -229,7 +233,7 @@ def _gd_onset(
 def _cycle_averages(
     cfg: Config,
     ewd: float,
-    pred: Prediction,
+    pred: PredictResult,
     sharp_gd: np.ndarray,
     gd_norm: np.ndarray,
     gd_loss: np.ndarray,
@@ -275,12 +279,12 @@ def _run_one(
     c = -2.0 * math.log1p(-ewd)
     cycle_guess = math.pi / math.sqrt(c)  # the small-orbit period
 
-    def predict(steps: int, every: int) -> Prediction:
+    def predict(steps: int, every: int) -> PredictResult:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DegenerateSharpnessWarning)
             return predict_from_init(
                 prob.loss, prob.w0, eta=eta, wd=wd, steps=steps, record_every=every,
-                residual_fn=prob.residuals,
+                geometry=prob.geometry,
             )  # fmt: skip
 
     def layout(onset: float) -> tuple[int, int]:

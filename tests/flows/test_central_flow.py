@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -27,13 +28,18 @@ from scipy.integrate import solve_ivp
 from theory.core.invariance import ScaleInvarianceError
 from theory.flows.central import (
     CentralFlowField,
+    EdgeSettings,
     central_flow,
     equilibrium_on_gamma,
     solve_sigma,
 )
+from theory.flows.common import Dense, Lanczos, SaveTimes
 from theory.problems.analytic import PROBLEMS, great_circle
 
 ETA = 0.1
+
+
+GEOMETRIES = {"dense": Dense(), "lanczos": Lanczos()}
 
 
 def _field(loss, eta, wd, *, kappa=0.0, max_edge=1, geometry="dense", qp_iters=200):
@@ -42,8 +48,8 @@ def _field(loss, eta, wd, *, kappa=0.0, max_edge=1, geometry="dense", qp_iters=2
         jnp.asarray(eta),
         jnp.asarray(wd),
         jnp.asarray(kappa),
+        geometry=GEOMETRIES[geometry],
         max_edge=max_edge,
-        geometry=geometry,
         qp_iters=qp_iters,
     )
 
@@ -224,7 +230,7 @@ def test_below_the_edge_the_flow_is_gradient_flow_scipy():
     prob = great_circle()
     eta, wd = ETA, 1e-2 / ETA
     w0 = _start(prob, eta, 0.3)
-    res = central_flow(prob.loss, w0, eta=eta, wd=wd, t=60.0, num_saves=7, geometry="dense")
+    res = central_flow(prob.loss, w0, eta=eta, wd=wd, saveat=SaveTimes(60.0, n=7), geometry=Dense())
     assert res.events == () and res.onset is None
     assert np.all(res.mode == 0) and np.all(res.sigma2 == 0)
     grad_f = jax.jit(jax.grad(lambda x: prob.loss(x) + 0.5 * wd * jnp.vdot(x, x)))
@@ -269,7 +275,13 @@ def test_trajectory_through_the_onset_matches_the_dense_oracle():
     w0 = _start(prob, eta, 0.3)
     t_end, dt = 240.0, 0.02
     res = central_flow(
-        prob.loss, w0, eta=eta, wd=wd, t=t_end, num_saves=13, geometry="dense", kappa=kappa
+        prob.loss,
+        w0,
+        eta=eta,
+        wd=wd,
+        saveat=SaveTimes(t_end, n=13),
+        geometry=Dense(),
+        edge=EdgeSettings(kappa=kappa),
     )
     ref = np.asarray(eqx.filter_jit(_oracle_trajectory)(prob.loss, w0, eta, wd, kappa, t_end, dt))
     idx = np.rint(res.t / dt).astype(int)
@@ -296,7 +308,7 @@ def test_on_gamma_start_matches_the_equilibrium():
     g = float(jnp.linalg.norm(prob.riemannian_grad_log_lambda1(u)))
     eq = equilibrium_on_gamma(float(prob.lambda1(u)), g, eta=eta, wd=wd)
     w0 = math.sqrt(eq["norm_sq"]) * u
-    res = central_flow(prob.loss, w0, eta=eta, wd=wd, t=40.0, num_saves=5, geometry="dense")
+    res = central_flow(prob.loss, w0, eta=eta, wd=wd, saveat=SaveTimes(40.0, n=5), geometry=Dense())
     assert res.mode[0] == 1 and res.onset == 0.0 and res.events == ()
     for i in range(len(res.t)):  # the equilibrium of the point of Gamma reached at each row
         u = jnp.asarray(res.w[i] / res.norm[i])
@@ -320,24 +332,83 @@ def test_non_invariant_loss_is_refused():
         return 0.5 * jnp.vdot(w, w) + w[0] ** 3
 
     with pytest.raises(ScaleInvarianceError):
-        central_flow(loss, jnp.ones(3), eta=ETA, wd=0.1, t=10.0)
+        central_flow(loss, jnp.ones(3), eta=ETA, wd=0.1, saveat=10.0)
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"eta": 0.1, "wd": 10.0}, "eta \\* wd must be < 1"),
-        ({"eta": -0.1, "wd": 0.1}, "eta must be a positive"),
-        ({"eta": 0.1, "wd": 0.1, "t": -1.0}, "t must be a positive"),
-        ({"eta": 0.1, "wd": 0.1, "geometry": "qr"}, "geometry must be"),
-        ({"eta": 0.1, "wd": 0.1, "kappa": float("nan")}, "kappa must be"),
+        ({"eta": 0.1, "wd": 10.0}, ValueError, "eta \\* wd must be < 1"),
+        ({"eta": -0.1, "wd": 0.1}, ValueError, "eta must be a positive"),
+        ({"saveat": -1.0}, ValueError, "SaveTimes.t1 must be a positive"),
+        # a geometry is an object now: the old strings are refused with the objects named
+        ({"geometry": "dense"}, TypeError, "geometry must be a geometry object .*Dense"),
+        ({"edge": {"kappa": 0.1}}, TypeError, "edge must be a theory.EdgeSettings"),
+        ({"solver": "tsit5"}, TypeError, "solver must be a diffrax solver"),
+        ({"solver": diffrax.Euler()}, TypeError, "solver must be adaptive"),
+        ({"stepsize_controller": 1e-7}, TypeError, "stepsize_controller must be a diffrax"),
+        (
+            {"stepsize_controller": diffrax.ConstantStepSize()},
+            TypeError,
+            "stepsize_controller must be adaptive",
+        ),
+        (
+            {"stepsize_controller": diffrax.PIDController(rtol=-1.0, atol=1e-9)},
+            ValueError,
+            "stepsize_controller.rtol must be a positive",
+        ),
     ],
 )
-def test_bad_settings(kwargs, match):
+def test_bad_settings(kwargs, error, match):
     prob = great_circle()
-    kw = {"t": 10.0, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    kw = {"eta": 0.1, "wd": 0.1, "saveat": 10.0, **kwargs}
+    with pytest.raises(error, match=match):
         central_flow(prob.loss, jnp.asarray(prob.start), **kw)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"kappa": float("nan")}, ValueError, "EdgeSettings.kappa must be"),
+        ({"kappa": -0.1}, ValueError, "EdgeSettings.kappa must be"),
+        ({"leave_tol": 0.0}, ValueError, "EdgeSettings.leave_tol must be a positive"),
+        ({"start_tol": -1e-3}, ValueError, "EdgeSettings.start_tol must be"),
+        ({"max_edge": 0}, ValueError, "EdgeSettings.max_edge must be"),
+        ({"max_edge": 1.5}, TypeError, "EdgeSettings.max_edge must be a positive int"),
+        ({"qp_iters": True}, TypeError, "EdgeSettings.qp_iters must be a positive int"),
+        ({"max_segments": -2}, ValueError, "EdgeSettings.max_segments must be"),
+        ({"max_steps": 0}, ValueError, "EdgeSettings.max_steps must be"),
+    ],
+)
+def test_edge_settings_refuse_bad_values(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EdgeSettings(**kwargs)
+
+
+def test_field_refuses_a_string_geometry():
+    with pytest.raises(TypeError, match=r"CentralFlowField\.geometry must be a geometry object"):
+        CentralFlowField(
+            great_circle().loss, jnp.asarray(0.1), jnp.asarray(0.1), jnp.asarray(0.0), "dense"
+        )
+
+
+def test_config_records_every_setting():
+    """The result's config names the geometry, each edge setting, the solver and the
+    controller's tolerances (a start well below the edge: a short gradient-flow solve)."""
+    prob = great_circle()
+    w0 = _start(prob, ETA, 0.3)
+    edge = EdgeSettings(max_edge=1, kappa=0.3, leave_tol=2e-4, start_tol=0.0, qp_iters=7)
+    res = central_flow(
+        prob.loss, w0, eta=ETA, wd=0.1, saveat=SaveTimes(ts=[1.0, 2.0]), geometry=Dense(),
+        edge=edge, stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-9),
+    )  # fmt: skip
+    np.testing.assert_array_equal(res.t, [0.0, 1.0, 2.0])
+    assert res.config["geometry"] == "Dense" and res.config["solver"] == "Tsit5"
+    assert res.config["controller"] == "PIDController"
+    assert (res.config["rtol"], res.config["atol"]) == (1e-6, 1e-9)
+    for name in ("max_edge", "kappa", "leave_tol", "start_tol", "qp_iters", "max_segments"):
+        assert res.config[name] == getattr(edge, name), name
+    assert res.config["max_steps"] == edge.max_steps and res.config["eta"] == ETA
 
 
 def test_start_far_above_the_edge_is_refused_with_the_fix():
@@ -345,7 +416,7 @@ def test_start_far_above_the_edge_is_refused_with_the_fix():
     eta, wd = ETA, 0.1
     w0 = _start(prob, eta, 6.0)  # eta lambda_1 = 6
     with pytest.raises(ValueError, match="above the edge of stability") as err:
-        central_flow(prob.loss, w0, eta=eta, wd=wd, t=10.0, geometry="dense")
+        central_flow(prob.loss, w0, eta=eta, wd=wd, saveat=10.0, geometry=Dense())
     c = float(str(err.value).split("c >= ")[1].split()[0])
     lam = float(jnp.linalg.eigvalsh(jax.hessian(prob.loss)(c * w0))[-1])
     assert eta * (lam + wd) == pytest.approx(2.0, rel=1e-4)
@@ -353,7 +424,7 @@ def test_start_far_above_the_edge_is_refused_with_the_fix():
 
 def test_zero_start_is_refused():
     with pytest.raises(ValueError, match="w0 must be nonzero"):
-        central_flow(great_circle().loss, jnp.zeros(3), eta=ETA, wd=0.1, t=10.0)
+        central_flow(great_circle().loss, jnp.zeros(3), eta=ETA, wd=0.1, saveat=10.0)
 
 
 # --------------------------------------------------------------------------------------------

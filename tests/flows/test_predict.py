@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import math
 
+import diffrax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
 from theory.engine.gd import gd_wd
+from theory.flows.common import Dense, GaussNewton, Lanczos
 from theory.flows.manifold import project_to_manifold
 from theory.flows.predict import (
+    Phase1Model,
+    Phase3Flow,
     gauss_newton_feet,
     predict_from_init,
     relaxation_cycle,
@@ -60,7 +64,12 @@ def test_phase1_with_the_plain_flow_lands_on_phi() -> None:
     prob = great_circle()
     w0 = _start(prob, 0.3)
     pred = predict_from_init(
-        prob.loss, w0, eta=ETA, wd=0.1, steps=200, phase1="flow", reference_phi=True
+        prob.loss,
+        w0,
+        eta=ETA,
+        wd=0.1,
+        steps=200,
+        phase1=Phase1Model(equation="flow", reference_phi=True),
     )
     phi = np.asarray(project_to_manifold(prob.loss, w0))
     assert np.linalg.norm(pred.theta_landing - phi) < 1e-9
@@ -102,7 +111,7 @@ def test_phase2_norm_and_onset_against_gd() -> None:
     errs = {}
     for term in ("discrete", "none"):
         pred = predict_from_init(
-            prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=110, gradient_term=term
+            prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=110, phase1=Phase1Model(gradient_term=term)
         )
         in2 = pred.phase == 2
         assert in2.sum() > 20
@@ -151,9 +160,10 @@ def test_relaxation_cycle_against_direct_integration() -> None:
         ({"wd": 20.0}, "eta \\* wd"),
         ({"steps": 0}, "steps"),
         ({"record_every": 0}, "record_every"),
-        ({"phase1": "euler"}, "phase1"),
-        ({"gradient_term": "exact"}, "gradient_term"),
-        ({"form": "F2"}, "form"),
+        ({"phase1": "modified"}, "phase1 must be a theory.Phase1Model"),
+        ({"phase3": {"form": "F1"}}, "phase3 must be a theory.Phase3Flow"),
+        # a geometry is an object now: the old strings are refused with the objects named
+        ({"geometry": "dense"}, "geometry must be a geometry object .*Dense"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
@@ -161,6 +171,51 @@ def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     args = {"eta": ETA, "wd": 0.1, "steps": 10, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         predict_from_init(prob.loss, jnp.asarray(prob.start), **args)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: Phase1Model(equation="euler"), ValueError, "Phase1Model.equation must be among"),
+        (
+            lambda: Phase1Model(gradient_term="exact"),
+            ValueError,
+            "Phase1Model.gradient_term must be among",
+        ),
+        (lambda: Phase1Model(max_steps=0), ValueError, "Phase1Model.max_steps must be"),
+        (lambda: Phase1Model(reference_phi=1), TypeError, "Phase1Model.reference_phi must be"),
+        (
+            lambda: Phase1Model(stepsize_controller=diffrax.ConstantStepSize()),
+            TypeError,
+            "Phase1Model.stepsize_controller must be adaptive",
+        ),
+        (
+            lambda: Phase1Model(stepsize_controller=diffrax.PIDController(rtol=0.0, atol=1e-9)),
+            ValueError,
+            "Phase1Model.stepsize_controller.rtol must be a positive",
+        ),
+        (lambda: Phase3Flow(form="F2"), ValueError, "Phase3Flow.form must be among"),
+        (lambda: Phase3Flow(gap_tol=-1.0), ValueError, "Phase3Flow.gap_tol must be a positive"),
+        (lambda: Phase3Flow(on_degenerate="warn"), ValueError, "Phase3Flow.on_degenerate"),
+        (lambda: Phase3Flow(saves=1), ValueError, "Phase3Flow.saves must be >= 2"),
+        (lambda: Phase3Flow(stepsize_controller=1e-8), TypeError, "Phase3Flow.stepsize_controller"),
+    ],
+)
+def test_phase_settings_refuse_bad_values(make, error, match) -> None:
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_settings_configs_name_every_knob() -> None:
+    """The result's config is built from these: each knob under its historical key."""
+    ode = diffrax.PIDController(rtol=1e-7, atol=1e-9)
+    cfg = Phase1Model(equation="flow", gradient_term="none", stepsize_controller=ode).config()
+    assert cfg["phase1"] == "flow" and cfg["gradient_term"] == "none"
+    assert (cfg["ode_rtol"], cfg["ode_atol"], cfg["ode_max_steps"]) == (1e-7, 1e-9, 100_000)
+    assert cfg["reference_phi"] is False
+    cfg3 = Phase3Flow(form="F0", gap_tol=2e-3, saves=11).config()
+    assert (cfg3["form"], cfg3["gap_tol"], cfg3["flow_saves"]) == ("F0", 2e-3, 11)
+    assert (cfg3["flow_rtol"], cfg3["flow_atol"], cfg3["on_degenerate"]) == (1e-8, 1e-10, "stop")
 
 
 @pytest.mark.slow
@@ -204,11 +259,14 @@ def test_top_eigenvalues_is_lambda1_on_the_manifold() -> None:
     prob = great_circle()
     phis = np.linspace(0.1, 1.4, 5)
     pts = np.stack([np.cos(phis), np.sin(phis), np.zeros_like(phis)], 1) * 3.0
-    lam = top_eigenvalues(prob.loss, pts)
     ref = [float(prob.lambda1(jnp.asarray(p / 3.0))) for p in pts]
-    np.testing.assert_allclose(lam, ref, rtol=1e-10)
+    for geometry in (Dense(), Lanczos(), GaussNewton(prob.residuals)):
+        lam = top_eigenvalues(prob.loss, pts, geometry=geometry)
+        np.testing.assert_allclose(lam, ref, rtol=1e-10)
     with pytest.raises(ValueError, match="points"):
         top_eigenvalues(prob.loss, np.full((2, 3), np.nan))
+    with pytest.raises(TypeError, match="geometry must be a geometry object"):
+        top_eigenvalues(prob.loss, pts, geometry="dense")
 
 
 def test_gauss_newton_feet_land_on_the_equator() -> None:

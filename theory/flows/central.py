@@ -34,21 +34,24 @@ edge eigenvalues where they are, and ``A' = A - (kappa/eta) (B + wd - 2/eta)`` a
 rate ``kappa`` per step that removes the drift of an integrator off the constraint (Baumgarte
 stabilization; the true flow is the limit ``kappa -> 0`` of solutions started on the edge).
 For ``k = 1`` the solution is ``sigma^2 = max(0, -2 A' / |grad lambda_1|^2)``; for ``k >= 2``
-it is found by accelerated projected gradient (FISTA) on ``M``, ``qp_iters`` iterations.
+it is found by accelerated projected gradient (FISTA) on ``M``, ``EdgeSettings.qp_iters``
+iterations.
 
 **Events and modes.** The *mode* ``k`` is the number of eigenvalues at the edge (0: plain
 gradient flow on ``f``). A solve runs in one mode until an event: *enter* when
 ``eta (lambda_{k+1} + wd)`` reaches 2 (the mode becomes ``k + 1``), *leave* when
 ``eta (lambda_k + wd)`` falls below ``2 - leave_tol`` (the mode becomes ``k - 1``; this happens
 once ``Sigma`` no longer needs the ``k``-th direction). Within a mode the vector field is
-continuous. :func:`central_flow` chains the solves and records the events.
+continuous. :func:`central_flow` chains the solves and records the events; the knobs of that
+edge handling are one object, :class:`EdgeSettings`.
 
 **Stiffness and the solver.** Off the edge the flow is gradient flow on ``f``: its fast modes
 relax at rates ``eta lambda_i`` per step, up to 2 at the edge, while the slow drift along
 ``Gamma`` has rate ``~ eta wd``. The default solver is explicit (diffrax ``Tsit5`` with PID
 step-size control): its step is bounded by stability to about ``1.5`` GD steps, so the flow
-costs about ``4`` vector-field evaluations per GD step, each one gradient, one Lanczos solve for
-the top ``max_edge + 1`` eigenpairs and ``max_edge (max_edge + 1) / 2`` third-order passes.
+costs about ``4`` vector-field evaluations per GD step, each one gradient, one eigen-solve of the
+geometry (``Lanczos()`` by default: matrix-free) for the top ``max_edge + 1`` eigenpairs and
+``max_edge (max_edge + 1) / 2`` third-order passes.
 Implicit solvers would need the Jacobian of a vector field that contains Lanczos; they are not
 offered.
 
@@ -63,7 +66,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -74,13 +77,30 @@ import optimistix as optx
 
 from theory.core import linalg
 from theory.core import validate as check
-from theory.core.curvature import linearize_grad, mixed_third
+from theory.core.curvature import mixed_third
 from theory.core.invariance import check_scale_invariance
-from theory.core.lanczos import lanczos
 from theory.core.types import Array, LossFn
 from theory.engine.gd import check_rates
+from theory.flows.common import (
+    AbstractGeometry,
+    Lanczos,
+    SaveTimes,
+    check_controller,
+    check_solver,
+    controller_config,
+    geometry_of,
+)
 
-Geometry = Literal["dense", "lanczos"]
+__all__ = [
+    "CentralFlowField",
+    "CentralFlowResult",
+    "CentralQuantities",
+    "EdgeEvent",
+    "EdgeSettings",
+    "central_flow",
+    "equilibrium_on_gamma",
+    "solve_sigma",
+]
 
 
 class CentralQuantities(NamedTuple):
@@ -153,11 +173,10 @@ class CentralFlowField(eqx.Module):
         loss: the scale-invariant loss ``L``.
         eta, wd: learning rate and weight decay (arrays: traced, not compiled in).
         kappa: restoring rate per step towards the edge (see the module docstring).
+        geometry: how the top eigenpairs of ``hess L(w)`` are computed (its ``top_eigs``):
+            :class:`theory.Lanczos` (matrix-free, default) or :class:`theory.Dense` (small ``D``).
         max_edge: largest number of eigenvalues allowed at the edge (static; ``max_edge + 1``
             eigenpairs are computed so that the next one's arrival is seen).
-        geometry: ``"lanczos"`` (matrix-free, default) or ``"dense"`` (``jax.hessian`` +
-            ``eigh``; small ``D``).
-        lanczos_iters: Krylov dimension cap per evaluation (``"lanczos"``).
         qp_iters: FISTA iterations for ``Sigma`` when ``max_edge >= 2``.
 
     The mode (the number of edge eigenvalues, an int array) is diffrax's ``args``.
@@ -167,38 +186,32 @@ class CentralFlowField(eqx.Module):
     eta: Array
     wd: Array
     kappa: Array
+    geometry: AbstractGeometry = Lanczos()
     max_edge: int = eqx.field(static=True, default=2)
-    geometry: str = eqx.field(static=True, default="lanczos")
-    lanczos_iters: int = eqx.field(static=True, default=64)
     qp_iters: int = eqx.field(static=True, default=200)
+
+    def __check_init__(self) -> None:
+        geometry_of(self.geometry, "CentralFlowField.geometry")
+        check.positive_int(self.max_edge, "CentralFlowField.max_edge")
+        check.positive_int(self.qp_iters, "CentralFlowField.qp_iters")
 
     def num_pairs(self, dim: int) -> int:
         """Eigenpairs computed per evaluation: ``min(D, max_edge + 1)``."""
         return min(dim, self.max_edge + 1)
 
-    def eigs(self, w: Array) -> tuple[Array, Array, Array]:
-        """``(grad L(w), top eigenvalues (p,), eigenvectors (D, p))`` of ``hess L(w)``."""
-        dim = w.shape[0]
-        p = self.num_pairs(dim)
-        if self.geometry == "dense":
-            grad = jax.grad(self.loss)(w)
-            vals, vecs = linalg.eigh(jax.hessian(self.loss)(w))
-            return grad, vals[::-1][:p], vecs[:, ::-1][:, :p]
-        grad, hvp = linearize_grad(self.loss, w)
-        v0 = jax.random.normal(jax.random.PRNGKey(0), w.shape, w.dtype)
-        iters = min(dim, max(self.lanczos_iters, 2 * p + 10))
-        res = lanczos(hvp, v0, k=p, max_iters=iters)
-        return grad, res.eigenvalues, res.eigenvectors
+    def eigs(self, w: Array) -> tuple[Array, Array]:
+        """The top ``p`` eigenvalues ``(p,)`` and eigenvectors ``(D, p)`` of ``hess L(w)``."""
+        return self.geometry.top_eigs(self.loss, w, self.num_pairs(w.shape[0]))
 
     def edge_numbers(self, w: Array) -> Array:
         """``eta (lambda_i + wd)`` for the top ``p`` eigenvalues (2 is the edge)."""
-        _, lam, _ = self.eigs(w)
+        lam, _ = self.eigs(w)
         return self.eta * (lam + self.wd)
 
     def quantities(self, w: Array, mode: Array) -> CentralQuantities:
         """Everything at ``w`` in mode ``mode`` (``0 <= mode <= max_edge``)."""
-        grad_l, lam, vecs = self.eigs(w)
-        grad_f = grad_l + self.wd * w
+        lam, vecs = self.eigs(w)
+        grad_f = jax.grad(self.loss)(w) + self.wd * w
         k = min(self.max_edge, lam.shape[0])
         if k == 0:
             return CentralQuantities(
@@ -232,6 +245,42 @@ class EdgeEvent:
     t: float
     change: int
     mode: int
+
+
+class EdgeSettings(eqx.Module):
+    """How :func:`central_flow` handles the edge of stability (module docstring).
+
+    Attributes:
+        max_edge: how many eigenvalues may sit at the edge at once (1 gives the closed-form
+            ``sigma^2``; more need ``qp_iters`` FISTA iterations per evaluation).
+        kappa: restoring rate per step that keeps the edge eigenvalues on the edge (``>= 0``).
+        leave_tol: hysteresis: the flow leaves the edge when ``eta (lambda_k + wd)`` falls
+            below ``2 - leave_tol`` (``> 0``).
+        start_tol: a start with ``eta (lambda_1 + wd)`` in ``(2, 2 + start_tol]`` is taken to be
+            on the edge (and pulled back to it at rate ``kappa``); above that it is refused.
+        qp_iters: FISTA iterations for ``Sigma`` (``max_edge >= 2``).
+        max_segments: cap on the chained solves (mode changes + 1).
+        max_steps: integrator step cap per solve (between two mode changes).
+    """
+
+    max_edge: int = eqx.field(static=True, default=2)
+    kappa: float = eqx.field(static=True, default=0.2)
+    leave_tol: float = eqx.field(static=True, default=1e-4)
+    start_tol: float = eqx.field(static=True, default=1e-3)
+    qp_iters: int = eqx.field(static=True, default=200)
+    max_segments: int = eqx.field(static=True, default=64)
+    max_steps: int = eqx.field(static=True, default=1_000_000)
+
+    def __check_init__(self) -> None:
+        for name in ("max_edge", "qp_iters", "max_segments", "max_steps"):
+            check.positive_int(getattr(self, name), f"EdgeSettings.{name}")
+        check.nonnegative(self.kappa, "EdgeSettings.kappa")
+        check.positive(self.leave_tol, "EdgeSettings.leave_tol")
+        check.nonnegative(self.start_tol, "EdgeSettings.start_tol")
+
+    def config(self) -> dict[str, Any]:
+        """The settings for a result's ``config``."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -289,13 +338,12 @@ class _Segment(NamedTuple):
 def _segment(
     field_: CentralFlowField,
     solver: diffrax.AbstractAdaptiveSolver,
+    controller: diffrax.AbstractStepSizeController,
     w0: Array,
     mode: Array,
     t0: Array,
     t1: Array,
     ts: Array,
-    rtol: Array,
-    atol: Array,
     leave_tol: Array,
     max_steps: int,
 ) -> _Segment:
@@ -316,7 +364,7 @@ def _segment(
         y0=w0,
         args=mode,
         saveat=diffrax.SaveAt(ts=jnp.clip(ts, t0, t1), t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=controller,
         event=diffrax.Event(
             margin,
             root_finder=optx.Bisection(rtol=1e-9, atol=1e-9),  # type: ignore[call-arg]
@@ -354,196 +402,126 @@ def _measure(field_: CentralFlowField, ws: Array, modes: Array) -> CentralQuanti
     return jax.vmap(field_.quantities)(ws, modes)
 
 
-def _save_times(t: Any, num_saves: int) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(t, dtype=np.float64))
-    if arr.size == 1:
-        end = float(arr[0])
-        if not (math.isfinite(end) and end > 0):
-            raise ValueError(
-                f"t must be a positive finite end time (in steps) or an array, got {t!r}"
-            )
-        if num_saves < 2:
-            raise ValueError(f"num_saves must be >= 2, got {num_saves}")
-        return np.linspace(0.0, end, num_saves)
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(np.diff(arr) <= 0):
-        raise ValueError("t must be finite, >= 0 and strictly increasing")
-    return arr if arr[0] == 0.0 else np.concatenate([[0.0], arr])
+# The defaults of central_flow (module-level: immutable objects, built once).
+_GEOMETRY = Lanczos()
+_EDGE = EdgeSettings()
+_SOLVER = diffrax.Tsit5()
+_CONTROLLER = diffrax.PIDController(rtol=1e-7, atol=1e-10)
 
 
-def central_flow(
-    loss: LossFn,
-    w0: Array,
-    *,
-    eta: float,
-    wd: float,
-    t: float | Array | np.ndarray,
-    num_saves: int = 201,
-    max_edge: int = 2,
-    geometry: Geometry = "lanczos",
-    rtol: float = 1e-7,
-    atol: float = 1e-10,
-    kappa: float = 0.2,
-    leave_tol: float = 1e-4,
-    start_tol: float = 1e-3,
-    lanczos_iters: int = 64,
-    qp_iters: int = 200,
-    max_steps: int = 1_000_000,
-    max_segments: int = 64,
-    check_invariance: bool = True,
-    solver: diffrax.AbstractAdaptiveSolver | None = None,
-) -> CentralFlowResult:
-    """Integrate the central flow of GD+WD on a scale-invariant loss from any ``w0``.
+def _edge_settings(edge: Any) -> EdgeSettings:
+    if not isinstance(edge, EdgeSettings):
+        raise TypeError(
+            f"edge must be a theory.EdgeSettings (e.g. EdgeSettings(max_edge=1)), got {edge!r}"
+        )
+    return edge
 
-    Args:
-        loss: scale-invariant loss ``L`` (checked around ``w0`` unless
-            ``check_invariance=False``: the outputs ``sharpness`` and ``eta_eff`` assume it).
-        w0: start ``(D,)``, finite and nonzero; GD's ``w_0``.
-        eta: learning rate ``> 0``; wd: weight decay ``>= 0`` with ``eta * wd < 1``.
-        t: end time in GD steps (``num_saves`` equally spaced rows) or increasing save times
-            (0 is prepended if missing).
-        max_edge: how many eigenvalues may sit at the edge at once (1 gives the closed-form
-            ``sigma^2``; more need ``qp_iters`` FISTA iterations per evaluation).
-        geometry: ``"lanczos"`` (matrix-free) or ``"dense"`` (small ``D``).
-        rtol, atol: tolerances of the PID step-size controller.
-        kappa: restoring rate per step that keeps the edge eigenvalues on the edge.
-        leave_tol: hysteresis: the flow leaves the edge when ``eta (lambda_k + wd)`` falls
-            below ``2 - leave_tol``.
-        start_tol: a start with ``eta (lambda_1 + wd)`` in ``(2, 2 + start_tol]`` is taken to
-            be on the edge (and pulled back to it at rate ``kappa``); above that it is refused.
-        lanczos_iters: Krylov dimension cap per evaluation.
-        qp_iters: FISTA iterations for ``Sigma`` (``max_edge >= 2``).
-        max_steps: integrator step cap per segment; max_segments: cap on mode changes.
-        check_invariance: reject a loss that is not scale-invariant around ``w0``.
-        solver: an explicit adaptive diffrax solver (default ``Tsit5()``).
 
-    Returns:
-        :class:`CentralFlowResult`.
+def _adaptive(obj: Any, kind: type, name: str) -> Any:
+    """``obj`` if it is an adaptive diffrax ``kind`` (a solve that starts with ``dt0=None`` and
+    ends at an event located on the dense output needs one; also used by theory.flows.predict:
+    a candidate for theory.flows.common)."""
+    if not isinstance(obj, kind):
+        raise TypeError(f"{name} must be adaptive (a diffrax {kind.__name__}), got {obj!r}")
+    return obj
 
-    Raises:
-        ValueError: bad settings, ``eta * wd >= 1``, or a start above the edge
-            (``eta (lambda_1 + wd) > 2 + start_tol``), where GD is linearly unstable and the
-            central flow is undefined. For a scale-invariant loss, scaling ``w0`` by ``c``
-            divides ``lambda_1`` by ``c^2``: the message gives the smallest scaling that
-            puts ``w0`` on the edge.
-        theory.ScaleInvarianceError: the loss is not scale-invariant.
-        RuntimeError: the integrator failed, more than ``max_edge`` eigenvalues reached the
-            edge, or the mode changed more than ``max_segments`` times.
-    """
-    eta, wd, _ = check_rates(eta, wd)
-    w0, _ = check.flat_vector(w0, "w0")
-    if geometry not in ("dense", "lanczos"):
-        raise ValueError(f"geometry must be 'dense' or 'lanczos', got {geometry!r}")
-    max_edge = check.positive_int(max_edge, "max_edge")
-    rtol = check.positive(rtol, "rtol")
-    atol = check.positive(atol, "atol")
-    kappa = check.nonnegative(kappa, "kappa")
-    leave_tol = check.positive(leave_tol, "leave_tol")
-    start_tol = check.nonnegative(start_tol, "start_tol")
-    lanczos_iters = check.positive_int(lanczos_iters, "lanczos_iters")
-    qp_iters = check.positive_int(qp_iters, "qp_iters")
-    max_steps = check.positive_int(max_steps, "max_steps")
-    max_segments = check.positive_int(max_segments, "max_segments")
-    times = _save_times(t, num_saves)
-    if check_invariance:
-        check_scale_invariance(loss, w0)
-    dtype = w0.dtype
-    field_ = CentralFlowField(
-        loss,
-        jnp.asarray(eta, dtype),
-        jnp.asarray(wd, dtype),
-        jnp.asarray(kappa, dtype),
-        max_edge=max_edge,
-        geometry=geometry,
-        lanczos_iters=lanczos_iters,
-        qp_iters=qp_iters,
-    )
-    p = field_.num_pairs(w0.shape[0])
+
+def _start_mode(field_: CentralFlowField, w0: Array, edge: EdgeSettings) -> int:
+    """The mode at ``w0`` (eigenvalues at the edge); a start above the edge is refused."""
+    eta, wd = float(field_.eta), float(field_.wd)
     e0 = np.asarray(_edge_numbers(field_, w0))
-    if e0[0] > 2.0 + start_tol:
+    if e0[0] > 2.0 + edge.start_tol:
         # w0 -> c w0 divides lambda_1 by c^2: eta (lambda_1 / c^2 + wd) <= 2 needs this c.
         scale = math.sqrt((e0[0] - eta * wd) / (2.0 - eta * wd))
         raise ValueError(
             f"w0 is above the edge of stability: eta * (lambda_1 + wd) = {e0[0]:.6g} > 2 "
-            f"(+ start_tol {start_tol:g}). GD is linearly unstable there and the central flow "
-            f"is undefined (GD would catapult). For a scale-invariant loss, w0 * c with "
+            f"(+ start_tol {edge.start_tol:g}). GD is linearly unstable there and the central "
+            f"flow is undefined (GD would catapult). For a scale-invariant loss, w0 * c with "
             f"c >= {scale:.6g} starts at or below the edge."
         )
-    mode = int(np.sum(e0 >= 2.0 - leave_tol))
-    if mode > max_edge:
+    mode = int(np.sum(e0 >= 2.0 - edge.leave_tol))
+    if mode > edge.max_edge:
         raise RuntimeError(
             f"{mode} eigenvalues are at the edge at w0 (eta (lambda_i + wd) = {e0[:mode]}), "
-            f"more than max_edge={max_edge}; raise max_edge"
+            f"more than max_edge={edge.max_edge}; raise EdgeSettings.max_edge"
         )
-    solver = diffrax.Tsit5() if solver is None else solver
-    ts = jnp.asarray(times, dtype)
-    t_end = float(times[-1])
-    w = w0
-    t_now = 0.0
-    rows: dict[int, np.ndarray] = {}
-    row_mode: dict[int, int] = {}
-    events: list[EdgeEvent] = []
-    steps = 0
-    for _ in range(max_segments):
+    return mode
+
+
+class _Path(NamedTuple):
+    rows: dict[int, np.ndarray]  # save index -> iterate
+    modes: dict[int, int]  # save index -> mode
+    events: list[EdgeEvent]
+    steps: int
+
+
+def _chain(
+    field_: CentralFlowField,
+    solver: diffrax.AbstractAdaptiveSolver,
+    controller: diffrax.AbstractStepSizeController,
+    w0: Array,
+    times: np.ndarray,
+    edge: EdgeSettings,
+) -> _Path:
+    """Chain the solves in fixed modes from ``w0``, switching the mode at each event."""
+    dtype = w0.dtype
+    mode = _start_mode(field_, w0, edge)
+    ts, t_end, leave_tol = jnp.asarray(times, dtype), float(times[-1]), edge.leave_tol
+    w, t_now, path = w0, 0.0, _Path({}, {}, [], 0)
+    for _ in range(edge.max_segments):
         seg = _segment(
-            field_,
-            solver,
-            w,
-            jnp.asarray(mode, jnp.int32),
-            jnp.asarray(t_now, dtype),
-            jnp.asarray(t_end, dtype),
-            ts,
-            jnp.asarray(rtol, dtype),
-            jnp.asarray(atol, dtype),
-            jnp.asarray(leave_tol, dtype),
-            max_steps,
-        )
-        steps += int(seg.steps)
+            field_, solver, controller, w, jnp.asarray(mode, jnp.int32),
+            jnp.asarray(t_now, dtype), jnp.asarray(t_end, dtype), ts,
+            jnp.asarray(leave_tol, dtype), edge.max_steps,
+        )  # fmt: skip
+        path = path._replace(steps=path.steps + int(seg.steps))
         t_stop = float(seg.t_end)
         if not bool(seg.ok):
             raise RuntimeError(
                 f"the central-flow integrator failed at t = {t_stop:.6g} steps in mode {mode} "
-                f"(max_steps={max_steps} reached or the step size underflowed); loosen "
-                "rtol/atol or raise max_steps"
+                f"(EdgeSettings.max_steps={edge.max_steps} reached or the step size "
+                "underflowed); loosen the controller's rtol/atol or raise max_steps"
             )
         ys = np.asarray(seg.ys)
         for i in np.flatnonzero((times >= t_now) & (times <= t_stop)):
-            if i not in rows and np.all(np.isfinite(ys[i])):
-                rows[int(i)], row_mode[int(i)] = ys[i], mode
-        w, t_now = seg.y_end, t_stop
-        fired = bool(seg.fired)
-        enter_gap, leave_gap = (
-            np.asarray(_margins(_edge_numbers(field_, w), mode, leave_tol)) if fired else (1, 1)
-        )
-        if fired and enter_gap <= leave_gap:
-            if mode + 1 > min(max_edge, p):
+            if i not in path.rows and np.all(np.isfinite(ys[i])):
+                path.rows[int(i)], path.modes[int(i)] = ys[i], mode
+        w, t_now, fired = seg.y_end, t_stop, bool(seg.fired)
+        if fired:
+            gaps = np.asarray(_margins(_edge_numbers(field_, w), mode, leave_tol))
+            change = +1 if gaps[0] <= gaps[1] else -1
+            if mode + change > min(edge.max_edge, field_.num_pairs(w0.shape[0])):
                 raise RuntimeError(
                     f"at t = {t_stop:.6g} steps a further eigenvalue reached the edge while "
-                    f"{mode} were already there (max_edge={max_edge}); raise max_edge"
+                    f"{mode} were already there (max_edge={edge.max_edge}); raise "
+                    "EdgeSettings.max_edge"
                 )
-            mode += 1
-            events.append(EdgeEvent(t_stop, +1, mode))
-        elif fired:
-            mode -= 1
-            events.append(EdgeEvent(t_stop, -1, mode))
+            mode += change
+            path.events.append(EdgeEvent(t_stop, change, mode))
         if t_now >= t_end or not fired:
-            break
-    else:
-        raise RuntimeError(
-            f"the central flow changed mode more than max_segments={max_segments} times "
-            f"before t = {t_end:g} (last events: {events[-3:]}); the edge is chattering"
-        )
-    idx = np.asarray(sorted(rows))
-    ws = np.stack([rows[i] for i in idx])
-    modes = np.asarray([row_mode[i] for i in idx], np.int32)
+            return path
+    raise RuntimeError(
+        f"the central flow changed mode more than max_segments={edge.max_segments} times "
+        f"before t = {t_end:g} (last events: {path.events[-3:]}); the edge is chattering"
+    )
+
+
+def _result(
+    field_: CentralFlowField, times: np.ndarray, path: _Path, config: dict[str, Any]
+) -> CentralFlowResult:
+    """The saved rows measured at their modes."""
+    eta = float(field_.eta)
+    idx = np.asarray(sorted(path.rows))
+    ws = np.stack([path.rows[i] for i in idx])
+    modes = np.asarray([path.modes[i] for i in idx], np.int32)
     q = _measure(field_, jnp.asarray(ws), jnp.asarray(modes))
-    lam = np.asarray(q.lam)
-    sig = np.asarray(q.sigma)
+    lam, sig = np.asarray(q.lam), np.asarray(q.sigma)
     k = sig.shape[-1]
     sigma2 = np.trace(sig, axis1=1, axis2=2) if k else np.zeros(len(idx))
     half_sh = 0.5 * np.einsum("naa,na->n", sig, lam[:, :k]) if k else np.zeros(len(idx))
     norm = np.linalg.norm(ws, axis=1)
     loss_v = np.asarray(q.loss)
-    onset = next((e.t for e in events if e.change > 0), None)
+    onset = next((e.t for e in path.events if e.change > 0), None)
     if onset is None and modes.size and modes[0] > 0:
         onset = 0.0
     return CentralFlowResult(
@@ -559,25 +537,83 @@ def central_flow(
         avg_loss=loss_v + half_sh,
         mode=modes,
         lam=lam,
-        events=tuple(events),
+        events=tuple(path.events),
         onset=onset,
-        num_steps=steps,
-        num_evals=7 * steps,
-        config={
-            "eta": eta,
-            "wd": wd,
-            "max_edge": max_edge,
-            "geometry": geometry,
-            "rtol": rtol,
-            "atol": atol,
-            "kappa": kappa,
-            "leave_tol": leave_tol,
-            "start_tol": start_tol,
-            "lanczos_iters": lanczos_iters,
-            "qp_iters": qp_iters,
-            "solver": type(solver).__name__,
-        },
+        num_steps=path.steps,
+        num_evals=7 * path.steps,
+        config=config,
     )
+
+
+def central_flow(
+    loss: LossFn,
+    w0: Array,
+    *,
+    eta: float,
+    wd: float,
+    saveat: SaveTimes | float | Array | np.ndarray,
+    geometry: AbstractGeometry = _GEOMETRY,
+    edge: EdgeSettings = _EDGE,
+    solver: diffrax.AbstractAdaptiveSolver = _SOLVER,
+    stepsize_controller: diffrax.AbstractStepSizeController = _CONTROLLER,
+) -> CentralFlowResult:
+    """Integrate the central flow of GD+WD on a scale-invariant loss from any ``w0``.
+
+    Args:
+        loss: scale-invariant loss ``L`` (checked around ``w0``: the outputs ``sharpness`` and
+            ``eta_eff`` assume it).
+        w0: start ``(D,)``, finite and nonzero; GD's ``w_0``.
+        eta: learning rate ``> 0``; wd: weight decay ``>= 0`` with ``eta * wd < 1``.
+        saveat: the save times in GD steps, a :class:`theory.SaveTimes` (an end time or an
+            array is read by :meth:`SaveTimes.of`).
+        geometry: how the top eigenpairs are computed: :class:`theory.Lanczos` (matrix-free,
+            default ``Lanczos()``) or :class:`theory.Dense` (small ``D``); its ``rank`` is not
+            used.
+        edge: the edge handling, :class:`EdgeSettings` (default ``EdgeSettings()``).
+        solver: an explicit adaptive diffrax solver (default ``diffrax.Tsit5()``).
+        stepsize_controller: an adaptive diffrax controller (default
+            ``diffrax.PIDController(rtol=1e-7, atol=1e-10)``).
+
+    Returns:
+        :class:`CentralFlowResult` (``config`` records every setting).
+
+    Raises:
+        ValueError: bad settings, ``eta * wd >= 1``, or a start above the edge
+            (``eta (lambda_1 + wd) > 2 + start_tol``), where GD is linearly unstable and the
+            central flow is undefined. For a scale-invariant loss, scaling ``w0`` by ``c``
+            divides ``lambda_1`` by ``c^2``: the message gives the smallest scaling that
+            puts ``w0`` on the edge.
+        TypeError: a geometry, edge, solver or controller that is not such an object.
+        theory.ScaleInvarianceError: the loss is not scale-invariant.
+        RuntimeError: the integrator failed, more than ``max_edge`` eigenvalues reached the
+            edge, or the mode changed more than ``max_segments`` times.
+    """
+    eta, wd, _ = check_rates(eta, wd)
+    w0, _ = check.flat_vector(w0, "w0")
+    times = SaveTimes.of(saveat).times()
+    geometry = geometry_of(geometry)
+    edge = _edge_settings(edge)
+    solver = _adaptive(check_solver(solver), diffrax.AbstractAdaptiveSolver, "solver")
+    controller = _adaptive(
+        check_controller(stepsize_controller),
+        diffrax.AbstractAdaptiveStepSizeController,
+        "stepsize_controller",
+    )
+    check_scale_invariance(loss, w0)
+    field_ = CentralFlowField(
+        loss, jnp.asarray(eta, w0.dtype), jnp.asarray(wd, w0.dtype),
+        jnp.asarray(edge.kappa, w0.dtype), geometry, edge.max_edge, edge.qp_iters,
+    )  # fmt: skip
+    path = _chain(field_, solver, controller, w0, times, edge)
+    config = {
+        "eta": eta,
+        "wd": wd,
+        **geometry.config(),
+        **edge.config(),
+        "solver": type(solver).__name__,
+        **controller_config(controller),
+    }
+    return _result(field_, times, path, config)
 
 
 def equilibrium_on_gamma(

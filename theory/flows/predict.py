@@ -11,9 +11,10 @@ The three phases of docs/theory.md section 2, each replaced by something much ch
       dN/dt = -c N + eta (-dL(y)/dt) / (1 - h R / 2),           R = g.Hg / |g|^2
 
   with ``g = grad L(y)``, ``H = hess L(y)``, ``P`` the projector onto the sphere's tangent space,
-  ``c = -2 log(1 - eta wd)`` (the exact per-step decay of ``N``). ``phase1="flow"`` drops the
-  ``(h/2) H g`` term: the direction then lands exactly on ``Phi(w0)``, the limit of the spherical
-  gradient flow (a re-timed gradient flow has the same limit). The ``(h/2) H g`` term is GD's
+  ``c = -2 log(1 - eta wd)`` (the exact per-step decay of ``N``).
+  ``Phase1Model(equation="flow")`` drops the ``(h/2) H g`` term: the direction then lands exactly
+  on ``Phi(w0)``, the limit of the spherical gradient flow (a re-timed gradient flow has the same
+  limit). The ``(h/2) H g`` term is GD's
   first-order modified equation (backward error analysis): GD with step ``h`` follows the
   gradient flow of ``L + (h/4)|grad L|^2`` up to ``O(h^2)`` per unit time, so the landing point
   moves from ``Phi(w0)`` by ``O(h)`` along ``Gamma`` [standard; applied here]. The norm's source
@@ -22,17 +23,18 @@ The three phases of docs/theory.md section 2, each replaced by something much ch
   ``1 + h R / 2`` along the modified flow), so the source adds ``eta (L_0 - L_I)`` in total; GD's
   steps add ``sum_t h |g_t|^2 = L_0 / (1 - h lambda / 2)`` on one quadratic mode
   ``x_{t+1} = (1 - h lambda) x_t``, hence the factor ``1 / (1 - h R / 2)`` [derived].
-  ``gradient_term="flow"`` drops the factor, ``"none"`` the source.
+  ``Phase1Model(gradient_term="flow")`` drops the factor, ``"none"`` the source.
   The ODE stops when the gradient falls below ``switch`` (``1e-7`` in float64) or when
   ``eta lambda_1(y) / N`` reaches 2, whichever comes first. In the second case (ill-conditioned
   problems, e.g. networks, whose slow directions have not converged by the onset) there is no
   phase II: the onset is there, and phase III starts from the projection of ``y`` onto
   ``Gamma``.
 * **II (norm decay).** Once ``|g| <= switch`` the direction is polished onto ``Gamma`` (dense
-  Newton via :func:`theory.project_to_manifold`, or with ``residual_fn`` the matrix-free
-  Gauss-Newton projection) and frozen there: the gradient vanishes, so ``N`` decays exactly as
-  ``(1 - eta wd)^{2 t}`` and ``eta_eff S`` grows until it reaches 2 at the onset
-  ``t_on = t_I + log(2 / e_I) / c`` (``e_I = eta S(theta_I) / N_I`` at the end of phase I).
+  Newton via :func:`theory.project_to_manifold`, or with the :class:`theory.GaussNewton`
+  geometry the matrix-free Gauss-Newton projection) and frozen there: the gradient vanishes,
+  so ``N`` decays exactly as ``(1 - eta wd)^{2 t}`` and ``eta_eff S`` grows until it reaches 2
+  at the onset ``t_on = t_I + log(2 / e_I) / c`` (``e_I = eta S(theta_I) / N_I`` at the end of
+  phase I).
 * **III (Edge of Stability).** The direction follows the sharpness-reduction flow
   (:func:`theory.sharpness_flow`, form F1 by default) from ``theta_I`` on ``tau = 2 eta wd
   (t - t_on)``, and the norm is the EoS equilibrium ``|w|^2 = eta lambda_1(theta(tau)) / 2``
@@ -60,18 +62,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.core import linalg
 from theory.core import validate as check
 from theory.core.curvature import linearize_grad
-from theory.core.lanczos import lanczos
 from theory.core.types import Array, LossFn
+from theory.flows.central import _adaptive
+from theory.flows.common import (
+    AbstractGeometry,
+    Dense,
+    GaussNewton,
+    Lanczos,
+    check_controller,
+    controller_config,
+    geometry_of,
+)
 from theory.flows.gauss_newton import gauss_newton_project
-from theory.flows.manifold import _switch, project_to_manifold
+from theory.flows.manifold import _switch
 from theory.flows.reduction import FlowResult, sharpness_flow
 
 __all__ = [
     "Cycle",
-    "Prediction",
+    "Phase1Model",
+    "Phase3Flow",
+    "PredictResult",
     "gauss_newton_feet",
     "predict_from_init",
     "relaxation_cycle",
@@ -80,11 +92,13 @@ __all__ = [
 
 Phase1 = Literal["modified", "flow"]
 GradientTerm = Literal["discrete", "flow", "none"]
-_DENSE_MAX_DIM = 2048  # dense eigvalsh for the sharpness of the rows up to this D
+# The defaults (module-level: immutable objects, built once).
+_DENSE = Dense()
+_CONTROLLER = diffrax.PIDController(rtol=1e-8, atol=1e-10)
 
 
 @dataclass(frozen=True)
-class Prediction:
+class PredictResult:
     """A GD+WD run predicted from its initialization (NumPy arrays on the host).
 
     Rows are the steps ``0, record_every, 2 record_every, ...`` and always ``steps`` (as in
@@ -105,9 +119,9 @@ class Prediction:
         phase1_end: ``t_I``, where phase I's ODE stopped (the gradient fell below the switch,
             or, when ``phase1_end > onset``, the EoS came first).
         theta_landing: ``(D,)`` the point of ``Gamma`` where phase I lands (``Phi(w0)`` for
-            ``phase1="flow"``).
+            ``Phase1Model(equation="flow")``).
         phi: ``(D,)`` ``Phi(w0)`` itself, the spherical gradient flow's limit (with
-            ``reference_phi=True``, else ``None``).
+            ``Phase1Model(reference_phi=True)``, else ``None``).
         sharpness_landing: ``S(theta_landing)``.
         norm_sq_landing: ``|w|^2`` at ``t_I``.
         gradient_norm_sq: what phase I's gradient term added to ``|w|^2``, discounted to step 0
@@ -156,6 +170,101 @@ class Prediction:
 
 
 # --------------------------------------------------------------------------------------------
+# The settings of phases I and III
+# --------------------------------------------------------------------------------------------
+
+
+class Phase1Model(eqx.Module):
+    """Phase I's ODE in the step count (module docstring).
+
+    Attributes:
+        equation: ``"modified"`` (GD's first-order modified equation: lands where GD does to
+            ``O(h^2)``) or ``"flow"`` (the spherical gradient flow: lands on ``Phi(w0)``).
+        gradient_term: the norm's gradient source: ``"discrete"`` (the single-mode sum of GD's
+            steps), ``"flow"`` (its continuous limit, ``eta (L_0 - L_I)`` in total), ``"none"``.
+        stepsize_controller: an adaptive diffrax controller for the ODE (``Tsit5``).
+        max_steps: cap on the ODE's steps.
+        reference_phi: also compute ``Phi(w0)`` (the spherical gradient flow's limit; slow on
+            ill-conditioned problems, where it can cost more than the prediction).
+    """
+
+    equation: Phase1 = eqx.field(static=True, default="modified")
+    gradient_term: GradientTerm = eqx.field(static=True, default="discrete")
+    stepsize_controller: diffrax.AbstractAdaptiveStepSizeController = _CONTROLLER
+    max_steps: int = eqx.field(static=True, default=100_000)
+    reference_phi: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self) -> None:
+        check.among([self.equation], "Phase1Model.equation", ("modified", "flow"))
+        check.among([self.gradient_term], "Phase1Model.gradient_term", ("discrete", "flow", "none"))
+        _controller(self.stepsize_controller, "Phase1Model.stepsize_controller")
+        check.positive_int(self.max_steps, "Phase1Model.max_steps")
+        if not isinstance(self.reference_phi, bool):
+            raise TypeError(f"Phase1Model.reference_phi must be a bool, got {self.reference_phi!r}")
+
+    def config(self) -> dict[str, Any]:
+        """The settings for a result's ``config`` (the controller's prefixed ``ode_``)."""
+        ctrl = {f"ode_{k}": v for k, v in controller_config(self.stepsize_controller).items()}
+        return {
+            "phase1": self.equation,
+            "gradient_term": self.gradient_term,
+            **ctrl,
+            "ode_max_steps": self.max_steps,
+            "reference_phi": self.reference_phi,
+        }
+
+
+class Phase3Flow(eqx.Module):
+    """Phase III's sharpness-reduction flow (:func:`theory.sharpness_flow`).
+
+    Attributes:
+        form: ``"F1"`` (norm-balanced) or ``"F0"`` (leading order).
+        stepsize_controller: an adaptive diffrax controller for the flow.
+        gap_tol: the flow stops when ``(lambda_1 - lambda_2) / lambda_1 < gap_tol``.
+        on_degenerate: ``"stop"`` (rows after a degenerate top eigenvalue are NaN) or
+            ``"raise"``.
+        saves: the flow is saved at this many equally spaced ``tau`` up to the last row and
+            interpolated linearly (then renormalized) onto the rows: one compiled flow for
+            every run length. The interpolation error is about ``(dtau^2 / 8) |theta''|``.
+    """
+
+    form: Literal["F0", "F1"] = eqx.field(static=True, default="F1")
+    stepsize_controller: diffrax.AbstractAdaptiveStepSizeController = _CONTROLLER
+    gap_tol: float = eqx.field(static=True, default=1e-3)
+    on_degenerate: Literal["raise", "stop"] = eqx.field(static=True, default="stop")
+    saves: int = eqx.field(static=True, default=201)
+
+    def __check_init__(self) -> None:
+        check.among([self.form], "Phase3Flow.form", ("F0", "F1"))
+        _controller(self.stepsize_controller, "Phase3Flow.stepsize_controller")
+        check.positive(self.gap_tol, "Phase3Flow.gap_tol")
+        check.among([self.on_degenerate], "Phase3Flow.on_degenerate", ("raise", "stop"))
+        if check.positive_int(self.saves, "Phase3Flow.saves") < 2:
+            raise ValueError(f"Phase3Flow.saves must be >= 2, got {self.saves}")
+
+    def config(self) -> dict[str, Any]:
+        """The settings for a result's ``config`` (the controller's prefixed ``flow_``)."""
+        ctrl = {f"flow_{k}": v for k, v in controller_config(self.stepsize_controller).items()}
+        return {
+            "form": self.form,
+            **ctrl,
+            "gap_tol": self.gap_tol,
+            "on_degenerate": self.on_degenerate,
+            "flow_saves": self.saves,
+        }
+
+
+def _controller(controller: Any, name: str) -> diffrax.AbstractAdaptiveStepSizeController:
+    """``controller`` if it is an adaptive diffrax controller with positive tolerances."""
+    kind = diffrax.AbstractAdaptiveStepSizeController
+    return _adaptive(check_controller(controller, name), kind, name)
+
+
+_PHASE1 = Phase1Model()
+_PHASE3 = Phase3Flow()
+
+
+# --------------------------------------------------------------------------------------------
 # Phase I: the ODE in the step count
 # --------------------------------------------------------------------------------------------
 
@@ -197,12 +306,12 @@ class _Phase1Field(eqx.Module):
 @eqx.filter_jit
 def _phase1(
     field_: _Phase1Field,
+    controller: diffrax.AbstractStepSizeController,
     y0: Array,
     n0: Array,
     saves: Array,
     t_max: Array,
     switch: Array,
-    rtol: Array,
     max_steps: int,
     eos_stop: bool = True,
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
@@ -212,7 +321,7 @@ def _phase1(
         landed = jnp.linalg.norm(jax.grad(field_.loss)(u)) <= switch
         if not eos_stop:
             return landed
-        return landed | (field_.eta * _top_eig(field_.loss, u) / n_sq >= 2.0)
+        return landed | (field_.eta * _lambda1(field_.loss, _ONSET, u) / n_sq >= 2.0)
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field_),
@@ -222,7 +331,7 @@ def _phase1(
         dt0=None,
         y0=(y0, n0),
         saveat=diffrax.SaveAt(ts=saves, t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol * 1e-2),
+        stepsize_controller=controller,
         event=diffrax.Event(settled),
         max_steps=max_steps,
         throw=False,
@@ -239,25 +348,20 @@ def _phase1(
 # --------------------------------------------------------------------------------------------
 
 
-def _top_eig(loss: LossFn, u: Array) -> Array:
-    """``lambda_1(hess L(u))`` by Lanczos (at most 24 HVPs; exact for ``D <= 24``)."""
-    _, hvp = linearize_grad(loss, u)
-    return lanczos(hvp, jnp.ones_like(u), k=1, max_iters=min(u.shape[0], 24)).eigenvalues[0]
+def _lambda1(loss: LossFn, geometry: AbstractGeometry, u: Array) -> Array:
+    """``lambda_1(hess L(u))`` through ``geometry``."""
+    return geometry.top_eigs(loss, u, 1)[0][0]
 
 
-_top_eig_jit = eqx.filter_jit(_top_eig)
+# Phase I's per-step onset test, whatever the rows' geometry: at most 24 Lanczos iterations from
+# the all-ones vector (the test runs once per ODE step; exact for D <= 24).
+_ONSET = Lanczos(iters=24, seed=None)
+_onset_lambda1 = eqx.filter_jit(_lambda1)
 
 
 @eqx.filter_jit
-def _lambda1_rows(loss: LossFn, ys: Array, dense: bool) -> Array:
-    def one(y: Array) -> Array:
-        u = y / jnp.linalg.norm(y)
-        if dense:
-            return linalg.eigvalsh(jax.hessian(loss)(u))[-1]
-        _, hvp = linearize_grad(loss, u)
-        return lanczos(hvp, jnp.ones_like(u), k=1, max_iters=min(u.shape[0], 64)).eigenvalues[0]
-
-    return jax.lax.map(one, ys)
+def _lambda1_rows(loss: LossFn, geometry: AbstractGeometry, ys: Array) -> Array:
+    return jax.lax.map(lambda y: _lambda1(loss, geometry, y / jnp.linalg.norm(y)), ys)
 
 
 def _pad_pow2(ys: np.ndarray, minimum: int = 1) -> np.ndarray:
@@ -273,27 +377,30 @@ def _pad_pow2(ys: np.ndarray, minimum: int = 1) -> np.ndarray:
 _DENSE_MIN_ROWS = 256
 
 
-def _lambda1(loss: LossFn, ys: np.ndarray, dense: bool) -> np.ndarray:
+def _lambda1_of(loss: LossFn, geometry: AbstractGeometry, ys: np.ndarray) -> np.ndarray:
     n = len(ys)
     if n == 0:
         return np.zeros((0,))
-    padded = _pad_pow2(np.asarray(ys), _DENSE_MIN_ROWS if dense else 1)
-    return np.asarray(_lambda1_rows(loss, jnp.asarray(padded), dense))[:n]
+    padded = _pad_pow2(np.asarray(ys), _DENSE_MIN_ROWS if isinstance(geometry, Dense) else 1)
+    return np.asarray(_lambda1_rows(loss, geometry, jnp.asarray(padded)))[:n]
 
 
-def top_eigenvalues(loss: LossFn, points: Any, *, dense: bool | None = None) -> np.ndarray:
+def top_eigenvalues(
+    loss: LossFn, points: Any, *, geometry: AbstractGeometry = _DENSE
+) -> np.ndarray:
     """``lambda_1(hess L(w_hat))`` at each row of ``points`` ``(n, D)`` (normalized first).
 
     At a point of ``Gamma`` this is the spherical sharpness ``S``; at an iterate ``w_t``,
-    ``eta lambda_1 / |w_t|^2`` is GD's ``eta_eff S``. ``dense`` (default: ``D <= 2048``) uses
-    ``eigvalsh`` of ``jax.hessian``; otherwise Lanczos with at most 64 HVPs. Rows are padded to
-    a power of two (dense: at least 256), so a few compiled shapes serve every batch size.
+    ``eta lambda_1 / |w_t|^2`` is GD's ``eta_eff S``. ``geometry`` computes it (its
+    ``top_eigs``): :class:`theory.Dense` (default; small ``D``), :class:`theory.Lanczos` or
+    :class:`theory.GaussNewton`. Rows are padded to a power of two (dense: at least 256), so a
+    few compiled shapes serve every batch size.
     """
+    geometry = geometry_of(geometry)
     ys = np.atleast_2d(np.asarray(points, dtype=float))
     if ys.ndim != 2 or not np.all(np.isfinite(ys)):
         raise ValueError(f"points must be a finite (n, D) array, got shape {ys.shape}")
-    dense = ys.shape[1] <= _DENSE_MAX_DIM if dense is None else bool(dense)
-    return _lambda1(loss, ys, dense)
+    return _lambda1_of(loss, geometry, ys)
 
 
 @eqx.filter_jit
@@ -341,6 +448,119 @@ def _row_steps(steps: int, record_every: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+class _PhaseI(NamedTuple):
+    ys: np.ndarray  # (m, D) the saved directions, then the ODE's terminal state
+    ns: np.ndarray  # (m,) |w|^2 at the same times
+    t1: float  # where the ODE stopped
+    ode_steps: int
+    n0: float  # |w0|^2
+
+
+def _run_phase1(
+    loss: LossFn, w0: Array, eta: float, decay: float, rows: np.ndarray, model: Phase1Model
+) -> _PhaseI:
+    """Phase I's ODE until the gradient falls below the switch or the EoS comes first."""
+    dtype = w0.dtype
+    switch = _switch(dtype)[0]
+    n0 = float(jnp.vdot(w0, w0))
+    field_ = _Phase1Field(
+        loss, jnp.asarray(eta, dtype), jnp.asarray(decay, dtype),
+        model.equation == "modified", model.gradient_term,
+    )  # fmt: skip
+    ys_j, ns_j, ts_j, n_ode, ok, fired = _phase1(
+        field_, model.stepsize_controller, w0 / jnp.sqrt(n0), jnp.asarray(n0, dtype),
+        jnp.asarray(_saves(rows), dtype), jnp.asarray(1e15, dtype), jnp.asarray(switch, dtype),
+        model.max_steps,
+    )  # fmt: skip
+    ys, ns, ts = np.asarray(ys_j), np.asarray(ns_j), np.asarray(ts_j)
+    # With an event, diffrax stores the saves before it and then the terminal state, compactly,
+    # followed by inf: the terminal state is the last finite entry.
+    last = int(np.flatnonzero(np.isfinite(ts))[-1])
+    ys, ns, t1 = ys[: last + 1], ns[: last + 1], float(ts[last])
+    if not bool(fired):
+        why = "" if bool(ok) else f" (the ODE stopped after {int(n_ode)} steps; raise max_steps)"
+        raise RuntimeError(
+            f"phase I did not reach the manifold{why}: the gradient is still above {switch:g} "
+            f"at step {t1:.4g}"
+        )
+    return _PhaseI(ys, ns, t1, int(n_ode), n0)
+
+
+class _Landing(NamedTuple):
+    theta: np.ndarray  # (D,) the point of Gamma where phase I lands
+    phi: Array | None  # Phi(w0) (reference_phi) or None
+    sharpness: float  # S(theta)
+    norm_sq: float  # |w|^2 at t_I
+    onset: float  # t_on
+
+
+def _land(
+    loss: LossFn, w0: Array, eta: float, decay: float, p1: _PhaseI,
+    geometry: AbstractGeometry, model: Phase1Model,
+) -> _Landing:  # fmt: skip
+    """Land on ``Gamma`` (``Phi(w0)`` too for reference) and place the onset ``t_on``."""
+    y_end = jnp.asarray(p1.ys[-1])
+    n_land = float(p1.ns[-1])
+    eos_end = eta * float(_onset_lambda1(loss, _ONSET, y_end / jnp.linalg.norm(y_end))) / n_land
+    early = eos_end >= 2.0  # the EoS came first: phase I has not finished at the onset
+    landing = geometry.project(loss, y_end)
+    phi: Array | None = None
+    if model.reference_phi:
+        phi = landing if model.equation == "flow" and not early else _phi(loss, w0, geometry)
+    theta = np.asarray(landing)
+    s_land = float(_lambda1_of(loss, geometry, theta[None])[0])
+    if not early:
+        return _Landing(
+            theta, phi, s_land, n_land, p1.t1 + math.log(2.0 / (eta * s_land / n_land)) / decay
+        )
+    # eta_eff S grows like exp(c t) near the onset (the gradient's source is small there):
+    # back from the event to where it crossed 2.
+    t_on = p1.t1 - math.log(eos_end / 2.0) / decay
+    if t_on <= 0:
+        raise ValueError(
+            f"eta_eff * S = {eta * s_land / n_land:.4g} >= 2 at the start: the run begins at "
+            "the Edge of Stability, so there is no phase I or II to predict; start with a "
+            "larger |w0| (smaller eta_eff)"
+        )
+    return _Landing(theta, phi, s_land, n_land, t_on)
+
+
+def _sharpness_flow(
+    loss: LossFn, start: np.ndarray, tau: np.ndarray, geometry: AbstractGeometry,
+    model: Phase3Flow,
+) -> FlowResult:  # fmt: skip
+    """The one call of :func:`theory.sharpness_flow` (an adapter: switch to that function's
+    object-based signature here)."""
+    kind = "gauss_newton" if isinstance(geometry, GaussNewton) else type(geometry).__name__
+    extra = {"residual_fn": geometry.residual_fn} if isinstance(geometry, GaussNewton) else {}
+    ctrl = model.stepsize_controller
+    return sharpness_flow(
+        loss, jnp.asarray(start), tau=tau, form=model.form, rank=geometry.rank,
+        rtol=float(ctrl.rtol), atol=float(ctrl.atol), gap_tol=model.gap_tol,
+        on_degenerate=model.on_degenerate, geometry=kind.lower(), **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _phase3(
+    loss: LossFn, rows: np.ndarray, tau: np.ndarray, land: _Landing, geometry: AbstractGeometry,
+    model: Phase3Flow, eta: float, out: dict[str, np.ndarray],
+) -> tuple[FlowResult | None, int]:  # fmt: skip
+    """Fill the phase III rows of ``out`` from the flow; ``(flow, last step it reached)``."""
+    in3 = rows >= land.onset
+    if not in3.any():
+        return None, int(rows[-1])
+    grid = np.linspace(0.0, float(tau[in3][-1]), model.saves)
+    if grid[-1] <= 0:
+        grid = np.array([0.0, 1e-12])
+    flow = _sharpness_flow(loss, land.theta, grid, geometry, model)
+    idx = np.flatnonzero(in3 & (tau <= flow.tau[-1]))
+    out["theta"][idx] = _interp_rows(flow.tau, flow.theta, tau[idx])
+    out["sharpness"][idx] = np.interp(tau[idx], flow.tau, flow.sharpness)
+    out["norm_sq"][idx] = eta * out["sharpness"][idx] / 2.0
+    out["phase"][np.flatnonzero(in3)] = 3
+    return flow, int(rows[idx[-1]]) if idx.size else math.ceil(land.onset)
+
+
 def predict_from_init(
     loss: LossFn,
     w0: Array,
@@ -349,20 +569,10 @@ def predict_from_init(
     wd: float,
     steps: int,
     record_every: int = 1,
-    form: Literal["F0", "F1"] = "F1",
-    phase1: Phase1 = "modified",
-    gradient_term: GradientTerm = "discrete",
-    residual_fn: Callable[[Array], Array] | None = None,
-    rank: int | None = None,
-    ode_rtol: float = 1e-8,
-    ode_max_steps: int = 100_000,
-    flow_rtol: float = 1e-8,
-    flow_atol: float = 1e-10,
-    gap_tol: float = 1e-3,
-    on_degenerate: Literal["raise", "stop"] = "stop",
-    flow_saves: int = 201,
-    reference_phi: bool = False,
-) -> Prediction:
+    geometry: AbstractGeometry = _DENSE,
+    phase1: Phase1Model = _PHASE1,
+    phase3: Phase3Flow = _PHASE3,
+) -> PredictResult:
     """Predict the EoS onset and the trajectory of GD+WD from ``w0`` without running GD.
 
     Phase I is an ODE in the step count (to the manifold, with the norm), phase II the closed
@@ -376,246 +586,134 @@ def predict_from_init(
         eta, wd: GD's learning rate and weight decay (``wd > 0``: without it there is no
             phase II and no EoS), ``eta * wd < 1``.
         steps: the run to predict; rows at ``0, record_every, ...`` and ``steps``.
-        form: flow form of phase III, ``"F1"`` (default) or ``"F0"``.
-        phase1: ``"modified"`` (GD's first-order modified equation: lands where GD does to
-            ``O(h^2)``) or ``"flow"`` (the spherical gradient flow: lands on ``Phi(w0)``).
-        gradient_term: the norm's gradient source in phase I: ``"discrete"`` (the single-mode
-            sum of GD's steps), ``"flow"`` (its continuous limit, ``eta (L_0 - L_I)`` in total),
-            ``"none"``.
-        residual_fn: residuals of an interpolating least-squares loss (``L = |r|^2 / 2``): the
-            landing point is polished by the matrix-free Gauss-Newton projection and phase III
-            uses the least-squares geometry (networks). Without it: dense Newton and the dense
-            flow geometry (small ``D``).
-        rank: codimension of ``Gamma`` (default: counted, see :func:`theory.sharpness_flow`).
-        ode_rtol, ode_max_steps: phase I's controller tolerance and step cap.
-        flow_rtol, flow_atol, gap_tol, on_degenerate: passed to :func:`theory.sharpness_flow`
-            (``on_degenerate="stop"``: rows after a degenerate top eigenvalue are NaN).
-        flow_saves: the flow is saved at this many equally spaced ``tau`` up to the last row
-            and interpolated linearly (then renormalized) onto the rows: one compiled flow for
-            every run length. The interpolation error is about ``(dtau^2 / 8) |theta''|``.
-        reference_phi: also compute ``Phi(w0)`` (the spherical gradient flow's limit; slow on
-            ill-conditioned problems, where it can cost more than the prediction).
+        geometry: how phase I's end is put on ``Gamma``, the rows' sharpness computed and the
+            flow run: :class:`theory.Dense` (default: dense Newton and the dense flow; small
+            ``D``), :class:`theory.Lanczos`, or :class:`theory.GaussNewton` (interpolating least
+            squares: the Gauss-Newton projection and the least-squares flow; networks). Its
+            ``rank`` is the codimension of ``Gamma`` (``None``: counted by the flow).
+        phase1: phase I's ODE, :class:`Phase1Model`.
+        phase3: phase III's flow, :class:`Phase3Flow`.
 
     Returns:
-        :class:`Prediction`.
+        :class:`PredictResult` (``config`` records every setting).
 
     Raises:
         ValueError: for bad arguments, or when the run is already at the EoS when phase I ends
             (``eta_eff S >= 2`` on landing: the phases do not separate).
-        RuntimeError: when phase I does not settle within ``ode_max_steps`` ODE steps.
+        TypeError: a geometry or phase setting that is not such an object.
+        RuntimeError: when phase I does not settle within ``phase1.max_steps`` ODE steps.
     """
     t_start = time.perf_counter()
+    eta, wd, steps, record_every = _check_run(eta, wd, steps, record_every)
+    w0, _ = check.flat_vector(w0, "w0")
+    geometry = geometry_of(geometry)
+    phase1 = _instance(phase1, Phase1Model, "phase1")
+    phase3 = _instance(phase3, Phase3Flow, "phase3")
+    decay = -2.0 * math.log1p(-eta * wd)
+    rows = _row_steps(steps, record_every)
+    clock = _Clock()
+    p1 = _run_phase1(loss, w0, eta, decay, rows, phase1)
+    clock.lap("phase1")
+    land = _land(loss, w0, eta, decay, p1, geometry, phase1)
+    clock.lap("phi")
+    out = _rows_before(loss, geometry, rows, p1, land, decay)
+    clock.lap("rows")
+    tau = 2.0 * eta * wd * (rows - land.onset)
+    flow, flow_end = _phase3(loss, rows, tau, land, geometry, phase3, eta, out)
+    clock.lap("flow")
+    clock.seconds["total"] = time.perf_counter() - t_start
+    config = {
+        "eta": eta, "wd": wd, "steps": steps, "record_every": record_every,
+        **geometry.config(), "least_squares": isinstance(geometry, GaussNewton),
+        **phase1.config(), **phase3.config(),
+    }  # fmt: skip
+    norm_sq = out.pop("norm_sq")
+    return PredictResult(
+        step=rows, tau=tau, norm=np.sqrt(norm_sq), eos=eta * out["sharpness"] / norm_sq, **out,
+        onset_step=math.ceil(land.onset), onset=land.onset, phase1_end=p1.t1,
+        theta_landing=land.theta, phi=None if land.phi is None else np.asarray(land.phi),
+        sharpness_landing=land.sharpness, norm_sq_landing=land.norm_sq,
+        gradient_norm_sq=land.norm_sq * math.exp(decay * p1.t1) - p1.n0,
+        flow=flow, flow_end_step=flow_end, seconds=clock.seconds, config=config,
+        counts={
+            "ode_steps": p1.ode_steps,
+            "flow_steps": 0 if flow is None else flow.num_steps,
+            "flow_evals": 0 if flow is None else flow.num_evals,
+        },
+    )  # fmt: skip
+
+
+def _check_run(eta: Any, wd: Any, steps: Any, record_every: Any) -> tuple[float, float, int, int]:
     eta = check.positive(eta, "eta")
     wd = check.positive(wd, "wd")
     if eta * wd >= 1:
         raise ValueError(f"eta * wd must be < 1, got eta={eta}, wd={wd}")
-    steps = check.positive_int(steps, "steps")
-    record_every = check.positive_int(record_every, "record_every")
-    ode_max_steps = check.positive_int(ode_max_steps, "ode_max_steps")
-    ode_rtol = check.positive(ode_rtol, "ode_rtol")
-    if form not in ("F0", "F1"):
-        raise ValueError(f"form must be 'F0' or 'F1', got {form!r}")
-    if phase1 not in ("modified", "flow"):
-        raise ValueError(f"phase1 must be 'modified' or 'flow', got {phase1!r}")
-    if gradient_term not in ("discrete", "flow", "none"):
-        raise ValueError(
-            f"gradient_term must be 'discrete', 'flow' or 'none', got {gradient_term!r}"
-        )
-    w0, _ = check.flat_vector(w0, "w0")
-    dtype = w0.dtype
-    dim = int(w0.shape[0])
-    dense = residual_fn is None and dim <= _DENSE_MAX_DIM
-    decay = -2.0 * math.log1p(-eta * wd)
-    n0 = float(jnp.vdot(w0, w0))
-    rows = _row_steps(steps, record_every)
-    seconds: dict[str, float] = {}
-
-    # Phase I (and the start of phase II): the ODE until the gradient falls below the switch.
-    tic = time.perf_counter()
-    switch = _switch(dtype)[0]
-    field_ = _Phase1Field(
-        loss,
-        jnp.asarray(eta, dtype),
-        jnp.asarray(decay, dtype),
-        phase1 == "modified",
-        gradient_term,
+    return (
+        eta,
+        wd,
+        check.positive_int(steps, "steps"),
+        check.positive_int(record_every, "record_every"),
     )
-    ys_j, ns_j, ts_j, n_ode, ok, fired = _phase1(
-        field_,
-        w0 / jnp.sqrt(n0),
-        jnp.asarray(n0, dtype),
-        jnp.asarray(_saves(rows), dtype),
-        jnp.asarray(1e15, dtype),
-        jnp.asarray(switch, dtype),
-        jnp.asarray(ode_rtol, dtype),
-        ode_max_steps,
-    )
-    ys, ns, ts = np.asarray(ys_j), np.asarray(ns_j), np.asarray(ts_j)
-    # With an event, diffrax stores the saves before it and then the terminal state, compactly,
-    # followed by inf: the terminal state is the last finite entry.
-    last = int(np.flatnonzero(np.isfinite(ts))[-1])
-    ys, ns, t1 = ys[: last + 1], ns[: last + 1], float(ts[last])
-    if not bool(fired):
-        why = f" (the ODE stopped after {int(n_ode)} steps; raise ode_max_steps)"
-        why = "" if bool(ok) else why
-        raise RuntimeError(
-            f"phase I did not reach the manifold{why}: the gradient is still above {switch:g} "
-            f"at step {t1:.4g}"
-        )
-    seconds["phase1"] = time.perf_counter() - tic
 
-    # Land on Gamma; Phi(w0) itself for reference.
-    tic = time.perf_counter()
-    y_end = jnp.asarray(ys[-1])
-    u_end = y_end / jnp.linalg.norm(y_end)
-    eos_end = eta * float(_top_eig_jit(loss, u_end)) / float(ns[-1])
-    early = eos_end >= 2.0  # the EoS came first: phase I has not finished at the onset
-    if residual_fn is not None:
-        landing = gauss_newton_project(residual_fn, y_end).theta
-    else:
-        landing = project_to_manifold(loss, y_end)
-    phi: Array | None = None
-    if reference_phi:
-        if phase1 == "flow" and not early:
-            phi = landing
-        elif residual_fn is not None:
-            phi = _phi_ls(loss, w0, residual_fn)
-        else:
-            phi = project_to_manifold(loss, w0)
-    landing_np = np.asarray(landing)
-    s_land = float(_lambda1(loss, landing_np[None], dense)[0])
-    n_land = float(ns[-1])
-    seconds["phi"] = time.perf_counter() - tic
 
-    if early:
-        # eta_eff S grows like exp(c t) near the onset (the gradient's source is small there):
-        # back from the event to where it crossed 2.
-        t_on = t1 - math.log(eos_end / 2.0) / decay
-        if t_on <= 0:
-            raise ValueError(
-                f"eta_eff * S = {eta * s_land / n_land:.4g} >= 2 at the start: the run begins at "
-                "the Edge of Stability, so there is no phase I or II to predict; start with a "
-                "larger |w0| (smaller eta_eff)"
-            )
-    else:
-        t_on = t1 + math.log(2.0 / (eta * s_land / n_land)) / decay
-    onset_step = math.ceil(t_on)
+def _instance(value: Any, kind: type, name: str) -> Any:
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a theory.{kind.__name__}, got {value!r}")
+    return value
 
-    # Rows of phases I and II.
-    tic = time.perf_counter()
-    n_rows = len(rows)
+
+class _Clock:
+    """Wall-clock seconds per part (compilation included)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._tic = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self._tic = now - self._tic, now
+
+
+def _rows_before(
+    loss: LossFn, geometry: AbstractGeometry, rows: np.ndarray, p1: _PhaseI, land: _Landing,
+    decay: float,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The rows of phases I and II (phase III's are NaN, filled by :func:`_phase3`)."""
+    n_rows, dim = len(rows), p1.ys.shape[1]
     theta = np.full((n_rows, dim), np.nan)
     sharp = np.full(n_rows, np.nan)
     norm_sq = np.full(n_rows, np.nan)
     phase = np.zeros(n_rows, np.int64)
-    in1 = rows < min(t1, t_on)
-    theta[in1] = ys[: int(in1.sum())] / np.linalg.norm(ys[: int(in1.sum())], axis=1)[:, None]
-    norm_sq[in1] = ns[: int(in1.sum())]
-    sharp[in1] = _lambda1(loss, theta[in1], dense)
+    in1 = rows < min(p1.t1, land.onset)
+    m = int(in1.sum())
+    theta[in1] = p1.ys[:m] / np.linalg.norm(p1.ys[:m], axis=1)[:, None]
+    norm_sq[in1] = p1.ns[:m]
+    sharp[in1] = _lambda1_of(loss, geometry, theta[in1])
     phase[in1] = 1
-    in2 = (rows >= t1) & (rows < t_on)
-    theta[in2] = landing_np
-    sharp[in2] = s_land
-    norm_sq[in2] = n_land * np.exp(-decay * (rows[in2] - t1))
+    in2 = (rows >= p1.t1) & (rows < land.onset)
+    theta[in2] = land.theta
+    sharp[in2] = land.sharpness
+    norm_sq[in2] = land.norm_sq * np.exp(-decay * (rows[in2] - p1.t1))
     phase[in2] = 2
-    seconds["rows"] = time.perf_counter() - tic
-
-    # Phase III: the flow from the landing point, the EoS equilibrium norm.
-    tic = time.perf_counter()
-    in3 = rows >= t_on
-    tau = 2.0 * eta * wd * (rows - t_on)
-    flow: FlowResult | None = None
-    flow_end = steps
-    if in3.any():
-        extra: dict[str, Any] = {}
-        if residual_fn is not None:
-            extra = {"geometry": "gauss_newton", "residual_fn": residual_fn}
-        flow_saves = check.positive_int(flow_saves, "flow_saves")
-        grid = np.linspace(0.0, float(tau[in3][-1]), max(flow_saves, 2))
-        if grid[-1] <= 0:
-            grid = np.array([0.0, 1e-12])
-        flow = sharpness_flow(
-            loss,
-            landing,
-            tau=grid,
-            form=form,
-            rank=rank,
-            rtol=flow_rtol,
-            atol=flow_atol,
-            gap_tol=gap_tol,
-            on_degenerate=on_degenerate,
-            **extra,
-        )
-        idx = np.flatnonzero(in3 & (tau <= flow.tau[-1]))
-        theta[idx] = _interp_rows(flow.tau, flow.theta, tau[idx])
-        sharp[idx] = np.interp(tau[idx], flow.tau, flow.sharpness)
-        norm_sq[idx] = eta * sharp[idx] / 2.0
-        phase[np.flatnonzero(in3)] = 3
-        flow_end = int(rows[idx[-1]]) if idx.size else onset_step
-    seconds["flow"] = time.perf_counter() - tic
-    eos = eta * sharp / norm_sq
-    seconds["total"] = time.perf_counter() - t_start
-    return Prediction(
-        step=rows,
-        theta=theta,
-        sharpness=sharp,
-        norm=np.sqrt(norm_sq),
-        eos=eos,
-        phase=phase,
-        tau=tau,
-        onset_step=onset_step,
-        onset=t_on,
-        phase1_end=t1,
-        theta_landing=landing_np,
-        phi=None if phi is None else np.asarray(phi),
-        sharpness_landing=s_land,
-        norm_sq_landing=n_land,
-        gradient_norm_sq=n_land * math.exp(decay * t1) - n0,
-        flow=flow,
-        flow_end_step=flow_end,
-        seconds=seconds,
-        counts={
-            "ode_steps": int(n_ode),
-            "flow_steps": 0 if flow is None else flow.num_steps,
-            "flow_evals": 0 if flow is None else flow.num_evals,
-        },
-        config={
-            "eta": eta,
-            "wd": wd,
-            "steps": steps,
-            "record_every": record_every,
-            "form": form,
-            "phase1": phase1,
-            "gradient_term": gradient_term,
-            "least_squares": residual_fn is not None,
-            "ode_rtol": ode_rtol,
-            "flow_rtol": flow_rtol,
-        },
-    )
+    return {"theta": theta, "sharpness": sharp, "norm_sq": norm_sq, "phase": phase}
 
 
-def _phi_ls(
-    loss: LossFn, w0: Array, residual_fn: Callable[[Array], Array], max_steps: int = 100_000
-) -> Array:
-    """``Phi(w0)`` for least squares: the plain flow ODE, then the Gauss-Newton polish."""
+def _phi(loss: LossFn, w0: Array, geometry: AbstractGeometry) -> Array:
+    """``Phi(w0)``: the geometry's projection; for least squares the plain flow ODE first, then
+    the Gauss-Newton polish (the foot of the normal from ``w0`` itself is not ``Phi``)."""
+    if not isinstance(geometry, GaussNewton):
+        return geometry.project(loss, w0)
     field_ = _Phase1Field(
         loss, jnp.asarray(1.0, w0.dtype), jnp.asarray(0.0, w0.dtype), False, "none"
     )
     n0 = jnp.vdot(w0, w0)
-    big = jnp.asarray(1e12, w0.dtype)
     ys, _, ts, _, _, _ = _phase1(
-        field_,
-        w0 / jnp.sqrt(n0),
-        jnp.asarray(1.0, w0.dtype),
-        jnp.zeros((1,), w0.dtype),
-        big,
-        jnp.asarray(_switch(w0.dtype)[0], w0.dtype),
-        jnp.asarray(1e-8, w0.dtype),
-        max_steps,
-        False,
-    )
+        field_, _CONTROLLER, w0 / jnp.sqrt(n0), jnp.asarray(1.0, w0.dtype),
+        jnp.zeros((1,), w0.dtype), jnp.asarray(1e12, w0.dtype),
+        jnp.asarray(_switch(w0.dtype)[0], w0.dtype), 100_000, False,
+    )  # fmt: skip
     last = int(np.flatnonzero(np.isfinite(np.asarray(ts)))[-1])
-    return gauss_newton_project(residual_fn, ys[last]).theta
+    return geometry.project(loss, ys[last])
 
 
 # --------------------------------------------------------------------------------------------
