@@ -1,6 +1,7 @@
 """Simulations, the results store, the command lines, the check registry and figures."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -46,6 +47,23 @@ def test_phases_run_store_reuse_and_figure(tmp_path, monkeypatch):
     assert table.dtype.names is not None and "eos" in table.dtype.names
     np.testing.assert_array_equal(table["step"], run["step"])
     assert phases.SIM.load(tmp_path).config == TINY
+
+
+def test_typed_reader_decodes_stored_nonfinite_numbers_once(tmp_path):
+    # The store writes a non-finite float as text (JSON has none); sims.results.decode turns it
+    # back, in the summary at any depth, and leaves every other string alone.
+    nan, inf = float("nan"), float("inf")
+    summary = {"a": nan, "b": [1.0, inf, -inf], "c": {"d": nan, "e": "closed form"}, "f": None}
+    path = ResultStore(tmp_path).save("phases", TINY, {"x": np.ones(2)}, summary)
+    raw = ResultStore(tmp_path).load(path).meta["summary"]
+    assert raw["a"] == "nan" and raw["b"] == [1.0, "inf", "-inf"]  # what is on disk
+    s = results.load("phases", tmp_path, path=path).summary
+    assert math.isnan(s["a"]) and math.isnan(s["c"]["d"]) and s["b"] == [1.0, inf, -inf]
+    assert s["c"]["e"] == "closed form" and s["f"] is None
+    assert math.isnan(results.number(None)) and results.number("-inf") == -inf
+    assert results.number(3) == 3.0 and isinstance(results.number(3), float)
+    with pytest.raises(TypeError, match="expected a stored number"):
+        results.number("closed form")
 
 
 def test_figures_fail_loudly_without_results(tmp_path):

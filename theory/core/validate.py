@@ -153,7 +153,9 @@ def all_in_interval(
     ``(lo, hi)``."""
     vals = tuple(values)
     if len(vals) < min_len:
-        raise ValueError(f"{name} needs >= {min_len} values, got {values!r}")
+        raise ValueError(
+            f"{name} values must be in ({lo:g}, {hi:g}), at least {min_len} of them; got {values!r}"
+        )
     if any(not (math.isfinite(float(x)) and lo < float(x) < hi) for x in vals):
         raise ValueError(f"{name} values must be in ({lo:g}, {hi:g}), got {values!r}")
     return tuple(float(x) for x in vals)
