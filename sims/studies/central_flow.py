@@ -49,7 +49,7 @@ from sims import data as datasets
 from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
-from sims.results import decode, number
+from sims.results import number
 from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies.phases import initial_point
 from theory.analysis.midpoint import curvature_along, iterate_midpoints
@@ -515,7 +515,7 @@ def _fmt(x: Any) -> str:
 
 def _report(stored: StoredRun) -> list[str]:
     lines = []
-    for key, s in decode(stored.meta["summary"]).items():
+    for key, s in stored.meta["summary"].items():
         lines.append(
             f"{key} (eta*wd={number(s['eta_wd']):g}): onset GD {_fmt(s['onset_gd'])}, central "
             f"{_fmt(s['onset_central_flow'])}; phase III eta_eff S at GD's mean iterate "

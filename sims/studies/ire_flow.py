@@ -41,7 +41,7 @@ import optax
 
 from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
-from sims.results import decode, number
+from sims.results import number
 from sims.simulation import Simulation, cached_runs, prefixed
 from theory.analysis.midpoint import curvature_along
 from theory.core import validate as check
@@ -304,11 +304,7 @@ def format_table(table: Sequence[dict[str, Any]]) -> list[str]:
 
 
 SIM = Simulation(
-    NAME,
-    Config,
-    run,
-    __doc__,
-    report=lambda stored: format_table(decode(stored.meta["summary"])["table"]),
+    NAME, Config, run, __doc__, report=lambda stored: format_table(stored.meta["summary"]["table"])
 )
 run_and_store = SIM.run_and_store
 main = SIM.main
