@@ -231,7 +231,7 @@ def _one(
     }
     arrays.update({k: np.asarray(v) for k, v in metrics.items()})
     arrays["t_eta_wd"] = res.step * spec["eta_wd"]  # LLA22's time axis: tau / 2
-    arrays["eos_mid"], arrays["sharpness_mid"] = midpoint_curvature(
+    arrays["eos_mid"], arrays["sharpness_mid"] = midpoint_columns(
         prob.loss, res, cfg.eta, spec["wd"]
     )
     info = {
@@ -277,7 +277,7 @@ def midpoint_rows(res: GDResult) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(p, int) for p in parts]))
 
 
-def midpoint_curvature(
+def midpoint_columns(
     loss: Any, res: GDResult, eta: float, wd: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(eos_mid, sharpness_mid)``: the EoS quantity ``eta * lambda_1(H)`` and the spherical

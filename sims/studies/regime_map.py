@@ -348,7 +348,7 @@ def midpoint_row_indices(
     return np.clip(idx, 0, n - 1)
 
 
-def midpoint_curvature(
+def midpoint_columns(
     loss: Any, sweep: SweepResult, idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(eos_mid, sharpness_mid)`` ``(B, n)`` at the midpoint rows ``idx`` ``(B, M)`` (NaN on
@@ -420,7 +420,7 @@ def _one_arch(
             for i in range(len(pairs))
         ]
     )
-    eos_mid, sharp_mid = midpoint_curvature(prob.loss, sweep, idx)
+    eos_mid, sharp_mid = midpoint_columns(prob.loss, sweep, idx)
     arrays: dict[str, np.ndarray] = {f"{arch['name']}.step": sweep.step}
     summary: dict[str, Any] = {}
     pad = input_padding(cfg, arch)

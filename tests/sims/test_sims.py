@@ -262,9 +262,10 @@ def test_networks_tiny_run_and_figures(tmp_path):
 
 
 def test_midpoint_curvature_against_dense_hessian():
-    # networks.midpoint_curvature: eta * lambda_1(H) and the spherical sharpness lambda_1(M H M)
-    # (M the per-group norms) at (w_t + w_{t+1}) / 2, against eigvalsh of jax.hessian at a
-    # midpoint rebuilt here from the GD+WD step; the spherical one also at the normalized point.
+    # networks.midpoint_columns (theory.analysis.midpoint on the chosen rows): eta * lambda_1(H)
+    # and the spherical sharpness lambda_1(M H M) (M the per-group norms) at (w_t + w_{t+1}) / 2,
+    # against eigvalsh of jax.hessian at a midpoint rebuilt here from the GD+WD step; the
+    # spherical one also at the normalized point.
     import jax
 
     from sims.studies import networks
@@ -279,7 +280,7 @@ def test_midpoint_curvature_against_dense_hessian():
         loss, w0, eta=eta, wd=wd, steps=1000, record_every=10, groups=groups, perturbation=1e-10
     )
     assert res.onset_step is not None
-    eos, sharp = networks.midpoint_curvature(loss, res, eta, wd)
+    eos, sharp = networks.midpoint_columns(loss, res, eta, wd)
     rows = np.flatnonzero(np.isfinite(eos))
     assert np.array_equal(rows, np.flatnonzero(np.isfinite(sharp)))
     assert np.array_equal(rows, networks.midpoint_rows(res))
