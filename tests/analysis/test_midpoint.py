@@ -33,13 +33,13 @@ def _rows(n: int = 4, seed: int = 0) -> tuple[Any, np.ndarray]:
     return loss, rows
 
 
-def _oracle(loss: Any, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _oracle(hess: Any, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` eigenvalues of ``H(p)`` and of ``H(p_hat)`` (``p_hat`` normalized per group:
     ``M H(p) M`` for a scale-invariant loss), by NumPy on the dense Hessian."""
-    h = np.asarray(jax.hessian(loss)(jnp.asarray(p)))
+    h = np.asarray(hess(jnp.asarray(p)))
     bounds = np.cumsum((0, *GROUPS))
     p_hat = np.concatenate([p[a:b] / np.linalg.norm(p[a:b]) for a, b in itertools.pairwise(bounds)])
-    h_hat = np.asarray(jax.hessian(loss)(jnp.asarray(p_hat)))
+    h_hat = np.asarray(hess(jnp.asarray(p_hat)))
     return np.linalg.eigvalsh(h)[::-1][:k], np.linalg.eigvalsh(h_hat)[::-1][:k]
 
 
@@ -70,11 +70,12 @@ def test_curvature_along_against_dense_eigvalsh(lanczos_iters):
     # Dense and Lanczos (Krylov space = the whole R^12, so exact up to rounding) both against
     # NumPy's eigvalsh: H(p) and the spherical Hessian at the per-group normalized point.
     loss, rows = _rows()
+    hess = jax.jit(jax.hessian(loss))
     curv = curvature_along(loss, jnp.asarray(rows), groups=GROUPS, k=2, lanczos_iters=lanczos_iters)
     assert curv.hessian is not None and curv.spherical is not None
     assert curv.hessian.shape == curv.spherical.shape == (len(rows), 2)
     for i, p in enumerate(rows):
-        ref, ref_s = _oracle(loss, p, 2)
+        ref, ref_s = _oracle(hess, p, 2)
         np.testing.assert_allclose(curv.hessian[i], ref, rtol=1e-9)
         np.testing.assert_allclose(curv.spherical[i], ref_s, rtol=1e-9)
     only = curvature_along(loss, jnp.asarray(rows), groups=GROUPS, spherical=False)
@@ -86,10 +87,11 @@ def test_midpoint_curvature_is_curvature_at_the_explicit_midpoints():
     loss, rows = _rows(5, seed=3)
     eta, wd = 0.3, 0.02
     curv = midpoint_curvature(loss, rows, eta, wd, groups=GROUPS, k=1, lanczos_iters=12)
+    hess = jax.jit(jax.hessian(loss))
     for i, w in enumerate(rows):
         g = np.asarray(jax.grad(loss)(jnp.asarray(w)))
         mid = (w + (w - eta * wd * w - eta * g)) / 2
-        ref, ref_s = _oracle(loss, mid, 1)
+        ref, ref_s = _oracle(hess, mid, 1)
         assert curv.hessian[i, 0] == pytest.approx(ref[0], rel=1e-9)
         assert curv.spherical[i, 0] == pytest.approx(ref_s[0], rel=1e-9)
 
