@@ -26,15 +26,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures._style import COLORS, CYCLE, save
-from sims._store import ResultStore
-
-
-def _num(x: Any) -> float:
-    """A stored number (None and a NaN stored as text give NaN)."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
+from sims import results
+from sims.results import number
 
 
 def _runs(summary: dict[str, Any]) -> dict[str, list[str]]:
@@ -108,9 +101,9 @@ def draw(arr: dict[str, np.ndarray], summary: dict[str, Any], out_dir: Path) -> 
         ax.set_ylabel("angle to GD's direction")
         ax.set_xlabel("GD step $t$")
         for r in range(4):
-            if np.isfinite(_num(s["onset_central_flow"])):
+            if np.isfinite(number(s["onset_central_flow"])):
                 axes[r, c].axvline(
-                    _num(s["onset_central_flow"]), color=COLORS["ref"], lw=0.5, ls=":"
+                    number(s["onset_central_flow"]), color=COLORS["ref"], lw=0.5, ls=":"
                 )
     last = len(problems)
     for r, (what, label) in enumerate(
@@ -127,14 +120,14 @@ def draw(arr: dict[str, np.ndarray], summary: dict[str, Any], out_dir: Path) -> 
             x = [summary[k]["eta_wd"] for k in keys]
             ax.loglog(
                 x,
-                [_num(summary[k][f"max_cf_{what}_after"]) for k in keys],
+                [number(summary[k][f"max_cf_{what}_after"]) for k in keys],
                 "o-",
                 ms=3,
                 label=f"{prob} CF",
             )
             ax.loglog(
                 x,
-                [_num(summary[k][f"max_sr_{what}"]) for k in keys],
+                [number(summary[k][f"max_sr_{what}"]) for k in keys],
                 "x:",
                 ms=4,
                 label=f"{prob} SR",
@@ -150,5 +143,5 @@ def draw(arr: dict[str, np.ndarray], summary: dict[str, Any], out_dir: Path) -> 
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("central_flow")
-    return [draw(stored.arrays, stored.meta["summary"], Path(out_dir))]
+    res = results.load("central_flow", results_dir)
+    return [draw(res.arrays, res.summary, Path(out_dir))]

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures._style import COLORS, CYCLE, save
-from sims._store import ResultStore
+from sims import results
 
 NAME = "crossing"
 
@@ -88,7 +88,7 @@ def tracking_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Pa
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest(NAME)
-    summary, arr = stored.meta["summary"], stored.arrays
+    res = results.load(NAME, results_dir)
+    summary, arr = res.summary, res.arrays
     out = Path(out_dir)
     return [eigenvalue_figure(arr, summary, out), tracking_figure(arr, summary, out)]

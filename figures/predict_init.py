@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures._style import COLORS, save
-from sims._store import ResultStore
+from sims import results
 
 
 def runs(arr: dict[str, np.ndarray], summary: dict[str, Any], out_dir: Path) -> Path:
@@ -81,7 +81,7 @@ def errors(summary: dict[str, Any], out_dir: Path) -> Path:
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("predict_init")
-    summary, arr = stored.meta["summary"], stored.arrays
+    res = results.load("predict_init", results_dir)
+    summary, arr = res.summary, res.arrays
     out = Path(out_dir)
     return [runs(arr, summary, out), errors(summary, out)]

@@ -25,8 +25,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures._style import COLORS, save
-from sims._store import ResultStore
-from sims.studies.regime_map import relabel
+from sims import results
+from sims.results import number
+from sims.studies.regime_map import Config, relabel
 
 REGIME_COLORS = {
     "tame": "#2ca02c",
@@ -41,18 +42,11 @@ REGIME_COLORS = {
 WIDTH_MARKERS = ("o", "s", "^", "D", "v")
 
 
-def _f(x: Any) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _panel_key(s: dict[str, Any]) -> tuple[str, str]:
     return f"{s['dataset']} {s['model']}", f"{s['norm']}-{s['loss']}"
 
 
-def phase_diagram(summary: dict[str, Any], cfg: dict[str, Any], out: Path) -> Path:
+def phase_diagram(summary: dict[str, Any], cfg: Config, out: Path) -> Path:
     nets = sorted({_panel_key(s)[0] for s in summary.values()})
     pairs = sorted({_panel_key(s)[1] for s in summary.values()})
     fig, axes = plt.subplots(
@@ -60,8 +54,8 @@ def phase_diagram(summary: dict[str, Any], cfg: dict[str, Any], out: Path) -> Pa
     )
     widths = sorted({(s["model"], s["width"]) for s in summary.values()})
     marker = {w: WIDTH_MARKERS[i % len(WIDTH_MARKERS)] for i, w in enumerate(widths)}
-    ewd = np.geomspace(min(cfg["eta_wd"]) / 1.5, max(cfg["eta_wd"]) * 1.5, 100)
-    boundary = 2 * (1 - ewd) ** (2 * cfg["steps"])
+    ewd = np.geomspace(min(cfg.eta_wd) / 1.5, max(cfg.eta_wd) * 1.5, 100)
+    boundary = 2 * (1 - ewd) ** (2 * cfg.steps)
     seen: set[str] = set()
     for s in summary.values():
         net, pair = _panel_key(s)
@@ -86,8 +80,8 @@ def phase_diagram(summary: dict[str, Any], cfg: dict[str, Any], out: Path) -> Pa
             ax.set_yscale("log")
             ax.plot(ewd, boundary, "--", color=COLORS["ref"], lw=0.8)
             ax.axhline(2.0, color=COLORS["ref"], ls=":", lw=0.8)
-            lo = min(cfg["eos0"]) / 2
-            ax.set_ylim(lo, max(cfg["eos0"]) * 2.5)
+            lo = min(cfg.eos0) / 2
+            ax.set_ylim(lo, max(cfg.eos0) * 2.5)
             ax.set_title(f"{net}, {pair}")
             if i == len(nets) - 1:
                 ax.set_xlabel(r"$\eta\,\lambda$ (eta * wd)")
@@ -104,7 +98,7 @@ def phase_diagram(summary: dict[str, Any], cfg: dict[str, Any], out: Path) -> Pa
     ]
     handles.append(plt.Line2D([], [], ls="--", color=COLORS["ref"], label="phase-II budget"))
     fig.legend(handles=handles, loc="outside right center", fontsize=7)
-    fig.suptitle(f"Regime map: GD+WD on normalized networks, {cfg['steps']} steps per run")
+    fig.suptitle(f"Regime map: GD+WD on normalized networks, {cfg.steps} steps per run")
     return save(fig, out, "regime_map")
 
 
@@ -113,22 +107,22 @@ def boundaries_figure(summary: dict[str, Any], out: Path) -> Path:
     for s in summary.values():
         c = REGIME_COLORS[s["regime"]]
         onset, pred, sharpen = (
-            _f(s["onset_step"]),
-            _f(s["predicted_onset"]),
-            _f(s.get("sharpening")),
+            number(s["onset_step"]),
+            number(s["predicted_onset"]),
+            number(s.get("sharpening")),
         )
         if onset > 0 and pred > 0:
             ax[0].scatter(pred, onset, color=c, s=14, edgecolor="k", lw=0.3)
             if sharpen > 0:
-                eos_pre = _f(s["eos0"]) * sharpen
+                eos_pre = number(s["eos0"]) * sharpen
                 corr = math.log(2 / eos_pre) / (-2 * math.log1p(-s["eta_wd"])) if eos_pre < 2 else 0
                 ax[0].scatter(max(corr, 1.0), onset, color=c, s=14, marker="x", lw=0.8)
-        mid = _f(s.get("eos_mid_mean"))
+        mid = number(s.get("eos_mid_mean"))
         if np.isfinite(mid):
             ax[1].scatter(s["eta_wd"], mid, color=c, s=14, edgecolor="k", lw=0.3)
         if np.isfinite(sharpen):
             ax[2].scatter(s["eta_wd"], sharpen, color=c, s=14, edgecolor="k", lw=0.3)
-        ax[3].scatter(s["eta_wd"], _f(s.get("loss_end")), color=c, s=14, edgecolor="k", lw=0.3)
+        ax[3].scatter(s["eta_wd"], number(s.get("loss_end")), color=c, s=14, edgecolor="k", lw=0.3)
     lim = ax[0].get_xlim()
     ax[0].plot(lim, lim, color=COLORS["ref"], lw=0.8)
     ax[0].set_xscale("log")
@@ -183,8 +177,8 @@ def series_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest("regime_map")
-    cfg, summary, arr = stored.meta["config"], stored.meta["summary"], stored.arrays
+    res = results.load("regime_map", results_dir)
+    cfg, summary, arr = res.config, res.summary, res.arrays
     summary = relabel(summary)  # results stored with the old label "chaotic"
     out = Path(out_dir)
     return [

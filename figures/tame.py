@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from figures._style import COLORS, CYCLE, save
-from sims._store import ResultStore
+from sims import results
 
 NAME = "tame"
 
@@ -128,8 +128,8 @@ def f0_f1_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path)
 
 
 def main(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    stored = ResultStore(results_dir).latest(NAME)
-    summary, arr = stored.meta["summary"], stored.arrays
+    res = results.load(NAME, results_dir)
+    summary, arr = res.summary, res.arrays
     out = Path(out_dir)
     return [
         tracking_figure(arr, summary, out),

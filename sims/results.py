@@ -10,11 +10,18 @@
 A stored run is ``<results>/<sim>/<hash>/arrays.npz`` + ``meta.json`` (:mod:`sims._store`); the
 arrays of a simulation with several runs are named ``<run>.<array>`` (the run's name may itself
 contain dots, e.g. ``great_circle.equilibrium.0``: :meth:`Result.runs` splits at the last one).
+
+JSON has no NaN or infinity, so the store writes a non-finite float as its text (``"nan"``,
+``"inf"``, ``"-inf"``). :func:`decode` turns that text back into floats, once, for every reader:
+:attr:`Result.summary` and :attr:`Result.config` are decoded; a study's report decodes its
+summary with it too. :func:`number` reads one summary value as a float (``None``, a quantity
+that was not measured, gives NaN).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +34,31 @@ from sims._store import MissingResultsError, ResultStore, StoredRun
 
 C = TypeVar("C")
 
+NONFINITE: dict[str, float] = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def decode(x: Any) -> Any:
+    """A stored JSON value with the non-finite floats the store wrote as text (``"nan"``,
+    ``"inf"``, ``"-inf"``) back as floats, through nested dicts and lists; anything else as is."""
+    if isinstance(x, str):
+        return NONFINITE.get(x, x)
+    if isinstance(x, Mapping):
+        return {k: decode(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [decode(v) for v in x]
+    return x
+
+
+def number(x: Any) -> float:
+    """One stored summary value as a float: ``None`` (not measured) gives NaN, a non-finite
+    float stored as text is decoded; anything else that is not a number is an error."""
+    if x is None:
+        return math.nan
+    x = decode(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"expected a stored number (or None), got {x!r}")
+    return float(x)
+
 
 def config_from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
     """Rebuild a frozen Config dataclass from its stored (JSON) form; lists become tuples."""
@@ -38,7 +70,7 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
     names = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
-    for k, v in values.items():
+    for k, v in decode(dict(values)).items():
         if k in names:
             kwargs[k] = float(v) if hints[k] is float and isinstance(v, int) else tup(v)
     return cls(**kwargs)
@@ -103,7 +135,7 @@ def from_stored(sim: str, stored: StoredRun) -> Result[Any]:
         sim=sim,
         path=stored.path,
         config=config,
-        summary=stored.meta["summary"],
+        summary=decode(stored.meta["summary"]),
         arrays=stored.arrays,
         meta=stored.meta,
     )

@@ -15,7 +15,7 @@ typed ``Config``. Sub-runs that are worth keeping after a crash go through :func
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -26,7 +26,7 @@ from sims._checkpoint import Checkpoints
 from sims._runner import stored_or_run
 from sims._runtime import Progress
 from sims._store import ResultStore, StoredRun
-from sims.results import Result, from_stored
+from sims.results import Result, decode, from_stored
 from theory.engine.gd import GDResult, GDSnapshot, gd_wd
 
 C = TypeVar("C")
@@ -51,7 +51,8 @@ class Simulation(Generic[C]):
         config: the frozen Config dataclass (command-line flags are generated from it).
         compute: ``compute(cfg, *, progress, checkpoints) -> (arrays, summary)``.
         doc: the command's description (the module docstring).
-        report: lines printed by :meth:`main` under the result's path.
+        report: lines printed by :meth:`main` under the result's path, from the stored run with its
+            summary decoded (:func:`sims.results.decode`: stored non-finite numbers as floats).
         meta: extra top-level metadata stored with the result (default ``{"seed": cfg.seed}``).
     """
 
@@ -90,7 +91,9 @@ class Simulation(Generic[C]):
         prog = f"python -m sims {self.name}"
         stored = _cli.simple_main(self.config, self.run_and_store, prog, self.doc or "", argv)
         print(f"{self.name}: results in {stored.path}")
-        for line in self.report(stored) if self.report is not None else ():
+        # The report reads the summary as every reader does: non-finite numbers decoded once.
+        shown = replace(stored, meta={**stored.meta, "summary": decode(stored.meta["summary"])})
+        for line in self.report(shown) if self.report is not None else ():
             print(f"  {line}")
         return stored
 

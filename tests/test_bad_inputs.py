@@ -403,6 +403,20 @@ def test_shared_validators_name_the_bad_value():
     for bad in ((), (0.5,), (float("inf"),)):
         with pytest.raises(ValueError, match=r"eta_wd values must be in \(0, 0.1\)"):
             check.all_in_interval(bad, "eta_wd", 0, 0.1)
+    with pytest.raises(ValueError, match=r"eta_wd values must be in .*at least 2 of them"):
+        check.all_in_interval((1e-3,), "eta_wd", 0, 0.1, min_len=2)
+    assert check.all_in_interval((), "eta_wd", 0, 0.1, min_len=0) == ()
+    assert check.decreasing((3, 2.0, 1), "eta_wd") == (3.0, 2.0, 1.0)
+    for bad in ((1.0, 2.0), (1.0, 1.0)):
+        with pytest.raises(ValueError, match="eta_wd must be strictly decreasing"):
+            check.decreasing(bad, "eta_wd")
+    assert check.all_ints_at_least((2, 3), "widths", 2) == (2, 3)
+    for bad in ((2, 1), (2, 2.0), (True,)):
+        with pytest.raises(ValueError, match="widths must be ints >= 2"):
+            check.all_ints_at_least(bad, "widths", 2)
+    check.nonnegative_fields(cfg, "eta")
+    with pytest.raises(ValueError, match="wd must be a non-negative finite float, got nan"):
+        check.nonnegative_fields(cfg, "wd")
     with pytest.raises(ValueError, match="kappas must be finite and >= 0"):
         check.all_nonnegative((1.0, -1.0), "kappas")
     with pytest.raises(ValueError, match="kappas must be positive and finite"):

@@ -59,12 +59,13 @@ from sims import data as datasets
 from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
+from sims.results import number
 from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies.phases import initial_point
-from theory.core import linalg
-from theory.core.curvature import linearize_grad
+from theory.analysis.midpoint import curvature_along, iterate_midpoints
+from theory.analysis.trajectory import angle_between, moving_average
+from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
-from theory.core.lanczos import lanczos
 from theory.engine.gd import gd_wd, predicted_eos_onset
 from theory.flows.central import EdgeSettings, central_flow
 from theory.flows.common import Dense, Lanczos, SaveTimes
@@ -114,27 +115,18 @@ class Config:
     seed: int = field(default=0, metadata={"help": "PRNG seed"})
 
     def __post_init__(self) -> None:
-        bad = [p for p in self.problems if p not in PROBLEMS]
-        if bad:
-            raise ValueError(f"problems must be among {sorted(PROBLEMS)}, got {self.problems}")
-        for name in ("eta_wd", "net_eta_wd"):
-            vals = getattr(self, name)
-            if any(not (0 < x < 0.1) for x in vals):
-                raise ValueError(f"{name} values must be in (0, 0.1), got {vals}")
-        for name in ("eta", "tau_end", "eos0"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
-        if self.eos0 >= 2:
-            raise ValueError(f"eos0 must be below the edge 2, got {self.eos0}")
-        if self.window < 2 or self.window % 2:
+        check.among(self.problems, "problems", sorted(PROBLEMS), empty=True)
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1, min_len=0)
+        check.all_in_interval(self.net_eta_wd, "net_eta_wd", 0, 0.1, min_len=0)
+        check.positive_fields(self, "eta", "tau_end")
+        check.in_interval(self.eos0, "eos0", 0, 2)  # below the edge 2
+        check.nonnegative_fields(self, "perturbation")
+        check.int_fields_at_least(self, 2, "window")
+        if self.window % 2:
             raise ValueError(f"window must be an even int >= 2, got {self.window}")
-        if self.rows < 8:
-            raise ValueError(f"rows must be >= 8, got {self.rows}")
-        if self.net_max_edge < 1:
-            raise ValueError(f"net_max_edge must be >= 1, got {self.net_max_edge}")
-        if self.timing_repeats < 0:
-            raise ValueError(f"timing_repeats must be >= 0, got {self.timing_repeats}")
+        check.int_fields_at_least(self, 8, "rows")
+        check.int_fields_at_least(self, 1, "net_max_edge", "net_width", "net_samples")
+        check.int_fields_at_least(self, 0, "timing_repeats")
 
     @classmethod
     def preset(cls, scale: str) -> Config:
@@ -195,7 +187,7 @@ def _setup(cfg: Config, problem: str) -> dict[str, Any]:
     if problem == NETWORK:
         net = _network(cfg)
         u = net.w0 / jnp.linalg.norm(net.w0)
-        s0 = float(_top_eig(net.loss, u[None])[0])
+        s0 = float(_top_eig(net.loss, np.asarray(u)[None])[0])
         w0 = u * math.sqrt(cfg.eta * s0 / cfg.eos0)
         geometry = Dense() if w0.shape[0] <= _DENSE_MAX else Lanczos()
         return {
@@ -215,39 +207,24 @@ def _setup(cfg: Config, problem: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _moving(x: np.ndarray, window: int) -> np.ndarray:
-    """Centered moving average over ``window`` rows (edges: the available part)."""
-    kernel = np.ones(window) / window
-    pad = window // 2
-    xp = np.concatenate([np.repeat(x[:1], pad, 0), x, np.repeat(x[-1:], window - pad - 1, 0)])
-    if x.ndim == 1:
-        return np.convolve(xp, kernel, mode="valid")
-    return np.stack([np.convolve(xp[:, j], kernel, mode="valid") for j in range(x.shape[1])], 1)
-
-
 @eqx.filter_jit
 def _losses(loss: Any, ws: jax.Array) -> jax.Array:
     return jax.lax.map(loss, ws, batch_size=256)
 
 
-@eqx.filter_jit
-def _top_eig(loss: Any, ws: jax.Array) -> jax.Array:
-    """``lambda_1(hess L(w))`` for each row (dense ``eigh`` up to ``_DENSE_MAX``, else Lanczos)."""
-
-    def one(w: jax.Array) -> jax.Array:
-        if w.shape[0] <= _DENSE_MAX:
-            return linalg.eigvalsh(jax.hessian(loss)(w))[-1]
-        _, hvp = linearize_grad(loss, w)
-        v0 = jax.random.normal(jax.random.PRNGKey(1), w.shape, w.dtype)
-        return lanczos(hvp, v0, k=1, max_iters=64).eigenvalues[0]
-
-    return jax.lax.map(one, ws, batch_size=64)
-
-
-def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return 2.0 * np.arcsin(np.clip(np.linalg.norm(a - b, axis=-1) / 2.0, 0.0, 1.0))
+def _top_eig(loss: Any, ws: np.ndarray) -> np.ndarray:
+    """``lambda_1(hess L(w))`` for each row, warm started along the rows (dense ``eigh`` up to
+    ``_DENSE_MAX``, else Lanczos)."""
+    dense = ws.shape[1] <= _DENSE_MAX
+    curv = curvature_along(
+        loss,
+        jnp.asarray(ws),
+        lanczos_iters=None if dense else 64,
+        v0=jax.random.normal(jax.random.PRNGKey(1), ws.shape[1:], ws.dtype),
+        spherical=False,
+    )
+    assert curv.hessian is not None
+    return np.asarray(curv.hessian[:, 0])
 
 
 def _stat(v: np.ndarray, fn: Any) -> float:
@@ -308,13 +285,13 @@ def _gd_and_central(
     assert gd.w is not None
     w_all = np.asarray(gd.w)
     l_all = np.asarray(_losses(loss, jnp.asarray(w_all)))
-    w_bar = _moving(w_all, cfg.window)
-    osc = _moving(np.sum((w_all - w_bar) ** 2, axis=1), cfg.window)
-    l_bar = _moving(l_all, cfg.window)
+    w_bar = moving_average(w_all, cfg.window)
+    osc = moving_average(np.sum((w_all - w_bar) ** 2, axis=1), cfg.window)
+    l_bar = moving_average(l_all, cfg.window)
     wb = w_bar[row_t]
-    mid = 0.5 * (w_all[row_t] + w_all[row_t + 1])
+    mid = iterate_midpoints(w_all, row_t)  # stored iterates: GD here is kicked every step
     n = len(row_t)
-    lam = np.asarray(_top_eig(loss, jnp.asarray(np.concatenate([wb, mid, w_all[row_t]]))))
+    lam = _top_eig(loss, np.concatenate([wb, mid, w_all[row_t]]))
     gd_eos, gd_eos_mid, gd_eos_raw = eta * lam[:n], eta * lam[n : 2 * n], eta * lam[2 * n :]
     # GD's onset: the first step where eta (lambda_1 + wd) >= 2 at the iterate (the same edge
     # as the central flow's; before the onset there is no oscillation to average). The rows
@@ -478,11 +455,11 @@ def _compare(
         "cf_norm": np.abs(cf.norm - gd_norm) / gd_norm,
         "cf_eos": np.abs(cf.eos - gd_eos) / 2.0,
         "cf_loss": np.abs(cf.avg_loss - l_bar) / level,
-        "cf_dir": _angle(cf.w, wb),
+        "cf_dir": angle_between(cf.w, wb),
         "sr_norm": np.abs(sr_norm - gd_norm[sr_rows]) / gd_norm[sr_rows],
         "sr_eos": np.abs(2.0 - gd_eos[sr_rows]) / 2.0,
         "sr_loss": np.abs(sr_loss - l_bar[sr_rows]) / level,
-        "sr_dir": _angle(sr_theta, wb[sr_rows]),
+        "sr_dir": angle_between(sr_theta, wb[sr_rows]),
     }
     # Edge Flow's center against GD's midpoints (its two-step average), the whole run.
     ef = run["ef"]
@@ -490,7 +467,7 @@ def _compare(
     err |= {
         "ef_norm": np.abs(ef.norm - mid_norm) / mid_norm,
         "ef_eos": np.abs(ef.eos - run["gd_eos_mid"]) / 2.0,
-        "ef_dir": _angle(ef.x, run["gd_mid"]),
+        "ef_dir": angle_between(ef.x, run["gd_mid"]),
     }
     settled = (cf.mode > 0) & (row_t >= t_c + 0.25 / (2 * ewd))  # a quarter of tau after t_c
     info: dict[str, Any] = {
@@ -506,7 +483,7 @@ def _compare(
         "cost_central_cpu_s": run["cost_cf"],
         "evals_central": cf.num_evals,
         **sr_info,
-        "sr_start_angle_to_cf_onset": float(_angle(sr["theta"][0], cf.w[i_c]))
+        "sr_start_angle_to_cf_onset": float(angle_between(sr["theta"][0], cf.w[i_c]))
         if len(sr["tau"])
         else float("nan"),
         "events": [[e.t, e.change] for e in cf.events],
@@ -636,24 +613,16 @@ def run(
     return arrays, summary
 
 
-def _num(x: Any) -> float:
-    """A stored number as a float: None and a NaN stored as text (``"nan"``) give NaN."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _fmt(x: Any) -> str:
     """A stored number as ``1.23e-04`` (``nan`` for None or a stored NaN)."""
-    return f"{_num(x):.3g}"
+    return f"{number(x):.3g}"
 
 
 def _report(stored: StoredRun) -> list[str]:
     lines = []
     for key, s in stored.meta["summary"].items():
         lines.append(
-            f"{key} (eta*wd={_num(s['eta_wd']):g}): onset GD {_fmt(s['onset_gd'])}, central "
+            f"{key} (eta*wd={number(s['eta_wd']):g}): onset GD {_fmt(s['onset_gd'])}, central "
             f"{_fmt(s['onset_central_flow'])}; phase III eta_eff S at GD's mean iterate "
             f"{_fmt(s.get('phase3_mean_gd_eos'))} (midpoints "
             f"{_fmt(s.get('phase3_mean_gd_eos_mid'))}, iterates "

@@ -23,7 +23,6 @@ times of every part are in the summary (``seconds``). Unchanged on an accelerato
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies.tame import binary_target
+from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array
 from theory.engine.gd import gd_wd
@@ -72,16 +72,11 @@ class Config:
     dtype: Literal["float64"] = field(default="float64", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        if len(self.eta_wd) < 2 or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd needs >= 2 values in (0, 0.1), got {self.eta_wd}")
-        for name in ("eta", "tau_end", "cluster_tol"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
-        if not (math.isfinite(self.relax) and self.relax >= 0):
-            raise ValueError(f"relax must be a non-negative finite float, got {self.relax}")
-        if self.rows < 4 or self.n_train < 2:
-            raise ValueError(f"rows must be >= 4 and n_train >= 2, got {self.rows}, {self.n_train}")
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1, min_len=2)
+        check.positive_fields(self, "eta", "tau_end", "cluster_tol")
+        check.nonnegative_fields(self, "relax")
+        check.int_fields_at_least(self, 4, "rows")
+        check.int_fields_at_least(self, 2, "n_train")
 
     @classmethod
     def preset(cls, scale: str) -> Config:

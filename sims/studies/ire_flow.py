@@ -41,8 +41,9 @@ import optax
 
 from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
+from sims.results import number
 from sims.simulation import Simulation, cached_runs, prefixed
-from theory.core import linalg
+from theory.analysis.midpoint import curvature_along
 from theory.core import validate as check
 from theory.flows.compare import ire_equilibrium_start
 from theory.flows.manifold import hessian_rank, project_to_manifold
@@ -205,8 +206,9 @@ def _run_one(
     ref = _FlowRef(prob, jnp.asarray(phi[0]), 20.0 * cfg.tau_target)
     tau_eff = ref.time_of(sharp)
     tau_pred = ref.predicted_times(tau, a, b)
-    hess = jax.vmap(jax.hessian(prob.loss))(jnp.asarray(w))
-    eos = cfg.eta * np.asarray(linalg.eigvalsh(hess))[:, -1]
+    curv = curvature_along(prob.loss, jnp.asarray(w), spherical=False)  # dense: D = 3
+    assert curv.hessian is not None
+    eos = cfg.eta * np.asarray(curv.hessian[:, 0])
     measured, predicted = _slope(tau, tau_eff), _slope(tau, tau_pred)
     arrays = {
         "step": run.step[: len(w)],
@@ -273,8 +275,10 @@ def run(
 
 
 def _num(x: Any, spec: str) -> str:
+    """A stored number formatted with ``spec``; ``none`` where it was not measured (None, NaN)."""
     width = int(spec.split(".")[0])
-    return "none".rjust(width) if x is None or x == "nan" else format(float(x), spec)
+    val = number(x)
+    return "none".rjust(width) if math.isnan(val) else format(val, spec)
 
 
 def _step_or_dash(step: int | None) -> str:

@@ -61,10 +61,8 @@ from sims._store import StoredRun
 from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies import networks
 from theory.core import validate as check
-from theory.core.curvature import linearize_grad
-from theory.core.invariance import expand_groups, group_norms, normalize
-from theory.core.lanczos import default_tol, lanczos
-from theory.core.sharpness import sharpness_eigs
+from theory.core.invariance import group_norms
+from theory.core.sharpness import eos_quantity, sharpness_eigs, spherical_sharpness
 from theory.optim.ire import diagonal_mask, exact_flat, fisher_diagonal, ire
 from theory.optim.transforms import gd_wd_transform, run_optimizer
 from theory.problems import nets
@@ -219,33 +217,18 @@ def _rows_observed(
 ) -> dict[str, jax.Array]:
     """Spherical sharpness, EoS quantity, per-layer norms and metrics of each row of ``rows``.
 
-    ``sharpness = lambda_1(H(w_hat))`` and ``eos = lambda_1(D^{1/2} H(w_hat) D^{1/2})`` with
-    ``w_hat`` normalized per layer and ``D = diag(eta / |w_g|^2)``: the definitions of
-    :func:`theory.core.sharpness.sharpness_eigs` and :func:`theory.core.sharpness.eos_quantity`,
-    here as
-    one Lanczos (``lax.map`` over the two scalings) so that a single compiled program, shared by
-    every run, serves all rows.
+    ``sharpness = lambda_1(H(w_hat))`` (:func:`theory.core.sharpness.spherical_sharpness`) and
+    ``eos = lambda_1(D^{1/2} H(w_hat) D^{1/2})`` (:func:`theory.core.sharpness.eos_quantity`)
+    with ``w_hat`` normalized per layer and ``D = diag(eta / |w_g|^2)``, each one Lanczos of
+    ``iters`` vectors from the same fixed start; one compiled program, shared by every run,
+    serves all rows.
     """
 
     def one(w: jax.Array) -> dict[str, jax.Array]:
-        w_hat = normalize(w, groups)
-        _, hvp = linearize_grad(loss, w_hat)
+        opts: dict[str, Any] = {"groups": groups, "max_iters": iters, "check_invariance": False}
+        sharp, _ = spherical_sharpness(loss, w, **opts)
+        eos, _ = eos_quantity(loss, w, eta, **opts)
         norms = group_norms(w, groups)
-        scales = jnp.stack([jnp.ones_like(w), expand_groups(jnp.sqrt(eta) / norms, groups)])
-        key = jax.random.PRNGKey(0)
-        v0 = jax.random.normal(jax.random.fold_in(key, 1), w.shape, w.dtype)
-
-        def top(scale: jax.Array) -> jax.Array:
-            res = lanczos(
-                lambda v: scale * hvp(scale * v),
-                v0,
-                max_iters=iters,
-                tol=default_tol(w.dtype),
-                key=key,
-            )
-            return res.eigenvalues[0]
-
-        sharp, eos = jax.lax.map(top, scales)
         return {"sharpness": sharp, "eos": eos, "group_norms": norms} | evaluate(w)
 
     return jax.lax.map(one, rows)

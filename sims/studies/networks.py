@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,9 +41,8 @@ from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, collect_runs, resumable_gd_wd
+from theory.analysis import midpoint
 from theory.core import validate as check
-from theory.core.invariance import expand_groups, group_norms
-from theory.core.lanczos import lanczos
 from theory.engine.gd import GDResult
 from theory.problems import nets
 
@@ -233,7 +231,7 @@ def _one(
     }
     arrays.update({k: np.asarray(v) for k, v in metrics.items()})
     arrays["t_eta_wd"] = res.step * spec["eta_wd"]  # LLA22's time axis: tau / 2
-    arrays["eos_mid"], arrays["sharpness_mid"] = midpoint_curvature(
+    arrays["eos_mid"], arrays["sharpness_mid"] = midpoint_columns(
         prob.loss, res, cfg.eta, spec["wd"]
     )
     info = {
@@ -262,33 +260,6 @@ def _onset_row(res: GDResult) -> int | None:
     return min(int(np.searchsorted(res.step, res.onset_step)), len(res.step) - 1)
 
 
-def _mid_curvature(
-    loss: Any,
-    w: jax.Array,
-    v0: jax.Array,
-    vs0: jax.Array,
-    eta: jax.Array,
-    wd: jax.Array,
-    groups: tuple[int, ...],
-) -> Any:
-    grad = jax.grad(loss)(w)
-    mid = w - 0.5 * eta * (wd * w + grad)  # (w_t + w_{t+1}) / 2 for the GD+WD step
-    _, lin = jax.linearize(jax.grad(loss), mid)
-    iters = min(48, w.shape[0])
-    res = lanczos(lambda x: eta * lin(x), v0, k=2, max_iters=iters)
-    m = expand_groups(group_norms(mid, groups), groups)  # M H(mid) M = H(mid normalized)
-    res_s = lanczos(lambda x: m * lin(m * x), vs0, k=2, max_iters=iters)
-    return (
-        res.eigenvalues[0],
-        res.eigenvectors[:, 0],
-        res_s.eigenvalues[0],
-        res_s.eigenvectors[:, 0],
-    )
-
-
-_mid_curvature_jit = eqx.filter_jit(_mid_curvature)
-
-
 def midpoint_rows(res: GDResult) -> np.ndarray:
     """Row indices measured at midpoints: up to :data:`MID_ROWS` evenly spaced over the whole
     run, up to :data:`MID_ROWS` over the settled EoS phase, the onset row and the last row."""
@@ -306,29 +277,38 @@ def midpoint_rows(res: GDResult) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(p, int) for p in parts]))
 
 
-def midpoint_curvature(
+def midpoint_columns(
     loss: Any, res: GDResult, eta: float, wd: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(eos_mid, sharpness_mid)``: the EoS quantity ``eta * lambda_1(H)`` and the spherical
     sharpness ``lambda_1(M H M)`` (``M`` the per-group norms, so ``M H M`` is the Hessian at the
     per-group normalized point) at ``(w_t + w_{t+1}) / 2``, on the rows of :func:`midpoint_rows`
-    (NaN elsewhere). ``w_{t+1}`` is recomputed from the stored ``w_t`` (the networks runs have
-    no perturbation). Lanczos for the top two pairs of each operator, warm started from the
-    previous row's eigenvectors; rows after a divergence stay NaN."""
+    (NaN elsewhere), by :func:`theory.analysis.midpoint.midpoint_curvature`. ``w_{t+1}`` is
+    recomputed from the stored ``w_t`` (the networks runs have no perturbation). Lanczos for
+    the top two pairs of each operator, warm started from the previous row's eigenvectors;
+    rows after a divergence stay NaN."""
     n = len(res.step)
     eos, sharp = np.full(n, np.nan), np.full(n, np.nan)
     if res.w is None:
         return eos, sharp
+    rows = midpoint_rows(res)
+    rows = rows[np.all(np.isfinite(res.w[rows]), axis=1)]
+    if not rows.size:
+        return eos, sharp
     w = jnp.asarray(res.w)
-    v = vs = jnp.ones_like(w[0])
-    dt = w.dtype
-    for i in midpoint_rows(res):
-        if not np.all(np.isfinite(res.w[i])):
-            continue
-        e, v, s, vs = _mid_curvature_jit(
-            loss, w[i], v, vs, jnp.asarray(eta, dt), jnp.asarray(wd, dt), tuple(res.groups)
-        )
-        eos[i], sharp[i] = float(e), float(s)
+    curv = midpoint.midpoint_curvature(
+        loss,
+        w[rows],
+        eta,
+        wd,
+        groups=tuple(res.groups),
+        k=2,
+        lanczos_iters=48,
+        v0=jnp.ones_like(w[0]),
+    )
+    assert curv.hessian is not None and curv.spherical is not None
+    eos[rows] = eta * np.asarray(curv.hessian[:, 0])
+    sharp[rows] = np.asarray(curv.spherical[:, 0])
     return eos, sharp
 
 

@@ -87,17 +87,14 @@ class Config:
     seed: int = field(default=0, metadata={"help": "PRNG seed (kicks; MLP init)"})
 
     def __post_init__(self) -> None:
-        valid = (*PROBLEMS, NET)
-        if not self.problems or any(p not in valid for p in self.problems):
-            raise ValueError(f"problems must be among {valid}, got {self.problems}")
-        if len(self.eta_wd) < 1:
-            raise ValueError("eta_wd must not be empty")
+        check.among(self.problems, "problems", (*PROBLEMS, NET))
         check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
-        check.positive_fields(self, "eta", "tau_end", "net_tau_end", "eos0", "net_eos0")
-        if not (self.eos0 < 2 and self.net_eos0 < 2):
-            raise ValueError(f"eos0, net_eos0 must be < 2, got {self.eos0}, {self.net_eos0}")
-        if self.rows < 8 or self.net_samples < 2 or self.perturbation < 0:
-            raise ValueError("rows must be >= 8, net_samples >= 2 and perturbation >= 0")
+        check.positive_fields(self, "eta", "tau_end", "net_tau_end")
+        check.in_interval(self.eos0, "eos0", 0, 2)  # below the edge 2
+        check.in_interval(self.net_eos0, "net_eos0", 0, 2)
+        check.nonnegative_fields(self, "perturbation")
+        check.int_fields_at_least(self, 8, "rows")
+        check.int_fields_at_least(self, 2, "net_samples")
 
     @classmethod
     def preset(cls, scale: str) -> Config:

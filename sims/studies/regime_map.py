@@ -63,9 +63,10 @@ from sims._checkpoint import Checkpoints
 from sims._runtime import Progress, dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, cached_runs
+from theory.analysis import midpoint
 from theory.analysis.regimes import RegimeCriteria, classify_regime
-from theory.core.invariance import expand_groups, group_norms
-from theory.core.lanczos import lanczos
+from theory.core import validate as check
+from theory.core.invariance import group_norms
 from theory.engine import LanczosTracker, SaveAt
 from theory.engine.gd import predicted_eos_onset
 from theory.engine.sweep import SweepResult, gd_wd_sweep
@@ -142,20 +143,10 @@ class Config:
     dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        bad = [d for d in self.datasets if d not in DATASETS]
-        if bad or (not self.datasets and not self.cnn_channels):
-            raise ValueError(
-                f"datasets must be among {DATASETS} (or empty with cnn_channels), got "
-                f"{self.datasets}"
-            )
-        if not self.norm_loss or any(v not in NORM_LOSS for v in self.norm_loss):
-            raise ValueError(
-                f"norm_loss must be a non-empty subset of {NORM_LOSS}, got {self.norm_loss}"
-            )
-        for name in ("widths", "cnn_channels"):
-            vals = getattr(self, name)
-            if any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in vals):
-                raise ValueError(f"{name} must be ints >= 2, got {vals}")
+        check.among(self.datasets, "datasets", DATASETS, empty=bool(self.cnn_channels))
+        check.among(self.norm_loss, "norm_loss", NORM_LOSS)
+        check.all_ints_at_least(self.widths, "widths", 2)
+        check.all_ints_at_least(self.cnn_channels, "cnn_channels", 2)
         if not self.widths and self.datasets:
             raise ValueError("widths must not be empty when datasets are given")
         if not self.cross_widths and len(self.widths) != len(self.norm_loss):
@@ -163,20 +154,12 @@ class Config:
                 f"cross_widths=False pairs widths[i] with norm_loss[i]: they need equal lengths, "
                 f"got widths {self.widths} and norm_loss {self.norm_loss}"
             )
-        if not self.eos0 or any(not (math.isfinite(x) and x > 0) for x in self.eos0):
-            raise ValueError(f"eos0 must be positive finite floats, got {self.eos0}")
-        if not self.eta_wd or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd values must be in (0, 0.1), got {self.eta_wd}")
-        for name in ("n_train", "depth", "steps", "record_every", "sharpness_every", "mid_rows"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if (
-            isinstance(self.pre_rows, bool)
-            or not isinstance(self.pre_rows, int)
-            or self.pre_rows < 0
-        ):
-            raise ValueError(f"pre_rows must be a non-negative int, got {self.pre_rows!r}")
+        check.all_in_interval(self.eos0, "eos0", 0, math.inf)
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
+        check.int_fields_at_least(
+            self, 1, "n_train", "depth", "steps", "record_every", "sharpness_every", "mid_rows"
+        )
+        check.int_fields_at_least(self, 0, "pre_rows")
         if self.n_train % 8 or self.n_train < 16:
             raise ValueError(f"n_train must be a multiple of 8 and >= 16, got {self.n_train}")
         if self.record_every % self.sharpness_every:
@@ -314,33 +297,7 @@ def make_network(cfg: Config, arch: dict[str, Any]) -> nets.NetProblem:
 # --------------------------------------------------------------------------------------------
 
 
-def _mid_one(
-    loss: Any,
-    w: jax.Array,
-    eta: jax.Array,
-    wd: jax.Array,
-    v: jax.Array,
-    vs: jax.Array,
-    groups: tuple[int, ...],
-) -> tuple[jax.Array, ...]:
-    """``lambda_1(H(mid))`` and ``lambda_1(M H(mid) M)`` at ``mid = (w_t + w_{t+1}) / 2`` (with
-    the eigenvectors; ``eta = 0`` gives them at ``w`` itself)."""
-    grad = jax.grad(loss)(w)
-    mid = w - 0.5 * eta * (wd * w + grad)
-    _, lin = jax.linearize(jax.grad(loss), mid)
-    iters = min(MID_ITERS, w.shape[0])
-    res = lanczos(lin, v, max_iters=iters)
-    m = expand_groups(group_norms(mid, groups), groups)
-    res_s = lanczos(lambda x: m * lin(m * x), vs, max_iters=iters)
-    return (
-        res.eigenvalues[0],
-        res.eigenvectors[:, 0],
-        res_s.eigenvalues[0],
-        res_s.eigenvectors[:, 0],
-    )
-
-
-def _mid_rows_scan(
+def _mid_rows(
     loss: Any,
     w_rows: jax.Array,
     eta: jax.Array,
@@ -348,19 +305,22 @@ def _mid_rows_scan(
     v0: jax.Array,
     groups: tuple[int, ...],
 ) -> tuple[jax.Array, jax.Array]:
-    """``w_rows`` ``(M, B, D)``: rows in increasing order per run; warm starts carried along."""
-    one = jax.vmap(_mid_one, in_axes=(None, 0, 0, 0, 0, 0, None))
+    """``lambda_1(H(mid))`` and ``lambda_1(M H(mid) M)`` ``(B, M)`` at the midpoints of the rows
+    ``w_rows`` ``(B, M, D)`` (rows in increasing order per run, warm starts carried along; ``eta
+    = 0`` gives them at the rows themselves): :func:`theory.analysis.midpoint.midpoint_curvature`
+    vmapped over the runs."""
 
-    def body(carry: tuple[jax.Array, jax.Array], w: jax.Array) -> Any:
-        v, vs = carry
-        e, v, s, vs = one(loss, w, eta, wd, v, vs, groups)
-        return (v, vs), (e, s)
+    def one(w: jax.Array, eta_: jax.Array, wd_: jax.Array, v: jax.Array) -> Any:
+        c = midpoint.midpoint_curvature(
+            loss, w, eta_, wd_, groups=groups, lanczos_iters=MID_ITERS, v0=v
+        )
+        assert c.hessian is not None and c.spherical is not None
+        return c.hessian[:, 0], c.spherical[:, 0]
 
-    _, (e, s) = jax.lax.scan(body, (v0, v0), w_rows)
-    return e, s
+    return jax.vmap(one)(w_rows, eta, wd, v0)
 
 
-_mid_rows_jit = eqx.filter_jit(_mid_rows_scan)
+_mid_rows_jit = eqx.filter_jit(_mid_rows)
 
 
 def initial_curvature(
@@ -369,11 +329,11 @@ def initial_curvature(
     """``(lambda_1(H(w0)), S(w0))``, by the midpoint program at ``eta = 0`` (same shapes as the
     sweep's midpoint rows, so it reuses that compiled program instead of compiling another)."""
     rows = cfg.mid_rows + cfg.pre_rows + 2
-    w = jnp.broadcast_to(jnp.asarray(w0), (rows, batch, w0.shape[0]))
+    w = jnp.broadcast_to(jnp.asarray(w0), (batch, rows, w0.shape[0]))
     zero = jnp.zeros((batch,), w.dtype)
     v0 = jax.random.normal(jax.random.PRNGKey(7), (batch, w0.shape[0]), w.dtype)
     e, s = _mid_rows_jit(loss, w, zero, zero, v0, tuple(groups))
-    return float(e[-1, 0]), float(s[-1, 0])
+    return float(e[0, -1]), float(s[0, -1])
 
 
 def midpoint_row_indices(
@@ -401,7 +361,7 @@ def midpoint_row_indices(
     return np.clip(idx, 0, n - 1)
 
 
-def midpoint_curvature(
+def midpoint_columns(
     loss: Any, sweep: SweepResult, idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(eos_mid, sharpness_mid)`` ``(B, n)`` at the midpoint rows ``idx`` ``(B, M)`` (NaN on
@@ -409,9 +369,9 @@ def midpoint_curvature(
     assert sweep.w is not None
     b, n = sweep.eos.shape
     w = np.asarray(sweep.w)
-    rows = np.stack([w[i, idx[i]] for i in range(b)], axis=1)  # (M, B, D)
+    rows = np.stack([w[i, idx[i]] for i in range(b)])  # (B, M, D)
     finite = np.all(np.isfinite(rows), axis=2)
-    rows = np.where(finite[..., None], rows, np.asarray(sweep.w[:, 0])[None])
+    rows = np.where(finite[..., None], rows, np.asarray(sweep.w[:, 0])[:, None])
     dt = rows.dtype
     v0 = jax.random.normal(jax.random.PRNGKey(7), (b, rows.shape[2]), dt)
     lam, sph = _mid_rows_jit(
@@ -422,12 +382,12 @@ def midpoint_curvature(
         v0,
         tuple(sweep.groups),
     )
-    e = np.where(finite, np.asarray(lam) * np.asarray(sweep.eta)[None], np.nan)
+    e = np.where(finite, np.asarray(lam) * np.asarray(sweep.eta)[:, None], np.nan)
     s = np.where(finite, np.asarray(sph), np.nan)
     eos_mid, sharp_mid = np.full((b, n), np.nan), np.full((b, n), np.nan)
     for i in range(b):
-        eos_mid[i, idx[i]] = e[:, i]
-        sharp_mid[i, idx[i]] = s[:, i]
+        eos_mid[i, idx[i]] = e[i]
+        sharp_mid[i, idx[i]] = s[i]
     return eos_mid, sharp_mid
 
 
@@ -473,7 +433,7 @@ def _one_arch(
             for i in range(len(pairs))
         ]
     )
-    eos_mid, sharp_mid = midpoint_curvature(prob.loss, sweep, idx)
+    eos_mid, sharp_mid = midpoint_columns(prob.loss, sweep, idx)
     arrays: dict[str, np.ndarray] = {f"{arch['name']}.step": sweep.step}
     summary: dict[str, Any] = {}
     pad = input_padding(cfg, arch)

@@ -19,8 +19,9 @@ Per network and per ``eta * wd`` (the intrinsic learning rate; ``eta`` fixed, ``
   spherical gradient-flow limit (:func:`theory.flows.manifold.projection_info` with
   ``solver="implicit"``: the flow is stiff on these networks), against the tracking error
   ``|GN(w_t) - theta(tau)|`` and ``|Phi(w_t) - theta(tau)|``;
-* the midpoint sharpness ``S((w_t + w_{t+1}) / 2)`` (dense ``eigvalsh`` of ``jax.hessian``; the
-  midpoint of the period-2 oscillation) at every row, for the collapse against ``tau``;
+* the midpoint sharpness ``S((w_t + w_{t+1}) / 2)`` (:func:`theory.analysis.midpoint.
+  midpoint_curvature`, dense; the midpoint of the period-2 oscillation) at every row, for the
+  collapse against ``tau``;
 * the oscillation amplitude ``|w_hat_t - GN(w_t)|`` against the F1 prediction
   ``x^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (docs/theory.md section 3) along the flow.
 
@@ -55,11 +56,18 @@ from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, collect_runs
-from theory.core import linalg
+from theory.analysis.midpoint import midpoint_curvature
+from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
-from theory.core.types import Array, LossFn
+from theory.core.types import Array
 from theory.engine.gd import gd_wd
-from theory.flows.compare import Comparison, compare_with_flow, eos_equilibrium_start, fit_slope
+from theory.flows.compare import (
+    Comparison,
+    compare_with_flow,
+    eos_amplitude_sq,
+    eos_equilibrium_start,
+    fit_slope,
+)
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.manifold import projection_info
 from theory.flows.reduction import SharpnessFlowField
@@ -90,22 +98,14 @@ class Config:
     dtype: Literal["float64"] = field(default="float64", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        if not self.datasets or any(d not in DATASETS for d in self.datasets):
-            raise ValueError(
-                f"datasets must be a non-empty subset of {DATASETS}, got {self.datasets}"
-            )
-        if len(self.eta_wd) < 2 or any(not (0 < x < 0.1) for x in self.eta_wd):
-            raise ValueError(f"eta_wd needs >= 2 values in (0, 0.1), got {self.eta_wd}")
-        if list(self.eta_wd) != sorted(self.eta_wd, reverse=True):
-            raise ValueError(f"eta_wd must be decreasing, got {self.eta_wd}")
-        for name in ("eta", "tau_end", "f0_eta_wd"):
-            val = getattr(self, name)
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be a positive finite float, got {val}")
-        if self.f0_eta_wd >= 0.1:
-            raise ValueError(f"f0_eta_wd must be < 0.1, got {self.f0_eta_wd}")
-        if self.rows < 2 or self.n_train < 2:
-            raise ValueError(f"rows and n_train must be >= 2, got {self.rows}, {self.n_train}")
+        check.among(self.datasets, "datasets", DATASETS)
+        check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1, min_len=2)
+        check.decreasing(self.eta_wd, "eta_wd")
+        check.positive_fields(self, "eta", "tau_end")
+        check.in_interval(self.f0_eta_wd, "f0_eta_wd", 0, 0.1)
+        check.int_fields_at_least(self, 2, "rows", "n_train")
+        check.all_ints_at_least(self.digits_widths, "digits_widths", 1)
+        check.all_ints_at_least(self.mnist1d_widths, "mnist1d_widths", 1)
 
     @classmethod
     def preset(cls, scale: str) -> Config:
@@ -162,24 +162,6 @@ def make_network(cfg: Config, dataset: str) -> nets.NetProblem:
             "must be overparametrized for Gamma to be a manifold"
         )
     return prob
-
-
-@eqx.filter_jit
-def _top2_dense(loss: LossFn, rows: Array) -> Array:
-    """``(lambda_1, lambda_2)`` of ``hess L`` at each normalized row (dense ``eigvalsh``)."""
-
-    def one(w: Array) -> Array:
-        u = w / jnp.linalg.norm(w)
-        return linalg.eigvalsh(jax.hessian(loss)(u))[-2:][::-1]
-
-    return jax.lax.map(one, rows)
-
-
-def midpoint_rows(loss: LossFn, w: np.ndarray, eta: float, wd: float) -> np.ndarray:
-    """``(w_t + w_{t+1}) / 2`` for every row ``w_t`` (one exact GD+WD step each)."""
-    ws = jnp.asarray(w)
-    grads = jax.vmap(jax.grad(loss))(ws)
-    return np.asarray((ws + (1 - eta * wd) * ws - eta * grads) / 2)
 
 
 PHI_GTOL = 1e-11
@@ -265,7 +247,7 @@ def _amplitude(gd: Any, cmp: Comparison) -> np.ndarray:
 def _f1_amp_sq(cmp: Comparison, ewd: float) -> np.ndarray:
     """F1's ``x^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` along the flow (|g| at the flow's point)."""
     g = np.asarray(cmp.flow_result.g_norm)[: len(cmp.tau)]
-    return (ewd / 2) / (1 + g**2 / 4)
+    return np.asarray(eos_amplitude_sq(ewd, g**2, "F1"))
 
 
 def _drop_ratio(cmp: Comparison) -> float:
@@ -312,8 +294,11 @@ def study_network(cfg: Config, dataset: str) -> tuple[dict[str, np.ndarray], dic
         cmp, degenerate = _compare(prob, gd, cfg, ewd, "F1")
         comparisons[ewd] = (gd, cmp)
         n = len(cmp.tau)
-        mids = midpoint_rows(prob.loss, np.asarray(gd.w)[:n], cfg.eta, ewd / cfg.eta)
-        top2 = np.asarray(_top2_dense(prob.loss, jnp.asarray(mids)))
+        curv = midpoint_curvature(
+            prob.loss, np.asarray(gd.w)[:n], cfg.eta, ewd / cfg.eta, k=2, hessian=False
+        )
+        assert curv.spherical is not None
+        top2 = np.asarray(curv.spherical)
         amp = _amplitude(gd, cmp)
         pre = f"r{i}"
         for key in ("step", "tau", "dist_phi", "dist_w", "sharpness_phi", "sharpness_flow"):

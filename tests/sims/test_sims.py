@@ -1,6 +1,7 @@
 """Simulations, the results store, the command lines, the check registry and figures."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -46,6 +47,23 @@ def test_phases_run_store_reuse_and_figure(tmp_path, monkeypatch):
     assert table.dtype.names is not None and "eos" in table.dtype.names
     np.testing.assert_array_equal(table["step"], run["step"])
     assert phases.SIM.load(tmp_path).config == TINY
+
+
+def test_typed_reader_decodes_stored_nonfinite_numbers_once(tmp_path):
+    # The store writes a non-finite float as text (JSON has none); sims.results.decode turns it
+    # back, in the summary at any depth, and leaves every other string alone.
+    nan, inf = float("nan"), float("inf")
+    summary = {"a": nan, "b": [1.0, inf, -inf], "c": {"d": nan, "e": "closed form"}, "f": None}
+    path = ResultStore(tmp_path).save("phases", TINY, {"x": np.ones(2)}, summary)
+    raw = ResultStore(tmp_path).load(path).meta["summary"]
+    assert raw["a"] == "nan" and raw["b"] == [1.0, "inf", "-inf"]  # what is on disk
+    s = results.load("phases", tmp_path, path=path).summary
+    assert math.isnan(s["a"]) and math.isnan(s["c"]["d"]) and s["b"] == [1.0, inf, -inf]
+    assert s["c"]["e"] == "closed form" and s["f"] is None
+    assert math.isnan(results.number(None)) and results.number("-inf") == -inf
+    assert results.number(3) == 3.0 and isinstance(results.number(3), float)
+    with pytest.raises(TypeError, match="expected a stored number"):
+        results.number("closed form")
 
 
 def test_figures_fail_loudly_without_results(tmp_path):
@@ -244,9 +262,10 @@ def test_networks_tiny_run_and_figures(tmp_path):
 
 
 def test_midpoint_curvature_against_dense_hessian():
-    # networks.midpoint_curvature: eta * lambda_1(H) and the spherical sharpness lambda_1(M H M)
-    # (M the per-group norms) at (w_t + w_{t+1}) / 2, against eigvalsh of jax.hessian at a
-    # midpoint rebuilt here from the GD+WD step; the spherical one also at the normalized point.
+    # networks.midpoint_columns (theory.analysis.midpoint on the chosen rows): eta * lambda_1(H)
+    # and the spherical sharpness lambda_1(M H M) (M the per-group norms) at (w_t + w_{t+1}) / 2,
+    # against eigvalsh of jax.hessian at a midpoint rebuilt here from the GD+WD step; the
+    # spherical one also at the normalized point.
     import jax
 
     from sims.studies import networks
@@ -261,7 +280,7 @@ def test_midpoint_curvature_against_dense_hessian():
         loss, w0, eta=eta, wd=wd, steps=1000, record_every=10, groups=groups, perturbation=1e-10
     )
     assert res.onset_step is not None
-    eos, sharp = networks.midpoint_curvature(loss, res, eta, wd)
+    eos, sharp = networks.midpoint_columns(loss, res, eta, wd)
     rows = np.flatnonzero(np.isfinite(eos))
     assert np.array_equal(rows, np.flatnonzero(np.isfinite(sharp)))
     assert np.array_equal(rows, networks.midpoint_rows(res))

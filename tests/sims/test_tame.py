@@ -3,8 +3,6 @@ checks, figures."""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -34,19 +32,6 @@ def test_configs_validate_and_presets():
 def test_binary_target():
     y = tame.binary_target(np.array([0, 4, 5, 9]))
     np.testing.assert_array_equal(y, [[1.0], [1.0], [-1.0], [-1.0]])
-
-
-def test_midpoint_rows_is_the_gd_midpoint():
-    def loss(w: jax.Array) -> jax.Array:
-        u = w / jnp.linalg.norm(w)
-        return 0.5 * (2.0 + u[0]) * u[2] ** 2
-
-    w = np.array([[0.3, 0.9, 0.1], [1.0, -0.2, 0.05]])
-    eta, wd = 0.2, 0.01
-    mid = tame.midpoint_rows(loss, w, eta, wd)
-    for row, m in zip(w, mid, strict=True):
-        nxt = (1 - eta * wd) * row - eta * np.asarray(jax.grad(loss)(jnp.asarray(row)))
-        np.testing.assert_allclose(m, (row + nxt) / 2, rtol=1e-14)
 
 
 def test_interp_rows():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -123,6 +124,12 @@ def positive_fields(obj: Any, *names: str) -> None:
         positive(getattr(obj, name), name)
 
 
+def nonnegative_fields(obj: Any, *names: str) -> None:
+    """Every named attribute of ``obj`` (a config dataclass) is a finite float ``>= 0``."""
+    for name in names:
+        nonnegative(getattr(obj, name), name)
+
+
 def finite_fields(obj: Any, *names: str) -> None:
     """Every named attribute of ``obj`` is a finite float."""
     for name in names:
@@ -139,12 +146,37 @@ def int_fields_at_least(obj: Any, minimum: int, *names: str) -> None:
             raise ValueError(f"{name} must be >= {minimum}, got {val!r}")
 
 
-def all_in_interval(values: Sequence[Any], name: str, lo: float, hi: float) -> tuple[float, ...]:
-    """A non-empty sequence of floats, each in the open interval ``(lo, hi)``."""
+def all_in_interval(
+    values: Sequence[Any], name: str, lo: float, hi: float, *, min_len: int = 1
+) -> tuple[float, ...]:
+    """A sequence of at least ``min_len`` (default 1) floats, each in the open interval
+    ``(lo, hi)``."""
     vals = tuple(values)
-    if not vals or any(not (math.isfinite(float(x)) and lo < float(x) < hi) for x in vals):
+    if len(vals) < min_len:
+        raise ValueError(
+            f"{name} values must be in ({lo:g}, {hi:g}), at least {min_len} of them; got {values!r}"
+        )
+    if any(not (math.isfinite(float(x)) and lo < float(x) < hi) for x in vals):
         raise ValueError(f"{name} values must be in ({lo:g}, {hi:g}), got {values!r}")
     return tuple(float(x) for x in vals)
+
+
+def decreasing(values: Sequence[Any], name: str) -> tuple[float, ...]:
+    """A sequence of floats in strictly decreasing order."""
+    vals = tuple(float(x) for x in values)
+    if any(a <= b for a, b in itertools.pairwise(vals)):
+        raise ValueError(f"{name} must be strictly decreasing, got {values!r}")
+    return vals
+
+
+def all_ints_at_least(values: Sequence[Any], name: str, minimum: int) -> tuple[int, ...]:
+    """A sequence (may be empty) of ints, each ``>= minimum`` (bools rejected)."""
+    vals = tuple(values)
+    if any(
+        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in vals
+    ):
+        raise ValueError(f"{name} must be ints >= {minimum}, got {values!r}")
+    return tuple(int(v) for v in vals)
 
 
 def all_nonnegative(values: Sequence[Any], name: str, *, empty: bool = False) -> tuple[float, ...]:

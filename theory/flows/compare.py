@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from theory.analysis.trajectory import angle_between
 from theory.core import validate as check
 from theory.core.types import Array, LossFn
 from theory.flows.gauss_newton import gauss_newton_project
@@ -62,16 +63,29 @@ def eos_equilibrium_start(
         th = project_to_manifold(loss, theta)
         rank = hessian_rank(loss, th) if rank is None else rank
         field_ = SharpnessFlowField(loss, rank, form)
-    return _equilibrium_point(field_, th, jnp.asarray(eta * wd / 2, th.dtype), eta)
+    return _equilibrium_point(field_, th, jnp.asarray(eta * wd, th.dtype), eta)
+
+
+def eos_amplitude_sq(eta_wd: Any, g_sq: Any, form: str = "F1") -> Any:
+    """[derived, docs/theory.md section 3] The squared amplitude ``x^2`` of the direction's
+    period-2 oscillation on the EoS equilibrium: ``(eta wd / 2) / (1 + |g|^2 / 4)`` (form F1,
+    ``|g|`` the Riemannian gradient of ``log lambda_1`` at ``Phi``) or ``eta wd / 2`` (F0).
+
+    Plain arithmetic: NumPy arrays, JAX arrays (traced too) and floats broadcast as usual.
+    """
+    if form == "F1":
+        return (eta_wd / 2) / (1 + 0.25 * g_sq)
+    if form == "F0":
+        return eta_wd / 2 + 0 * g_sq
+    raise ValueError(f"form must be 'F0' or 'F1', got {form!r}")
 
 
 @eqx.filter_jit
-def _equilibrium_point(field_: SharpnessFlowField, th: Array, amp_sq: Array, eta: float) -> Array:
+def _equilibrium_point(field_: SharpnessFlowField, th: Array, eta_wd: Array, eta: float) -> Array:
     """``eos_equilibrium_start``'s point from ``Phi(theta)`` (compiled: the field's Lanczos and
     gradient passes would otherwise run op by op)."""
     q = field_.quantities(th)
-    if field_.form == "F1":
-        amp_sq = amp_sq / (1 + 0.25 * jnp.vdot(q.g, q.g))
+    amp_sq = eos_amplitude_sq(eta_wd, jnp.vdot(q.g, q.g), field_.form)
     u = th + jnp.sqrt(amp_sq) * q.v1
     return jnp.sqrt(eta * q.lam1 / 2) * u / jnp.linalg.norm(u)
 
@@ -188,7 +202,7 @@ def compare_with_flow(
         flow=flow.theta,
         dist_phi=np.linalg.norm(phi - flow.theta, axis=1),
         dist_w=np.linalg.norm(w_hat - flow.theta, axis=1),
-        angle=_angle(phi, flow.theta),
+        angle=angle_between(phi, flow.theta),
         sharpness_phi=sharp_phi,
         sharpness_flow=flow.sharpness,
         flow_result=flow,
@@ -206,13 +220,6 @@ def _gn_batch(residual_fn: Callable[[Array], Array], rows: Array) -> Array:
     return jax.vmap(lambda w: gauss_newton_project(residual_fn, w, raise_on_failure=False).theta)(
         rows
     )
-
-
-def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Angle between rows, ``2 arcsin(|a_hat - b_hat| / 2)`` (accurate for tiny angles)."""
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return 2.0 * np.arcsin(np.clip(np.linalg.norm(a - b, axis=-1) / 2.0, 0.0, 1.0))
 
 
 def fit_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
