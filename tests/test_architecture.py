@@ -2,7 +2,7 @@
 
 1. Imports go one way: ``figures -> sims -> theory`` (``benchmarks`` and ``examples`` may use
    ``theory`` and ``sims``; nothing imports ``tests``). Inside ``theory`` the subpackages are
-   layered: ``core`` < ``problems``, ``engine`` < ``flows`` < ``optim``, ``analysis``; a module
+   layered: ``core`` < ``problems``, ``engine``, ``analysis`` < ``flows`` < ``optim``; a module
    imports its own subpackage or a lower layer only.
 2. No private module (a path component starting with ``_``, other than ``__init__`` and
    ``__main__``) is imported from outside its own top-level package.
@@ -39,9 +39,9 @@ THEORY_LAYERS: dict[str, int] = {
     "core": 0,
     "problems": 1,
     "engine": 1,
+    "analysis": 1,
     "flows": 2,
     "optim": 3,
-    "analysis": 3,
 }
 
 CURVATURE_CALLS = frozenset(
@@ -62,7 +62,24 @@ CURVATURE_CALLS = frozenset(
 )
 
 # (file relative to the repository, called name) -> why it is allowed there.
-CURVATURE_ALLOWED: dict[tuple[str, str], str] = {}
+CURVATURE_ALLOWED: dict[tuple[str, str], str] = {
+    ("sims/checks/identities.py", "hessian"): (
+        "the identity H(w) w = -grad L(w) is checked on the dense Hessian, an oracle "
+        "independent of theory's Hessian-vector routes"
+    ),
+    ("sims/checks/identities.py", "grad_lambda1"): (
+        "the check compares theory's third-derivative route with the problems' closed-form "
+        "gradient of log lambda_1: calling it is what is checked"
+    ),
+    ("sims/studies/crossing.py", "eigvalsh"): (
+        "eigenvalues of the stored 2x2 oscillation covariance Sigma (a summary of a result, "
+        "not curvature of the loss)"
+    ),
+    ("sims/studies/crossing.py", "eigh"): (
+        "axes of the stored 2x2 oscillation covariance Sigma, to weigh GD's oscillation on "
+        "them (a summary of a result, not curvature of the loss)"
+    ),
+}
 
 
 def _modules(root: Path, top: str) -> Iterator[tuple[Path, ast.Module]]:
@@ -74,9 +91,8 @@ def _absolute(node: ast.ImportFrom, path: Path, root: Path) -> str:
     """The absolute module an ``ImportFrom`` names (relative imports resolved)."""
     if node.level == 0:
         return node.module or ""
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    base = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
-    base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+    base = list(path.relative_to(root).with_suffix("").parts)[:-1]  # the module's package
+    base = base[: len(base) - (node.level - 1)]
     return ".".join([*base, *([node.module] if node.module else [])])
 
 
@@ -103,28 +119,23 @@ def import_direction_violations(root: Path) -> list[str]:
             rel = path.relative_to(root)
             for line, mod in _imports(path, tree, root):
                 head = mod.split(".")[0]
-                if head in TOP_ALLOWED and head not in allowed or head == "tests":
+                if (head in TOP_ALLOWED and head not in allowed) or head == "tests":
                     out.append(f"{rel}:{line} imports {mod} ({top} may import {sorted(allowed)})")
                 if top == "theory" and head == "theory" and len(rel.parts) > 2:
                     own = rel.parts[1]
                     parts = mod.split(".")
-                    if len(parts) > 1 and parts[1] in THEORY_LAYERS and parts[1] != own:
-                        if THEORY_LAYERS[parts[1]] >= THEORY_LAYERS.get(own, 99):
+                    if len(parts) > 1 and parts[1] in THEORY_LAYERS:
+                        if parts[1] != own and THEORY_LAYERS[parts[1]] >= THEORY_LAYERS[own]:
                             out.append(
                                 f"{rel}:{line} imports {mod}: theory.{own} (layer "
-                                f"{THEORY_LAYERS.get(own)}) may import only lower layers"
+                                f"{THEORY_LAYERS[own]}) may import only lower layers"
                             )
-                    elif (
-                        len(parts) > 1
-                        and parts[1] not in THEORY_LAYERS
-                        and parts[1] not in ("__init__",)
-                    ):
+                    elif len(parts) == 2:
                         # `from theory import x` inside a subpackage reaches the facade
-                        if len(parts) == 2 and mod.startswith("theory."):
-                            out.append(
-                                f"{rel}:{line} imports {mod} through the facade `theory`; "
-                                "import it from its subpackage"
-                            )
+                        out.append(
+                            f"{rel}:{line} imports {mod} through the facade `theory`; "
+                            "import it from its subpackage"
+                        )
     return sorted(set(out))
 
 
@@ -169,9 +180,13 @@ def curvature_violations(root: Path, allowed: dict[tuple[str, str], str]) -> lis
                     if name in CURVATURE_CALLS and (rel, name) not in allowed:
                         out.append(f"{rel}:{node.lineno} calls {name}")
                 # jax.hessian(f) passed around without being called here is still curvature
-                elif isinstance(node, ast.Attribute) and node.attr in ("hessian", "eigh"):
-                    if (rel, node.attr) not in allowed:
-                        out.append(f"{rel}:{node.lineno} uses {node.attr}")
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and node.attr in CURVATURE_CALLS
+                    and ast.unparse(node.value) in ("jax", "jnp.linalg", "np.linalg", "linalg")
+                    and (rel, node.attr) not in allowed
+                ):
+                    out.append(f"{rel}:{node.lineno} uses {ast.unparse(node)}")
     return sorted(set(out))
 
 
