@@ -32,7 +32,16 @@ import jax
 import jax.numpy as jnp
 
 from sims._runtime import dtype_from_config
-from sims.checks.core import CheckResult, Context, at_most, below, expect_failure, register, within
+from sims.checks.core import (
+    CheckResult,
+    Context,
+    at_most,
+    below,
+    condition,
+    expect_failure,
+    register,
+    within,
+)
 from theory.flows.central import CentralFlowField, equilibrium_on_gamma
 from theory.problems.analytic import PROBLEMS
 
@@ -50,6 +59,8 @@ for _problem, _errs in (
         "|w|, direction, oscillation) shrinks. Suspected, not verified: GD's mean loss is a "
         "mean over rows (every tau_end / rows in tau, 8-step windows) of a loss that the "
         "relaxation cycles concentrate in short bursts, so it depends on which rows hit a burst",
+        check="central_flow_vs_gd",
+        scales=("full",),
     )
 
 
@@ -106,6 +117,7 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
                         else " (to leading order; normal part of grad lambda_1 neglected)"
                     ),
                     kind="derived",
+                    threshold="derived" if exact else "regression",
                     source="docs/theory.md section 5",
                     measured=worst[what],
                     bound=bound,
@@ -210,7 +222,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 name=f"{key}: central-flow onset = GD onset",
                 claim="time at which eta (lambda_1 + wd) first reaches 2 (GD: first recorded "
                 "row with eta (lambda_1 + wd) >= 2 at the iterate)",
-                kind="theorem",
+                kind="model",
+                threshold="regression",
                 source=_CDTKL,
                 predicted=onset_cf,
                 measured=onset_gd,
@@ -241,7 +254,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                     "smallest eta*wd",
                     claim=claim.format(window=stored.meta["config"]["window"])
                     + f" (eta*wd = {ewd_min:g})",
-                    kind="theorem",
+                    kind="model",
+                    threshold="regression",
                     source=_CDTKL,
                     predicted=pred,
                     measured=meas,
@@ -251,12 +265,13 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
             )
         pred, meas = _num(s.get("phase3_mean_cf_sigma2")), _num(s.get("phase3_mean_gd_osc"))
         out.append(
-            CheckResult(
+            condition(
                 name=f"{problem}: trace Sigma = GD's mean squared oscillation at the smallest "
                 "eta*wd",
                 claim="phase-III mean of trace Sigma vs GD's |w_t - w_bar_t|^2 (moving "
                 f"averages; eta*wd = {ewd_min:g})",
-                kind="theorem",
+                kind="model",
+                threshold="regression",
                 source=_CDTKL,
                 predicted=pred,
                 measured=meas,
@@ -275,7 +290,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 below(
                     name=f"{problem}: central-flow {what} error shrinks as eta*wd decreases",
                     claim=f"{claim}: smaller at eta*wd = {ewd_min:g} than at {ewd_max:g}",
-                    kind="theorem",
+                    kind="model",
+                    threshold="exact",
                     source=_CDTKL + " (first order in eta*wd)",
                     measured=small,
                     bound=large,
