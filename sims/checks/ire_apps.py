@@ -387,6 +387,10 @@ def _net_exact_eos(ctx: Context) -> list[CheckResult]:
                     "at_iterates_base": _net_end(summary, "none", 0.0, "eos_end"),
                     "lambda_k1_over_lambda_1_base": ratio,
                     "amplified_stability_factor": (1 + kappa) * ratio,
+                    # where the amplified direction k+1 reaches its own edge, from the exact
+                    # run's ratio at its end: eta lambda_1 = 2 lambda_1 / ((1+kappa) lambda_k+1)
+                    "edge_of_amplified": 2
+                    / ((1 + kappa) * _net_end(summary, "exact", kappa, "lambda_ratio_end")),
                     "run": str(stored.path),
                 },
                 **claim,
