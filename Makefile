@@ -48,7 +48,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --out $(RESULTS)/bench
 
 # The README's figures (docs/img/*.png) and its "Known failures" section, from the stored
-# results and theorem report of `make all` (never simulates).
+# results and theorem report of `make clean-results all` (never simulates; refuses a report
+# that reused stored results).
 readme: $(STAMP)
 	$(PY) -m figures.readme --results-dir $(RESULTS) --readme README.md --img-dir docs/img
 

@@ -9,6 +9,11 @@
   ``<!-- known-failures:end -->`` from ``<results>/checks/report.json``: the declared expected
   failures with their reasons and the unexpected failures, if any
   (:func:`render_known_failures`, a pure function of the report).
+
+The known failures are the project's public record, so they must come from a ``make all`` that
+started from an empty results folder: a report that reused any stored result (it records each
+result it read, with its config hash and whether it was computed in the run) is refused
+(:func:`require_fresh`), before anything is drawn, with the command that makes a fresh one.
 """
 
 from __future__ import annotations
@@ -115,6 +120,32 @@ def render_known_failures(report: Mapping[str, Any]) -> str:
         lines.append("")
     else:
         lines += ["No expected failures.", ""]
+    kinds = report.get("counts_by_kind") or {}
+    if kinds:
+        lines += [
+            "Checks per kind: "
+            + ", ".join(f"{k} {sum(v.values())}" for k, v in kinds.items())
+            + " (identity: exact mathematics; theorem: proved in a paper; derived: in this "
+            "project's docs; model: an informal model's prediction; empirical: an observation; "
+            "regression: an earlier measurement).",
+            "",
+        ]
+    skipped = report.get("skipped") or {}
+    if skipped:
+        lines += ["Skipped at this scale (each with its reason):", ""]
+        lines += [f"- **{_one_line(n)}**: {_one_line(why)}" for n, why in sorted(skipped.items())]
+        lines.append("")
+    strict = [
+        *(f"declared expected to fail, passes: {n}" for n in report.get("unexpected_passes", [])),
+        *(
+            f"declared expected failure not produced: {n} ({why})"
+            for n, why in (report.get("missing_expected_failures") or {}).items()
+        ),
+    ]
+    if strict:
+        lines += ["**Declarations to fix** (`make all` exits non-zero on them):", ""]
+        lines += [f"- {_one_line(x)}" for x in strict]
+        lines.append("")
     if unexpected:
         lines.append("**Unexpected failures** (`make all` exits non-zero on them):")
         lines.append("")
@@ -126,6 +157,30 @@ def render_known_failures(report: Mapping[str, Any]) -> str:
     else:
         lines += ["No unexpected failures.", ""]
     return "\n".join(lines).rstrip("\n")
+
+
+class ReusedResultsError(ValueError):
+    """The theorem report reused stored results (or does not say): not a fresh ``make all``."""
+
+
+def require_fresh(report: Mapping[str, Any], where: str | Path = "the theorem report") -> None:
+    """Raise :class:`ReusedResultsError` unless ``report`` records that every stored result it
+    read was computed in its own run (``results_used``, each with ``reused``)."""
+    fix = (
+        "the README's known failures come from a `make all` that started from an empty results "
+        "folder: run `make clean-results all` first, then `make readme`"
+    )
+    used = report.get("results_used")
+    if not isinstance(used, Mapping):
+        raise ReusedResultsError(
+            f"{where} does not record whether it reused stored results (made before that was "
+            f"recorded); {fix}"
+        )
+    reused = sorted(f"{sim} {u.get('hash', '?')}" for sim, u in used.items() if u.get("reused"))
+    if reused:
+        raise ReusedResultsError(
+            f"{where} reused stored results created before its run ({', '.join(reused)}); {fix}"
+        )
 
 
 def replace_section(text: str, section: str, start: str = START, end: str = END) -> str:
@@ -156,6 +211,7 @@ def update_readme(readme: Path, report_path: Path) -> bool:
         raise FileNotFoundError(
             f"no theorem report at {report_path}: run `python -m sims check` (or `make all`) first"
         ) from err
+    require_fresh(report, report_path)
     old = readme.read_text()
     new = replace_section(old, render_known_failures(report))
     if new != old:
@@ -294,11 +350,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readme", default="README.md")
     parser.add_argument("--img-dir", default="docs/img")
     ns = parser.parse_args(argv)
+    report = Path(ns.results_dir) / "checks" / "report.json"
+    try:  # refuse before drawing anything
+        require_fresh(json.loads(report.read_text()), report)
+    except FileNotFoundError:
+        print(f"no theorem report at {report}: run `make all` first", file=sys.stderr)
+        return 2
+    except ReusedResultsError as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return 2
     out = Path(ns.img_dir)
     for draw in FIGURES:
         path = draw(ns.results_dir, out)
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
-    report = Path(ns.results_dir) / "checks" / "report.json"
     changed = update_readme(Path(ns.readme), report)
     print(f"{'updated' if changed else 'unchanged'}: known failures in {ns.readme} from {report}")
     return 0

@@ -39,6 +39,8 @@ def _report(expected: dict[str, str], unexpected: list[str]) -> dict[str, Any]:
         "unexpected_failures": unexpected,
         "checks": checks,
         "provenance": {"git": "0123456789abcdef+dirty", "created": "2026-12-01T18:39:00+0000"},
+        "results_used": {"phases": {"hash": "0123456789ab", "reused": False}},
+        "reused": False,
     }
 
 
@@ -124,6 +126,33 @@ def test_update_readme_from_a_report_file(tmp_path: Path) -> None:
     assert not readme.update_readme(path, report)  # unchanged the second time
     with pytest.raises(FileNotFoundError, match="python -m sims check"):
         readme.update_readme(path, tmp_path / "missing.json")
+
+
+def test_a_report_that_reused_results_is_refused(tmp_path: Path) -> None:
+    # The known failures must come from a `make all` that started from an empty results
+    # folder: a report that reused a stored result, or does not say, changes nothing.
+    path = tmp_path / "README.md"
+    path.write_text(README)
+    report = _report({"a": "reason a"}, [])
+    report["results_used"]["tame"] = {"hash": "abcdefabcdef", "reused": True}
+    file = tmp_path / "report.json"
+    file.write_text(json.dumps(report))
+    with pytest.raises(
+        readme.ReusedResultsError, match=r"tame abcdefabcdef.*make clean-results all"
+    ):
+        readme.update_readme(path, file)
+    del report["results_used"]
+    file.write_text(json.dumps(report))
+    with pytest.raises(readme.ReusedResultsError, match="does not record"):
+        readme.update_readme(path, file)
+    assert path.read_text() == README
+    # `make readme` refuses before drawing anything, with the message, and exits 2.
+    (tmp_path / "results" / "checks").mkdir(parents=True)
+    (tmp_path / "results" / "checks" / "report.json").write_text(json.dumps(report))
+    img = tmp_path / "img"
+    args = ["--results-dir", str(tmp_path / "results"), "--readme", str(path)]
+    assert readme.main([*args, "--img-dir", str(img)]) == 2
+    assert not img.exists() and path.read_text() == README
 
 
 def test_the_real_readme_has_the_markers() -> None:

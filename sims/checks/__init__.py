@@ -1,12 +1,13 @@
 """The theorem checks: the one list of topic modules, running them, and the report.
 
-Each check states a claim, where it comes from (``identity``: exact mathematics of scale
-invariance; ``theorem``: stated in a paper; ``derived``: a prediction derived in docs/theory.md and
-not read in a paper; ``regression``: a bound from an earlier measurement of this code), the
-predicted value, the measured value, a tolerance and pass/fail. ``python -m sims check`` runs them
-all and writes ``<results>/checks/report.md`` and ``report.json`` (atomically). Checks that need
-simulation results read the stored ones, running the simulation at the chosen scale first if there
-are none.
+Each check states a claim, its kind (what the claim rests on: ``identity``, ``theorem``,
+``derived``, ``model``, ``empirical`` or ``regression``; see :mod:`sims.checks.core`), where it
+comes from, the predicted value, the measured value, a tolerance with the basis of its threshold
+(``exact``, ``derived`` or ``regression``) and the verdict: pass, FAIL, expected FAIL or SKIPPED
+with the reason. ``python -m sims check`` runs them all and writes ``<results>/checks/report.md``
+and ``report.json`` (atomically), with the counts per kind and which stored results were reused
+rather than computed in the run. Checks that need simulation results read the stored ones,
+running the simulation at the chosen scale first if there are none.
 
 The result type, the registry and the report live in :mod:`sims.checks.core` (re-exported here);
 the checks themselves live in one module per topic, named once in :data:`TOPIC_MODULES` and
@@ -17,13 +18,15 @@ topic at import time. A topic module::
 
     @register("my_check")
     def _my_check(ctx: Context) -> list[CheckResult]:
-        return [at_least(name=..., claim=..., kind=..., source=..., measured=..., bound=...,
-                     details={...})]
+        return [at_least(name=..., claim=..., kind=..., source=..., threshold=...,
+                         measured=..., bound=..., details={...})]
 
 with one builder per comparison (NaN always fails): ``within`` (relative tolerance),
 ``at_most``, ``below``, ``at_least``, ``above`` (one-sided against a bound), ``bounded`` (a
-predicted value and a looser bound) and ``eos_onset`` (whether a run reaches the edge); a
-condition no builder states is a hand-built ``CheckResult(...)`` with keywords.
+predicted value and a looser bound), ``eos_onset`` (whether a run reaches the edge),
+``condition`` (a condition no comparison states, in words) and ``skipped`` (not measurable
+here, with the reason). Every builder takes ``name``, ``claim``, ``kind``, ``source`` and
+``threshold``; topic modules never build a ``CheckResult`` themselves.
 """
 
 from __future__ import annotations
@@ -36,36 +39,49 @@ from typing import Any
 from sims._store import ResultStore
 from sims.checks import core as _core
 from sims.checks.core import (
+    KINDS,
+    THRESHOLDS,
     CheckFn,
     CheckResult,
     Context,
+    ExpectedFailure,
     Kind,
+    Threshold,
     above,
     at_least,
     at_most,
     below,
     bounded,
+    condition,
     eos_onset,
     expect_failure,
     register,
     register_table,
+    skipped,
+    strict_problems,
     unexpected_failures,
+    verdict,
     within,
     write_report,
 )
 
 __all__ = [
     "FAST_CHECKS",
+    "KINDS",
+    "THRESHOLDS",
     "TOPIC_MODULES",
     "CheckFn",
     "CheckResult",
     "Context",
+    "ExpectedFailure",
     "Kind",
+    "Threshold",
     "above",
     "at_least",
     "at_most",
     "below",
     "bounded",
+    "condition",
     "eos_onset",
     "expect_failure",
     "load_topics",
@@ -73,7 +89,10 @@ __all__ = [
     "register",
     "register_table",
     "run_checks",
+    "skipped",
+    "strict_problems",
     "unexpected_failures",
+    "verdict",
     "within",
     "write_report",
 ]
@@ -139,27 +158,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strict",
         action="store_true",
-        help="exit 1 if a check fails that is not a declared expected failure",
+        help="exit 1 on a FAIL not declared expected, on a declared expected failure that passes "
+        "or is not produced, and (at --scale full) on a SKIPPED result",
+    )
+    parser.add_argument(
+        "--since",
+        type=float,
+        default=None,
+        help="seconds since the epoch: stored results created before it count as reused "
+        "(default: now; `python -m sims all` passes its own start)",
     )
     ns = parser.parse_args(argv)
     ctx = Context(ResultStore(ns.results_dir), ns.scale)
+    if ns.since is not None:
+        ctx.since = ns.since
     try:
         results = run_checks(ctx, ns.names)
     except KeyError as err:
         parser.error(str(err))
     ran = ns.names or list(registry)
     tables = [fn(ctx) for check, fn in _core.TABLES.items() if check in ran]
-    md, _ = write_report(results, Path(ns.results_dir), ns.scale, tables)
-    failed = [r for r in results if not r.passed]
-    unexpected = unexpected_failures(results)
-    print(
-        f"checks: {len(results) - len(failed)} of {len(results)} pass, "
-        f"{len(failed) - len(unexpected)} expected failures; report in {md}"
+    md, _ = write_report(
+        results, Path(ns.results_dir), ns.scale, tables, ran=ran, used=ctx.used, since=ctx.since
     )
-    for r in failed:
-        tag = "expected FAIL" if r.name in _core.EXPECTED_FAILURES else "FAIL"
-        print(
-            f"  {tag} {r.name}: predicted {_core.fmt(r.predicted)}, "
-            f"measured {_core.fmt(r.measured)} ({r.tolerance})"
-        )
-    return 1 if ns.strict and unexpected else 0
+    verdicts = [verdict(r, ns.scale) for r in results]
+    reused = sorted(f"{sim} {u['hash']}" for sim, u in ctx.used.items() if u["reused"])
+    print(
+        f"checks: {verdicts.count('pass')} of {len(results)} pass, "
+        f"{verdicts.count('expected FAIL')} expected failures, {verdicts.count('SKIPPED')} "
+        f"skipped; report in {md}"
+    )
+    if reused:
+        print(f"  reused stored results (created before this run): {', '.join(reused)}")
+    for r, v in zip(results, verdicts, strict=True):
+        if v in ("FAIL", "expected FAIL"):
+            print(
+                f"  {v} {r.name}: predicted {_core.fmt(r.predicted)}, "
+                f"measured {_core.fmt(r.measured)} ({r.tolerance})"
+            )
+    problems = strict_problems(results, ran, ns.scale)
+    for p in problems:
+        if not p.startswith("FAIL "):
+            print(f"  {p}")
+    return 1 if ns.strict and problems else 0

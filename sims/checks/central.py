@@ -43,6 +43,7 @@ from sims.checks.core import (
     above,
     at_most,
     below,
+    condition,
     expect_failure,
     register,
     within,
@@ -66,6 +67,8 @@ expect_failure(
     "errors -0.017, +0.0004, -0.016, -0.0093, +0.0064 at eta*wd = 1e-2 .. 1e-4, about 1% at "
     "every eta*wd with changes of sign; fitted order -0.10 +- 0.50. The central flow matches "
     "GD's mean loss to ~1-2% throughout, but no convergence in eta*wd is resolved at that level",
+    check="central_flow_vs_gd",
+    scales=("full",),
 )
 for _problem, _ratios, _order in (
     ("curved_manifold", "1.28, 1.13, 1.04, 1.21, 0.96", "0.27 +- 0.23"),
@@ -78,6 +81,8 @@ for _problem, _ratios, _order in (
         f"order of |log ratio| {_order}. Not verified: GD's oscillation is averaged over the "
         "rows' 8-step windows, the sampling that made the loss error scatter before it was "
         "averaged over every step",
+        check="central_flow_vs_gd",
+        scales=("full",),
     )
 
 
@@ -164,6 +169,7 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
                     "of the flow from Gamma at the equilibrium norm)",
                     kind="derived",
                     source="docs/theory.md section 5; docs/central_flow.md section 2",
+                    threshold="derived" if exact else "regression",
                     measured=relaxed[what],
                     bound=ewd,
                     details={**d, "error at the Gamma point itself": on_gamma[what]},
@@ -175,6 +181,7 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
                         name=f"{name}: central flow on Gamma, {what}",
                         claim=claim + " (exact on Gamma: no normal part of grad lambda_1)",
                         kind="derived",
+                        threshold="derived",
                         source="docs/theory.md section 5",
                         measured=on_gamma[what],
                         bound=1e-8,
@@ -306,7 +313,8 @@ def _order_check(
         name=f"{problem}: central-flow {what} error shrinks as eta*wd decreases",
         claim=f"{claim}: least-squares order in eta*wd over {len(runs)} values, minus twice "
         "its standard error, is above 0",
-        kind="theorem",
+        kind="model",
+        threshold="exact",
         source=_CDTKL + " (first order in eta*wd)",
         measured=slope - 2 * se if np.isfinite(se) else math.nan,
         bound=0.0,
@@ -337,7 +345,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 claim="time at which eta (lambda_1 + wd) first reaches 2 (GD: first step "
                 "with eta (lambda_1 + wd) >= 2 at the iterate, located between the rows that "
                 "bracket it)",
-                kind="theorem",
+                kind="model",
+                threshold="regression",
                 source=_CDTKL,
                 predicted=onset_cf,
                 measured=onset_gd,
@@ -373,7 +382,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                     "smallest eta*wd",
                     claim=claim.format(window=stored.meta["config"]["window"])
                     + f" (eta*wd = {ewd_min:g})",
-                    kind="regression" if what in _REGRESSION_BOUNDS else "theorem",
+                    kind="model",
+                    threshold="regression",
                     source=_CDTKL,
                     predicted=pred,
                     measured=meas,
@@ -383,13 +393,14 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
             )
         pred, meas = _num(s.get("phase3_mean_cf_sigma2")), _num(s.get("phase3_mean_gd_osc"))
         out.append(
-            CheckResult(
+            condition(
                 name=f"{problem}: trace Sigma = GD's mean squared oscillation at the smallest "
                 "eta*wd",
                 claim="phase-III mean of trace Sigma vs GD's |w_t - w_bar_t|^2 (moving "
                 f"averages; eta*wd = {ewd_min:g}; regression bound: the ratio window [0.5, 2] "
                 "was set after measuring 1.1-1.25, not derived)",
-                kind="regression",
+                kind="model",
+                threshold="regression",
                 source=_CDTKL,
                 predicted=pred,
                 measured=meas,
@@ -411,7 +422,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 below(
                     name=f"{problem}: central-flow {what} error shrinks as eta*wd decreases",
                     claim=f"{claim}: smaller at eta*wd = {ewd_min:g} than at {ewd_max:g}",
-                    kind="theorem",
+                    kind="model",
+                    threshold="exact",
                     source=_CDTKL + " (first order in eta*wd)",
                     measured=small,
                     bound=large,
@@ -471,6 +483,7 @@ def _edge_vs_gd(ctx: Context) -> list[CheckResult]:
                     name=f"{key}: Edge Flow predicts GD's first {what}",
                     claim=claim,
                     kind="model",
+                    threshold="regression",
                     source="Marion, Edge Flow (arXiv 2606.18080); docs/edge_flow.md",
                     predicted=_num(s.get(ef_key)) - shift,
                     measured=_num(s.get(gd_key)) - shift,
@@ -489,6 +502,7 @@ def _edge_vs_gd(ctx: Context) -> list[CheckResult]:
                 claim="the central flow's largest eta lambda_1 above the edge 2 - eta wd is at "
                 "most a tenth of Edge Flow's first overshoot",
                 kind="model",
+                threshold="regression",
                 source="CDTKL25; Marion (arXiv 2606.18080); docs/edge_flow.md",
                 measured=_nan_to(_num(s.get("overshoot_cf_peak")) - edge, 0.0),
                 bound=0.1 * (_num(s.get("overshoot_ef_peak")) - edge),

@@ -12,6 +12,7 @@ from sims.checks.core import (
     Context,
     at_most,
     below,
+    condition,
     eos_onset,
     register,
     within,
@@ -49,6 +50,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                     name=f"{name}: EoS reached",
                     claim="eta_eff * S reaches 2",
                     kind="theorem",
+                    threshold="exact",
                     source="LLA22",
                     onset=None,
                     measured=float(s["eos_mean_last_quarter"]),
@@ -61,6 +63,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 name=f"{name}: eta_eff * S -> 2",
                 claim="mean over the last quarter of the run",
                 kind="theorem",
+                threshold="regression",
                 source="LLA22 (EoS); docs/theory.md section 2",
                 predicted=2.0,
                 measured=s["eos_mean_last_quarter"],
@@ -71,6 +74,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 name=f"{name}: EoS onset step",
                 claim="log(2/(eta_eff_0 S)) / (-2 log(1 - eta wd))",
                 kind="derived",
+                threshold="regression",
                 source="docs/theory.md section 3",
                 predicted=s["predicted_onset"],
                 measured=s["onset"],
@@ -81,6 +85,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 name=f"{name}: S falls during EoS",
                 claim="S at the end < S at the onset",
                 kind="theorem",
+                threshold="exact",
                 source="LLA22 (sharpness reduction)",
                 measured=s["sharpness_end"],
                 bound=s["sharpness_at_onset"],
@@ -92,6 +97,7 @@ def _eos(ctx: Context) -> list[CheckResult]:
                 name=f"{name}: {what}",
                 claim=f"{claim}, last quarter",
                 kind="derived",
+                threshold="regression",
                 source="docs/theory.md section 3",
                 predicted=1.0,
                 measured=s[key],
@@ -141,10 +147,11 @@ def _abs_within(
 ) -> CheckResult:
     """``|measured - predicted| <= atol``; the tolerances are fractions of ``eta wd``, the
     distance between the candidate edges, so the check tells them apart."""
-    return CheckResult(
+    return condition(
         name=name,
         claim=claim,
         kind="derived",
+        threshold="derived",
         source="docs/theory.md section 6",
         predicted=float(predicted),
         measured=float(measured),
@@ -179,6 +186,7 @@ def _period2(ctx: Context) -> list[CheckResult]:
                 claim=f"|w_{_P2_STEPS} - w_+| / |w_+| from w_0 = w_+ (the orbit is neutral: "
                 "rounding grows at most linearly)",
                 kind="derived",
+                threshold="derived",
                 source="docs/theory.md section 6",
                 measured=drift,
                 bound=1e-10,

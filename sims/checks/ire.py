@@ -34,6 +34,7 @@ def _speedup(ctx: Context) -> list[CheckResult]:
                 name=f"ire_flow_speedup[{r['problem']},{r['mode']},kappa={r['kappa']:g}]",
                 claim=f"exact IRE ({r['mode']}) speeds the flow by a(1+|g|^2/4)/(1+a|g|^2/(4b))",
                 kind="derived",
+                threshold="regression",
                 source=SOURCE,
                 predicted=_f(r["predicted"]),
                 measured=_f(r["speedup"]),
@@ -59,6 +60,7 @@ def _naive(ctx: Context) -> list[CheckResult]:
                 claim="tangent-mode IRE at kappa=10 is slower than 1+kappa and than the limit "
                 "1+4/|g|^2",
                 kind="derived",
+                threshold="exact",
                 source=SOURCE,
                 measured=_f(r["speedup"]),
                 bound=min(r["naive"], bound),
@@ -84,6 +86,7 @@ def _projector(ctx: Context) -> list[CheckResult]:
                     claim="exact IRE with the Hessian at the oscillating iterate raises the "
                     "sharpness",
                     kind="derived",
+                    threshold="exact",
                     source=SOURCE,
                     predicted=r["naive"],
                     measured=_f(r["speedup"]),
@@ -98,6 +101,7 @@ def _projector(ctx: Context) -> list[CheckResult]:
                     name=f"ire_flow_frozen[{r['problem']},{r['projector']},kappa={r['kappa']:g}]",
                     claim="a projector frozen for K >= 2 steps drifts at (IRE-S) on average",
                     kind="derived",
+                    threshold="regression",
                     source=SOURCE,
                     predicted=_f(r["predicted"]),
                     measured=_f(r["speedup"]),

@@ -1,10 +1,13 @@
 """Checks of IRE's applications: the paper's toy (Figure 1) and IRE on the normalized networks.
 
-Registered when :mod:`sims.checks` loads its ``TOPIC_MODULES``. Kinds: ``theorem`` -- stated
-in the IRE paper (Wang et al. 2024, arXiv 2405.20763); ``derived`` -- predicted here or in
-docs/theory.md and not read in a paper. Every check reads the stored ``ire_toy`` / ``ire_networks``
-results (computed at the context's scale if absent) and reports what it measures; tolerances
-are fixed before looking at the numbers and justified next to each check.
+Registered when :mod:`sims.checks` loads its ``TOPIC_MODULES``. Kinds: ``identity`` -- exact
+arithmetic of the toy; ``empirical`` -- observed in the IRE paper's experiments (Wang et al.
+2024, arXiv 2405.20763: Figure 1, the networks), which its theorems (for SAM) do not cover;
+``derived`` -- predicted here or in docs/theory.md and not read in a paper. The mask's
+wall-clock overhead is a benchmark (benchmarks/bench_ire.py), not a check. Every check reads
+the stored ``ire_toy`` / ``ire_networks`` results (computed at the context's scale if absent),
+reports what it measures and says on what its threshold rests (``exact``, ``derived`` with the
+argument next to the check, or ``regression``).
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import numpy as np
 
 from sims.checks.core import (
     CheckResult,
+    Claim,
     Context,
     Kind,
     above,
     at_most,
     below,
+    condition,
     expect_failure,
     register,
+    skipped,
     within,
 )
 from sims.studies import ire_networks, ire_toy
@@ -57,10 +63,11 @@ def _toy_divergence(ctx: Context) -> list[CheckResult]:
     s = stored.summary["gd_eta2"]
     at = s["diverged_at"]
     return [
-        CheckResult(
+        condition(
             name="ire_toy: GD eta=2 diverges",
             claim="v is multiplied by 1 - 2(1 + u^2) = -3 at u = 1: GD eta = 2 blows up",
-            kind="theorem",
+            kind="identity",
+            threshold="exact",
             source=FIG1,
             predicted=0.0,
             measured=float("nan") if at is None else float(at),
@@ -81,12 +88,17 @@ def _toy_gd_stall(ctx: Context) -> list[CheckResult]:
     stored = ctx.result(ire_toy.NAME)
     s = stored.summary["gd_eta1"]
     pred = _f(s["u_end_continuum"])
+    claim: Claim = {
+        "name": "ire_toy: GD eta=1 stalls at u = exp(-v0/sqrt 2)",
+        "claim": "1 - u at the end of GD eta=1 (the drift stops once the oscillation contracts)",
+        "kind": "derived",
+        "threshold": "derived",
+        "source": "sims/studies/ire_toy.py docstring (continuum limit of the two maps)",
+    }
+    if not math.isfinite(pred):
+        return [skipped(reason="no continuum prediction stored for GD eta=1", **claim)]
     return [
         within(
-            name="ire_toy: GD eta=1 stalls at u = exp(-v0/sqrt 2)",
-            claim="1 - u at the end of GD eta=1 (the drift stops once the oscillation contracts)",
-            kind="derived",
-            source="sims/studies/ire_toy.py docstring (continuum limit of the two maps)",
             predicted=1 - pred,
             measured=1 - _f(s["u_end"]),
             rtol=0.05,
@@ -95,6 +107,7 @@ def _toy_gd_stall(ctx: Context) -> list[CheckResult]:
                 "u_pred": pred,
                 "sharpness_end": _f(s["sharpness_end"]),
             },
+            **claim,
         )
     ]
 
@@ -114,7 +127,8 @@ def _toy_flatter(ctx: Context) -> list[CheckResult]:
             below(
                 name=f"ire_toy: IRE kappa={s['kappa']:g} flatter than GD",
                 claim=f"sharpness 1 + u^2 after {cfg.steps} steps, IRE (mask) below GD eta=1",
-                kind="theorem",
+                kind="empirical",
+                threshold="exact",
                 source=FIG1,
                 measured=_f(s["sharpness_end"]),
                 bound=gd,
@@ -143,7 +157,8 @@ def _toy_kappa_order(ctx: Context) -> list[CheckResult]:
         at_most(
             name="ire_toy: final sharpness decreasing in kappa",
             claim="order violations of S_end along GD, IRE kappa ascending (strict)",
-            kind="theorem",
+            kind="empirical",
+            threshold="exact",
             source=FIG1,
             measured=_violations(finals, strict=True),
             bound=0,
@@ -152,7 +167,8 @@ def _toy_kappa_order(ctx: Context) -> list[CheckResult]:
         at_most(
             name=f"ire_toy: steps to S < {level} non-increasing in kappa",
             claim=f"order violations of the steps until S stays below {level}, kappa ascending",
-            kind="theorem",
+            kind="empirical",
+            threshold="exact",
             source=FIG1,
             measured=arr_bad,
             bound=0,
@@ -184,6 +200,7 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
                     claim=f"u(step {s['early_step']}) - u0 "
                     "(positive: u moves away from the flat point)",
                     kind="derived",
+                    threshold="exact",
                     source="theory/optim/ire.py exact_flat docstring; the brief's measured finding",
                     measured=_f(s["u_change_early"]),
                     bound=0.0,
@@ -196,6 +213,7 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
                     name=f"ire_toy: exact (midpoint) kappa={s['kappa']:g} flatter than GD",
                     claim="final sharpness 1 + u^2 of exact IRE at the midpoint, below GD eta=1",
                     kind="derived",
+                    threshold="exact",
                     source="theory/optim/ire.py exact_flat docstring (point='midpoint')",
                     measured=_f(s["sharpness_end"]),
                     bound=gd,
@@ -227,13 +245,33 @@ _EXACT_NET = (
     "flow prediction assumes (see 'ire_net: exact kappa=4 stays at the base's EoS')"
 )
 for _kappa in (1, 4):
-    expect_failure(f"ire_net: exact kappa={_kappa} flatter than GD+WD", _EXACT_NET)
-expect_failure("ire_net: exact sharpness decreasing in kappa", _EXACT_NET)
+    expect_failure(
+        f"ire_net: exact kappa={_kappa} flatter than GD+WD", _EXACT_NET, check="ire_net_sharpness"
+    )
+expect_failure(
+    "ire_net: exact sharpness decreasing in kappa", _EXACT_NET, check="ire_net_sharpness"
+)
 expect_failure(
     "ire_net: exact kappa=4 stays at the base's EoS",
-    "measured eta lambda_1 ~ 0.7 under exact IRE against the base's ~2.8 at the iterates (the "
-    "base's value at the iterates is inflated by the oscillation; a midpoint measurement, as "
-    "in sims/studies/networks.py, would be the fair comparison)",
+    "measured at the base's midpoints (quick preset, mean +- row std over the last third): "
+    "exact IRE settles at eta lambda_1 = 0.72 +- 0.12 (float32) / 0.80 +- 0.14 (float64) "
+    "against the base's 2.23 +- 0.13 / 2.26 +- 0.12. At its end (1 + kappa) lambda_{k+1} / "
+    "lambda_1 = 2.55 / 2.43 > 1: the amplified direction k+1 reaches its edge first, and "
+    "2 lambda_1 / ((1 + kappa) lambda_{k+1}) = 0.78 / 0.82 is where the run settles",
+    check="ire_net_exact_eos",
+)
+expect_failure(
+    "ire_net: exact kappa=1 stays at the base's EoS",
+    "measured at the base's midpoints (quick preset; seed 0 in float32 / float64, seed 1 in "
+    "float32): exact IRE settles at eta lambda_1 = 1.86 / 1.87 / 1.76 against the base's "
+    "2.23 / 2.26 / 2.14, 0.37 / 0.39 / 0.37 below it where 3 standard errors are 0.21 / 0.26 "
+    "/ 0.27: the same verdict in all three runs, while at the iterates the base reads 2.77 / "
+    "3.46 / 3.18. At its end (1 + kappa) lambda_{k+1} / lambda_1 = 1.02 / 0.94 / 1.26: the "
+    "amplified direction k+1 sits at about its own edge, the mechanism that moves kappa=4; "
+    "that edge, 2 lambda_1 / ((1 + kappa) lambda_{k+1}) = 1.95 / 2.12 / 1.59, lies on both "
+    "sides of the measured value, so it explains the drop only roughly",
+    check="ire_net_exact_eos",
+    scales=("quick",),
 )
 
 
@@ -245,7 +283,7 @@ def _net_sharpness(ctx: Context) -> list[CheckResult]:
     base = _net_end(summary, "none", 0.0, "sharpness_end")
     out = []
     for sel in cfg.selectors:
-        kind: Kind = "theorem" if sel == "mask" else "derived"
+        kind: Kind = "empirical" if sel == "mask" else "derived"
         source = (
             f"{PAPER}: IRE accelerates the discovery of flat minima (Algorithm 1)"
             if sel == "mask"
@@ -259,6 +297,7 @@ def _net_sharpness(ctx: Context) -> list[CheckResult]:
                     claim=f"spherical sharpness after {cfg.steps} steps (geometric mean of "
                     "the last third of the rows and of the seeds), IRE below the base",
                     kind=kind,
+                    threshold="exact",
                     source=source,
                     measured=_net_end(summary, sel, kappa, "sharpness_end"),
                     bound=base,
@@ -276,6 +315,7 @@ def _net_sharpness(ctx: Context) -> list[CheckResult]:
                 claim="order violations of the final sharpness along base, kappa ascending "
                 "(strict)",
                 kind="derived",
+                threshold="exact",
                 source="docs/theory.md section 4 (the drift scales with 1 + kappa) [derived]",
                 measured=_violations(finals, strict=True),
                 bound=0,
@@ -285,60 +325,90 @@ def _net_sharpness(ctx: Context) -> list[CheckResult]:
     return out
 
 
+def _mid_mean(summary: dict[str, Any], selector: str, kappa: float) -> tuple[float, float, int]:
+    """Mean over seeds of one method's midpoint EoS quantity over the last third of the rows,
+    its standard error (each seed's row-to-row standard deviation over the square root of its
+    rows, combined over the seeds) and the number of rows."""
+    runs = [
+        s
+        for s in summary.values()
+        if s["selector"] == selector and (selector == "none" or s["kappa"] == kappa)
+    ]
+    if not runs or any("eos_mid_end" not in s for s in runs):
+        return math.nan, math.nan, 0
+    means = [_f(s["eos_mid_end"]) for s in runs]
+    var = [_f(s["eos_mid_std"]) ** 2 / s["eos_mid_rows"] for s in runs]
+    return (
+        float(np.mean(means)),
+        float(math.sqrt(sum(var)) / len(runs)),
+        sum(int(s["eos_mid_rows"]) for s in runs),
+    )
+
+
+# How many standard errors of the difference of the two means the check allows.
+EOS_SE = 3.0
+
+
 @register("ire_net_exact_eos")
 def _net_exact_eos(ctx: Context) -> list[CheckResult]:
     """Exact IRE leaves the top-k directions alone, so GD+WD's EoS equilibrium should remain.
 
-    If an amplified direction ``j > k`` has ``(1 + kappa) lambda_j > lambda_1``, it goes unstable
-    first; the norm then grows until it is stable and ``eta lambda_1`` settles near
-    ``2 lambda_1 / ((1 + kappa) lambda_{k+1})`` instead of 2 (measured in the details). Tolerance
-    25%: the row-to-row fluctuation of the EoS quantity averaged over the last third.
+    Compared at the midpoints ``w + u / 2`` of the last third of the rows (``eos_mid_end``; see
+    ``sims/studies/ire_networks.py``): at the iterates the period-2 oscillation inflates
+    ``eta lambda_1`` by an amount a chaotic EoS does not reproduce from one machine to another
+    (the base's iterate mean read 2.77 on one machine and 3.46 on another for one config), at
+    the midpoints it is stable. Tolerance: ``EOS_SE`` standard errors of the difference of the
+    two means, each from its rows' spread (rows ``record_every`` steps apart, taken as
+    independent draws of the settled EoS). If an amplified direction ``j > k`` has
+    ``(1 + kappa) lambda_j > lambda_1``, it goes unstable first; the norm then grows until it
+    is stable and ``eta lambda_1`` settles near ``2 lambda_1 / ((1 + kappa) lambda_{k+1})``
+    instead (the factor is in the details).
     """
     stored = ctx.result(ire_networks.NAME)
     summary, cfg = stored.summary, stored.config
-    if "exact" not in cfg.selectors:
-        return []
-    base = _net_end(summary, "none", 0.0, "eos_end")
+    base, base_se, base_rows = _mid_mean(summary, "none", 0.0)
     ratio = _net_end(summary, "none", 0.0, "lambda_ratio_end")
-    return [
-        within(
-            name=f"ire_net: exact kappa={kappa:g} stays at the base's EoS",
-            claim="EoS quantity eta*lambda_1 over the last third, exact IRE vs the base",
-            kind="derived",
-            source="docs/theory.md section 4 (sharp directions left alone) [derived]",
-            predicted=base,
-            measured=_net_end(summary, "exact", kappa, "eos_end"),
-            rtol=0.25,
-            details={
-                "lambda_k1_over_lambda_1_base": ratio,
-                "amplified_stability_factor": (1 + kappa) * ratio,
-            },
+    out = []
+    for kappa in cfg.kappas:
+        claim: Claim = {
+            "name": f"ire_net: exact kappa={kappa:g} stays at the base's EoS",
+            "claim": "mean of eta*lambda_1 at the base's midpoints w + u/2 over the last third "
+            "of the rows, exact IRE vs the base",
+            "kind": "derived",
+            "threshold": "derived",
+            "source": "docs/theory.md section 4 (sharp directions left alone) [derived]",
+        }
+        if "exact" not in cfg.selectors:
+            out.append(skipped(reason="no exact-IRE runs in this config", **claim))
+            continue
+        mean, se, rows = _mid_mean(summary, "exact", kappa)
+        if not rows or not base_rows:
+            why = "stored before the midpoint EoS quantity existed: rerun ire_networks (--force)"
+            out.append(skipped(reason=why, **claim))
+            continue
+        tol = EOS_SE * math.hypot(se, base_se)
+        out.append(
+            condition(
+                predicted=base,
+                measured=mean,
+                tolerance=f"|difference| <= {EOS_SE:g} standard errors = {tol:.3g}",
+                passed=abs(mean - base) <= tol,
+                details={
+                    "standard_error": se,
+                    "standard_error_base": base_se,
+                    "rows": rows,
+                    "rows_base": base_rows,
+                    "at_iterates": _net_end(summary, "exact", kappa, "eos_end"),
+                    "at_iterates_base": _net_end(summary, "none", 0.0, "eos_end"),
+                    "lambda_k1_over_lambda_1_base": ratio,
+                    "amplified_stability_factor": (1 + kappa) * ratio,
+                    # where the amplified direction k+1 reaches its own edge, from the exact
+                    # run's ratio at its end: eta lambda_1 = 2 lambda_1 / ((1+kappa) lambda_k+1)
+                    "edge_of_amplified": 2
+                    / ((1 + kappa) * _net_end(summary, "exact", kappa, "lambda_ratio_end")),
+                    "run": str(stored.path),
+                },
+                **claim,
+            )
         )
-        for kappa in cfg.kappas
-    ]
-
-
-@register("ire_net_overhead")
-def _net_overhead(ctx: Context) -> list[CheckResult]:
-    """The mask costs about 10% per step at K = 10 (paper); bound 1.2 = the claim plus 10% for
-    timing noise on a shared machine. The exact selector's cost is reported in the details."""
-    stored = ctx.result(ire_networks.NAME)
-    summary, cfg = stored.summary, stored.config
-    over = {s["selector"]: _f(s.get("overhead")) for s in summary.values() if s.get("overhead")}
-    if "mask" not in over:
-        return []
-    return [
-        at_most(
-            name="ire_net: mask overhead about 10% at K=10",
-            claim=f"seconds per step of IRE (mask, K={cfg.refresh_every}) / GD+WD's (median)",
-            kind="theorem",
-            source=f"{PAPER}, cost of Algorithm 1 (docs/papers.md)",
-            measured=over["mask"],
-            bound=1.2,
-            details={
-                "exact_overhead": over.get("exact"),
-                "timing_steps": cfg.timing_steps,
-                "repeats": cfg.timing_repeats,
-            },
-        )
-    ]
+    return out

@@ -69,7 +69,8 @@ def _mc_eos(ctx: Context) -> list[CheckResult]:
             eos_onset(
                 name=f"mc {name}: EoS reached",
                 claim="eta * lambda_1(H(w)) reaches 2 (two groups U, V)",
-                kind="theorem",
+                kind="empirical",
+                threshold="exact",
                 source=_LLA22,
                 onset=s["onset"],
                 measured=float(s["eos_max"]),
@@ -82,7 +83,8 @@ def _mc_eos(ctx: Context) -> list[CheckResult]:
             within(
                 name=f"mc {name}: eta * lambda_1 averages 2 in the EoS",
                 claim="mean over the settled EoS phase (last 3/4 after the onset)",
-                kind="theorem",
+                kind="empirical",
+                threshold="regression",
                 source=f"{_LLA22}; docs/theory.md section 2",
                 predicted=2.0,
                 measured=s["eos_mean_eos_phase"],
@@ -94,7 +96,8 @@ def _mc_eos(ctx: Context) -> list[CheckResult]:
             bounded(
                 name=f"mc {name}: spherical sharpness falls during the EoS",
                 claim="S at the end (mean of the last 5% of rows) vs S at the onset",
-                kind="theorem",
+                kind="empirical",
+                threshold="regression",
                 source=f"{_LLA22} (sharpness reduction)",
                 predicted=s["sharpness_at_onset"],
                 measured=s["sharpness_end"],
@@ -109,7 +112,8 @@ def _mc_eos(ctx: Context) -> list[CheckResult]:
             below(
                 name=f"mc {name}: spherical sharpness keeps falling in the settled EoS",
                 claim="S at the end vs S at the start of the settled EoS phase",
-                kind="theorem",
+                kind="empirical",
+                threshold="exact",
                 source=f"{_LLA22} (sharpness-reduction flow); docs/theory.md section 3",
                 measured=s["sharpness_end"],
                 bound=s["sharpness_settled"],
@@ -135,6 +139,7 @@ def _mc_intrinsic_lr(ctx: Context) -> list[CheckResult]:
                 claim="(max - min) / mean of S at tau = 2 eta wd t = tau_end over the eta*wd "
                 "values",
                 kind="derived",
+                threshold="regression",
                 source="docs/theory.md section 2 (dynamics depend on eta*wd via tau)",
                 measured=spread,
                 bound=0.05,
@@ -161,6 +166,7 @@ def _mc_ablations(ctx: Context) -> list[CheckResult]:
                     claim="largest relative decrease of |w| between recorded rows "
                     "(|w_{t+1}|^2 = |w_t|^2 + eta^2 |grad|^2 / |w_t|^2; float32 rounding)",
                     kind="identity",
+                    threshold="derived",
                     source="docs/theory.md section 2",
                     measured=max(0.0, -float(s["norm_min_ratio"])),
                     bound=1e-5,
@@ -171,7 +177,8 @@ def _mc_ablations(ctx: Context) -> list[CheckResult]:
                 eos_onset(
                     name=f"mc {name}: no EoS without weight decay",
                     claim="eta * lambda_1 never reaches 2 in the run",
-                    kind="theorem",
+                    kind="empirical",
+                    threshold="exact",
                     source=f"{_LLA22}; docs/theory.md section 3",
                     onset=s["onset"],
                     measured=float(s["eos_max"]),
@@ -183,7 +190,8 @@ def _mc_ablations(ctx: Context) -> list[CheckResult]:
                 bounded(
                     name=f"mc {name}: spherical sharpness does not fall without WD",
                     claim="S at the end vs S halfway through the run",
-                    kind="theorem",
+                    kind="empirical",
+                    threshold="regression",
                     source=f"{_LLA22}; docs/theory.md section 3",
                     predicted=s["sharpness_half"],
                     measured=s["sharpness_end"],
@@ -198,7 +206,8 @@ def _mc_ablations(ctx: Context) -> list[CheckResult]:
                     below(
                         name=f"mc {name}: WD ends flatter than no WD",
                         claim="final S with WD (same seed, eta, eta*wd) vs without WD",
-                        kind="theorem",
+                        kind="empirical",
+                        threshold="exact",
                         source=f"{_LLA22} (sharpness reduction needs WD)",
                         measured=ref["sharpness_end"],
                         bound=s["sharpness_end"],
@@ -210,7 +219,8 @@ def _mc_ablations(ctx: Context) -> list[CheckResult]:
                 eos_onset(
                     name=f"mc {name}: no EoS without normalization",
                     claim="eta * lambda_1 never reaches 2 (plain U V^T, same eta and wd)",
-                    kind="theorem",
+                    kind="empirical",
+                    threshold="exact",
                     source=f"{_LLA22} (the effect needs normalization)",
                     onset=s["onset"],
                     measured=float(s["eos_max"]),
@@ -231,7 +241,8 @@ def _mc_generalization(ctx: Context) -> list[CheckResult]:
                 below(
                     name=f"mc {name}: held-out error falls during the EoS",
                     claim="held-out relative error (midpoint) at the end vs at the onset",
-                    kind="theorem",
+                    kind="empirical",
+                    threshold="exact",
                     source=f"{_LLA22} (generalization benefit of sharpness reduction)",
                     measured=s["mid_test_rel_error"],
                     bound=s["mid_test_rel_error_at_onset"],
@@ -248,7 +259,8 @@ def _mc_generalization(ctx: Context) -> list[CheckResult]:
             below(
                 name=f"mc {name}: BN + WD generalizes better than {what}",
                 claim="final held-out relative error (midpoint): BN + WD vs the ablation",
-                kind="theorem",
+                kind="empirical",
+                threshold="exact",
                 source=f"{_LLA22} (test error with/without WD or normalization)",
                 measured=ref["mid_test_rel_error"],
                 bound=s["mid_test_rel_error"],

@@ -24,7 +24,8 @@ def _networks(ctx: Context) -> list[CheckResult]:
             eos_onset(
                 name=f"{name}: {what}",
                 claim=claim,
-                kind="theorem",
+                kind="empirical",
+                threshold="exact",
                 source=source,
                 onset=s["onset"],
                 measured=float(s["eos_end"]),
@@ -48,7 +49,8 @@ def _networks(ctx: Context) -> list[CheckResult]:
             within(
                 name=f"{name}: eta * lambda_1 hovers at 2",
                 claim="mean over the settled EoS phase (multi-group)" + where,
-                kind="theorem",
+                kind="empirical",
+                threshold="regression",
                 source="LLA22 (EoS)",
                 predicted=2.0,
                 measured=eos,
@@ -69,7 +71,8 @@ def _networks(ctx: Context) -> list[CheckResult]:
                 name=f"{name}: spherical sharpness falls in the EoS",
                 claim="S at the end < S at the onset, "
                 + ("at midpoints of consecutive iterates" if mid else "at the iterates"),
-                kind="theorem",
+                kind="empirical",
+                threshold="exact",
                 source="LLA22 (sharpness reduction)",
                 measured=end,
                 bound=onset,

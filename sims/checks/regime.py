@@ -14,14 +14,15 @@ which of its numbers are derived here and which are earlier measurements (``basi
   prediction corrected by the measured progressive sharpening (the factor by which ``S`` grew
   before the onset) gives the measured onset within 25% (median relative error; with ``S``
   taken at the onset this tests only the norm's decay ``(1 - eta wd)^2`` per step);
-* ``regime_progressive_sharpening``: [theorem, Cohen et al. 2021, an empirical claim] the
+* ``regime_progressive_sharpening``: [empirical, Cohen et al. 2021's observation] the
   spherical sharpness grows before the onset (by more than 5%) in at least 75% of the runs that
   start below the edge and reach it after at least 10 rows;
 * ``regime_inflation_grows_with_eta_wd``: [derived, docs/theory.md section 3: the oscillation's
   amplitude is ``x^2 ~ eta wd / 2``] the settled midpoint EoS quantity increases with ``eta wd``
   (Spearman correlation > 0) for at least 80% of the (network, eos0) rows of the map;
-* ``regime_tame_at_small_eta_wd``: [theorem, LLA22: GD follows the sharpness-reduction flow as
-  ``eta wd -> 0``] for every (network, eos0) row, the run at the smallest ``eta wd`` that settles
+* ``regime_tame_at_small_eta_wd``: [empirical: LLA22 prove that GD follows the
+  sharpness-reduction flow as ``eta wd -> 0`` under assumptions these networks are not shown to
+  meet] for every (network, eos0) row, the run at the smallest ``eta wd`` that settles
   at the EoS is tame (at least 75% of the rows);
 * ``regime_above_edge_recovers``: [derived, docs/theory.md section 2: the norm recursion's
   gradient term grows ``|w|`` when a step overshoots] every run started above the edge
@@ -53,6 +54,7 @@ from sims.checks.core import (
     expect_failure,
     register,
     register_table,
+    skipped,
 )
 from sims.studies import regime_map as rm
 from theory.engine.gd import predicted_eos_onset
@@ -68,12 +70,14 @@ expect_failure(
     "cross-entropy) reach the edge within the budget where the fixed-S phase-II prediction says "
     "they need longer; the disagreeing runs are in the check's details, and the prediction "
     "corrected by the measured sharpening is the next check",
+    check="regime_no_eos_boundary",
 )
 expect_failure(
     "regime map: progressive sharpening before the onset",
     "sharpening depends on the loss and normalization: BatchNorm with cross-entropy sharpens "
     "before the onset, LayerNorm with MSE flattens (every run's S ratio in the check's details), "
     "so the fraction that sharpens stays near the share of BN-CE runs, below 0.75",
+    check="regime_progressive_sharpening",
 )
 expect_failure(
     "regime map: tame EoS at the smallest eta * wd that settles",
@@ -83,12 +87,14 @@ expect_failure(
     "smaller one costs hours on 2 cores). It would not explain all of it: MNIST-1D BN-CE "
     "sharpens during the EoS (S grows at eta*wd <= 1e-2, docs/regimes.md), which LLA22's "
     "limit does not describe",
+    check="regime_tame_at_small_eta_wd",
 )
 expect_failure(
     "regime map: runs started above the edge settle below eos0",
     "at large eta*wd the oscillation inflates the iterates' EoS quantity above the "
     "initial eos0 (the failing runs with their settled iterate means are in the check's "
     "details); the midpoint quantity is the one that settles",
+    check="regime_above_edge_recovers",
 )
 
 
@@ -187,6 +193,7 @@ def _initial_edge(ctx: Context) -> list[CheckResult]:
             "tracker's own Lanczos at step 0 (another start vector and stopping rule); it "
             "fails only if one of them has not converged; worst run",
             kind="identity",
+            threshold="regression",
             source="docs/theory.md section 2 (eta * lambda_1(H(w)) is the EoS quantity)",
             measured=float(errs[worst]),
             bound=0.01,
@@ -227,6 +234,7 @@ def _no_eos_boundary(ctx: Context) -> list[CheckResult]:
             claim="runs starting below the edge: 'predicted onset > steps' agrees with the "
             "classification 'no_eos' (fraction of runs)",
             kind="derived",
+            threshold="regression",
             source="docs/theory.md section 2 (phase II); " + _SRC,
             measured=frac,
             bound=0.9,
@@ -246,6 +254,7 @@ def _no_eos_boundary(ctx: Context) -> list[CheckResult]:
             "alone: |w|^2 shrinks by (1 - eta wd)^2 per step until the onset (the norm "
             "recursion's gradient term negligible); it fails where that term is not",
             kind="derived",
+            threshold="regression",
             source="docs/theory.md section 2 (phase II); " + _SRC,
             measured=med_corr,
             bound=0.25,
@@ -276,7 +285,8 @@ def _sharpening(ctx: Context) -> list[CheckResult]:
             name="regime map: progressive sharpening before the onset",
             claim="fraction of the runs starting below the edge (onset after >= 10 rows) whose "
             "spherical sharpness just before the onset exceeds 1.05 x S(0)",
-            kind="theorem",
+            kind="empirical",
+            threshold="regression",
             source="Cohen et al. 2021 (arXiv 2103.00065), an empirical claim; " + _SRC,
             measured=frac,
             bound=0.75,
@@ -307,6 +317,7 @@ def _inflation(ctx: Context) -> list[CheckResult]:
             claim="fraction of the (network, eos0) rows with >= 3 settled runs whose midpoint "
             "EoS mean has a positive Spearman correlation with eta * wd",
             kind="derived",
+            threshold="regression",
             source="docs/theory.md section 3 (amplitude x^2 ~ eta wd / 2); " + _SRC,
             measured=frac,
             bound=0.8,
@@ -335,7 +346,8 @@ def _tame_small(ctx: Context) -> list[CheckResult]:
             name="regime map: tame EoS at the smallest eta * wd that settles",
             claim="fraction of the (network, eos0) rows whose run at the smallest eta * wd "
             "that settles at the EoS is tame",
-            kind="theorem",
+            kind="empirical",
+            threshold="regression",
             source="LLA22 (GD follows the sharpness-reduction flow as eta*wd -> 0); " + _SRC,
             measured=frac,
             bound=0.75,
@@ -348,8 +360,26 @@ def _tame_small(ctx: Context) -> list[CheckResult]:
 def _above_edge(ctx: Context) -> list[CheckResult]:
     _cfg, summary, path = _stored(ctx)
     above = {k: s for k, s in summary.items() if _f(s["eos0"]) > 2}
+    src = "docs/theory.md section 2 (norm recursion); " + _SRC
+    finite: Claim = {
+        "name": "regime map: runs started above the edge stay finite and grow |w|",
+        "claim": "runs with eos0 > 2: no divergence, and |w| grows between two recorded rows "
+        "after the start (fraction of runs)",
+        "kind": "derived",
+        "threshold": "exact",
+        "source": src,
+    }
+    settle: Claim = {
+        "name": "regime map: runs started above the edge settle below eos0",
+        "claim": "runs with eos0 > 2: the settled EoS quantity at the iterates averages below "
+        "eos0 (fraction of runs)",
+        "kind": "derived",
+        "threshold": "exact",
+        "source": src,
+    }
     if not above:
-        return []
+        why = "the map has no run started above the edge (eos0 > 2) at this scale"
+        return [skipped(reason=why, details={"run": path}, **c) for c in (finite, settle)]
     grew = [
         [k, s["regime"], _f(s.get("norm_growth"))]
         for k, s in above.items()
@@ -360,27 +390,18 @@ def _above_edge(ctx: Context) -> list[CheckResult]:
         for k, s in above.items()
         if not _f(s.get("eos_iter_mean")) < _f(s["eos0"])
     ]
-    src = "docs/theory.md section 2 (norm recursion); " + _SRC
     return [
         _fraction(
-            name="regime map: runs started above the edge stay finite and grow |w|",
-            claim="runs with eos0 > 2: no divergence, and |w| grows between two recorded rows "
-            "after the start (fraction of runs)",
-            kind="derived",
-            source=src,
             measured=1 - len(grew) / len(above),
             bound=1.0,
             details={"failing [run, regime, norm_growth]": grew, "run": path},
+            **finite,
         ),
         _fraction(
-            name="regime map: runs started above the edge settle below eos0",
-            claim="runs with eos0 > 2: the settled EoS quantity at the iterates averages below "
-            "eos0 (fraction of runs)",
-            kind="derived",
-            source=src,
             measured=1 - len(high) / len(above),
             bound=1.0,
             details={"failing [run, regime, eos_iter_mean]": high, "run": path},
+            **settle,
         ),
     ]
 
@@ -408,6 +429,7 @@ def _earlier(ctx: Context) -> list[CheckResult]:
                 claim="fraction of the settled digits BN-MLP CE runs at eta*wd >= 2e-3 "
                 "classified inflated",
                 kind="regression",
+                threshold="regression",
                 source="earlier measurement: sims/studies/networks.py (64-64, CE, eta 0.5, "
                 "eta*wd 2e-3: eta*lambda_1 2.9 at iterates, 2.1 at midpoints)",
                 measured=frac,
@@ -420,6 +442,20 @@ def _earlier(ctx: Context) -> list[CheckResult]:
                     "basis": "earlier measurement",
                     "run": path,
                 },
+            )
+        )
+    else:
+        out.append(
+            skipped(
+                name="regime map: digits BN-MLP with CE settles in a chaotic EoS (eta*wd >= 2e-3)",
+                claim="fraction of the settled digits BN-MLP CE runs at eta*wd >= 2e-3 "
+                "classified chaotic",
+                kind="regression",
+                threshold="regression",
+                source="earlier measurement (see the module docstring)",
+                reason="the map has no settled digits BN-MLP CE run at eta*wd >= 2e-3 "
+                "at this scale",
+                details={"run": path},
             )
         )
     ln = {
@@ -436,11 +472,25 @@ def _earlier(ctx: Context) -> list[CheckResult]:
                 claim="fraction of the LN-MSE (network, eos0) rows whose run at the smallest "
                 "settled eta*wd is tame (ReLU here; the earlier run used tanh)",
                 kind="regression",
+                threshold="regression",
                 source="earlier measurement: sims/studies/net_flow.py (LayerNorm-tanh MLP, small "
                 "regression, MSE: GD follows the flow)",
                 measured=frac,
                 bound=0.75,
                 details={"regimes": firsts, "basis": "earlier measurement", "run": path},
+            )
+        )
+    else:
+        out.append(
+            skipped(
+                name="regime map: LayerNorm MLPs with MSE are tame at the smallest eta*wd",
+                claim="fraction of the LN-MSE (network, eos0) rows whose run at the smallest "
+                "settled eta*wd is tame",
+                kind="regression",
+                threshold="regression",
+                source="earlier measurement (see the module docstring)",
+                reason="the map has no settled LayerNorm-MSE run at this scale",
+                details={"run": path},
             )
         )
     wide = [
@@ -461,6 +511,7 @@ def _earlier(ctx: Context) -> list[CheckResult]:
                 claim="fraction of the digits 256-256 BN CE runs at eta*wd in [1e-3, 4e-3] "
                 "classified catapult",
                 kind="regression",
+                threshold="regression",
                 source="earlier measurement: sims/studies/networks.py full preset (catapult, "
                 "relax, repeat; midpoint EoS means 1.08-1.84)",
                 measured=frac,
@@ -472,6 +523,20 @@ def _earlier(ctx: Context) -> list[CheckResult]:
                     "basis": "earlier measurement",
                     "run": path,
                 },
+            )
+        )
+    else:
+        out.append(
+            skipped(
+                name="regime map: digits 256-256 BN-MLP with CE shows catapult cycles",
+                claim="fraction of the digits 256-256 BN CE runs at eta*wd in [1e-3, 4e-3] "
+                "classified catapult",
+                kind="regression",
+                threshold="regression",
+                source="earlier measurement (see the module docstring)",
+                reason="the map has no digits 256-256 BN-MLP CE run at eta*wd in "
+                "[1e-3, 4e-3] (full scale only)",
+                details={"run": path},
             )
         )
     return out

@@ -34,11 +34,15 @@ time of ``2 * timing_steps`` steps minus that of ``timing_steps`` (a multiple of
 ``timing_repeats`` interleaved repeats.
 
 Stored per run ``<run>.``: step, t_eta_wd, sharpness, eos, loss, group_norms ``(n, G)``, the
-metrics of ``NetProblem.evaluate``, spectrum_end ``(spectrum_k,)``; per seed
+metrics of ``NetProblem.evaluate``, spectrum_end ``(spectrum_k,)``, eos_mid_tail (the EoS
+quantity at the base's midpoint ``w + u / 2`` of each row of the last third, see
+:func:`_base_midpoints`); per seed
 ``s<seed>.spectrum_start``. Summary per run: the sharpness at the start and at the end (geometric
 mean over the last third of the rows: at the Edge of Stability the sharpness at the iterate
 fluctuates by tens of percent from row to row, in cycles of tens of steps), the EoS quantity and
-test accuracy over the same window, final accuracies, ``lambda_{k+1} / lambda_1`` at the end,
+test accuracy over the same window (and the midpoint EoS quantity's mean, sample standard
+deviation and number of rows: ``eos_mid_end``, ``eos_mid_std``, ``eos_mid_rows``), final
+accuracies, ``lambda_{k+1} / lambda_1`` at the end,
 seconds per step and the overhead ratio to the base (seed ``seeds[0]`` only).
 """
 
@@ -284,6 +288,16 @@ def time_per_step(
     return out
 
 
+@eqx.filter_jit
+def _base_midpoints(loss: Any, rows: jax.Array, eta: float, wd: float) -> jax.Array:
+    """``w + u / 2`` for each row ``w`` with ``u = -eta (grad L(w) + wd w)`` the base's step: the
+    midpoint of the period-2 oscillation. Exact IRE leaves the top-``k`` eigendirections, where
+    that oscillation lives, to the base (it amplifies only the flat part), so for its runs too
+    this point cancels the oscillation; it differs from the midpoint of IRE's own two iterates
+    by half the amplified flat step."""
+    return jax.vmap(lambda w: w - 0.5 * eta * (jax.grad(loss)(w) + wd * w))(rows)
+
+
 def _tail(n: int) -> slice:
     """The last third of the rows (the settled part of the run)."""
     return slice(n - max(1, n // 3), n)
@@ -327,6 +341,16 @@ def _one(
         **metrics,
     }
     tail = _tail(len(res.step))
+    # The EoS quantity at the base's midpoints of the settled rows: at the iterates the
+    # oscillation inflates it by an amount a chaotic EoS does not reproduce from one run to the
+    # next; at the midpoints it is stable (the ire_net_exact_eos check compares these).
+    mids = _base_midpoints(prob.loss, jnp.asarray(res.w[tail]), cfg.eta, cfg.eta_wd / cfg.eta)
+    eos_mid = np.asarray(
+        _rows_observed(
+            prob.loss, prob.evaluate, mids, cfg.eta, tuple(prob.groups), cfg.lanczos_iters
+        )["eos"]
+    )
+    arrays["eos_mid_tail"] = eos_mid
     info: dict[str, Any] = {
         **spec,
         "steps": cfg.steps,
@@ -335,6 +359,9 @@ def _one(
         "sharpness_end": float(np.exp(np.mean(np.log(sharp[tail])))),
         "sharpness_last": float(sharp[-1]),
         "eos_end": float(np.mean(eos[tail])),
+        "eos_mid_end": float(np.mean(eos_mid)),
+        "eos_mid_std": float(np.std(eos_mid, ddof=1)) if eos_mid.size > 1 else float("nan"),
+        "eos_mid_rows": int(eos_mid.size),
         "norms_end": [float(x) for x in norms[-1]],
         "lambda_ratio_end": (
             float(spec_end[cfg.k] / spec_end[0]) if cfg.spectrum_k else float("nan")

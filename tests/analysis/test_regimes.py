@@ -267,7 +267,7 @@ def test_tiny_regime_map(tmp_path):
     ctx._cache["regime_map"] = stored
     names = [n for n in checks.load_topics() if n.startswith("regime_")]
     results = checks.run_checks(ctx, names)
-    assert {r.kind for r in results} <= {"identity", "theorem", "derived", "regression"}
+    assert {r.kind for r in results} <= {"identity", "derived", "empirical", "regression"}
     initial = [r for r in results if "target eos0" in r.name]
     assert initial and initial[0].passed
     # ... and the figures draw from it.

@@ -143,10 +143,67 @@ def test_network_sim_exact_timing_spectrum(tmp_path):
     assert s["s0_exact_k2"]["lanczos_matvecs_last"] > 0
     ctx = checks.Context(ResultStore(tmp_path))
     ctx._cache[ire_networks.NAME] = stored
-    for name in ("ire_net_sharpness", "ire_net_exact_eos", "ire_net_overhead"):
+    for name in ("ire_net_sharpness", "ire_net_exact_eos"):
         assert all(np.isfinite(r.measured) for r in checks.REGISTRY[name](ctx))
+    # the EoS quantity at the base's midpoints of the last third of the rows (one row here)
+    assert arr["s0_exact_k2.eos_mid_tail"].shape == (1,)
+    assert s["s0_base"]["eos_mid_rows"] == 1 and np.isfinite(s["s0_base"]["eos_mid_end"])
+    # the wall-clock overhead is a benchmark (benchmarks/bench_ire.py), not a theorem check
+    assert "ire_net_overhead" not in checks.REGISTRY
     paths = figures.ire_networks.main(tmp_path, tmp_path / "out")
     assert paths[0].is_file()
+
+
+def _fake_networks_run(summary, selectors=("exact",)):
+    from pathlib import Path
+
+    from sims._store import StoredRun, _jsonable
+
+    cfg = dataclasses.replace(ire_networks.Config(), selectors=selectors, kappas=(1.0, 4.0))
+    meta = {"config": _jsonable(cfg), "summary": summary}
+    return StoredRun(Path("fake"), {}, meta)
+
+
+def _net_run(selector, kappa, mid, std, rows=10):
+    return {
+        "selector": selector,
+        "kappa": kappa,
+        "seed": 0,
+        "eos_end": mid + 0.5,
+        "lambda_ratio_end": 0.5,
+        "eos_mid_end": mid,
+        "eos_mid_std": std,
+        "eos_mid_rows": rows,
+    }
+
+
+def test_exact_eos_check_compares_midpoints_within_standard_errors(tmp_path):
+    # ire_net_exact_eos: |mean_exact - mean_base| <= 3 standard errors of the difference,
+    # each from its rows' spread: 0.05 apart with std 0.1 over 10 rows passes (3 se = 0.134),
+    # 0.2 apart fails; stale results (no midpoint quantity) and runs without exact IRE give
+    # SKIPPED rows with the reason.
+    summary = {
+        "s0_base": _net_run("none", 0.0, 2.0, 0.1),
+        "s0_exact_k1": _net_run("exact", 1.0, 2.05, 0.1),
+        "s0_exact_k4": _net_run("exact", 4.0, 1.8, 0.1),
+    }
+    ctx = checks.Context(ResultStore(tmp_path))
+    ctx._cache[ire_networks.NAME] = _fake_networks_run(summary)
+    k1, k4 = checks.REGISTRY["ire_net_exact_eos"](ctx)
+    assert k1.passed and not k4.passed and k1.threshold == "derived"
+    tol = 3 * np.hypot(0.1 / np.sqrt(10), 0.1 / np.sqrt(10))
+    assert f"{tol:.3g}" in k1.tolerance and k1.predicted == 2.0 and k1.measured == 2.05
+    assert k4.details["edge_of_amplified"] == pytest.approx(2 / (5 * 0.5))
+    for run in summary.values():
+        del run["eos_mid_end"]
+    ctx._cache[ire_networks.NAME] = _fake_networks_run(summary)
+    rows = checks.REGISTRY["ire_net_exact_eos"](ctx)
+    assert len(rows) == 2 and all("rerun ire_networks" in r.skipped for r in rows)
+    ctx._cache[ire_networks.NAME] = _fake_networks_run(
+        {"s0_base": summary["s0_base"]}, selectors=("mask",)
+    )
+    rows = checks.REGISTRY["ire_net_exact_eos"](ctx)
+    assert len(rows) == 2 and all("no exact-IRE runs" in r.skipped for r in rows)
 
 
 def test_configs_validate():

@@ -173,6 +173,7 @@ def test_all_runs_each_simulation_in_its_own_process_and_goes_on_after_a_failure
     assert names == [*sims_cli.SIMS, "check"]
     assert all(c[:3] == [sims_cli.sys.executable, "-m", "sims"] for c in calls)
     assert calls[-1][-1] == "--strict" and str(tmp_path) in calls[0]
+    assert "--since" in calls[-1]  # results older than the run count as reused
     assert "tame (exit 3)" in capsys.readouterr().err
 
 
@@ -308,49 +309,34 @@ def test_fast_theorem_checks_pass_strictly(tmp_path):
 
 
 def test_expected_failures_are_reported_not_counted(tmp_path):
-    ok = checks.CheckResult(
-        name="a",
-        claim="claim",
-        kind="identity",
-        source="src",
-        predicted=0.0,
-        measured=0.0,
-        tolerance="<= 1",
-        passed=True,
-    )
-    known = next(iter(checks.EXPECTED_FAILURES))
-    exp = checks.CheckResult(
-        name=known,
-        claim="claim",
-        kind="derived",
-        source="src",
-        predicted=0.0,
-        measured=1.0,
-        tolerance="<= 0",
-        passed=False,
-    )
-    new = checks.CheckResult(
-        name="b",
-        claim="claim",
-        kind="derived",
-        source="src",
-        predicted=0.0,
-        measured=1.0,
-        tolerance="<= 0",
-        passed=False,
-    )
-    assert checks.unexpected_failures([ok, exp, new]) == [new]
-    md, js = checks.write_report([ok, exp], tmp_path, "quick")
+    def row(name, passed, kind="derived"):
+        return checks.condition(
+            name=name,
+            claim="claim",
+            kind=kind,
+            threshold="exact",
+            source="src",
+            predicted=0.0,
+            measured=0.0 if passed else 1.0,
+            tolerance="<= 0",
+            passed=passed,
+        )
+
+    ok = row("a", True, "identity")
+    known = next(n for n, e in checks.EXPECTED_FAILURES.items() if "quick" in e.scales)
+    exp, new = row(known, False), row("b", False)
+    assert checks.unexpected_failures([ok, exp, new], "quick") == [new]
+    md, js = checks.write_report([ok, exp], tmp_path, "quick", ran=["norm_recursion"])
     text = md.read_text()
     assert "expected FAIL" in text and "## Known failures" in text and "0 unexpected" in text
     assert json.loads(js.read_text())["unexpected_failures"] == []
     with pytest.raises(ValueError, match="reason"):
-        checks.expect_failure("x", " ")
+        checks.expect_failure("x", " ", check="norm_recursion")
 
 
 def test_check_results_are_built_with_keywords():
     with pytest.raises(TypeError):
-        checks.CheckResult("a", "claim", "identity", "src", 0.0, 0.0, "<= 1", True)  # type: ignore[misc]
+        checks.CheckResult("a", "claim", "identity", "src", 0.0, 0.0, "<= 1", "exact", True)  # type: ignore[call-arg]
 
 
 def test_checks_module_imports_no_topic_and_every_topic_registers():
