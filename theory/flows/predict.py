@@ -65,9 +65,10 @@ from theory.core import validate as check
 from theory.core.curvature import linearize_grad
 from theory.core.lanczos import lanczos
 from theory.core.types import Array, LossFn
+from theory.flows.common import Dense, GaussNewton, SaveTimes
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.manifold import _switch, project_to_manifold
-from theory.flows.reduction import FlowResult, sharpness_flow
+from theory.flows.reduction import Degeneracy, SharpnessFlowResult, sharpness_flow
 
 __all__ = [
     "Cycle",
@@ -112,7 +113,7 @@ class Prediction:
         norm_sq_landing: ``|w|^2`` at ``t_I``.
         gradient_norm_sq: what phase I's gradient term added to ``|w|^2``, discounted to step 0
             (``N_I (1 - eta wd)^{-2 t_I} - |w_0|^2``).
-        flow: the phase III :class:`theory.FlowResult` (``None`` if ``steps < onset``).
+        flow: the phase III :class:`theory.SharpnessFlowResult` (``None`` if ``steps < onset``).
         flow_end_step: last step the flow reached (``steps`` unless it stopped at a degeneracy).
         seconds: wall-clock seconds per part (``phase1``, ``phi``, ``rows``, ``flow``, ``total``;
             compilation included).
@@ -136,7 +137,7 @@ class Prediction:
     sharpness_landing: float
     norm_sq_landing: float
     gradient_norm_sq: float
-    flow: FlowResult | None
+    flow: SharpnessFlowResult | None
     flow_end_step: int
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -524,12 +525,9 @@ def predict_from_init(
     tic = time.perf_counter()
     in3 = rows >= t_on
     tau = 2.0 * eta * wd * (rows - t_on)
-    flow: FlowResult | None = None
+    flow: SharpnessFlowResult | None = None
     flow_end = steps
     if in3.any():
-        extra: dict[str, Any] = {}
-        if residual_fn is not None:
-            extra = {"geometry": "gauss_newton", "residual_fn": residual_fn}
         flow_saves = check.positive_int(flow_saves, "flow_saves")
         grid = np.linspace(0.0, float(tau[in3][-1]), max(flow_saves, 2))
         if grid[-1] <= 0:
@@ -537,14 +535,13 @@ def predict_from_init(
         flow = sharpness_flow(
             loss,
             landing,
-            tau=grid,
+            SaveTimes(ts=grid),
             form=form,
-            rank=rank,
-            rtol=flow_rtol,
-            atol=flow_atol,
-            gap_tol=gap_tol,
-            on_degenerate=on_degenerate,
-            **extra,
+            geometry=Dense(rank=rank)
+            if residual_fn is None
+            else GaussNewton(residual_fn, rank=rank),
+            stepsize_controller=diffrax.PIDController(rtol=flow_rtol, atol=flow_atol),
+            degeneracy=Degeneracy(gap_tol=gap_tol, action=on_degenerate),
         )
         idx = np.flatnonzero(in3 & (tau <= flow.tau[-1]))
         theta[idx] = _interp_rows(flow.tau, flow.theta, tau[idx])
