@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +24,7 @@ jax.config.update("jax_enable_x64", True)  # a script, not library code
 
 from benchmarks._timing import median_time  # noqa: E402
 from theory.engine.gd import gd_wd  # noqa: E402
+from theory.flows.common import SaveTimes  # noqa: E402
 from theory.flows.compare import eos_equilibrium_start  # noqa: E402
 from theory.flows.manifold import project_to_manifold  # noqa: E402
 from theory.flows.reduction import sharpness_flow  # noqa: E402
@@ -57,10 +59,18 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
         phi_0 = project_to_manifold(prob.loss, jnp.asarray(run.w[0]))
         t_flow, flow = median_time(
             lambda prob=prob, phi_0=phi_0: sharpness_flow(
-                prob.loss, phi_0, tau=tau, num_saves=2, rtol=1e-6, atol=1e-8
+                prob.loss,
+                phi_0,
+                SaveTimes(tau, n=2),
+                stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-8),
             )
         )
-        ref = sharpness_flow(prob.loss, phi_0, tau=tau, num_saves=2, rtol=1e-11, atol=1e-13)
+        ref = sharpness_flow(
+            prob.loss,
+            phi_0,
+            SaveTimes(tau, n=2),
+            stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-13),
+        )
         d = prob.dim
         # Per accepted step: 6 field evaluations (Hessian = D HVPs + one third-order pass ~ 3
         # HVPs), the gap event (one more Hessian) and two Newton retractions (Hessian + grad).

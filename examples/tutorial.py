@@ -311,25 +311,25 @@ def project(prob: Problem, w: Any) -> dict[str, Any]:
 # slow time `tau = 2 eta wd t` it follows
 # `d theta / d tau = -(1/4) g / (1 + |g|^2 / 4)`, `g = P_Gamma grad log lambda_1`
 # (form F1, docs/theory.md section 3), along which the sharpness never increases.
-# `theory.sharpness_flow` integrates it; `geometry="gauss_newton"` with the residual map uses
-# the matrix-free least-squares geometry (Lanczos for `lambda_1`, the residual Jacobian for the
-# tangent projector, a Gauss-Newton retraction onto `Gamma` after every step). If `lambda_1`
-# stops being simple (it meets `lambda_2`), the flow is undefined there;
-# `on_degenerate="stop"` then returns the solution up to that point with a warning.
+# `theory.sharpness_flow` integrates it at the save times `theory.SaveTimes(...)`;
+# `geometry=theory.GaussNewton(residual_fn)` uses the matrix-free least-squares geometry
+# (Lanczos for `lambda_1`, the residual Jacobian for the tangent projector, a Gauss-Newton
+# retraction onto `Gamma` after every step). If `lambda_1` stops being simple (it meets
+# `lambda_2`), the flow is undefined there; `degeneracy=theory.Degeneracy(action="stop")` then
+# returns the solution up to that point with a warning.
 
 
 # %%
-def flow(prob: Problem, theta: Any, s: Settings) -> theory.FlowResult:
+def flow(prob: Problem, theta: Any, s: Settings) -> theory.SharpnessFlowResult:
     # The same number of saves as the comparison below, so both share one compilation.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateSharpnessWarning)
         return theory.sharpness_flow(
             prob.loss,
             theta,
-            tau=np.linspace(0.0, s.tau_end, s.rows + 1),
-            geometry="gauss_newton",
-            residual_fn=prob.residual_fn,
-            on_degenerate="stop",
+            theory.SaveTimes(ts=np.linspace(0.0, s.tau_end, s.rows + 1)),
+            geometry=theory.GaussNewton(prob.residual_fn),
+            degeneracy=theory.Degeneracy(action="stop"),
         )
 
 
@@ -340,8 +340,8 @@ def flow(prob: Problem, theta: Any, s: Settings) -> theory.FlowResult:
 # `|w|^2 = eta lambda_1 / 2`, oscillation amplitude `sqrt(eta wd / 2 / (1 + |g|^2/4))` along
 # the top eigenvector: `theory.eos_equilibrium_start`), runs untracked (`NoTracking()`: only
 # the gradient) up to `tau_end`, and `theory.compare_with_flow` projects every recorded
-# iterate onto `Gamma` (with `residual_fn`: the Gauss-Newton projection, within `O(dist^2)` of
-# `Phi`) and puts it next to the flow at the same `tau`. The distance
+# iterate onto `Gamma` (with `theory.GaussNewton`: the Gauss-Newton projection, within
+# `O(dist^2)` of `Phi`) and puts it next to the flow at the same `tau`. The distance
 # `|Phi(w_t) - theta(tau)|` should shrink with `eta * wd` (the flow is the `eta * wd -> 0`
 # limit), and the sharpness along GD should follow the flow's.
 
@@ -353,7 +353,7 @@ def gd_against_flow(prob: Problem, theta: Any, s: Settings) -> list[dict[str, An
         wd = ewd / s.eta
         every = max(1, math.ceil(s.tau_end / (2 * ewd) / s.rows))
         w_eq = theory.eos_equilibrium_start(
-            prob.loss, theta, eta=s.eta, wd=wd, residual_fn=prob.residual_fn
+            prob.loss, theta, eta=s.eta, wd=wd, geometry=theory.GaussNewton(prob.residual_fn)
         )
         gd = theory.gd_wd(
             prob.loss,
@@ -374,8 +374,8 @@ def gd_against_flow(prob: Problem, theta: Any, s: Settings) -> list[dict[str, An
                 eta=s.eta,
                 wd=wd,
                 t0=0,
-                residual_fn=prob.residual_fn,
-                on_degenerate="stop",
+                geometry=theory.GaussNewton(prob.residual_fn),
+                degeneracy=theory.Degeneracy(action="stop"),
             )
         out.append(
             {
@@ -402,7 +402,7 @@ def gd_against_flow(prob: Problem, theta: Any, s: Settings) -> list[dict[str, An
 def draw(
     run: theory.GDResult,
     onsets: dict[str, float],
-    fl: theory.FlowResult,
+    fl: theory.SharpnessFlowResult,
     comparisons: list[dict[str, Any]],
     out_dir: Path,
 ) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import diffrax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -201,21 +202,35 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ),
     (
         "sharpness_flow tau<0",
-        lambda: theory.sharpness_flow(L, W, tau=-1.0),
+        lambda: theory.sharpness_flow(L, W, -1.0),
         ValueError,
-        "tau must be",
+        "SaveTimes.t1 must be",
     ),
     (
         "sharpness_flow form",
-        lambda: theory.sharpness_flow(L, W, tau=1.0, form="F3"),
+        lambda: theory.sharpness_flow(L, W, 1.0, form="F3"),
         ValueError,
         "form must be",
     ),
     (
         "sharpness_flow rtol<0",
-        lambda: theory.sharpness_flow(L, W, tau=1.0, rtol=-1.0),
+        lambda: theory.sharpness_flow(
+            L, W, 1.0, stepsize_controller=diffrax.PIDController(rtol=-1.0, atol=1e-9)
+        ),
         ValueError,
-        "rtol must be a positive",
+        "stepsize_controller.rtol must be a positive",
+    ),
+    (
+        "sharpness_flow geometry string",
+        lambda: theory.sharpness_flow(L, W, 1.0, geometry="dense"),
+        TypeError,
+        "geometry must be a geometry object",
+    ),
+    (
+        "cluster_flow geometry string",
+        lambda: theory.cluster_flow(L, W, 1.0, geometry="least_squares"),
+        TypeError,
+        "geometry must be a geometry object",
     ),
     (
         "tangent_projector method",

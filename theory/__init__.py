@@ -42,11 +42,16 @@ from theory.flows.central import equilibrium_on_gamma as equilibrium_on_gamma
 from theory.flows.central import solve_sigma as solve_sigma
 from theory.flows.cluster import ClusterFlowField as ClusterFlowField
 from theory.flows.cluster import ClusterFlowResult as ClusterFlowResult
+from theory.flows.cluster import Clustering as Clustering
 from theory.flows.cluster import cluster_flow as cluster_flow
+from theory.flows.common import RK4 as RK4
+from theory.flows.common import AbstractGeometry as AbstractGeometry
 from theory.flows.common import Dense as Dense
+from theory.flows.common import FixedSteps as FixedSteps
 from theory.flows.common import GaussNewton as GaussNewton
 from theory.flows.common import Lanczos as Lanczos
 from theory.flows.common import SaveTimes as SaveTimes
+from theory.flows.compare import ComparisonResult as ComparisonResult
 from theory.flows.compare import compare_with_flow as compare_with_flow
 from theory.flows.compare import eos_equilibrium_start as eos_equilibrium_start
 from theory.flows.compare import ire_equilibrium_start as ire_equilibrium_start
@@ -63,8 +68,9 @@ from theory.flows.predict import Phase3Flow as Phase3Flow
 from theory.flows.predict import PredictResult as PredictResult
 from theory.flows.predict import predict_from_init as predict_from_init
 from theory.flows.predict import relaxation_cycle as relaxation_cycle
-from theory.flows.reduction import FlowResult as FlowResult
+from theory.flows.reduction import Degeneracy as Degeneracy
 from theory.flows.reduction import SharpnessFlowField as SharpnessFlowField
+from theory.flows.reduction import SharpnessFlowResult as SharpnessFlowResult
 from theory.flows.reduction import sharpness_flow as sharpness_flow
 from theory.optim.ire import diagonal_mask as diagonal_mask
 from theory.optim.ire import exact_flat as exact_flat

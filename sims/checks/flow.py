@@ -8,14 +8,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sims._runtime import dtype_from_config
 from sims.checks.core import CheckResult, Context, at_most, register, within
+from theory.flows.common import RK4, FixedSteps, SaveTimes
 from theory.flows.compare import fit_slope
-from theory.flows.reduction import FlowResult, Form, rk4_step, sharpness_flow, velocity
+from theory.flows.reduction import Form, SharpnessFlowResult, rk4_step, sharpness_flow, velocity
 from theory.problems.analytic import PROBLEMS
 
 TAU_END, SAVES = 4.0, 161  # one save every 0.025 in tau
@@ -23,7 +25,7 @@ FORMS_CHECKED: tuple[Form, ...] = ("F1", "F0")
 
 
 @functools.cache
-def _adaptive_flow(name: str, form: Form) -> FlowResult:
+def _adaptive_flow(name: str, form: Form) -> SharpnessFlowResult:
     """The adaptive flow of ``PROBLEMS[name]`` from its start to ``tau = 4`` (rtol 1e-10), saved
     every 0.025: solved once per process and shared by the checks below (each used to solve
     the same flow again on its own save grid)."""
@@ -32,11 +34,9 @@ def _adaptive_flow(name: str, form: Form) -> FlowResult:
     return sharpness_flow(
         prob.loss,
         jnp.asarray(prob.start),
-        tau=TAU_END,
-        num_saves=SAVES,
+        SaveTimes(TAU_END, n=SAVES),
         form=form,
-        rtol=1e-10,
-        atol=1e-12,
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
     )
 
 
@@ -152,7 +152,8 @@ def _integrators(ctx: Context) -> list[CheckResult]:
         return float(np.linalg.norm(res.theta[-1] - ref))
 
     for rtol in (1e-4, 1e-6, 1e-8, 1e-10):
-        res = sharpness_flow(prob.loss, start, tau=2.0, num_saves=3, rtol=rtol, atol=rtol / 100)
+        pid = diffrax.PIDController(rtol=rtol, atol=rtol / 100)
+        res = sharpness_flow(prob.loss, start, SaveTimes(2.0, n=3), stepsize_controller=pid)
         out.append(
             at_most(
                 name=f"adaptive flow error at rtol = {rtol:g} (great_circle, F1)",
@@ -167,7 +168,15 @@ def _integrators(ctx: Context) -> list[CheckResult]:
         )
     dts = (0.2, 0.1, 0.05, 0.025)
     errs = [
-        error(sharpness_flow(prob.loss, start, tau=2.0, num_saves=3, method="rk4", dt=dt))
+        error(
+            sharpness_flow(
+                prob.loss,
+                start,
+                SaveTimes(2.0, n=3),
+                solver=RK4(),
+                stepsize_controller=FixedSteps(dt),
+            )
+        )
         for dt in dts
     ]
     slope, _ = fit_slope(np.asarray(dts), np.asarray(errs))

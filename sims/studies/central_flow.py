@@ -50,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -68,10 +69,10 @@ from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
 from theory.engine.gd import gd_wd, predicted_eos_onset
 from theory.flows.central import EdgeSettings, central_flow
-from theory.flows.common import Dense, Lanczos, SaveTimes
+from theory.flows.common import Dense, GaussNewton, Lanczos, SaveTimes
 from theory.flows.edge import edge_flow, first_overshoot
 from theory.flows.manifold import project_to_manifold
-from theory.flows.reduction import sharpness_flow
+from theory.flows.reduction import Degeneracy, sharpness_flow
 from theory.problems import nets
 from theory.problems.analytic import PROBLEMS
 
@@ -408,13 +409,19 @@ def _sr_flow(
             }
             info["evals_sr"] = 0
         else:
-            kwargs: dict[str, Any] = {"on_degenerate": "stop", "rtol": 1e-7, "atol": 1e-9}
-            if setup["residuals"] is not None:
-                kwargs |= {"geometry": "gauss_newton", "residual_fn": setup["residuals"]}
-            info["sr_method"] = f"sharpness_flow ({kwargs.get('geometry', 'dense')})"
+            least_squares = setup["residuals"] is not None
+            geometry = GaussNewton(setup["residuals"]) if least_squares else Dense()
+            info["sr_method"] = f"sharpness_flow ({'gauss_newton' if least_squares else 'dense'})"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DegenerateSharpnessWarning)
-                sr = sharpness_flow(setup["loss"], start, tau=grid, **kwargs)
+                sr = sharpness_flow(
+                    setup["loss"],
+                    start,
+                    SaveTimes(ts=grid),
+                    geometry=geometry,
+                    stepsize_controller=diffrax.PIDController(rtol=1e-7, atol=1e-9),
+                    degeneracy=Degeneracy(action="stop"),
+                )
             out = {"tau": sr.tau, "theta": sr.theta, "s": sr.sharpness, "g": sr.g_norm}
             info["evals_sr"] = sr.num_evals
     except (ProjectionError, RuntimeError, ValueError) as exc:

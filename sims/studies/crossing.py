@@ -41,12 +41,13 @@ from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies.tame import binary_target
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
-from theory.core.types import Array
+from theory.core.types import Array, LossFn
 from theory.engine.gd import gd_wd
-from theory.flows.cluster import ClusterFlowField, cluster_flow
+from theory.flows.cluster import Clustering, cluster_flow
+from theory.flows.common import GaussNewton, SaveTimes
 from theory.flows.compare import eos_equilibrium_start, fit_slope
 from theory.flows.gauss_newton import gauss_newton_project
-from theory.flows.reduction import sharpness_flow
+from theory.flows.reduction import Degeneracy, sharpness_flow
 from theory.problems import nets
 
 NAME = "crossing"
@@ -109,18 +110,21 @@ def make_network(cfg: Config) -> nets.NetProblem:
 
 
 @eqx.filter_jit
-def _rows_geometry(field_: ClusterFlowField, rows: Array) -> tuple[Array, Array, Array]:
+def _rows_geometry(loss: LossFn, geometry: GaussNewton, rows: Array) -> tuple[Array, Array, Array]:
     """Per row: ``GN(w_t)``, its top three eigenvalues and the oscillation on ``v_1, v_2``."""
-    assert field_.residual_fn is not None
-    residual_fn = field_.residual_fn
 
     def one(w: Array) -> tuple[Array, Array, Array]:
-        foot = gauss_newton_project(residual_fn, w, raise_on_failure=False).theta
-        lam, vecs, _ = field_._eigen(foot)
+        foot = gauss_newton_project(geometry.residual_fn, w, raise_on_failure=False).theta
+        frame = geometry.frame(loss, foot, 3)
         x = w / jnp.linalg.norm(w) - foot
-        return foot, lam, vecs.T @ x
+        return foot, frame.values, frame.vectors[:, :2].T @ x
 
     return jax.lax.map(one, rows)
+
+
+def _top_two(loss: LossFn, geometry: GaussNewton, points: Array) -> Array:
+    """The top two eigenvectors of the geometry's frame at each point ``(n, D, 2)``."""
+    return jax.lax.map(lambda y: geometry.frame(loss, y, 3).vectors[:, :2], points)
 
 
 def _second_moment(x: np.ndarray) -> np.ndarray:
@@ -138,7 +142,7 @@ def _sigma_in_basis(
 
 
 def _flows(
-    cfg: Config, prob: nets.NetProblem, theta0: Array, field_: ClusterFlowField
+    cfg: Config, prob: nets.NetProblem, theta0: Array, geometry: GaussNewton
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The continued flow and the smooth flow on the common ``tau`` grid (one sub-run)."""
     assert prob.residuals is not None
@@ -148,11 +152,9 @@ def _flows(
     flow = cluster_flow(
         prob.loss,
         theta0,
-        tau=taus,
-        geometry="least_squares",
-        residual_fn=prob.residuals,
-        cluster_tol=cfg.cluster_tol,
-        relax=cfg.relax,
+        SaveTimes(ts=taus),
+        geometry=geometry,
+        clustering=Clustering(tol=cfg.cluster_tol, relax=cfg.relax),
     )
     timings["cluster_flow"] = time.process_time() - t0
     t0 = time.process_time()
@@ -161,17 +163,16 @@ def _flows(
         smooth = sharpness_flow(
             prob.loss,
             theta0,
-            tau=taus,
-            geometry="gauss_newton",
-            residual_fn=prob.residuals,
-            on_degenerate="stop",
+            SaveTimes(ts=taus),
+            geometry=GaussNewton(prob.residuals),
+            degeneracy=Degeneracy(action="stop"),
         )
     timings["smooth_flow"] = time.process_time() - t0
     stop_msgs = [
         str(w.message) for w in caught if issubclass(w.category, DegenerateSharpnessWarning)
     ]
     t0 = time.process_time()
-    flow_basis = np.asarray(jax.lax.map(lambda y: field_._eigen(y)[1], jnp.asarray(flow.theta)))
+    flow_basis = np.asarray(_top_two(prob.loss, geometry, jnp.asarray(flow.theta)))
     timings["flow_basis"] = time.process_time() - t0
     arrays = {
         "flow.tau": flow.tau,
@@ -214,16 +215,19 @@ def _gd_run(
     cfg: Config,
     prob: nets.NetProblem,
     theta0: Array,
-    field_: ClusterFlowField,
+    geometry: GaussNewton,
     fl: dict[str, np.ndarray],
     tau_cluster: float,
     ewd: float,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """GD at one ``eta * wd`` against both flows (one sub-run)."""
     t0 = time.process_time()
+    assert prob.residuals is not None
     wd = ewd / cfg.eta
     every = max(1, round(cfg.tau_end / (2 * ewd) / cfg.rows))
-    w0 = eos_equilibrium_start(prob.loss, theta0, eta=cfg.eta, wd=wd, residual_fn=prob.residuals)
+    w0 = eos_equilibrium_start(
+        prob.loss, theta0, eta=cfg.eta, wd=wd, geometry=GaussNewton(prob.residuals)
+    )
     gd = gd_wd(
         prob.loss,
         w0,
@@ -238,7 +242,9 @@ def _gd_run(
     tau_gd = 2 * ewd * np.asarray(gd.step, np.float64)
     flow_tau, flow_theta = fl["flow.tau"], fl["flow.theta"]
     n = min(len(tau_gd), len(flow_tau))
-    feet, lam, xs = (np.asarray(a) for a in _rows_geometry(field_, jnp.asarray(gd.w[:n])))
+    feet, lam, xs = (
+        np.asarray(a) for a in _rows_geometry(prob.loss, geometry, jnp.asarray(gd.w[:n]))
+    )
     dist = np.linalg.norm(feet - _interp_rows(tau_gd[:n], flow_tau, flow_theta), axis=1)
     m = min(n, len(fl["smooth.tau"]))
     smooth_at = _interp_rows(tau_gd[:m], fl["smooth.tau"], fl["smooth.theta"])
@@ -274,7 +280,7 @@ def _gd_run(
         # rows: basis-free, so a pair whose eigenvectors turn from row to row (a near-degenerate
         # pair) is compared correctly.
         idx = np.flatnonzero(past)
-        gd_basis = np.asarray(jax.lax.map(lambda y: field_._eigen(y)[1], jnp.asarray(feet[idx])))
+        gd_basis = np.asarray(_top_two(prob.loss, geometry, jnp.asarray(feet[idx])))
         weights_gd, weights_flow = [], []
         for k, j in enumerate(idx):
             sig = _sigma_in_basis(fl["flow.sigma"][j], fl["flow.basis"][j], gd_basis[k])
@@ -302,11 +308,9 @@ def run(
     prob = make_network(cfg)
     assert prob.residuals is not None
     theta0 = gauss_newton_project(prob.residuals, prob.w0).theta
-    field_ = ClusterFlowField(
-        prob.loss, cfg.n_train, "F1", "least_squares", prob.residuals, cfg.cluster_tol, cfg.relax
-    )
+    geometry = GaussNewton(prob.residuals, rank=cfg.n_train, jacobian=True)
     ((_, fl, fl_info),) = cached_runs(
-        ["flows"], lambda *_: _flows(cfg, prob, theta0, field_), checkpoints, progress=False
+        ["flows"], lambda *_: _flows(cfg, prob, theta0, geometry), checkpoints, progress=False
     )
     tau_cluster = float(fl_info["tau_cluster"])
     names = [f"r{i}" for i in range(len(cfg.eta_wd))]
@@ -314,7 +318,7 @@ def run(
     runs = []
     for name, sub, info in cached_runs(
         names,
-        lambda i, _: _gd_run(cfg, prob, theta0, field_, fl, tau_cluster, cfg.eta_wd[i]),
+        lambda i, _: _gd_run(cfg, prob, theta0, geometry, fl, tau_cluster, cfg.eta_wd[i]),
         checkpoints,
         desc=NAME,
         progress=progress,

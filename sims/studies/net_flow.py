@@ -30,8 +30,10 @@ from sims.simulation import Simulation
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.engine.gd import gd_wd
+from theory.flows.common import GaussNewton
 from theory.flows.compare import compare_with_flow, eos_equilibrium_start, fit_slope
 from theory.flows.gauss_newton import gauss_newton_project
+from theory.flows.reduction import Degeneracy
 from theory.problems import nets
 
 NAME = "net_flow"
@@ -119,7 +121,7 @@ def run(
             every = max(1, math.ceil(cfg.tau_end / (2 * ewd) / cfg.rows))
             steps = every * cfg.rows
             w0 = eos_equilibrium_start(
-                prob.loss, theta0, eta=cfg.eta, wd=wd, residual_fn=prob.residuals
+                prob.loss, theta0, eta=cfg.eta, wd=wd, geometry=GaussNewton(prob.residuals)
             )
             gd = gd_wd(
                 prob.loss,
@@ -141,8 +143,8 @@ def run(
                     eta=cfg.eta,
                     wd=wd,
                     t0=0,
-                    residual_fn=prob.residuals,
-                    on_degenerate="stop",
+                    geometry=GaussNewton(prob.residuals),
+                    degeneracy=Degeneracy(action="stop"),
                 )
             degenerate = [
                 str(w.message) for w in caught if issubclass(w.category, DegenerateSharpnessWarning)

@@ -46,8 +46,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,8 +59,9 @@ from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array
 from theory.engine.gd import gd_wd
+from theory.flows.common import GaussNewton
 from theory.flows.compare import (
-    Comparison,
+    ComparisonResult,
     compare_with_flow,
     eos_amplitude_sq,
     eos_equilibrium_start,
@@ -70,7 +69,7 @@ from theory.flows.compare import (
 )
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.manifold import projection_info
-from theory.flows.reduction import SharpnessFlowField
+from theory.flows.reduction import Degeneracy, SharpnessFlowField
 from theory.problems import nets
 
 NAME = "tame"
@@ -184,24 +183,18 @@ def phi_estimate(prob: nets.NetProblem, rows: np.ndarray) -> tuple[np.ndarray, n
         prob.loss, jnp.asarray(rows), gtol=PHI_GTOL, solver="implicit", implicit_rtol=PHI_RTOL
     )
     ends = np.asarray(info.theta)
-    feet = np.asarray(_gn_rows(prob.residuals, jnp.asarray(ends)))
+    feet = np.asarray(GaussNewton(prob.residuals).project_rows(prob.loss, jnp.asarray(ends)))
     return ends, np.linalg.norm(ends - feet, axis=1)
-
-
-@eqx.filter_jit
-def _gn_rows(residual_fn: Any, rows: Array) -> Array:
-    return jax.vmap(lambda w: gauss_newton_project(residual_fn, w, raise_on_failure=False).theta)(
-        rows
-    )
 
 
 def _gd_run(
     prob: nets.NetProblem, theta0: Array, cfg: Config, ewd: float, form: Literal["F0", "F1"]
 ) -> Any:
+    assert prob.residuals is not None
     wd = ewd / cfg.eta
     every = max(1, math.ceil(cfg.tau_end / (2 * ewd) / cfg.rows))
     w0 = eos_equilibrium_start(
-        prob.loss, theta0, eta=cfg.eta, wd=wd, form=form, residual_fn=prob.residuals
+        prob.loss, theta0, eta=cfg.eta, wd=wd, form=form, geometry=GaussNewton(prob.residuals)
     )
     gd = gd_wd(
         prob.loss,
@@ -219,7 +212,8 @@ def _gd_run(
 
 def _compare(
     prob: nets.NetProblem, gd: Any, cfg: Config, ewd: float, form: Literal["F0", "F1"]
-) -> tuple[Comparison, str | None]:
+) -> tuple[ComparisonResult, str | None]:
+    assert prob.residuals is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DegenerateSharpnessWarning)
         cmp = compare_with_flow(
@@ -230,27 +224,27 @@ def _compare(
             wd=ewd / cfg.eta,
             t0=0,
             form=form,
-            residual_fn=prob.residuals,
-            on_degenerate="stop",
+            geometry=GaussNewton(prob.residuals),
+            degeneracy=Degeneracy(action="stop"),
         )
     msgs = [str(w.message) for w in caught if issubclass(w.category, DegenerateSharpnessWarning)]
     return cmp, (msgs[0] if msgs else None)
 
 
-def _amplitude(gd: Any, cmp: Comparison) -> np.ndarray:
+def _amplitude(gd: Any, cmp: ComparisonResult) -> np.ndarray:
     """``|w_hat_t - GN(w_t)|`` on the compared rows."""
     rows = np.asarray(gd.w)[: len(cmp.tau)]
     w_hat = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     return np.linalg.norm(w_hat - cmp.phi, axis=1)
 
 
-def _f1_amp_sq(cmp: Comparison, ewd: float) -> np.ndarray:
+def _f1_amp_sq(cmp: ComparisonResult, ewd: float) -> np.ndarray:
     """F1's ``x^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` along the flow (|g| at the flow's point)."""
     g = np.asarray(cmp.flow_result.g_norm)[: len(cmp.tau)]
     return np.asarray(eos_amplitude_sq(ewd, g**2, "F1"))
 
 
-def _drop_ratio(cmp: Comparison) -> float:
+def _drop_ratio(cmp: ComparisonResult) -> float:
     return float(
         (cmp.sharpness_phi[0] - cmp.sharpness_phi[-1])
         / (cmp.sharpness_flow[0] - cmp.sharpness_flow[-1])
@@ -265,7 +259,7 @@ def study_network(cfg: Config, dataset: str) -> tuple[dict[str, np.ndarray], dic
     prob = make_network(cfg, dataset)
     assert prob.residuals is not None
     theta0 = gauss_newton_project(prob.residuals, prob.w0).theta
-    field_ = SharpnessFlowField(prob.loss, cfg.n_train, "F1", "gauss_newton", prob.residuals)
+    field_ = SharpnessFlowField(prob.loss, GaussNewton(prob.residuals, rank=cfg.n_train), "F1")
     q0 = field_.quantities(theta0)
     arrays: dict[str, np.ndarray] = {"theta0": np.asarray(theta0)}
     s: dict[str, Any] = {
@@ -286,7 +280,7 @@ def study_network(cfg: Config, dataset: str) -> tuple[dict[str, np.ndarray], dic
         "amp_sq_ratio": [],
         "degenerate": [],
     }
-    comparisons: dict[float, tuple[Any, Comparison]] = {}
+    comparisons: dict[float, tuple[Any, ComparisonResult]] = {}
     last_rows = []
     for i, ewd in enumerate(cfg.eta_wd):
         t0 = time.process_time()
@@ -368,7 +362,7 @@ def _f0_f1(
     prob: nets.NetProblem,
     theta0: Array,
     cfg: Config,
-    comparisons: dict[float, tuple[Any, Comparison]],
+    comparisons: dict[float, tuple[Any, ComparisonResult]],
     arrays: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     ewd = cfg.f0_eta_wd

@@ -17,7 +17,8 @@ import pytest
 
 from theory.core.curvature import mixed_third
 from theory.core.errors import DegenerateSharpnessError
-from theory.flows.cluster import ClusterFlowField, cluster_flow, min_norm_disk
+from theory.flows.cluster import ClusterFlowField, Clustering, cluster_flow, min_norm_disk
+from theory.flows.common import Dense, GaussNewton, SaveTimes
 from theory.flows.reduction import SharpnessFlowField, sharpness_flow
 
 A0 = 1.5
@@ -137,8 +138,8 @@ def test_mixed_third_against_polarization():
 @pytest.mark.parametrize("form", ["F0", "F1"])
 def test_equals_smooth_field_away_from_crossings(form):
     theta = _point(T_START)
-    smooth = SharpnessFlowField(crossing_loss, 2, form, "dense")(0.0, theta, None)
-    field = ClusterFlowField(crossing_loss, 2, form, "dense")
+    smooth = SharpnessFlowField(crossing_loss, Dense(rank=2), form)(0.0, theta, None)
+    field = ClusterFlowField(crossing_loss, Dense(rank=2), form)
     q = field.quantities(theta)
     assert int(q.size) == 1
     np.testing.assert_allclose(field(0.0, theta, None), smooth, rtol=1e-12, atol=1e-14)
@@ -150,7 +151,7 @@ def test_on_the_ridge_the_cluster_moves_together():
     s = -0.2
     t = np.array([s, s, np.sqrt(1 - 2 * s * s)])
     theta = _point(t)
-    field = ClusterFlowField(crossing_loss, 2, "F1", "dense")
+    field = ClusterFlowField(crossing_loss, Dense(rank=2), "F1")
     q = field.quantities(theta)
     assert int(q.size) == 2
     np.testing.assert_allclose(q.sigma, np.eye(2) / 2, atol=1e-10)
@@ -173,7 +174,7 @@ def test_cluster_with_residual_gap_closes_it():
     s = -0.2
     t = np.array([s + 1e-4, s - 1e-4, 1.0])
     theta = _point(t)
-    field = ClusterFlowField(crossing_loss, 2, "F1", "dense", cluster_tol=1e-3, relax=20.0)
+    field = ClusterFlowField(crossing_loss, Dense(rank=2), "F1", Clustering(tol=1e-3, relax=20.0))
     q = field.quantities(theta)
     assert int(q.size) == 2
     delta = 1 - float(q.lam[1] / q.lam[0])
@@ -206,8 +207,8 @@ def test_least_squares_geometry_equals_smooth_gauss_newton_field():
     prob = problem(y)
     assert prob.residuals is not None
     theta = gauss_newton_project(prob.residuals, prob.w0).theta
-    smooth = SharpnessFlowField(prob.loss, 8, "F1", "gauss_newton", prob.residuals)
-    field = ClusterFlowField(prob.loss, 8, "F1", "least_squares", prob.residuals)
+    smooth = SharpnessFlowField(prob.loss, GaussNewton(prob.residuals, rank=8), "F1")
+    field = ClusterFlowField(prob.loss, GaussNewton(prob.residuals, rank=8, jacobian=True), "F1")
     qs, qc = smooth.quantities(theta), field.quantities(theta)
     assert int(qc.size) == 1
     np.testing.assert_allclose(qc.lam[:2], [qs.lam1, qs.lam2], rtol=1e-9)
@@ -217,17 +218,17 @@ def test_least_squares_geometry_equals_smooth_gauss_newton_field():
 def test_bad_inputs():
     theta = _point(T_START)
     with pytest.raises(ValueError, match="form"):
-        cluster_flow(crossing_loss, theta, tau=1.0, form="F2")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="geometry"):
-        cluster_flow(crossing_loss, theta, tau=1.0, geometry="lanczos")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="residual_fn"):
-        cluster_flow(crossing_loss, theta, tau=1.0, geometry="least_squares")
-    with pytest.raises(ValueError, match="cluster_tol"):
-        cluster_flow(crossing_loss, theta, tau=1.0, cluster_tol=0.7)
-    with pytest.raises(ValueError, match="relax"):
-        cluster_flow(crossing_loss, theta, tau=1.0, relax=-1.0)
-    with pytest.raises(ValueError, match="tau"):
-        cluster_flow(crossing_loss, theta, tau=-1.0)
+        cluster_flow(crossing_loss, theta, 1.0, form="F2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"theory.GaussNewton\(residual_fn\)"):
+        cluster_flow(crossing_loss, theta, 1.0, geometry="least_squares")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Clustering.tol must be a small relative gap"):
+        Clustering(tol=0.7)
+    with pytest.raises(ValueError, match=r"Clustering\.relax"):
+        Clustering(relax=-1.0)
+    with pytest.raises(TypeError, match=r"theory\.Clustering"):
+        cluster_flow(crossing_loss, theta, 1.0, clustering=1e-3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"SaveTimes\.t1"):
+        cluster_flow(crossing_loss, theta, -1.0)
 
 
 # ------------------------------------------------------------------ through the crossing
@@ -241,8 +242,15 @@ def test_flow_through_the_crossing_against_closed_form(form):
     assert 2.0 < tau_x < 8.0  # the constructed start crosses mid-run
     theta0 = _point(T_START)
     with pytest.raises(DegenerateSharpnessError, match="tau"):
-        sharpness_flow(crossing_loss, theta0, tau=taus, form=form, rank=2)
-    res = cluster_flow(crossing_loss, theta0, tau=taus, form=form, rank=2, cluster_tol=1e-6)
+        sharpness_flow(crossing_loss, theta0, SaveTimes(ts=taus), form=form, geometry=Dense(rank=2))
+    res = cluster_flow(
+        crossing_loss,
+        theta0,
+        SaveTimes(ts=taus),
+        form=form,
+        geometry=Dense(rank=2),
+        clustering=Clustering(tol=1e-6),
+    )
     assert res.stopped is None and len(res.tau) == len(taus)
     t = res.theta[:, :3] / np.linalg.norm(res.theta[:, :3], axis=1, keepdims=True)
     np.testing.assert_allclose(t, ref, atol=2e-5)
@@ -261,7 +269,13 @@ def test_stuck_at_a_clarke_stationary_crossing():
     # a_2 constant: at the crossing the minimal-norm element is (nearly) 0 and lambda_max stays
     # at 1.2; the cluster holds (the weight sits on the constant member) and the flow stops.
     theta0 = _point(T_START)
-    res = cluster_flow(stuck_loss, theta0, tau=20.0, num_saves=21, rank=2, cluster_tol=1e-6)
+    res = cluster_flow(
+        stuck_loss,
+        theta0,
+        SaveTimes(20.0, n=21),
+        geometry=Dense(rank=2),
+        clustering=Clustering(tol=1e-6),
+    )
     joined = res.cluster_size == 2
     assert joined.any() and np.all(joined[np.argmax(joined) :])
     lam = res.eigenvalues[joined]

@@ -1,5 +1,6 @@
 """The sharpness-reduction flow: closed forms, an independent integration, orders, errors."""
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +9,9 @@ from scipy.integrate import solve_ivp
 
 from theory.core.errors import DegenerateSharpnessError, DegenerateSharpnessWarning
 from theory.core.invariance import make_scale_invariant
+from theory.flows.common import RK4, Dense, FixedSteps, GaussNewton, Lanczos, SaveTimes
 from theory.flows.compare import compare_with_flow, eos_equilibrium_start, fit_slope
-from theory.flows.reduction import SharpnessFlowField, sharpness_flow, velocity
+from theory.flows.reduction import Degeneracy, SharpnessFlowField, sharpness_flow, velocity
 from theory.problems.analytic import PROBLEMS
 
 
@@ -19,7 +21,11 @@ def test_flow_matches_closed_form(name, form):
     # Adaptive (rtol 1e-10) against the closed-form solution at every save; lambda_1 falls.
     prob = PROBLEMS[name]()
     res = sharpness_flow(
-        prob.loss, jnp.asarray(prob.start), tau=4.0, num_saves=9, form=form, rtol=1e-10, atol=1e-12
+        prob.loss,
+        jnp.asarray(prob.start),
+        SaveTimes(4.0, n=9),
+        form=form,
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
     )
     assert res.tau[0] == 0 and res.tau[-1] == 4.0
     ref = np.asarray(prob.flow_closed_form(jnp.asarray(res.theta[0]), jnp.asarray(res.tau), form))
@@ -31,7 +37,7 @@ def test_flow_matches_closed_form(name, form):
 
 def test_vector_field_against_closed_form():
     prob = PROBLEMS["curved_manifold"]()
-    field = SharpnessFlowField(prob.loss, rank=2)
+    field = SharpnessFlowField(prob.loss, Dense(rank=2))
     for k in range(3):
         u = prob.sample_on_manifold(jax.random.PRNGKey(k), jnp.float64)
         q = field.quantities(u)
@@ -39,7 +45,7 @@ def test_vector_field_against_closed_form():
         np.testing.assert_allclose(q.g, g, atol=1e-10)
         np.testing.assert_allclose(q.lam1, prob.lambda1(u), rtol=1e-12)
         np.testing.assert_allclose(field(0.0, u, None), velocity(g, "F1"), atol=1e-10)
-        lz = SharpnessFlowField(prob.loss, rank=2, geometry="lanczos").quantities(u)
+        lz = SharpnessFlowField(prob.loss, Lanczos(rank=2)).quantities(u)
         np.testing.assert_allclose(lz.g, g, atol=1e-8)
 
 
@@ -49,7 +55,10 @@ def test_curved_manifold_against_independent_integration():
     # rtol 1e-12, no projection) and compare endpoints at tau = 2 within 1e-6 relative.
     prob = PROBLEMS["curved_manifold"]()
     res = sharpness_flow(
-        prob.loss, jnp.asarray(prob.start), tau=2.0, num_saves=3, rtol=1e-10, atol=1e-12
+        prob.loss,
+        jnp.asarray(prob.start),
+        SaveTimes(2.0, n=3),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
     )
     g = jax.jit(prob.riemannian_grad_log_lambda1)
 
@@ -68,13 +77,20 @@ def test_rk4_order_and_adaptive_tolerance():
     start = jnp.asarray(prob.start)
     errs = []
     for dt in (0.2, 0.1, 0.05):
-        res = sharpness_flow(prob.loss, start, tau=2.0, num_saves=3, method="rk4", dt=dt)
+        res = sharpness_flow(
+            prob.loss,
+            start,
+            SaveTimes(2.0, n=3),
+            solver=RK4(),
+            stepsize_controller=FixedSteps(dt),
+        )
         ref = np.asarray(prob.flow_closed_form(jnp.asarray(res.theta[0]), 2.0, "F1"))
         errs.append(np.linalg.norm(res.theta[-1] - ref))
     order, _ = fit_slope(np.array([0.2, 0.1, 0.05]), np.array(errs))
     assert 3.5 <= order <= 4.6, (order, errs)
     for rtol in (1e-6, 1e-9):
-        res = sharpness_flow(prob.loss, start, tau=2.0, num_saves=3, rtol=rtol, atol=rtol * 1e-2)
+        pid = diffrax.PIDController(rtol=rtol, atol=rtol * 1e-2)
+        res = sharpness_flow(prob.loss, start, SaveTimes(2.0, n=3), stepsize_controller=pid)
         ref = np.asarray(prob.flow_closed_form(jnp.asarray(res.theta[0]), 2.0, "F1"))
         assert np.linalg.norm(res.theta[-1] - ref) <= 30 * rtol
 
@@ -90,9 +106,11 @@ def test_degenerate_top_eigenvalue_is_reported():
     loss = make_scale_invariant(_crossing)
     start = jnp.array([0.8, 0.6, 0.0, 0.0])
     with pytest.raises(DegenerateSharpnessError, match=r"degenerate along the flow near tau = "):
-        sharpness_flow(loss, start, tau=30.0, num_saves=31)
+        sharpness_flow(loss, start, SaveTimes(30.0, n=31))
     with pytest.warns(DegenerateSharpnessWarning):
-        res = sharpness_flow(loss, start, tau=30.0, num_saves=31, on_degenerate="stop")
+        res = sharpness_flow(
+            loss, start, SaveTimes(30.0, n=31), degeneracy=Degeneracy(action="stop")
+        )
     assert 1 < len(res.tau) < 31
     assert np.all((res.sharpness - res.lambda2) / res.sharpness >= 1e-3)
 
@@ -101,15 +119,23 @@ def test_bad_inputs():
     prob = PROBLEMS["great_circle"]()
     s = jnp.asarray(prob.start)
     with pytest.raises(ValueError, match="form"):
-        sharpness_flow(prob.loss, s, tau=1.0, form="F2")
-    with pytest.raises(ValueError, match="tau must be"):
-        sharpness_flow(prob.loss, s, tau=-1.0)
+        sharpness_flow(prob.loss, s, 1.0, form="F2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"SaveTimes\.t1 must be"):
+        sharpness_flow(prob.loss, s, -1.0)
     with pytest.raises(ValueError, match="strictly increasing"):
-        sharpness_flow(prob.loss, s, tau=[0.0, 2.0, 1.0])
+        sharpness_flow(prob.loss, s, [0.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="equally spaced"):
-        sharpness_flow(prob.loss, s, tau=[0.0, 1.0, 3.0], method="rk4")
+        sharpness_flow(prob.loss, s, [0.0, 1.0, 3.0], stepsize_controller=FixedSteps(0.1))
     with pytest.raises(ValueError, match="theta0 must be nonzero"):
-        sharpness_flow(prob.loss, jnp.zeros(3), tau=1.0)
+        sharpness_flow(prob.loss, jnp.zeros(3), 1.0)
+    with pytest.raises(TypeError, match=r"theory.Dense\(\)"):
+        sharpness_flow(prob.loss, s, 1.0, geometry="dense")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="FixedSteps"):
+        sharpness_flow(prob.loss, s, 1.0, stepsize_controller=0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Degeneracy\.action"):
+        Degeneracy(action="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Degeneracy\.gap_tol"):
+        Degeneracy(gap_tol=-1.0)
 
 
 def test_gd_tracks_the_flow_from_the_equilibrium():
@@ -138,17 +164,12 @@ def test_gauss_newton_geometry_matches_dense():
     # Least-squares geometry (Lanczos + residual-Jacobian projector + GN retraction) against the
     # dense geometry from the same point of Gamma: same flow to the integrator's accuracy.
     prob = PROBLEMS["curved_manifold"]()
-    dense = sharpness_flow(prob.loss, jnp.asarray(prob.start), tau=1.0, num_saves=3)
-    gn = sharpness_flow(
-        prob.loss,
-        jnp.asarray(dense.theta[0]),
-        tau=1.0,
-        num_saves=3,
-        geometry="gauss_newton",
-        residual_fn=prob.residuals,
-    )
-    assert gn.rank == 2
-    np.testing.assert_allclose(gn.theta, dense.theta, atol=1e-8)
-    np.testing.assert_allclose(gn.sharpness, dense.sharpness, rtol=1e-8)
-    with pytest.raises(ValueError, match="residual_fn is required"):
-        sharpness_flow(prob.loss, jnp.asarray(prob.start), tau=1.0, geometry="gauss_newton")
+    assert prob.residuals is not None
+    dense = sharpness_flow(prob.loss, jnp.asarray(prob.start), SaveTimes(1.0, n=3))
+    for geometry in (GaussNewton(prob.residuals), GaussNewton(prob.residuals, jacobian=True)):
+        gn = sharpness_flow(
+            prob.loss, jnp.asarray(dense.theta[0]), SaveTimes(1.0, n=3), geometry=geometry
+        )
+        assert gn.rank == 2
+        np.testing.assert_allclose(gn.theta, dense.theta, atol=1e-8)
+        np.testing.assert_allclose(gn.sharpness, dense.sharpness, rtol=1e-8)

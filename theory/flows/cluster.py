@@ -25,32 +25,33 @@ the role of ``Sigma`` and self-stabilization holds every member at ``2 / eta_eff
 ``A`` proportional to ``I``; the norm balance of docs/theory.md section 3 then gives F1 with
 ``|g*|`` in place of ``|g|``.
 
-Numerics. A member joins the cluster when ``lambda_i >= (1 - cluster_tol) lambda_1``; with a
-cluster of one, ``g* = G_11`` and the field equals
-:class:`theory.flows.reduction.SharpnessFlowField`
-(tested). Clusters of two are solved exactly: ``Sigma = [[1 + x, y], [y, 1 - x]] / 2`` with
-``x^2 + y^2 <= 1``, so ``g = c + x a + y b`` (``c = (G_11 + G_22) / 2``, ``a = (G_11 - G_22) /
-2``, ``b = G_12``), a least-squares problem on the unit disk (the unconstrained minimizer, or
-the boundary root of the secular equation found by bisection to rounding). Entering the cluster
-with a residual gap ``delta = 1 - lambda_2 / lambda_1 <= cluster_tol`` would freeze that gap;
-a linear term ``-beta delta x / 2`` in the objective (``beta = relax (4 + |c|^2)``) closes it at
-the rate ``>= relax`` in ``tau`` (it vanishes at ``delta = 0``, where ``g*`` is the exact
-minimal-norm element). A third eigenvalue joining is reported (:func:`cluster_flow` stops).
+Numerics. A member joins the cluster when ``lambda_i >= (1 - tol) lambda_1``
+(:class:`Clustering`); with a cluster of one, ``g* = G_11`` and the field equals
+:class:`theory.flows.reduction.SharpnessFlowField` (tested). Clusters of two are solved exactly:
+``Sigma = [[1 + x, y], [y, 1 - x]] / 2`` with ``x^2 + y^2 <= 1``, so ``g = c + x a + y b``
+(``c = (G_11 + G_22) / 2``, ``a = (G_11 - G_22) / 2``, ``b = G_12``), a least-squares problem
+on the unit disk (the unconstrained minimizer, or the boundary root of the secular equation
+found by bisection to rounding). Entering the cluster with a residual gap ``delta = 1 - lambda_2
+/ lambda_1 <= tol`` would freeze that gap; a linear term ``-beta delta x / 2`` in the objective
+(``beta = relax (4 + |c|^2)``) closes it at the rate ``>= relax`` in ``tau`` (it vanishes at
+``delta = 0``, where ``g*`` is the exact minimal-norm element). A third eigenvalue joining is
+reported (:func:`cluster_flow` stops).
 
-Geometries: ``"dense"`` (``jax.hessian`` + ``eigh``, small ``D``) and ``"least_squares"``
-(interpolating least squares ``L = |r|^2 / 2``: on ``Gamma`` ``H = J^T J``, so the top
-eigenpairs come from the ``n x n`` matrix ``J J^T`` of a dense Jacobian, and ``P_Gamma`` from
-``J``; for small ``n``).
+Geometry: any of :mod:`theory.flows.common`'s (the local frame with three eigenvalues):
+:class:`theory.Dense` (``jax.hessian`` + ``eigh``, small ``D``) or, for interpolating least
+squares ``L = |r|^2 / 2``, ``theory.GaussNewton(residual_fn, jacobian=True)`` (on ``Gamma`` ``H
+= J^T J``: the top eigenpairs come from the ``n x n`` matrix ``J J^T`` of a dense Jacobian, and
+``P_Gamma`` from ``J``; for small ``n``).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -61,12 +62,39 @@ from theory.core import validate as check
 from theory.core.curvature import mixed_third
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array, LossFn
-from theory.flows.gauss_newton import gauss_newton_project
-from theory.flows.manifold import hessian_rank, project_to_manifold
-from theory.flows.reduction import Retraction, solve_projected, velocity
+from theory.flows.common import (
+    AbstractGeometry,
+    Dense,
+    FixedSteps,
+    SaveTimes,
+    controller_config,
+    geometry_of,
+    integrator,
+    solve_on_gamma,
+)
+from theory.flows.reduction import Form, check_form, velocity
 
-ClusterGeometry = Literal["dense", "least_squares"]
 _BISECTIONS = 200
+
+
+class Clustering(eqx.Module):
+    """When eigenvalues count as one cluster, and how a residual gap inside it closes.
+
+    Attributes:
+        tol: relative gap below which ``lambda_2`` joins the cluster (in ``(0, 0.5)``).
+        relax: rate (in ``tau``) at which a residual gap inside the cluster is closed (>= 0).
+    """
+
+    tol: float = eqx.field(static=True, default=1e-3)
+    relax: float = eqx.field(static=True, default=20.0)
+
+    def __check_init__(self) -> None:
+        check.positive(self.tol, "Clustering.tol")
+        if self.tol >= 0.5:
+            raise ValueError(
+                f"Clustering.tol must be a small relative gap in (0, 0.5), got {self.tol}"
+            )
+        check.nonnegative(self.relax, "Clustering.relax")
 
 
 class ClusterQuantities(NamedTuple):
@@ -75,7 +103,7 @@ class ClusterQuantities(NamedTuple):
     Attributes:
         lam: ``(3,)`` the top three Hessian eigenvalues (descending).
         vecs: ``(D, 2)`` unit eigenvectors of ``lam[0], lam[1]``.
-        size: cluster size, 1 or 2 (``lam[1] >= (1 - cluster_tol) lam[0]``).
+        size: cluster size, 1 or 2 (``lam[1] >= (1 - tol) lam[0]``, :class:`Clustering`).
         sigma: ``(2, 2)`` the optimal weights ``Sigma*`` in the basis ``vecs`` (``[[1, 0], [0,
             0]]`` for a cluster of one).
         g: ``(D,)`` the minimal-norm element ``g*`` (with the gap-closing term, module
@@ -131,59 +159,34 @@ class ClusterFlowField(eqx.Module):
 
     Attributes:
         loss: the scale-invariant loss.
-        rank: codimension of ``Gamma`` in the sphere (``"dense"``; ignored by least squares).
+        geometry: the local frame on ``Gamma`` (three eigenvalues, two eigenvectors and
+            ``P_Gamma``), its ``rank`` known.
         form: ``"F1"`` (default) or ``"F0"`` (:func:`theory.flows.reduction.velocity`).
-        geometry: ``"dense"`` or ``"least_squares"`` (needs ``residual_fn``).
-        residual_fn: ``(D,) -> (n,)`` residuals, ``L = |r|^2 / 2``.
-        cluster_tol: relative gap below which ``lambda_2`` joins the cluster.
-        relax: rate (in ``tau``) at which a residual gap inside the cluster is closed.
+        clustering: :class:`Clustering` (the cluster tolerance and the gap-closing rate).
     """
 
     loss: LossFn
-    rank: int = eqx.field(static=True)
+    geometry: AbstractGeometry
     form: str = eqx.field(static=True, default="F1")
-    geometry: str = eqx.field(static=True, default="dense")
-    residual_fn: Callable[[Array], Array] | None = None
-    cluster_tol: float = eqx.field(static=True, default=1e-3)
-    relax: float = eqx.field(static=True, default=20.0)
+    clustering: Clustering = Clustering()
 
-    def _eigen(self, u: Array) -> tuple[Array, Array, Callable[[Array], Array]]:
-        """Top three eigenvalues, two top eigenvectors and ``v -> P_Gamma v`` at unit ``u``."""
-        if self.geometry == "dense":
-            vals, vecs = linalg.eigh(jax.hessian(self.loss)(u))
-            normal = vecs[:, u.shape[0] - self.rank :]
-
-            def project_dense(v: Array) -> Array:
-                v = v - normal @ (normal.T @ v)
-                return v - u * jnp.vdot(u, v)
-
-            return vals[-3:][::-1], vecs[:, -2:][:, ::-1], project_dense
-        assert self.residual_fn is not None, "geometry='least_squares' needs residual_fn"
-        jac = jax.jacrev(lambda x: jnp.asarray(self.residual_fn(x)).astype(u.dtype))(u)  # type: ignore[misc]
-        mu, uu = linalg.eigh(jac @ jac.T)  # H = J^T J on Gamma: same nonzero spectrum
-        top = uu[:, -2:][:, ::-1]
-        vecs = jac.T @ top / jnp.sqrt(mu[-2:][::-1])
-        lam3 = mu[-3] if mu.shape[0] >= 3 else jnp.zeros_like(mu[0])
-        lam = jnp.stack([mu[-1], mu[-2], lam3])
-
-        def project(v: Array) -> Array:
-            y = uu @ ((uu.T @ (jac @ v)) / mu)
-            v = v - jac.T @ y
-            return v - u * jnp.vdot(u, v)
-
-        return lam, vecs, project
+    def __check_init__(self) -> None:
+        geometry_of(self.geometry)
+        self.geometry.known_rank()
+        check_form(self.form)
 
     def quantities(self, y: Array) -> ClusterQuantities:
         u = y / jnp.linalg.norm(y)
-        lam, vecs, project = self._eigen(u)
+        lam, vecs, project = self.geometry.frame(self.loss, u, 3)
         v1, v2 = vecs[:, 0], vecs[:, 1]
+        vecs = vecs[:, :2]
         g11 = project(mixed_third(self.loss, u, v1, v1)) / lam[0]
         g22 = project(mixed_third(self.loss, u, v2, v2)) / lam[0]
         g12 = project(mixed_third(self.loss, u, v1, v2)) / lam[0]
         delta = 1.0 - lam[1] / lam[0]
-        clustered = delta <= self.cluster_tol
+        clustered = delta <= self.clustering.tol
         c, a = 0.5 * (g11 + g22), 0.5 * (g11 - g22)
-        beta = self.relax * (4.0 + jnp.vdot(c, c))
+        beta = self.clustering.relax * (4.0 + jnp.vdot(c, c))
         xy = min_norm_disk(c, a, g12, 0.5 * beta * jnp.maximum(delta, 0.0))
         x = jnp.where(clustered, xy[0], 1.0)
         yy = jnp.where(clustered, xy[1], 0.0)
@@ -230,21 +233,14 @@ class ClusterFlowResult:
         return self.eigenvalues[:, 0]
 
 
-@eqx.filter_jit
-def _solve(
-    field_: ClusterFlowField,
-    retract: Retraction,
-    y0: Array,
-    taus: Array,
-    rtol: Array,
-    atol: Array,
-    max_steps: int,
-) -> tuple[Array, Array, Array, Array, Array]:
-    def third_joins(t: Array, y: Array, args: Any, **kwargs: Any) -> Array:
-        lam = field_.quantities(y).lam
-        return lam[2] >= (1.0 - field_.cluster_tol) * lam[0]
+class _ThirdJoins(eqx.Module):
+    """The stop event: a third eigenvalue has joined the top cluster."""
 
-    return solve_projected(field_, retract, y0, taus, rtol, atol, third_joins, max_steps)
+    flow_field: ClusterFlowField
+
+    def __call__(self, t: Any, y: Array, args: Any, **kwargs: Any) -> Array:
+        lam = self.flow_field.quantities(y).lam
+        return lam[2] >= (1.0 - self.flow_field.clustering.tol) * lam[0]
 
 
 @eqx.filter_jit
@@ -255,123 +251,92 @@ def _measure(field_: ClusterFlowField, ys: Array) -> ClusterQuantities:
 def cluster_flow(
     loss: LossFn,
     theta0: Array,
+    saveat: SaveTimes | float | Sequence[float] | np.ndarray,
     *,
-    tau: float | np.ndarray,
-    num_saves: int = 101,
-    form: Literal["F0", "F1"] = "F1",
-    geometry: ClusterGeometry = "dense",
-    residual_fn: Callable[[Array], Array] | None = None,
-    rank: int | None = None,
-    cluster_tol: float = 1e-3,
-    relax: float = 20.0,
-    rtol: float = 1e-8,
-    atol: float = 1e-10,
+    form: Form = "F1",
+    geometry: AbstractGeometry | None = None,
+    clustering: Clustering | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | FixedSteps | None = None,
     max_steps: int = 100_000,
 ) -> ClusterFlowResult:
     """Integrate the continued flow from the projection of ``theta0`` onto ``Gamma``.
 
     Args:
         loss: scale-invariant loss.
-        theta0: start ``(D,)``; projected first (``Phi``, or Gauss-Newton with ``residual_fn``).
-        tau: end time (``num_saves`` equally spaced saves) or an increasing array of save times.
+        theta0: start ``(D,)``; projected first by the geometry (``Phi``, or Gauss-Newton).
+        saveat: the slow times to save at (:class:`theory.SaveTimes` or an end time / array).
         form: ``"F1"`` (default) or ``"F0"``.
-        geometry: ``"dense"`` or ``"least_squares"`` (needs ``residual_fn``).
-        residual_fn: residuals of an interpolating least-squares loss.
-        rank: codimension of ``Gamma`` (``"dense"``; default counted at the start).
-        cluster_tol: relative gap below which ``lambda_2`` joins the cluster (``(0, 0.5)``).
-        relax: gap-closing rate inside the cluster (``>= 0``).
-        rtol, atol, max_steps: of the adaptive solver (Tsit5 with a retraction after each step).
+        geometry: :class:`theory.Dense` (``None``: ``Dense()``) or ``theory.GaussNewton(residual_fn,
+            jacobian=True)`` (module docstring); ``rank`` counted at the start unless given.
+        clustering: :class:`Clustering` (``None``: ``Clustering()``, ``tol=1e-3, relax=20``).
+        solver, stepsize_controller, max_steps: the integrator (``None``: ``Tsit5()`` with
+            ``PIDController(rtol=1e-8, atol=1e-10)``; a retraction after each step;
+            :class:`theory.FixedSteps` for fixed steps, the stop event then checked at saves).
 
     Returns:
         :class:`ClusterFlowResult` (truncated, with ``stopped`` set and a
         :class:`DegenerateSharpnessWarning`, if a third eigenvalue joins the cluster).
     """
-    if form not in ("F0", "F1"):
-        raise ValueError(f"form must be 'F0' or 'F1', got {form!r}")
-    if geometry not in ("dense", "least_squares"):
-        raise ValueError(f"geometry must be 'dense' or 'least_squares', got {geometry!r}")
-    if (geometry == "least_squares") != (residual_fn is not None):
-        raise ValueError("residual_fn is required by geometry='least_squares' and only by it")
-    theta0, _ = check.flat_vector(theta0, "theta0")
-    cluster_tol = check.positive(cluster_tol, "cluster_tol")
-    if cluster_tol >= 0.5:
-        raise ValueError(f"cluster_tol must be a small relative gap in (0, 0.5), got {cluster_tol}")
-    relax = check.nonnegative(relax, "relax")
-    rtol, atol = check.positive(rtol, "rtol"), check.positive(atol, "atol")
+    check_form(form)
+    geometry = Dense() if geometry is None else geometry_of(geometry)
+    saveat = SaveTimes.of(saveat)
+    clustering = Clustering() if clustering is None else clustering
+    if not isinstance(clustering, Clustering):
+        raise TypeError(f"clustering must be a theory.Clustering, got {clustering!r}")
+    solver, stepsize_controller = integrator(solver, stepsize_controller)
     max_steps = check.positive_int(max_steps, "max_steps")
-    taus_np = np.atleast_1d(np.asarray(tau, np.float64))
-    if taus_np.size == 1:
-        end = float(taus_np[0])
-        if not (math.isfinite(end) and end > 0):
-            raise ValueError(f"tau must be a positive finite end time or an array, got {tau!r}")
-        if num_saves < 2:
-            raise ValueError(f"num_saves must be >= 2, got {num_saves}")
-        taus_np = np.linspace(0.0, end, num_saves)
-    else:
-        if not np.all(np.isfinite(taus_np)) or np.any(taus_np < 0) or np.any(np.diff(taus_np) <= 0):
-            raise ValueError("tau must be finite, >= 0 and strictly increasing")
-        if taus_np[0] != 0.0:
-            taus_np = np.concatenate([[0.0], taus_np])
-    if residual_fn is not None:
-        start = gauss_newton_project(residual_fn, theta0).theta
-        rank = int(residual_fn(start).shape[0]) if rank is None else rank
-    else:
-        start = project_to_manifold(loss, theta0)
-        rank = hessian_rank(loss, start) if rank is None else rank
-    rank = check.positive_int(rank, "rank")
-    field_ = ClusterFlowField(loss, rank, form, geometry, residual_fn, cluster_tol, relax)
-    lam_start = field_.quantities(start).lam
-    if float(lam_start[2]) >= (1 - cluster_tol) * float(lam_start[0]):
+    start, geometry = geometry.resolve(loss, theta0)
+    field_ = ClusterFlowField(loss, geometry, form, clustering)
+    lam_start = np.asarray(field_.quantities(start).lam)
+    if lam_start[2] >= (1 - clustering.tol) * lam_start[0]:
         raise ValueError(
-            f"the top three eigenvalues already coincide at the start ({np.asarray(lam_start)}): "
+            f"the top three eigenvalues already coincide at the start ({lam_start}): "
             "clusters of more than two are not handled"
         )
-    retract = Retraction(loss, residual_fn=residual_fn)
-    ys, ts, steps, stopped, ok = _solve(
-        field_,
-        retract,
-        start,
-        jnp.asarray(taus_np, start.dtype),
-        jnp.asarray(rtol, start.dtype),
-        jnp.asarray(atol, start.dtype),
-        max_steps,
+    stop = _ThirdJoins(field_)
+    sol = solve_on_gamma(
+        field_, geometry, loss, start, saveat, solver, stepsize_controller, stop, max_steps
     )
-    if not bool(ok) and not bool(stopped):
-        raise RuntimeError(
-            f"the continued flow failed before tau = {taus_np[-1]} (max_steps={max_steps} reached "
-            "or the step size underflowed); loosen rtol/atol or raise max_steps"
-        )
-    valid = np.isfinite(np.asarray(ts)[:-1])
-    ys = ys[valid]
-    taus_np = taus_np[valid]
-    message = None
-    if bool(stopped):
-        message = (
-            "a third eigenvalue joined the top cluster near tau = "
-            f"{float(np.asarray(ts)[-1]):.4g}: "
-            "clusters of more than two are not handled; returning the solution before it"
-        )
-        warnings.warn(message, DegenerateSharpnessWarning, stacklevel=2)
-    q = _measure(field_, ys)
+    ts, ys, q, message = _before_third(sol.ts, sol.ys, _measure(field_, sol.ys), sol, clustering)
     size = np.asarray(q.size)
     joined = np.flatnonzero(size >= 2)
     return ClusterFlowResult(
-        tau=taus_np,
+        tau=ts,
         theta=np.asarray(ys),
         eigenvalues=np.asarray(q.lam),
         cluster_size=size,
         sigma=np.asarray(q.sigma),
         g_norm=np.asarray(jnp.linalg.norm(q.g, axis=-1)),
-        tau_cluster=float(taus_np[joined[0]]) if joined.size else float("nan"),
+        tau_cluster=float(ts[joined[0]]) if joined.size else float("nan"),
         stopped=message,
-        num_steps=int(steps),
+        num_steps=sol.num_steps,
         config={
             "form": form,
-            "geometry": geometry,
-            "rank": rank,
-            "cluster_tol": cluster_tol,
-            "relax": relax,
-            "rtol": rtol,
-            "atol": atol,
+            **geometry.config(),
+            "cluster_tol": clustering.tol,
+            "relax": clustering.relax,
+            "solver": type(solver).__name__,
+            **controller_config(stepsize_controller),
+            "max_steps": max_steps,
         },
     )
+
+
+def _before_third(
+    ts: np.ndarray, ys: Array, q: ClusterQuantities, sol: Any, clustering: Clustering
+) -> tuple[np.ndarray, Array, ClusterQuantities, str | None]:
+    """The saves before a third eigenvalue joins the cluster, and the message if one did
+    (the adaptive solve's event, or a save of a fixed-step solve)."""
+    lam = np.asarray(q.lam)
+    third = lam[:, 2] >= (1.0 - clustering.tol) * lam[:, 0]
+    if sol.stopped_at is None and not np.any(third):
+        return ts, ys, q, None
+    where = sol.stopped_at if sol.stopped_at is not None else float(ts[np.argmax(third)])
+    message = (
+        f"a third eigenvalue joined the top cluster near tau = {where:.4g}: "
+        "clusters of more than two are not handled; returning the solution before it"
+    )
+    warnings.warn(message, DegenerateSharpnessWarning, stacklevel=3)
+    keep = ~third
+    return ts[keep], ys[keep], jax.tree.map(lambda a: a[keep], q), message

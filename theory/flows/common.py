@@ -16,15 +16,22 @@ stepsize_controller=...)``):
   of ``Gamma`` in the sphere (counted at the start when left ``None``; :meth:`resolve`).
 * the solver and the step-size controller: diffrax's own objects (``diffrax.Tsit5()``,
   ``diffrax.PIDController(rtol=..., atol=...)``), not re-wrapped. :func:`controller` reads the
-  tolerances back for a result's ``config``.
+  tolerances back for a result's ``config``. :class:`FixedSteps` takes the controller's place for
+  fixed steps (e.g. :class:`RK4` with ``FixedSteps(dt=0.05)`` is the projected RK4).
+
+Flows on ``Gamma`` also share the local frame at a point of ``Gamma`` (top eigenpairs of the
+Hessian and the tangent projector ``P_Gamma``, :meth:`AbstractGeometry.frame`), the retraction
+back onto ``Gamma`` after each step (:meth:`AbstractGeometry.retract`, :class:`ProjectedSolver`)
+and one integrator for both kinds of stepping (:func:`solve_on_gamma`).
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -37,19 +44,27 @@ from theory.core import validate as check
 from theory.core.curvature import linearize_grad
 from theory.core.lanczos import lanczos
 from theory.core.types import Array, LossFn
-from theory.flows.gauss_newton import gauss_newton_project
-from theory.flows.manifold import hessian_rank, project_to_manifold
+from theory.flows.gauss_newton import gauss_newton_project, ls_tangent_projector
+from theory.flows.manifold import hessian_rank, newton_step, project_to_manifold
 
 __all__ = [
+    "RK4",
     "AbstractGeometry",
     "Dense",
+    "FixedSteps",
+    "Frame",
+    "GammaSolution",
     "GaussNewton",
     "Lanczos",
+    "ProjectedSolver",
     "SaveTimes",
     "check_controller",
     "check_solver",
+    "check_stepping",
     "controller_config",
     "geometry_of",
+    "integrator",
+    "solve_on_gamma",
 ]
 
 
@@ -128,9 +143,64 @@ class SaveTimes(eqx.Module):
         return bool(np.allclose(gaps, gaps[0], rtol=1e-9))
 
 
-def controller_config(controller: diffrax.AbstractStepSizeController) -> dict[str, Any]:
+_RK4_TABLEAU = diffrax.ButcherTableau(
+    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    b_error=np.zeros(4),
+    c=np.array([0.5, 0.5, 1.0]),
+)
+
+
+class RK4(diffrax.AbstractERK):
+    """The classical fourth-order Runge-Kutta method as a diffrax solver (diffrax has none).
+
+    It has no embedded error estimate: use it with :class:`FixedSteps` (an adaptive controller
+    is refused by the flows).
+    """
+
+    tableau: ClassVar[diffrax.ButcherTableau] = _RK4_TABLEAU
+    interpolation_cls: ClassVar[Callable[..., diffrax.ThirdOrderHermitePolynomialInterpolation]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+    )
+
+    def order(self, terms: Any) -> int:
+        return 4
+
+
+class FixedSteps(eqx.Module):
+    """Fixed steps in place of a diffrax step-size controller (for flows on ``Gamma``).
+
+    Every interval between two save times is cut into ``ceil(interval / dt)`` equal steps of
+    the solver, each followed by the retraction onto ``Gamma``; the save times must then be
+    equally spaced. :class:`RK4` with ``FixedSteps(dt)`` is the classical projected RK4.
+
+    Attributes:
+        dt: the largest step (in the flow's time).
+    """
+
+    dt: float = eqx.field(static=True, default=0.05)
+
+    def __check_init__(self) -> None:
+        check.positive(self.dt, "FixedSteps.dt")
+
+    def substeps(self, saveat: SaveTimes) -> int:
+        """Steps per save interval (save times must be equally spaced)."""
+        if not saveat.equally_spaced():
+            raise ValueError(
+                f"FixedSteps needs equally spaced save times, got {saveat.times().tolist()}"
+            )
+        interval = float(np.diff(saveat.times())[0])
+        return max(1, math.ceil(interval / self.dt - 1e-9))
+
+
+def controller_config(
+    controller: diffrax.AbstractStepSizeController | FixedSteps,
+) -> dict[str, Any]:
     """A step-size controller's settings for a result's ``config`` (JSON-friendly)."""
     out: dict[str, Any] = {"controller": type(controller).__name__}
+    if isinstance(controller, FixedSteps):
+        out["dt"] = controller.dt
+        return out
     for name in ("rtol", "atol", "pcoeff", "icoeff", "dcoeff"):
         value = getattr(controller, name, None)
         if value is not None:
@@ -154,6 +224,34 @@ def check_controller(
     return controller
 
 
+def check_stepping(
+    controller: Any, name: str = "stepsize_controller"
+) -> diffrax.AbstractStepSizeController | FixedSteps:
+    """``controller`` if it is :class:`FixedSteps` or a diffrax step-size controller with
+    positive tolerances (:func:`check_controller`)."""
+    if isinstance(controller, FixedSteps):
+        return controller
+    try:
+        return check_controller(controller, name)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a diffrax step-size controller (e.g. "
+            f"diffrax.PIDController(rtol=1e-8, atol=1e-10)) or theory.FixedSteps(dt), got "
+            f"{controller!r}"
+        ) from None
+
+
+def integrator(
+    solver: Any, stepsize_controller: Any
+) -> tuple[diffrax.AbstractSolver, diffrax.AbstractStepSizeController | FixedSteps]:
+    """A flow's solver and controller, checked; ``None`` gives the default of the flows on
+    ``Gamma``: ``diffrax.Tsit5()`` and ``diffrax.PIDController(rtol=1e-8, atol=1e-10)``."""
+    solver = diffrax.Tsit5() if solver is None else check_solver(solver)
+    if stepsize_controller is None:
+        return solver, diffrax.PIDController(rtol=1e-8, atol=1e-10)
+    return solver, check_stepping(stepsize_controller)
+
+
 def check_solver(solver: Any, name: str = "solver") -> diffrax.AbstractSolver:
     """``solver`` if it is a diffrax solver."""
     if not isinstance(solver, diffrax.AbstractSolver):
@@ -164,6 +262,31 @@ def check_solver(solver: Any, name: str = "solver") -> diffrax.AbstractSolver:
 # --------------------------------------------------------------------------------------------
 # Geometry
 # --------------------------------------------------------------------------------------------
+
+
+class Frame(NamedTuple):
+    """The local frame of a geometry at a unit point ``u`` of ``Gamma``.
+
+    Attributes:
+        values: ``(k,)`` the top Hessian eigenvalues, descending.
+        vectors: ``(D, k)`` their unit eigenvectors.
+        project: ``v -> P_Gamma(u) v``, the orthogonal projector onto the tangent space of
+            ``Gamma`` in the sphere (removes the Hessian's range and the radial direction).
+    """
+
+    values: Array
+    vectors: Array
+    project: Callable[[Array], Array]
+
+
+def _normal_complement(u: Array, normal: Array) -> Callable[[Array], Array]:
+    """``v -> P_sphere (I - N N^T) v`` for orthonormal normal directions ``N`` at unit ``u``."""
+
+    def project(v: Array) -> Array:
+        v = v - normal @ (normal.T @ v)
+        return v - u * jnp.vdot(u, v)
+
+    return project
 
 
 class AbstractGeometry(eqx.Module):
@@ -188,6 +311,31 @@ class AbstractGeometry(eqx.Module):
     def top_eigs(self, loss: LossFn, w: Array, k: int) -> tuple[Array, Array]:
         """The top ``k`` eigenpairs of ``hess L(w)``: values ``(k,)`` descending, vectors
         ``(D, k)`` (traceable)."""
+
+    @abc.abstractmethod
+    def frame(self, loss: LossFn, u: Array, k: int) -> Frame:
+        """The top ``k`` eigenpairs and ``P_Gamma`` at a unit point ``u`` of ``Gamma``
+        (traceable; the geometry's ``rank`` must be known, :meth:`resolve`)."""
+
+    def retract(self, loss: LossFn, y: Array) -> Array:
+        """Back onto ``Gamma`` after a step of a flow: two dense Newton steps in the normal
+        directions (:func:`theory.flows.manifold.newton_step`; traceable)."""
+        for _ in range(2):
+            y = newton_step(loss, y)
+        return y
+
+    def project_rows(self, loss: LossFn, rows: Array) -> Array:
+        """:meth:`project` of each row of ``(N, D)`` (``Phi`` batched)."""
+        return project_to_manifold(loss, rows)
+
+    def known_rank(self) -> int:
+        """``rank``, which a flow needs set (by :meth:`resolve` or by the caller)."""
+        if self.rank is None:
+            raise ValueError(
+                f"{type(self).__name__}.rank is unknown: call geometry.resolve(loss, theta0) "
+                "first or give rank"
+            )
+        return self.rank
 
     def with_rank(self, rank: int) -> AbstractGeometry:
         """This geometry with ``rank`` set."""
@@ -225,6 +373,11 @@ class Dense(AbstractGeometry):
     def top_eigs(self, loss: LossFn, w: Array, k: int) -> tuple[Array, Array]:
         vals, vecs = linalg.eigh(jax.hessian(loss)(w))
         return vals[::-1][:k], vecs[:, ::-1][:, :k]
+
+    def frame(self, loss: LossFn, u: Array, k: int) -> Frame:
+        vals, vecs = linalg.eigh(jax.hessian(loss)(u))
+        normal = vecs[:, u.shape[0] - self.known_rank() :]
+        return Frame(vals[::-1][:k], vecs[:, ::-1][:, :k], _normal_complement(u, normal))
 
 
 class Lanczos(AbstractGeometry):
@@ -264,24 +417,37 @@ class Lanczos(AbstractGeometry):
         )
         return res.eigenvalues, res.eigenvectors
 
+    def frame(self, loss: LossFn, u: Array, k: int) -> Frame:
+        rank = self.known_rank()
+        vals, vecs = self.top_eigs(loss, u, min(max(rank, k), u.shape[0]))
+        return Frame(vals[:k], vecs[:, :k], _normal_complement(u, vecs[:, :rank]))
+
 
 class GaussNewton(AbstractGeometry):
     """Interpolating least squares ``L = |r|^2 / 2``: ``Gamma = {r = 0}`` on the sphere.
 
     The start is the foot of the normal from ``theta0`` (matrix-free Gauss-Newton,
-    :func:`theory.gauss_newton_project`, which differs from ``Phi`` by ``O(dist^2)``); the rank
-    is ``len(r)``; top eigenpairs come from Lanczos (``iters``), and ``Gamma``'s normal space is
-    the row space of the residual Jacobian.
+    :func:`theory.gauss_newton_project`, which differs from ``Phi`` by ``O(dist^2)``), and so is
+    the retraction after each step of a flow; the rank is ``len(r)``; top eigenpairs come from
+    Lanczos (``iters``), and ``Gamma``'s normal space is the row space of the residual Jacobian
+    ``J`` (``P_Gamma`` by CG on ``J J^T``, :func:`theory.ls_tangent_projector`).
+
+    With ``jacobian=True`` the local frame on ``Gamma`` (:meth:`frame`) comes from the dense
+    ``n x D`` Jacobian instead: on ``Gamma`` ``H = J^T J``, so the top eigenpairs are those of the
+    ``n x n`` matrix ``J J^T`` (``v = J^T q / sqrt(mu)``) and ``P_Gamma`` is exact (small ``n``;
+    all ``n`` eigenvalues, so a third one is available to the cluster flow).
 
     Attributes:
         residual_fn: ``(D,) -> (n,)`` residuals.
         rank: default ``n``.
         iters: Lanczos cap per evaluation.
+        jacobian: the dense-Jacobian frame (above).
     """
 
     residual_fn: Callable[[Array], Array]
     rank: int | None = eqx.field(static=True, default=None, kw_only=True)
     iters: int = eqx.field(static=True, default=64, kw_only=True)
+    jacobian: bool = eqx.field(static=True, default=False, kw_only=True)
 
     def __check_init__(self) -> None:
         if not callable(self.residual_fn):
@@ -300,6 +466,43 @@ class GaussNewton(AbstractGeometry):
         res = lanczos(hvp, jnp.ones_like(w), k=k, max_iters=min(dim, max(self.iters, 2 * k + 10)))
         return res.eigenvalues, res.eigenvectors
 
+    def frame(self, loss: LossFn, u: Array, k: int) -> Frame:
+        if self.jacobian:
+            return self._jacobian_frame(u, k)
+        vals, vecs = self.top_eigs(loss, u, k)
+        return Frame(vals, vecs, ls_tangent_projector(self.residual_fn, u))
+
+    def _jacobian_frame(self, u: Array, k: int) -> Frame:
+        """The frame from ``J J^T`` (zero-padded when ``n < k``)."""
+        jac = jax.jacrev(lambda x: jnp.asarray(self.residual_fn(x)).astype(u.dtype))(u)
+        mu, q = linalg.eigh(jac @ jac.T)  # H = J^T J on Gamma: the same nonzero spectrum
+        m = min(k, mu.shape[0])
+        vals = mu[::-1][:m]
+        vecs = jac.T @ q[:, ::-1][:, :m] / jnp.sqrt(vals)
+        if m < k:
+            vals = jnp.concatenate([vals, jnp.zeros(k - m, u.dtype)])
+            vecs = jnp.concatenate([vecs, jnp.zeros((u.shape[0], k - m), u.dtype)], axis=1)
+
+        def project(v: Array) -> Array:
+            y = q @ ((q.T @ (jac @ v)) / mu)
+            v = v - jac.T @ y
+            return v - u * jnp.vdot(u, v)
+
+        return Frame(vals, vecs, project)
+
+    def retract(self, loss: LossFn, y: Array) -> Array:
+        return gauss_newton_project(self.residual_fn, y, max_iters=8).theta
+
+    def project_rows(self, loss: LossFn, rows: Array) -> Array:
+        return _gn_rows(self.residual_fn, rows)
+
+
+@eqx.filter_jit
+def _gn_rows(residual_fn: Callable[[Array], Array], rows: Array) -> Array:
+    return jax.vmap(lambda w: gauss_newton_project(residual_fn, w, raise_on_failure=False).theta)(
+        rows
+    )
+
 
 def geometry_of(value: Any, name: str = "geometry") -> AbstractGeometry:
     """``value`` if it is a geometry object; a clear error otherwise (strings are refused)."""
@@ -309,3 +512,216 @@ def geometry_of(value: Any, name: str = "geometry") -> AbstractGeometry:
         f"{name} must be a geometry object (theory.Dense(), theory.Lanczos(...), "
         f"theory.GaussNewton(residual_fn)), got {value!r}"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Integration on Gamma
+# --------------------------------------------------------------------------------------------
+
+
+class Retraction(eqx.Module):
+    """``y -> geometry.retract(loss, y)``: back onto ``Gamma`` after a step."""
+
+    geometry: AbstractGeometry
+    loss: LossFn
+
+    def __call__(self, y: Array) -> Array:
+        return self.geometry.retract(self.loss, y)
+
+
+class ProjectedSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+    """A diffrax solver whose every step ends with a retraction onto the manifold.
+
+    The wrapped solver's error estimate and dense output are kept (the retraction moves the
+    state by ``O(local error)``, which the controller already bounds).
+    """
+
+    solver: diffrax.AbstractSolver  # type: ignore[misc]
+    retract: Callable[[Array], Array]
+
+    @property
+    def term_structure(self) -> Any:
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self) -> Any:  # type: ignore[override]
+        return self.solver.interpolation_cls
+
+    def order(self, terms: Any) -> int | None:
+        return self.solver.order(terms)
+
+    def error_order(self, terms: Any) -> Any:
+        return self.solver.error_order(terms)
+
+    def init(self, terms: Any, t0: Any, t1: Any, y0: Array, args: Any) -> Any:
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(
+        self,
+        terms: Any,
+        t0: Any,
+        t1: Any,
+        y0: Array,
+        args: Any,
+        solver_state: Any,
+        made_jump: Any,
+    ) -> Any:
+        y1, err, dense, state, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state, made_jump
+        )
+        return self.retract(y1), err, dense, state, result
+
+    def func(self, terms: Any, t0: Any, y0: Array, args: Any) -> Any:
+        return self.solver.func(terms, t0, y0, args)
+
+
+class GammaSolution(NamedTuple):
+    """A flow on ``Gamma`` at its save times (host side, :func:`solve_on_gamma`).
+
+    Attributes:
+        ts: ``(n,)`` the save times reached (all of them unless the stop event fired).
+        ys: ``(n, D)`` the solution there.
+        num_steps: accepted steps; ``num_evals`` vector-field evaluations.
+        stopped_at: the time where the stop event fired, else ``None``.
+    """
+
+    ts: np.ndarray
+    ys: Array
+    num_steps: int
+    num_evals: int
+    stopped_at: float | None
+
+
+def evals_per_step(solver: diffrax.AbstractSolver) -> int:
+    """Vector-field evaluations per step of a Runge-Kutta solver (first-same-as-last saves
+    one: 6 for ``Tsit5``, 4 for ``RK4``); 1 for any other solver."""
+    if isinstance(solver, diffrax.AbstractRungeKutta):
+        tableau = solver.tableau
+        if isinstance(tableau, diffrax.ButcherTableau):
+            return len(tableau.c) + 1 - int(tableau.fsal)
+    return 1
+
+
+def solve_on_gamma(
+    field: Callable[[Any, Array, Any], Array],
+    geometry: AbstractGeometry,
+    loss: LossFn,
+    start: Array,
+    saveat: SaveTimes,
+    solver: diffrax.AbstractSolver,
+    stepsize_controller: diffrax.AbstractStepSizeController | FixedSteps,
+    stop: Callable[..., Array] | None = None,
+    max_steps: int = 100_000,
+) -> GammaSolution:
+    """Integrate ``d y / d t = field(t, y, None)`` on ``Gamma`` from ``start`` (a point of it),
+    retracting onto ``Gamma`` after every step, saved at ``saveat``.
+
+    Adaptive (a diffrax controller): diffrax's ``diffeqsolve`` with :class:`ProjectedSolver`,
+    stopped by the event ``stop(t, y, args)`` (a pytree callable, e.g. an ``eqx.Module``;
+    ``None``: never); raises ``RuntimeError`` if the solver fails otherwise. Fixed
+    (:class:`FixedSteps`): ``solver.step`` on equally spaced substeps (``stop`` is not
+    consulted: check the saves).
+    """
+    taus = jnp.asarray(saveat.times(), start.dtype)
+    retract = Retraction(geometry, loss)
+    if isinstance(stepsize_controller, FixedSteps):
+        substeps = stepsize_controller.substeps(saveat)
+        ys = _fixed(field, retract, solver, start, taus, substeps)
+        n_steps = substeps * (taus.shape[0] - 1)
+        return GammaSolution(saveat.times(), ys, n_steps, n_steps * evals_per_step(solver), None)
+    if isinstance(solver, RK4):
+        raise ValueError(
+            "RK4 has no error estimate for an adaptive step-size controller: use "
+            "stepsize_controller=theory.FixedSteps(dt) with it"
+        )
+    controller = _traced_tolerances(stepsize_controller, start.dtype)
+    ys, ts, steps, stopped, ok = _adaptive(
+        field, retract, solver, controller, start, taus, stop, max_steps
+    )
+    if not bool(ok) and not bool(stopped):
+        raise RuntimeError(
+            f"the flow integrator failed before t = {saveat.end} (max_steps={max_steps} "
+            "reached or the step size underflowed); loosen the controller's rtol/atol or raise "
+            "max_steps"
+        )
+    ts_np = np.asarray(ts)
+    valid = np.isfinite(ts_np[:-1])
+    n_steps = int(steps)
+    return GammaSolution(
+        saveat.times()[valid],
+        ys[valid],
+        n_steps,
+        n_steps * evals_per_step(solver),
+        float(ts_np[-1]) if bool(stopped) else None,
+    )
+
+
+def _traced_tolerances(
+    controller: diffrax.AbstractStepSizeController, dtype: Any
+) -> diffrax.AbstractStepSizeController:
+    """A PID controller with array tolerances (traced by ``filter_jit``: another tolerance does
+    not recompile); other controllers unchanged."""
+    if not isinstance(controller, diffrax.PIDController):
+        return controller
+    tols = (jnp.asarray(controller.rtol, dtype), jnp.asarray(controller.atol, dtype))
+    return eqx.tree_at(lambda c: (c.rtol, c.atol), controller, tols)
+
+
+@eqx.filter_jit
+def _adaptive(
+    field: Callable[[Any, Array, Any], Array],
+    retract: Retraction,
+    solver: diffrax.AbstractSolver,
+    controller: diffrax.AbstractStepSizeController,
+    y0: Array,
+    taus: Array,
+    stop: Callable[..., Array] | None,
+    max_steps: int,
+) -> tuple[Array, Array, Array, Array, Array]:
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        ProjectedSolver(solver, retract),
+        t0=taus[0],
+        t1=taus[-1],
+        dt0=None,
+        y0=y0,
+        saveat=diffrax.SaveAt(ts=taus, t1=True),
+        stepsize_controller=controller,
+        event=None if stop is None else diffrax.Event(stop),
+        max_steps=max_steps,
+        throw=False,
+    )
+    assert sol.ys is not None and sol.ts is not None
+    stopped = jnp.asarray(False) if sol.event_mask is None else jnp.asarray(sol.event_mask)
+    ok = sol.result == diffrax.RESULTS.successful
+    # The last saved entry is the terminal time: the end, or where the event fired.
+    return sol.ys[:-1], sol.ts, sol.stats["num_accepted_steps"], stopped, ok
+
+
+@eqx.filter_jit
+def _fixed(
+    field: Callable[[Any, Array, Any], Array],
+    retract: Retraction,
+    solver: diffrax.AbstractSolver,
+    y0: Array,
+    taus: Array,
+    substeps: int,
+) -> Array:
+    terms = diffrax.ODETerm(field)
+    state0 = solver.init(terms, taus[0], taus[1], y0, None)
+
+    def one_interval(carry: tuple[Array, Any], span: Array) -> tuple[tuple[Array, Any], Array]:
+        h = (span[1] - span[0]) / substeps
+
+        def one_step(i: Any, c: tuple[Array, Any]) -> tuple[Array, Any]:
+            y, state = c
+            t0 = span[0] + i * h
+            y1, _, _, state, _ = solver.step(terms, t0, t0 + h, y, None, state, False)
+            return retract(y1), state
+
+        carry = jax.lax.fori_loop(0, substeps, one_step, carry)
+        return carry, carry[0]
+
+    spans = jnp.stack([taus[:-1], taus[1:]], axis=1)
+    _, ys = jax.lax.scan(one_interval, (y0, state0), spans)
+    return jnp.concatenate([y0[None], ys])

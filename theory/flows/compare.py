@@ -17,9 +17,8 @@ the same for exact IRE (docs/ire.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -29,9 +28,14 @@ import numpy as np
 from theory.analysis.trajectory import angle_between
 from theory.core import validate as check
 from theory.core.types import Array, LossFn
-from theory.flows.gauss_newton import gauss_newton_project
-from theory.flows.manifold import hessian_rank, project_to_manifold
-from theory.flows.reduction import FlowResult, SharpnessFlowField, sharpness_flow
+from theory.flows.common import AbstractGeometry, Dense, SaveTimes, geometry_of
+from theory.flows.reduction import (
+    Form,
+    SharpnessFlowField,
+    SharpnessFlowResult,
+    check_form,
+    sharpness_flow,
+)
 from theory.problems.analytic import AnalyticProblem
 
 
@@ -41,29 +45,23 @@ def eos_equilibrium_start(
     *,
     eta: float,
     wd: float,
-    form: Literal["F0", "F1"] = "F1",
-    rank: int | None = None,
-    residual_fn: Callable[[Array], Array] | None = None,
+    form: Form = "F1",
+    geometry: AbstractGeometry | None = None,
 ) -> Array:
-    """A GD+WD start on the EoS equilibrium near ``Phi(theta)``.
+    """A GD+WD start on the EoS equilibrium near the projection of ``theta`` onto ``Gamma``.
 
-    Returns ``w0 = sqrt(eta lambda_1 / 2) * normalize(theta + A v_1)`` with
-    ``A^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (form F1) or ``eta wd / 2`` (F0). Dense geometry
-    (small ``D``), or with ``residual_fn`` (interpolating least squares) the Gauss-Newton
-    projection and the matrix-free least-squares geometry.
+    Returns ``w0 = sqrt(eta lambda_1 / 2) * normalize(theta_Gamma + A v_1)`` with
+    ``A^2 = (eta wd / 2) / (1 + |g|^2 / 4)`` (form F1) or ``eta wd / 2`` (F0), where
+    ``theta_Gamma`` is the geometry's projection of ``theta`` and ``lambda_1, v_1, g`` come from
+    the geometry's frame there (:class:`theory.Dense`, the default, for small ``D``;
+    :class:`theory.GaussNewton` for interpolating least squares at network scale).
     """
     eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
-    if form not in ("F0", "F1"):
-        raise ValueError(f"form must be 'F0' or 'F1', got {form!r}")
-    if residual_fn is not None:
-        th = gauss_newton_project(residual_fn, theta).theta
-        rank = int(residual_fn(th).shape[0]) if rank is None else rank
-        field_ = SharpnessFlowField(loss, rank, form, "gauss_newton", residual_fn)
-    else:
-        th = project_to_manifold(loss, theta)
-        rank = hessian_rank(loss, th) if rank is None else rank
-        field_ = SharpnessFlowField(loss, rank, form)
-    return _equilibrium_point(field_, th, jnp.asarray(eta * wd, th.dtype), eta)
+    check_form(form)
+    geometry = Dense() if geometry is None else geometry_of(geometry)
+    th, geometry = geometry.resolve(loss, theta)
+    field_ = SharpnessFlowField(loss, geometry, form)
+    return _equilibrium_point(field_, th, jnp.asarray(eta * wd / 2, th.dtype), eta)
 
 
 def eos_amplitude_sq(eta_wd: Any, g_sq: Any, form: str = "F1") -> Any:
@@ -119,7 +117,7 @@ def ire_equilibrium_start(
 
 
 @dataclass(frozen=True)
-class Comparison:
+class ComparisonResult:
     """GD rows against the flow on matched time (NumPy arrays, one entry per GD row used)."""
 
     step: np.ndarray
@@ -131,7 +129,7 @@ class Comparison:
     angle: np.ndarray
     sharpness_phi: np.ndarray
     sharpness_flow: np.ndarray
-    flow_result: FlowResult
+    flow_result: SharpnessFlowResult
 
     def at(self, tau: float) -> dict[str, float]:
         """The row whose ``tau`` is closest to the given one."""
@@ -152,12 +150,10 @@ def compare_with_flow(
     eta: float,
     wd: float,
     t0: int,
-    form: Literal["F0", "F1"] = "F1",
-    rank: int | None = None,
-    residual_fn: Callable[[Array], Array] | None = None,
-    **flow_kwargs: Any,
-) -> Comparison:
-    """Compare recorded GD iterates with the flow started at ``Phi(w_hat_{t0})``.
+    geometry: AbstractGeometry | None = None,
+    **flow_options: Any,
+) -> ComparisonResult:
+    """Compare recorded GD iterates with the flow started at the projection of ``w_hat_{t0}``.
 
     Args:
         loss: the scale-invariant loss.
@@ -165,37 +161,33 @@ def compare_with_flow(
             and ``t0`` must be one of the recorded steps.
         eta, wd: the run's hyperparameters (they set ``tau = 2 eta wd (t - t0)``).
         t0: the step where the flow starts (EoS onset, or 0 from the equilibrium).
-        form: flow form, ``"F1"`` or ``"F0"``.
-        rank: codimension of ``Gamma`` (default: counted at the start).
-        residual_fn: for interpolating least squares: project with the Gauss-Newton projection
-            (the foot of the normal, ``O(dist^2)`` from ``Phi``) and integrate with the
-            least-squares geometry (network scale).
-        flow_kwargs: passed to :func:`theory.sharpness_flow` (``rtol``, ``geometry``, ...).
+        geometry: projects every row onto ``Gamma`` (:class:`theory.Dense`, the default: ``Phi``;
+            :class:`theory.GaussNewton`: the foot of the normal, ``O(dist^2)`` from ``Phi``,
+            at network scale) and is the flow's geometry.
+        flow_options: the rest of :func:`theory.sharpness_flow`'s settings (``form``,
+            ``solver``, ``stepsize_controller``, ``degeneracy``, ``max_steps``).
     """
     eta, wd = check.positive(eta, "eta"), check.positive(wd, "wd")
-    step = np.asarray(step)
-    w = np.asarray(w)
+    geometry = Dense() if geometry is None else geometry_of(geometry)
+    step, w = np.asarray(step), np.asarray(w)
     if w.ndim != 2 or w.shape[0] != step.shape[0]:
         raise ValueError(f"w must have shape (len(step), D) = ({step.shape[0]}, D), got {w.shape}")
     idx = np.flatnonzero(step >= t0)
     if idx.size == 0 or step[idx[0]] != t0:
         raise ValueError(f"t0={t0} must be one of the recorded steps")
-    rows = np.asarray(w)[idx]
+    rows = w[idx]
     tau = 2.0 * eta * wd * (step[idx] - t0).astype(np.float64)
-    if residual_fn is not None:
-        phi = np.asarray(_gn_batch(residual_fn, jnp.asarray(rows)))
-        flow_kwargs = {"geometry": "gauss_newton", "residual_fn": residual_fn, **flow_kwargs}
-    else:
-        phi = np.asarray(project_to_manifold(loss, jnp.asarray(rows)))
-    flow = sharpness_flow(loss, jnp.asarray(phi[0]), tau=tau, form=form, rank=rank, **flow_kwargs)
+    phi = np.asarray(geometry.project_rows(loss, jnp.asarray(rows)))
+    flow = sharpness_flow(
+        loss, jnp.asarray(phi[0]), SaveTimes(ts=tau), geometry=geometry, **flow_options
+    )
     n = len(flow.tau)  # shorter if the flow stopped at a degeneracy
     phi, rows, tau = phi[:n], rows[:n], tau[:n]
     w_hat = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    field_ = SharpnessFlowField(
-        loss, flow.rank, form, flow.config["geometry"], flow_kwargs.get("residual_fn")
-    )
+    resolved = geometry.with_rank(flow.rank)
+    field_ = SharpnessFlowField(loss, resolved, flow.form)
     sharp_phi = np.asarray(_lam1_rows(field_, jnp.asarray(phi)))
-    return Comparison(
+    return ComparisonResult(
         step=step[idx][:n],
         tau=tau,
         phi=phi,
@@ -213,13 +205,6 @@ def compare_with_flow(
 def _lam1_rows(field_: SharpnessFlowField, rows: Array) -> Array:
     """``lambda_1`` of the flow's geometry at each row (one compiled map)."""
     return jax.vmap(lambda y: field_.quantities(y).lam1)(rows)
-
-
-@eqx.filter_jit
-def _gn_batch(residual_fn: Callable[[Array], Array], rows: Array) -> Array:
-    return jax.vmap(lambda w: gauss_newton_project(residual_fn, w, raise_on_failure=False).theta)(
-        rows
-    )
 
 
 def fit_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -71,13 +71,14 @@ from theory.flows.common import (
     Dense,
     GaussNewton,
     Lanczos,
+    SaveTimes,
     check_controller,
     controller_config,
     geometry_of,
 )
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.manifold import _switch
-from theory.flows.reduction import FlowResult, sharpness_flow
+from theory.flows.reduction import Degeneracy, SharpnessFlowResult, sharpness_flow
 
 __all__ = [
     "Cycle",
@@ -126,7 +127,7 @@ class PredictResult:
         norm_sq_landing: ``|w|^2`` at ``t_I``.
         gradient_norm_sq: what phase I's gradient term added to ``|w|^2``, discounted to step 0
             (``N_I (1 - eta wd)^{-2 t_I} - |w_0|^2``).
-        flow: the phase III :class:`theory.FlowResult` (``None`` if ``steps < onset``).
+        flow: the phase III :class:`theory.SharpnessFlowResult` (``None`` if ``steps < onset``).
         flow_end_step: last step the flow reached (``steps`` unless it stopped at a degeneracy).
         seconds: wall-clock seconds per part (``phase1``, ``phi``, ``rows``, ``flow``, ``total``;
             compilation included).
@@ -150,7 +151,7 @@ class PredictResult:
     sharpness_landing: float
     norm_sq_landing: float
     gradient_norm_sq: float
-    flow: FlowResult | None
+    flow: SharpnessFlowResult | None
     flow_end_step: int
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -528,23 +529,24 @@ def _land(
 def _sharpness_flow(
     loss: LossFn, start: np.ndarray, tau: np.ndarray, geometry: AbstractGeometry,
     model: Phase3Flow,
-) -> FlowResult:  # fmt: skip
-    """The one call of :func:`theory.sharpness_flow` (an adapter: switch to that function's
-    object-based signature here)."""
-    kind = "gauss_newton" if isinstance(geometry, GaussNewton) else type(geometry).__name__
-    extra = {"residual_fn": geometry.residual_fn} if isinstance(geometry, GaussNewton) else {}
-    ctrl = model.stepsize_controller
+) -> SharpnessFlowResult:  # fmt: skip
+    """Phase III: :func:`theory.sharpness_flow` from the landing point, on ``model``'s
+    settings and the prediction's geometry."""
     return sharpness_flow(
-        loss, jnp.asarray(start), tau=tau, form=model.form, rank=geometry.rank,
-        rtol=float(ctrl.rtol), atol=float(ctrl.atol), gap_tol=model.gap_tol,
-        on_degenerate=model.on_degenerate, geometry=kind.lower(), **extra,  # type: ignore[arg-type]
-    )  # fmt: skip
+        loss,
+        jnp.asarray(start),
+        SaveTimes(ts=tau),
+        form=model.form,
+        geometry=geometry,
+        stepsize_controller=model.stepsize_controller,
+        degeneracy=Degeneracy(gap_tol=model.gap_tol, action=model.on_degenerate),
+    )
 
 
 def _phase3(
     loss: LossFn, rows: np.ndarray, tau: np.ndarray, land: _Landing, geometry: AbstractGeometry,
     model: Phase3Flow, eta: float, out: dict[str, np.ndarray],
-) -> tuple[FlowResult | None, int]:  # fmt: skip
+) -> tuple[SharpnessFlowResult | None, int]:  # fmt: skip
     """Fill the phase III rows of ``out`` from the flow; ``(flow, last step it reached)``."""
     in3 = rows >= land.onset
     if not in3.any():
