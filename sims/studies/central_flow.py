@@ -55,6 +55,7 @@ from theory.core import linalg
 from theory.core.curvature import linearize_grad
 from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
 from theory.core.lanczos import lanczos
+from theory.engine import NoTracking
 from theory.engine.gd import gd_wd, predicted_eos_onset
 from theory.flows.central import central_flow
 from theory.flows.manifold import project_to_manifold
@@ -266,7 +267,7 @@ def _gd_and_central(
         eta=eta,
         wd=wd,
         steps=steps,
-        track_sharpness=False,
+        tracker=NoTracking(),
         perturbation=cfg.perturbation,
         key=key,
         chunk_steps=_CHUNK,

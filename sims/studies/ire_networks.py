@@ -65,6 +65,7 @@ from theory.core.curvature import linearize_grad
 from theory.core.invariance import expand_groups, group_norms, normalize
 from theory.core.lanczos import default_tol, lanczos
 from theory.core.sharpness import sharpness_eigs
+from theory.engine import SaveAt
 from theory.optim.ire import diagonal_mask, exact_flat, fisher_diagonal, ire
 from theory.optim.transforms import gd_wd_transform, run_optimizer
 from theory.problems import nets
@@ -285,7 +286,7 @@ def time_per_step(
 
     def once(opt: optax.GradientTransformationExtraArgs, steps: int) -> float:
         t0 = time.perf_counter()
-        run_optimizer(opt, _loss, prob.w0, steps, loss_args=args, record_every=steps)
+        run_optimizer(opt, _loss, prob.w0, steps, loss_args=args, saveat=SaveAt(every=steps))
         return time.perf_counter() - t0
 
     n = cfg.timing_steps
@@ -317,7 +318,7 @@ def _one(
         prob.w0,
         cfg.steps,
         loss_args=loss_args(prob),
-        record_every=cfg.record_every,
+        saveat=SaveAt(every=cfg.record_every),
     )
     wall = time.perf_counter() - t0
     observed = _rows_observed(

@@ -58,6 +58,7 @@ from sims.simulation import Simulation, collect_runs
 from theory.core import linalg
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array, LossFn
+from theory.engine import NoTracking, SaveAt
 from theory.engine.gd import gd_wd
 from theory.flows.compare import Comparison, compare_with_flow, eos_equilibrium_start, fit_slope
 from theory.flows.gauss_newton import gauss_newton_project
@@ -227,8 +228,8 @@ def _gd_run(
         eta=cfg.eta,
         wd=wd,
         steps=every * cfg.rows,
-        record_every=every,
-        track_sharpness=False,
+        tracker=NoTracking(),
+        saveat=SaveAt(every=every),
         check_invariance=False,
     )
     assert gd.w is not None
