@@ -235,9 +235,11 @@ def _bad_etas(process_id):
 def mode_bad_grid(args):
     """Every process passes a different eta grid of the same size: the sweep must refuse it."""
     jax = _setup(args)
+    from theory.engine import NoTracking
+
     etas = SWEEP_ETAS if args.consistent else _bad_etas(args.process_id)
     try:
-        run_sweep(*sweep_problem(), steps=20, etas=etas, track_sharpness=False)
+        run_sweep(*sweep_problem(), steps=20, etas=etas, tracker=NoTracking())
         outcome = "ok"
     except ValueError as err:
         outcome = str(err)

@@ -542,16 +542,12 @@ def test_bad_engine_inputs_name_the_argument():
     loss, w0 = random_loss(12, None, 0)
     kw = {"eta": ETA, "wd": WD, "steps": 8}
     with pytest.raises(
-        ValueError,
-        match=r"tracker's period \(3, sharpness_every\) must divide "
-        r"SaveAt\.every \(4, record_every\)",
+        ValueError, match=r"tracker's period \(every=3\) must divide SaveAt\.every \(4\)"
     ):
-        gd_wd(loss, w0, tracker=LanczosTracker(every=3), saveat=SaveAt(every=4), **kw)
-    with pytest.raises(ValueError, match=r"sharpness_every \(3\) must divide record_every \(4\)"):
         gd_wd(loss, w0, tracker=LanczosTracker(every=3), saveat=SaveAt(every=4), **kw)
     with pytest.raises(ValueError, match=r"chunk_steps must be >= 1, got 0"):
         gd_wd(loss, w0, chunk_steps=0, **kw)
-    with pytest.raises(TypeError, match="tracker must be a tracker object"):
+    with pytest.raises(TypeError, match=r"tracker must be a theory\.engine\.AbstractTracker"):
         gd_wd(loss, w0, tracker="lanczos", **kw)
     with pytest.raises(TypeError, match=r"saveat must be a theory\.engine\.SaveAt"):
         gd_wd(loss, w0, saveat={"every": 2}, **kw)
