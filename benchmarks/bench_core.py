@@ -32,6 +32,7 @@ from benchmarks._timing import median_time  # noqa: E402
 from theory.core.curvature import linearize_grad  # noqa: E402
 from theory.core.invariance import normalize  # noqa: E402
 from theory.core.lanczos import lanczos  # noqa: E402
+from theory.engine import LanczosTracker, NoTracking, SaveAt  # noqa: E402
 from theory.engine.gd import gd_wd  # noqa: E402
 from theory.problems.analytic import curved_manifold, random_regression  # noqa: E402
 
@@ -121,16 +122,15 @@ def part_b(quick: bool) -> list[dict[str, Any]]:
         kw = {
             "eta": 1.0 / s0,
             "wd": 1e-3 * s0,
-            "record_every": 1,
-            "record_iterates": False,
+            "saveat": SaveAt(iterates=False),
             "check_invariance": False,
         }
 
         def tracked(n: int, kw=kw, loss=prob.loss, w0=w0) -> Any:
-            return gd_wd(loss, w0, steps=n, track_sharpness=True, sharpness_every=1, **kw)
+            return gd_wd(loss, w0, steps=n, tracker=LanczosTracker(every=1), **kw)
 
         def bare(n: int, kw=kw, loss=prob.loss, w0=w0) -> Any:
-            return gd_wd(loss, w0, steps=n, track_sharpness=False, **kw)
+            return gd_wd(loss, w0, steps=n, tracker=NoTracking(), **kw)
 
         repeats = 5 if small else 3
         t_track = _per_step(tracked, steps, repeats)

@@ -23,6 +23,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # a script, not library code
 
 from benchmarks._timing import median_time  # noqa: E402
+from theory.engine import NoTracking, SaveAt  # noqa: E402
 from theory.engine.gd import gd_wd  # noqa: E402
 from theory.flows.common import SaveTimes  # noqa: E402
 from theory.flows.compare import eos_equilibrium_start  # noqa: E402
@@ -50,8 +51,8 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
                 eta=eta,
                 wd=wd,
                 steps=steps,
-                record_every=steps,
-                track_sharpness=False,
+                tracker=NoTracking(),
+                saveat=SaveAt(every=steps),
                 check_invariance=False,
             )
         )

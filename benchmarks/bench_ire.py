@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks._timing import median_time
 from sims import data
+from theory.engine import SaveAt
 from theory.optim.ire import diagonal_mask, exact_flat, fisher_diagonal, ire
 from theory.optim.transforms import gd_wd_transform, run_optimizer
 from theory.problems import nets
@@ -78,7 +79,9 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
     for label, opt in variants.items():
         # run_optimizer returns NumPy arrays: each call waits for the device.
         def one_run(opt: Any = opt) -> Any:
-            return run_optimizer(opt, _loss, prob.w0, steps, loss_args=args, record_every=steps)
+            return run_optimizer(
+                opt, _loss, prob.w0, steps, loss_args=args, saveat=SaveAt(every=steps)
+            )
 
         seconds, _ = median_time(one_run, repeats)
         t_base = seconds if t_base is None else t_base

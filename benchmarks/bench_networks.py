@@ -46,7 +46,7 @@ import numpy as np
 
 from sims import data
 from theory.core.lanczos import lanczos
-from theory.engine import LanczosTracker
+from theory.engine import LanczosTracker, NoTracking, SaveAt
 from theory.engine.gd import GDResult, gd_wd
 from theory.problems import nets
 
@@ -83,7 +83,7 @@ def _timed_run(
         wd=WD,
         steps=steps,
         groups=prob.groups,
-        record_every=10,
+        saveat=SaveAt(every=10),
         chunk_steps=chunk,
         callback=lambda done, total: stamps.append(time.perf_counter()),
         check_invariance=False,
@@ -154,11 +154,11 @@ def _eos_only(every: int, **kw: Any) -> dict[str, Any]:
 
 
 CONFIGS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("untracked", {"track_sharpness": False}),
-    ("every 10 steps, default (+ spherical on rows)", {"sharpness_every": 10}),
+    ("untracked", {"tracker": NoTracking()}),
+    ("every 10 steps, default (+ spherical on rows)", {"tracker": LanczosTracker(every=10)}),
     ("every 10 steps, residual 1e-2", _eos_only(10, tol=1e-2)),
     ("every 10 steps, error 1e-3", _eos_only(10, stop="error", tol=1e-3)),
-    ("every step, default (+ spherical on rows)", {"sharpness_every": 1}),
+    ("every step, default (+ spherical on rows)", {"tracker": LanczosTracker(every=1)}),
     ("every step, residual 1e-2", _eos_only(1, tol=1e-2)),
     ("every step, error 1e-2", _eos_only(1, stop="error", tol=1e-2)),
     ("every step, error 1e-3", _eos_only(1, stop="error", tol=1e-3)),

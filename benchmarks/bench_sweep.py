@@ -37,6 +37,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # a script, not library code
 
 from benchmarks._timing import median_time  # noqa: E402
+from theory.engine import LanczosTracker, NoTracking, SaveAt  # noqa: E402
 from theory.engine.gd import gd_wd  # noqa: E402
 from theory.engine.sweep import gd_wd_sweep  # noqa: E402
 from theory.problems.analytic import curved_manifold  # noqa: E402
@@ -54,16 +55,22 @@ def _measure_here(quick: bool) -> list[dict[str, Any]]:
     # oscillation amplifies rounding differences exponentially).
     onsets = [
         gd_wd(
-            prob.loss, w0, eta=e, wd=WD, steps=steps, record_every=EVERY, sharpness_every=1
+            prob.loss,
+            w0,
+            eta=e,
+            wd=WD,
+            steps=steps,
+            tracker=LanczosTracker(every=1),
+            saveat=SaveAt(every=EVERY),
         ).onset_step
         for e in etas
     ]
     rows = []
     for label, extra in (
-        ("untracked", {"track_sharpness": False}),
-        (f"sharpness every {EVERY} steps", {"sharpness_every": EVERY}),
+        ("untracked", {"tracker": NoTracking()}),
+        (f"sharpness every {EVERY} steps", {"tracker": LanczosTracker(every=EVERY)}),
     ):
-        kw: dict[str, Any] = {"steps": steps, "record_every": EVERY, **extra}
+        kw: dict[str, Any] = {"steps": steps, "saveat": SaveAt(every=EVERY), **extra}
 
         def sweep(kw: dict[str, Any] = kw) -> Any:
             return gd_wd_sweep(prob.loss, w0, eta=etas, wd=WD, seeds=np.zeros(16, int), **kw)

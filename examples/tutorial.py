@@ -47,8 +47,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import theory
+from theory import LanczosTracker, NoTracking, SaveAt
 from theory.core.errors import DegenerateSharpnessWarning
-from theory.engine import LanczosTracker, NoTracking, SaveAt
 
 # %% [markdown]
 # ## Settings

@@ -133,6 +133,44 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "not scale-invariant",
     ),
     (
+        "gd_wd tracker not a tracker",
+        lambda: theory.gd_wd(L, W, eta=0.1, wd=0.1, steps=5, tracker="lanczos"),
+        TypeError,
+        "tracker must be a theory.engine.AbstractTracker",
+    ),
+    (
+        "gd_wd saveat not a SaveAt",
+        lambda: theory.gd_wd(L, W, eta=0.1, wd=0.1, steps=5, saveat=10),
+        TypeError,
+        "saveat must be a theory.engine.SaveAt, got int",
+    ),
+    (
+        "gd_wd tracker period does not divide the recording period",
+        lambda: theory.gd_wd(
+            L,
+            W,
+            eta=0.1,
+            wd=0.1,
+            steps=5,
+            tracker=theory.LanczosTracker(every=3),
+            saveat=theory.SaveAt(every=4),
+        ),
+        ValueError,
+        r"tracker's period \(every=3\) must divide SaveAt.every \(4\)",
+    ),
+    (
+        "LanczosTracker v0=0",
+        lambda: theory.LanczosTracker(v0=jnp.zeros(3)),
+        ValueError,
+        "LanczosTracker.v0 must be nonzero",
+    ),
+    (
+        "engine run with a function as method",
+        lambda: theory.run(L, lambda w, g: w - g, W, steps=5, groups=(3,)),
+        TypeError,
+        "method must be a theory.engine.AbstractMethod",
+    ),
+    (
         "gd_wd resume other run",
         lambda: theory.gd_wd(
             L,

@@ -1,6 +1,8 @@
 """Pure mathematics of the sharpness-reduction simulator (no I/O, no plotting, no CLI).
 
-Public surface (stable): :func:`spherical_sharpness`, :func:`gd_wd`,
+Public surface (stable): :func:`spherical_sharpness`, :func:`gd_wd` and :func:`gd_wd_sweep`
+with the engine's parts (:class:`SaveAt`, :class:`LanczosTracker`, :class:`NoTracking`,
+:class:`GDWD`, :class:`Optax`, :func:`run`, :func:`run_batch`; docs/engine.md),
 :func:`project_to_manifold`, :func:`sharpness_flow`, :func:`central_flow`, :func:`edge_flow`,
 :func:`predict_from_init`, :func:`cluster_flow`, :func:`classify_regime` and the helpers below.
 Everything works on flat parameter vectors ``w`` of shape ``(D,)``; see docs/theory.md for the
@@ -29,10 +31,23 @@ from theory.core.lanczos import lanczos as lanczos
 from theory.core.sharpness import eos_quantity as eos_quantity
 from theory.core.sharpness import sharpness_eigs as sharpness_eigs
 from theory.core.sharpness import spherical_sharpness as spherical_sharpness
+from theory.engine import GDWD as GDWD
+from theory.engine import AbstractMethod as AbstractMethod
+from theory.engine import AbstractTracker as AbstractTracker
+from theory.engine import GDSnapshot as GDSnapshot
+from theory.engine import LanczosTracker as LanczosTracker
+from theory.engine import NoTracking as NoTracking
+from theory.engine import Optax as Optax
+from theory.engine import SaveAt as SaveAt
+from theory.engine import SweepResult as SweepResult
+from theory.engine import optax_method as optax_method
+from theory.engine import run as run
+from theory.engine import run_batch as run_batch
 from theory.engine.gd import DivergenceError as DivergenceError
 from theory.engine.gd import GDResult as GDResult
 from theory.engine.gd import gd_wd as gd_wd
 from theory.engine.gd import predicted_eos_onset as predicted_eos_onset
+from theory.engine.sweep import gd_wd_sweep as gd_wd_sweep
 from theory.flows.central import CentralFlowField as CentralFlowField
 from theory.flows.central import CentralFlowResult as CentralFlowResult
 from theory.flows.central import EdgeEvent as EdgeEvent
@@ -79,3 +94,4 @@ from theory.optim.ire import ire as ire
 from theory.optim.transforms import gd_wd_transform as gd_wd_transform
 from theory.optim.transforms import run_optimizer as run_optimizer
 from theory.optim.transforms import sam as sam
+from theory.problems.analytic import get_problem as get_problem

@@ -15,6 +15,7 @@ from sims._runtime import dtype_from_config
 from sims.checks.core import CheckResult, Context, at_most, register
 from theory.core.curvature import grad_lambda1
 from theory.core.sharpness import spherical_sharpness
+from theory.engine import NoTracking
 from theory.engine.gd import gd_wd
 from theory.problems.analytic import PROBLEMS
 
@@ -114,7 +115,7 @@ def _norm_recursion(ctx: Context) -> list[CheckResult]:
     prob = PROBLEMS["curved_manifold"]()
     w0 = jnp.asarray(prob.start) * 0.5
     eta, wd = 0.1, 0.05
-    res = gd_wd(prob.loss, w0, eta=eta, wd=wd, steps=400, track_sharpness=False)
+    res = gd_wd(prob.loss, w0, eta=eta, wd=wd, steps=400, tracker=NoTracking())
     assert res.w is not None
     n2 = res.norm**2
     u = res.w / res.norm[:, None]
@@ -146,10 +147,10 @@ def _intrinsic_lr(ctx: Context) -> list[CheckResult]:
     out = []
     for c, steps, tol in ((2.0, 2000, 1e-14), (3.7, 250, 1e-12)):
         a = gd_wd(
-            prob.loss, w0, eta=0.1, wd=0.02, steps=2000, track_sharpness=False, perturbation=0.0
+            prob.loss, w0, eta=0.1, wd=0.02, steps=2000, tracker=NoTracking(), perturbation=0.0
         )
         b = gd_wd(
-            prob.loss, c * w0, eta=c**2 * 0.1, wd=0.02 / c**2, steps=2000, track_sharpness=False
+            prob.loss, c * w0, eta=c**2 * 0.1, wd=0.02 / c**2, steps=2000, tracker=NoTracking()
         )
         assert a.w is not None and b.w is not None
         dev = np.max(np.abs(b.w - c * a.w), axis=1) / np.max(np.abs(c * a.w), axis=1)

@@ -67,6 +67,7 @@ from theory.analysis.midpoint import curvature_along, iterate_midpoints
 from theory.analysis.trajectory import angle_between, moving_average
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
+from theory.engine import NoTracking
 from theory.engine.gd import gd_wd, predicted_eos_onset
 from theory.flows.central import EdgeSettings, central_flow
 from theory.flows.common import Dense, GaussNewton, Lanczos, SaveTimes
@@ -275,7 +276,7 @@ def _gd_and_central(
             eta=eta,
             wd=wd,
             steps=steps,
-            track_sharpness=False,
+            tracker=NoTracking(),
             perturbation=cfg.perturbation,
             key=key,
             chunk_steps=_CHUNK,

@@ -42,6 +42,7 @@ from sims.studies.tame import binary_target
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array, LossFn
+from theory.engine import NoTracking, SaveAt
 from theory.engine.gd import gd_wd
 from theory.flows.cluster import Clustering, cluster_flow
 from theory.flows.common import GaussNewton, SaveTimes
@@ -234,8 +235,8 @@ def _gd_run(
         eta=cfg.eta,
         wd=wd,
         steps=every * cfg.rows,
-        record_every=every,
-        track_sharpness=False,
+        tracker=NoTracking(),
+        saveat=SaveAt(every=every),
         check_invariance=False,
     )
     assert gd.w is not None

@@ -36,6 +36,7 @@ from sims._store import StoredRun
 from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies.phases import initial_point
 from theory.core import validate as check
+from theory.engine import NoTracking, SaveAt
 from theory.engine.gd import gd_wd, predicted_eos_onset
 from theory.flows.compare import compare_with_flow, eos_equilibrium_start, fit_slope
 from theory.flows.manifold import project_to_manifold
@@ -130,8 +131,8 @@ def _run_one(cfg: Config, problem: str, start: str, ewd: float, key: jax.Array) 
         eta=cfg.eta,
         wd=wd,
         steps=steps,
-        record_every=every,
-        track_sharpness=False,
+        tracker=NoTracking(),
+        saveat=SaveAt(every=every),
         perturbation=kick,
         key=jax.random.fold_in(key, 1),
     )

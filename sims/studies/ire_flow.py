@@ -45,6 +45,7 @@ from sims.results import number
 from sims.simulation import Simulation, cached_runs, prefixed
 from theory.analysis.midpoint import curvature_along
 from theory.core import validate as check
+from theory.engine import SaveAt
 from theory.flows.compare import ire_equilibrium_start
 from theory.flows.manifold import hessian_rank, project_to_manifold
 from theory.optim.ire import exact_flat, flow_gains, flow_time, ire
@@ -195,7 +196,7 @@ def _run_one(
     state0 = opt.init(w0)
     state0.hyperparams["kappa"] = jnp.asarray(kappa, w0.dtype)
     run = run_optimizer(
-        opt, _loss_fn, w0, steps, loss_args=(prob.loss,), record_every=every, state0=state0
+        opt, _loss_fn, w0, steps, loss_args=(prob.loss,), saveat=SaveAt(every=every), state0=state0
     )
     assert run.w is not None  # rows from a divergence on are already dropped
     w = run.w[: max(len(run.step), 1)]

@@ -67,6 +67,7 @@ from sims.studies import networks
 from theory.core import validate as check
 from theory.core.invariance import group_norms
 from theory.core.sharpness import eos_quantity, sharpness_eigs, spherical_sharpness
+from theory.engine import SaveAt
 from theory.optim.ire import diagonal_mask, exact_flat, fisher_diagonal, ire
 from theory.optim.transforms import gd_wd_transform, run_optimizer
 from theory.problems import nets
@@ -272,7 +273,7 @@ def time_per_step(
 
     def once(opt: optax.GradientTransformationExtraArgs, steps: int) -> float:
         t0 = time.perf_counter()
-        run_optimizer(opt, _loss, prob.w0, steps, loss_args=args, record_every=steps)
+        run_optimizer(opt, _loss, prob.w0, steps, loss_args=args, saveat=SaveAt(every=steps))
         return time.perf_counter() - t0
 
     n = cfg.timing_steps
@@ -314,7 +315,7 @@ def _one(
         prob.w0,
         cfg.steps,
         loss_args=loss_args(prob),
-        record_every=cfg.record_every,
+        saveat=SaveAt(every=cfg.record_every),
     )
     wall = time.perf_counter() - t0
     observed = _rows_observed(

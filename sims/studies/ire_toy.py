@@ -49,6 +49,7 @@ from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, collect_runs
 from theory.core import validate as check
+from theory.engine import SaveAt
 from theory.optim.ire import dense_hessian_diagonal, diagonal_mask, exact_flat, ire
 from theory.optim.transforms import run_optimizer
 from theory.problems.analytic import ire_toy_chart_lambda_max, ire_toy_chart_loss, ire_toy_stall
@@ -177,8 +178,7 @@ def _one(cfg: Config, spec: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict
         ire_toy_chart_loss,
         w0,
         cfg.steps,
-        record_every=cfg.record_every,
-        observe=_observe,
+        saveat=SaveAt(every=cfg.record_every, observe=_observe),
     )
     # Rows from the first non-finite iterate on are dropped by the engine: shown as NaN here.
     step = np.arange(0, cfg.steps + 1, cfg.record_every)

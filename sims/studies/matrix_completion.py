@@ -46,6 +46,7 @@ from sims._store import StoredRun
 from sims.simulation import Simulation, collect_runs, resumable_gd_wd
 from theory.core import validate as check
 from theory.core.types import Array, LossFn
+from theory.engine import LanczosTracker, SaveAt
 from theory.problems import nets
 
 NAME = "matrix_completion"
@@ -247,11 +248,11 @@ def _one(
         progress=progress,
         eta=cfg.eta,
         wd=spec["wd"],
-        record_every=cfg.record_every,
-        sharpness_every=cfg.sharpness_every,
         # Without normalization S is undefined and only eta * lambda_1(H(w)) is tracked:
         # one group, so one Lanczos per tracked step (the EoS quantity does not depend on
         # the grouping).
+        tracker=LanczosTracker(every=cfg.sharpness_every),
+        saveat=SaveAt(every=cfg.record_every),
         groups=prob.groups if invariant else None,
         key=jax.random.PRNGKey(spec["seed"]),
         perturbation=0.0,

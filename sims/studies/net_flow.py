@@ -29,6 +29,7 @@ from sims._store import StoredRun
 from sims.simulation import Simulation
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
+from theory.engine import NoTracking, SaveAt
 from theory.engine.gd import gd_wd
 from theory.flows.common import GaussNewton
 from theory.flows.compare import compare_with_flow, eos_equilibrium_start, fit_slope
@@ -129,8 +130,8 @@ def run(
                 eta=cfg.eta,
                 wd=wd,
                 steps=steps,
-                record_every=every,
-                track_sharpness=False,
+                tracker=NoTracking(),
+                saveat=SaveAt(every=every),
                 check_invariance=False,
             )
             assert gd.w is not None

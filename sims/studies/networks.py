@@ -43,6 +43,7 @@ from sims._store import StoredRun
 from sims.simulation import Simulation, collect_runs, resumable_gd_wd
 from theory.analysis import midpoint
 from theory.core import validate as check
+from theory.engine import LanczosTracker, SaveAt
 from theory.engine.gd import GDResult
 from theory.problems import nets
 
@@ -214,8 +215,8 @@ def _one(
         progress=progress,
         eta=cfg.eta,
         wd=spec["wd"],
-        record_every=cfg.record_every,
-        sharpness_every=cfg.sharpness_every,
+        tracker=LanczosTracker(every=cfg.sharpness_every),
+        saveat=SaveAt(every=cfg.record_every),
         groups=prob.groups,
         key=jax.random.PRNGKey(spec["seed"]),
         perturbation=0.0,

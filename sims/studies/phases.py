@@ -27,6 +27,7 @@ from sims.analysis import eos_summary
 from sims.simulation import Simulation, resumable_gd_wd
 from theory.core import validate as check
 from theory.core.sharpness import spherical_sharpness
+from theory.engine import LanczosTracker, SaveAt
 from theory.engine.gd import GDResult
 from theory.problems.analytic import PROBLEMS
 
@@ -127,8 +128,8 @@ def _run_problem(
         snapshots=bool(cfg.checkpoint_every),
         eta=cfg.eta,
         wd=cfg.wd,
-        record_every=cfg.record_every,
-        sharpness_every=1,
+        tracker=LanczosTracker(every=1),
+        saveat=SaveAt(every=cfg.record_every),
         perturbation=cfg.perturbation,
         key=jax.random.PRNGKey(cfg.seed * 1000 + i),
         chunk_steps=_chunk_steps(cfg),

@@ -42,6 +42,7 @@ from sims.simulation import Simulation, cached_runs, prefixed
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.sharpness import spherical_sharpness
+from theory.engine import NoTracking
 from theory.engine.gd import gd_wd
 from theory.flows.common import AbstractGeometry, Dense, GaussNewton
 from theory.flows.manifold import project_to_manifold
@@ -301,7 +302,7 @@ def _run_one(
 
     def run_gd() -> Any:
         return gd_wd(
-            prob.loss, prob.w0, eta=eta, wd=wd, steps=steps, track_sharpness=False,
+            prob.loss, prob.w0, eta=eta, wd=wd, steps=steps, tracker=NoTracking(),
             perturbation=cfg.perturbation, key=key, check_invariance=False,
             chunk_steps=_CHUNK,
         )  # fmt: skip

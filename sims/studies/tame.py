@@ -58,6 +58,7 @@ from theory.analysis.midpoint import midpoint_curvature
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array
+from theory.engine import NoTracking, SaveAt
 from theory.engine.gd import gd_wd
 from theory.flows.common import GaussNewton
 from theory.flows.compare import (
@@ -202,8 +203,8 @@ def _gd_run(
         eta=cfg.eta,
         wd=wd,
         steps=every * cfg.rows,
-        record_every=every,
-        track_sharpness=False,
+        tracker=NoTracking(),
+        saveat=SaveAt(every=every),
         check_invariance=False,
     )
     assert gd.w is not None

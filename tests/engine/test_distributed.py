@@ -36,7 +36,7 @@ import pytest
 
 from tests import _distributed_worker as W
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 TIMEOUT = 300  # seconds per subprocess group (the runs take ~20-60 s; a hang is killed)
 
 

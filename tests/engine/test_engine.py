@@ -28,14 +28,18 @@ from tests._losses import random_loss
 from theory.core.objective import Chunked, FullBatch
 from theory.engine import (
     GDWD,
+    AbstractMethod,
+    AbstractTracker,
     GDResult,
     LanczosTracker,
     NoTracking,
     SaveAt,
     optax_method,
     run,
+    run_batch,
 )
 from theory.engine.gd import gd_wd
+from theory.engine.results import DivergenceError
 from theory.engine.sweep import gd_wd_sweep
 from theory.optim.transforms import run_optimizer
 
@@ -90,42 +94,142 @@ def _normalize_by_hand(ws, groups):
 RUN_KW = {"eta": ETA, "wd": WD, "steps": STEPS, "perturbation": 1e-10, "chunk_steps": 20}
 
 
-def test_tracker_and_saveat_objects_equal_the_keyword_form():
+def test_default_tracker_tracks_every_recorded_row():
+    # gd_wd's default tracker is LanczosTracker(every=saveat.every): the same arrays as the
+    # explicit object, and the config of the keywords it replaced.
     loss, w0 = random_loss(12, None, 0)
-    legacy = gd_wd(loss, w0, sharpness_every=2, record_every=4, **RUN_KW)
-    objects = gd_wd(loss, w0, tracker=LanczosTracker(every=2), saveat=SaveAt(every=4), **RUN_KW)
-    np.testing.assert_array_equal(legacy.step, np.arange(0, STEPS + 1, 4))
+    default = gd_wd(loss, w0, saveat=SaveAt(every=4), **RUN_KW)
+    explicit = gd_wd(loss, w0, tracker=LanczosTracker(every=4), saveat=SaveAt(every=4), **RUN_KW)
+    np.testing.assert_array_equal(default.step, np.arange(0, STEPS + 1, 4))
     for name in ARRAYS:
-        np.testing.assert_array_equal(getattr(objects, name), getattr(legacy, name), err_msg=name)
-    assert objects.config == legacy.config
-    assert (objects.onset_step, objects.diverged_at) == (legacy.onset_step, legacy.diverged_at)
-    # Tracked rows only: every recorded row is a tracked step (2 divides 4).
-    assert np.all(np.isfinite(objects.eos))
+        np.testing.assert_array_equal(getattr(default, name), getattr(explicit, name), name)
+    assert default.config == explicit.config
+    assert default.config["track_sharpness"] and default.config["sharpness_every"] == 4
+    assert np.all(np.isfinite(default.eos))
 
 
-def test_tracker_or_keywords_not_both():
+class _DuckTracker(eqx.Module):
+    """Everything a tracker has, but not an AbstractTracker: refused."""
+
+    every: int = eqx.field(static=True, default=1)
+
+    def init(self, *args):
+        return NoTracking().init(*args)
+
+    def observe(self, *args):
+        return NoTracking().observe(*args)
+
+    def config(self):
+        return {"tracker": "duck"}
+
+
+class _DuckMethod(eqx.Module):
+    """Everything a method has, but not an AbstractMethod: refused."""
+
+    lr: jax.Array
+
+    def init(self, w):
+        return ()
+
+    def update(self, w, grad, state, t, key):
+        return w - self.lr * grad, state
+
+
+def test_parts_that_are_not_engine_objects_are_refused():
     loss, w0 = random_loss(12, None, 0)
     kw = {"eta": ETA, "wd": WD, "steps": 4}
-    with pytest.raises(ValueError, match=r"tracking keywords \['sharpness_every'\], not both"):
-        gd_wd(loss, w0, tracker=LanczosTracker(every=1), sharpness_every=1, **kw)
-    with pytest.raises(ValueError, match=r"\['lanczos_tol', 'track_sharpness', 'warm_start'\]"):
-        gd_wd(
-            loss,
-            w0,
-            tracker=NoTracking(),
-            lanczos_tol=1e-3,
-            track_sharpness=True,
-            warm_start="last",
-            **kw,
+    tracker_msg = r"tracker must be a theory\.engine\.AbstractTracker .*got _DuckTracker"
+    with pytest.raises(TypeError, match=tracker_msg):
+        gd_wd(loss, w0, tracker=_DuckTracker(), **kw)
+    with pytest.raises(TypeError, match=tracker_msg):
+        gd_wd_sweep(loss, w0, eta=[0.1, 0.2], wd=WD, steps=4, tracker=_DuckTracker())
+    with pytest.raises(TypeError, match=tracker_msg):
+        run_optimizer(optax.sgd(0.1), _call, w0, 4, loss_args=(loss,), tracker=_DuckTracker())
+    with pytest.raises(TypeError, match=r"saveat must be a theory\.engine\.SaveAt, got dict"):
+        gd_wd(loss, w0, saveat={"every": 2}, **kw)
+    method_msg = r"method must be a theory\.engine\.AbstractMethod .*got _DuckMethod"
+    with pytest.raises(TypeError, match=method_msg):
+        run(FullBatch(loss), _DuckMethod(jnp.asarray(0.1)), w0, steps=4, groups=(12,))
+    with pytest.raises(TypeError, match=r"methods must be a theory\.engine\.AbstractMethod"):
+        run_batch(
+            FullBatch(loss),
+            _DuckMethod(jnp.full((2,), 0.1)),
+            np.stack([w0, w0]),
+            np.stack([jax.random.PRNGKey(0)] * 2),
+            steps=4,
+            groups=(12,),
         )
-    with pytest.raises(ValueError, match="either saveat= or record_every/record_iterates"):
-        gd_wd(loss, w0, saveat=SaveAt(every=2), record_every=2, **kw)
-    with pytest.raises(ValueError, match="either saveat= or record_every/record_iterates"):
-        gd_wd(loss, w0, saveat=SaveAt(every=2), record_iterates=False, **kw)
-    with pytest.raises(ValueError, match="either saveat= or record_every"):
-        gd_wd_sweep(loss, w0, eta=[0.1, 0.2], wd=WD, steps=4, saveat=SaveAt(), record_every=1)
-    with pytest.raises(ValueError, match=r"tracking keywords \['lanczos_iters'\]"):
-        gd_wd_sweep(loss, w0, eta=0.1, wd=WD, steps=4, tracker=NoTracking(), lanczos_iters=3)
+    # The abstract classes themselves cannot be instantiated.
+    with pytest.raises(TypeError, match="abstract"):
+        AbstractTracker()
+    with pytest.raises(TypeError, match="abstract"):
+        AbstractMethod()
+
+
+@pytest.mark.parametrize(
+    "legacy",
+    [
+        {"record_every": 2},
+        {"track_sharpness": False},
+        {"sharpness_every": 1},
+        {"lanczos_tol": 1e-3},
+        {"lanczos_iters": 3},
+        {"warm_start": "last"},
+        {"v0": np.ones(12)},
+        {"record_iterates": False},
+    ],
+)
+def test_legacy_keywords_are_gone(legacy):
+    loss, w0 = random_loss(12, None, 0)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        gd_wd(loss, w0, eta=ETA, wd=WD, steps=4, **legacy)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        gd_wd_sweep(loss, w0, eta=ETA, wd=WD, steps=4, **legacy)
+
+
+def test_run_optimizer_legacy_keywords_are_gone():
+    loss, w0 = random_loss(12, None, 0)
+    for legacy in ({"record_every": 2}, {"observe": _sq}):
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            run_optimizer(optax.sgd(0.1), _call, w0, 4, loss_args=(loss,), **legacy)
+
+
+def test_no_attribute_probing_in_the_engine():
+    # The driver and the front ends know methods and trackers through their base classes only.
+    import re
+    from pathlib import Path
+
+    import theory.engine
+
+    root = Path(theory.engine.__file__).parent
+    hits = [
+        f"{path.name}:{i}: {line.strip()}"
+        for path in sorted(root.glob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\b(hasattr|getattr)\(", line)
+    ]
+    assert hits == []
+    transforms = Path(theory.engine.__file__).parents[1] / "optim" / "transforms.py"
+    assert not re.search(r"\b(hasattr|getattr)\(", transforms.read_text())
+
+
+def test_warm_start_v0_is_the_trackers_own_state():
+    # LanczosTracker(v0=v): the first solve starts from v, no cold solve. With v the exact top
+    # eigenvector of eta H(w0) the first tracked step needs one HVP and its eigenvalue equals
+    # the dense one; a start orthogonal to it converges elsewhere or needs more HVPs.
+    loss, w0 = random_loss(12, None, 0)
+    hess = np.asarray(jax.hessian(loss)(w0))
+    vals, vecs = np.linalg.eigh(hess)
+    kw = {"eta": ETA, "wd": WD, "steps": 4, "saveat": SaveAt(every=1)}
+    exact = gd_wd(loss, w0, tracker=LanczosTracker(every=1, v0=jnp.asarray(vecs[:, -1])), **kw)
+    assert exact.lanczos_matvecs[0] == 1
+    np.testing.assert_allclose(exact.eos[0], ETA * vals[-1], rtol=1e-12)
+    cold = gd_wd(loss, w0, tracker=LanczosTracker(every=1), **kw)
+    np.testing.assert_allclose(exact.eos, cold.eos, rtol=1e-8)
+    with pytest.raises(ValueError, match=r"LanczosTracker\.v0 must have the shape of w0 \(12,\)"):
+        gd_wd(loss, w0, tracker=LanczosTracker(v0=jnp.ones(5)), **kw)
+    with pytest.raises(ValueError, match=r"LanczosTracker\.v0 must be nonzero"):
+        LanczosTracker(v0=jnp.zeros(12))
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +386,7 @@ def test_run_optimizer_sgd_with_decay_equals_gd_wd():
     # 5.4e-16 on the loss, 6.3e-16 on the gradient norm. With a tracker and lr = eta the EoS
     # quantity is gd_wd's: measured 1.8e-15 relative (sharpness 6.2e-16).
     loss, w0 = random_loss(12, None, 3)
-    ref = gd_wd(loss, w0, eta=ETA, wd=WD, steps=STEPS, sharpness_every=1)
+    ref = gd_wd(loss, w0, eta=ETA, wd=WD, steps=STEPS, tracker=LanczosTracker(every=1))
     got = run_optimizer(
         _sgd_wd(ETA, WD),
         _call,
@@ -438,16 +542,12 @@ def test_bad_engine_inputs_name_the_argument():
     loss, w0 = random_loss(12, None, 0)
     kw = {"eta": ETA, "wd": WD, "steps": 8}
     with pytest.raises(
-        ValueError,
-        match=r"tracker's period \(3, sharpness_every\) must divide "
-        r"SaveAt\.every \(4, record_every\)",
+        ValueError, match=r"tracker's period \(every=3\) must divide SaveAt\.every \(4\)"
     ):
         gd_wd(loss, w0, tracker=LanczosTracker(every=3), saveat=SaveAt(every=4), **kw)
-    with pytest.raises(ValueError, match=r"sharpness_every \(3\) must divide record_every \(4\)"):
-        gd_wd(loss, w0, sharpness_every=3, saveat=SaveAt(every=4), **kw)
     with pytest.raises(ValueError, match=r"chunk_steps must be >= 1, got 0"):
         gd_wd(loss, w0, chunk_steps=0, **kw)
-    with pytest.raises(TypeError, match="tracker must be a tracker object"):
+    with pytest.raises(TypeError, match=r"tracker must be a theory\.engine\.AbstractTracker"):
         gd_wd(loss, w0, tracker="lanczos", **kw)
     with pytest.raises(TypeError, match=r"saveat must be a theory\.engine\.SaveAt"):
         gd_wd(loss, w0, saveat={"every": 2}, **kw)
@@ -563,7 +663,7 @@ def test_chunked_objective_equals_full_loss_in_gd_wd():
     w0 = jnp.asarray(rng.normal(size=8))
     full = Partial(_example_loss, a=a, b=b)
     chunked = Chunked(_example_loss, (a, b), chunk_size=6)
-    kw = {"eta": ETA, "wd": WD, "steps": STEPS, "sharpness_every": 1}
+    kw = {"eta": ETA, "wd": WD, "steps": STEPS, "tracker": LanczosTracker(every=1)}
     ref = gd_wd(full, w0, **kw)
     got = gd_wd(chunked, w0, **kw)
     for name in ("w", "loss", "grad_norm", "eos", "sharpness"):
@@ -578,3 +678,108 @@ def test_run_optimizer_tracking_needs_lr():
         run_optimizer(
             optax.sgd(0.1), lambda p: jnp.sum(p**2), jnp.ones(3), 5, tracker=LanczosTracker()
         )
+
+
+# --------------------------------------------------------------------------------------------
+# run_batch: the same chunk loop as run (resume, non-finite handling)
+# --------------------------------------------------------------------------------------------
+
+_DIAG = jnp.linspace(1.0, 4.0, 6)
+
+
+def _diag_quadratic(w):
+    return 0.5 * jnp.sum(_DIAG * w**2)
+
+
+# eta 0.1 converges; eta 1.5 multiplies the top mode by 1 - 1.5 * 4 = -5 per step, so the loss
+# overflows near step 220 from w0 = 1 and near step 150 from w0 = 1e50.
+_BATCH_ETA = np.array([0.1, 1.5, 1.5])
+_BATCH_W0 = np.stack([np.ones(6), np.ones(6), 1e50 * np.ones(6)])
+_BATCH_KW = {
+    "steps": 300,
+    "groups": (6,),
+    "tracker": LanczosTracker(every=1),
+    "saveat": SaveAt(every=5),
+    "chunk_steps": 50,
+}
+
+
+def _batch_methods(etas):
+    etas = jnp.asarray(etas)
+    return GDWD(etas, jnp.zeros_like(etas), jnp.zeros_like(etas), (6,))
+
+
+def _batch(idx, **kw):
+    idx = np.asarray(idx)
+    keys = np.stack([np.asarray(jax.random.PRNGKey(int(i))) for i in idx])
+    return run_batch(
+        FullBatch(_diag_quadratic),
+        _batch_methods(_BATCH_ETA[idx]),
+        _BATCH_W0[idx],
+        keys,
+        **{**_BATCH_KW, **kw},
+    )
+
+
+def test_run_batch_stops_at_non_finite_iterates_like_run():
+    sweep = _batch([0, 1, 2], on_nonfinite="stop")
+    for i in range(3):
+        ref = run(
+            FullBatch(_diag_quadratic),
+            _batch_methods(_BATCH_ETA[i : i + 1].item()),
+            jnp.asarray(_BATCH_W0[i]),
+            key=jax.random.PRNGKey(i),
+            on_nonfinite="stop",
+            **_BATCH_KW,
+        )
+        got = sweep.run(i)
+        assert got.diverged_at == ref.diverged_at, i
+        assert got.onset_step == ref.onset_step, i
+        np.testing.assert_array_equal(got.step, ref.step)
+        np.testing.assert_allclose(got.w, ref.w, rtol=1e-12)
+        np.testing.assert_allclose(got.eos, ref.eos, rtol=1e-10)
+        np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-12)
+    assert sweep.diverged_at[0] == -1 and 100 < sweep.diverged_at[2] < sweep.diverged_at[1] < 300
+    # Rows of a diverged configuration from its divergence on are NaN in the batch.
+    late = sweep.step >= sweep.diverged_at[1]
+    assert np.all(np.isnan(sweep.w[1][late])) and np.all(np.isfinite(sweep.w[0]))
+    # "raise": the first diverged configuration, with its rows before the divergence.
+    with pytest.raises(DivergenceError) as err:
+        _batch([0, 1, 2])
+    assert err.value.step == sweep.diverged_at[1]
+    np.testing.assert_array_equal(err.value.result.w, sweep.run(1).w)
+
+
+def test_run_batch_stops_once_every_configuration_has_diverged():
+    done = []
+    sweep = _batch([1, 2], on_nonfinite="stop", progress=lambda d, n: done.append(d))
+    single = []
+    ref = run(
+        FullBatch(_diag_quadratic),
+        _batch_methods(1.5),
+        jnp.asarray(_BATCH_W0[1]),
+        key=jax.random.PRNGKey(1),
+        on_nonfinite="stop",
+        progress=lambda d, n: single.append(d),
+        **_BATCH_KW,
+    )
+    assert done == single == [50, 100, 150, 200, 250]  # diverged near 220: no sixth chunk
+    np.testing.assert_array_equal(sweep.run(0).step, ref.step)
+
+
+def test_run_batch_resumes_bitwise():
+    full = _batch([0, 1, 2], on_nonfinite="stop")
+    snaps = []
+    with pytest.raises(_Stop):
+        _batch([0, 1, 2], on_nonfinite="stop", on_snapshot=_interrupt_after(2, snaps))
+    assert [s.done_blocks for s in snaps] == [10, 20]
+    resumed = _batch([0, 1, 2], on_nonfinite="stop", resume=snaps[-1])
+    for name in ("step", "w", "loss", "eos", "sharpness", "lanczos_matvecs", "v1"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name), name)
+    np.testing.assert_array_equal(resumed.diverged_at, full.diverged_at)
+    np.testing.assert_array_equal(resumed.onset_step, full.onset_step)
+    # Another tracker, or another number of configurations, is refused.
+    with pytest.raises(ValueError, match=r"different settings \(\['sharpness_every'\]\)"):
+        _batch([0, 1, 2], tracker=LanczosTracker(every=5), resume=snaps[-1])
+    with pytest.raises(ValueError, match=r"cannot resume: the snapshot's state entry"):
+        _batch([0, 1], on_nonfinite="stop", resume=snaps[-1])

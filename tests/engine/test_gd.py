@@ -7,6 +7,7 @@ import pytest
 
 from tests._losses import random_loss
 from theory.core.invariance import ScaleInvarianceError, make_scale_invariant, normalize
+from theory.engine import LanczosTracker, NoTracking, SaveAt
 from theory.engine.gd import DivergenceError, gd_wd, predicted_eos_onset
 
 
@@ -36,7 +37,7 @@ def test_runner_matches_python_loop(groups):
     loss, w0 = random_loss(12, groups, 0)
     eta, wd = 0.5, 0.01
     ref = _python_loop(loss, w0, eta, wd, 60)
-    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=60, groups=groups, record_every=1)
+    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=60, groups=groups, saveat=SaveAt(every=1))
     np.testing.assert_array_equal(res.step, np.arange(61))
     np.testing.assert_allclose(res.w, ref, rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(res.loss, jax.vmap(loss)(ref), rtol=1e-11, atol=1e-14)
@@ -55,7 +56,7 @@ def test_norm_recursion_exact():
     # |w_{t+1}|^2 = (1 - eta wd)^2 |w_t|^2 + eta^2 |grad L(w_hat_t)|^2 / |w_t|^2 (float64).
     loss, w0 = random_loss(12, None, 1)
     eta, wd = 0.3, 0.02
-    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=200, track_sharpness=False)
+    res = gd_wd(loss, w0, eta=eta, wd=wd, steps=200, tracker=NoTracking())
     n2 = res.norm**2
     g_hat = jax.vmap(jax.grad(loss))(jnp.asarray(res.w) / res.norm[:, None])
     pred = (1 - eta * wd) ** 2 * n2[:-1] + eta**2 * jnp.sum(g_hat[:-1] ** 2, axis=1) / n2[:-1]
@@ -69,8 +70,8 @@ def test_intrinsic_lr_equivalence(c, rtol):
     # (eta, wd, w0) and (c^2 eta, wd / c^2, c w0) give w_t -> c w_t; exactly in floating point
     # for c = 2 (scaling by a power of two is exact), to rounding otherwise.
     loss, w0 = random_loss(12, None, 2)
-    a = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=150, track_sharpness=False)
-    b = gd_wd(loss, c * w0, eta=c**2 * 0.4, wd=0.01 / c**2, steps=150, track_sharpness=False)
+    a = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=150, tracker=NoTracking())
+    b = gd_wd(loss, c * w0, eta=c**2 * 0.4, wd=0.01 / c**2, steps=150, tracker=NoTracking())
     np.testing.assert_allclose(b.w, c * a.w, rtol=rtol, atol=0)
     np.testing.assert_allclose(b.eta_eff, a.eta_eff, rtol=rtol * 10)
 
@@ -78,7 +79,7 @@ def test_intrinsic_lr_equivalence(c, rtol):
 @pytest.mark.slow
 def test_recording_and_chunking_layout():
     loss, w0 = random_loss(12, None, 3)
-    kw = {"eta": 0.4, "wd": 0.01, "steps": 53, "record_every": 5, "sharpness_every": 5}
+    kw = {"eta": 0.4, "wd": 0.01, "steps": 53, "saveat": SaveAt(every=5)}
     whole = gd_wd(loss, w0, **kw)
     np.testing.assert_array_equal(whole.step, [*range(0, 51, 5), 53])
     calls = []
@@ -90,7 +91,7 @@ def test_recording_and_chunking_layout():
     fine = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=53)
     np.testing.assert_allclose(whole.sharpness, fine.sharpness[whole.step], rtol=1e-9)
     np.testing.assert_allclose(whole.w, fine.w[whole.step], rtol=1e-12)
-    untracked = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=53, track_sharpness=False)
+    untracked = gd_wd(loss, w0, eta=0.4, wd=0.01, steps=53, tracker=NoTracking())
     assert np.all(np.isnan(untracked.sharpness)) and untracked.onset_step is None
     np.testing.assert_allclose(untracked.w, fine.w, rtol=1e-12)
 
@@ -117,7 +118,7 @@ def test_exactly_on_gamma_needs_the_kick():
     # Started exactly on Gamma the gradient is exactly 0: the norm decays geometrically and
     # eta_eff * S grows without bound (~0.29 e^{2 eta wd t}); a 1e-10 kick restores the EoS.
     w_on = jnp.array([0.8, 0.6, 0.0])
-    kw = {"eta": 0.1, "wd": 0.02, "steps": 3000, "record_every": 100}
+    kw = {"eta": 0.1, "wd": 0.02, "steps": 3000, "saveat": SaveAt(every=100)}
     frozen = gd_wd(CIRCLE, w_on, **kw)
     assert np.all(frozen.w[:, 2] == 0.0)
     np.testing.assert_allclose(frozen.norm, (1 - 2e-3) ** frozen.step, rtol=1e-12)
@@ -128,7 +129,7 @@ def test_exactly_on_gamma_needs_the_kick():
 
 def test_no_weight_decay_norm_grows():
     loss, w0 = random_loss(12, None, 4)
-    res = gd_wd(loss, w0, eta=0.5, wd=0.0, steps=100, track_sharpness=False)
+    res = gd_wd(loss, w0, eta=0.5, wd=0.0, steps=100, tracker=NoTracking())
     assert np.all(np.diff(res.norm) >= 0)
 
 
@@ -170,10 +171,13 @@ def test_bad_inputs():
         ({"wd": -0.1}, ValueError, "wd must be a non-negative"),
         ({"steps": 0}, ValueError, "steps must be >= 1"),
         ({"steps": 2.5}, TypeError, "steps must be a positive int"),
-        ({"record_every": 4, "sharpness_every": 3}, ValueError, "must divide record_every"),
+        (
+            {"saveat": SaveAt(every=4), "tracker": LanczosTracker(every=3)},
+            ValueError,
+            r"tracker's period \(every=3\) must divide SaveAt.every \(4\)",
+        ),
         ({"eta": 10.0, "wd": 0.1}, ValueError, "eta \\* wd must be < 1"),
         ({"on_nonfinite": "ignore"}, ValueError, "on_nonfinite"),
-        ({"warm_start": "first"}, ValueError, "warm_start must be 'parity' or 'last'"),
     ]
     for extra, exc, msg in cases:
         with pytest.raises(exc, match=msg):
@@ -197,7 +201,7 @@ def test_result_take_and_arrays():
     np.testing.assert_array_equal(sub.w, res.w[2:5])
     np.testing.assert_array_equal(sub.v1, res.v1)
     assert set(res.arrays()) >= {"step", "w", "norm", "eta_eff", "sharpness", "loss", "eos"}
-    bare = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=10, record_iterates=False)
+    bare = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=10, saveat=SaveAt(iterates=False))
     assert bare.w is None and "w" not in bare.arrays()
 
 
@@ -214,8 +218,8 @@ def test_snapshot_and_resume_are_bitwise():
         "eta": 0.4,
         "wd": 0.01,
         "steps": 400,
-        "record_every": 5,
-        "sharpness_every": 1,
+        "saveat": SaveAt(every=5),
+        "tracker": LanczosTracker(every=1),
         "perturbation": 1e-10,
         "chunk_steps": 100,
     }
@@ -259,8 +263,9 @@ def test_every_step_eos_against_dense_hessian(dtype, tol, seed):
     loss64, _ = random_loss(60, groups, seed, jnp.float64)
     kick = 1e-10 if dtype == jnp.float64 else 0.0  # float32 rounding seeds the oscillation
     res = gd_wd(
-        loss, w0, eta=eta, wd=0.01, steps=1000, groups=groups, sharpness_every=1,
-        perturbation=kick, lanczos_tol=tol,
+        loss, w0, eta=eta, wd=0.01, steps=1000, groups=groups,
+        tracker=LanczosTracker(every=1, tol=tol),
+        perturbation=kick,
     )  # fmt: skip
     assert res.onset_step is not None and res.onset_step < 500  # >= 500 steps at the EoS
     w = jnp.asarray(res.w, jnp.float64)
@@ -289,10 +294,10 @@ def test_parity_warm_start_saves_hvps_at_the_eos():
     # last one. Measured totals 2414 vs 7886 HVPs.
     groups = (20, 20, 20)
     loss, w0 = random_loss(60, groups, 0)
-    kw = {"eta": 0.5, "wd": 0.01, "steps": 1000, "groups": groups, "record_every": 10}
-    kw |= {"sharpness_every": 1, "perturbation": 1e-10, "lanczos_tol": 1e-3}
-    parity = gd_wd(loss, w0, **kw)
-    last = gd_wd(loss, w0, warm_start="last", **kw)
+    kw = {"eta": 0.5, "wd": 0.01, "steps": 1000, "groups": groups, "saveat": SaveAt(every=10)}
+    kw |= {"perturbation": 1e-10}
+    parity = gd_wd(loss, w0, tracker=LanczosTracker(every=1, tol=1e-3), **kw)
+    last = gd_wd(loss, w0, tracker=LanczosTracker(every=1, tol=1e-3, warm_start="last"), **kw)
     np.testing.assert_array_equal(parity.w, last.w)  # tracking never changes the iterates
     assert parity.block_matvecs.sum() < 0.5 * last.block_matvecs.sum()
 
@@ -304,9 +309,10 @@ def test_rows_hvp_accounting_and_spherical_on_rows_only(groups):
     # is free, so the blocks sum exactly to the per-step counts; with several it is solved on
     # rows only (so fewer HVPs than recording every step) and still matches dense eigh.
     loss, w0 = random_loss(12, groups, 8)
-    kw = {"eta": 0.5, "wd": 0.01, "steps": 53, "groups": groups, "sharpness_every": 1}
-    fine = gd_wd(loss, w0, record_every=1, **kw)
-    rows = gd_wd(loss, w0, record_every=5, **kw)
+    kw = {"eta": 0.5, "wd": 0.01, "steps": 53, "groups": groups}
+    kw |= {"tracker": LanczosTracker(every=1)}
+    fine = gd_wd(loss, w0, saveat=SaveAt(every=1), **kw)
+    rows = gd_wd(loss, w0, saveat=SaveAt(every=5), **kw)
     np.testing.assert_array_equal(rows.step, [*range(0, 51, 5), 53])
     np.testing.assert_allclose(rows.w, fine.w[rows.step], rtol=1e-12)
     np.testing.assert_allclose(rows.eos, fine.eos[rows.step], rtol=1e-9)
@@ -334,8 +340,8 @@ def test_warm_tracking_takes_one_hvp_on_a_smooth_problem():
     loss, w0 = random_loss(60, None, 0)
     eta = 0.5
     res = gd_wd(
-        loss, w0, eta=eta, wd=0.01, steps=1000, sharpness_every=1, perturbation=1e-10,
-        lanczos_tol=1e-3,
+        loss, w0, eta=eta, wd=0.01, steps=1000, tracker=LanczosTracker(every=1, tol=1e-3),
+        perturbation=1e-10,
     )  # fmt: skip
     assert res.onset_step is not None
     assert np.mean(res.lanczos_matvecs == 1) > 0.4

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from theory.engine import LanczosTracker, NoTracking, SaveAt
 from theory.engine.gd import gd_wd
 from theory.engine.sweep import gd_wd_sweep
 from theory.problems.analytic import PROBLEMS
@@ -43,7 +44,8 @@ def _compare(sweep, kw):
 
 @pytest.mark.slow
 def test_sweep_equals_one_by_one():
-    kw = {"steps": 1500, "record_every": 10, "sharpness_every": 1, "perturbation": 1e-10}
+    kw = {"steps": 1500, "tracker": LanczosTracker(every=1), "saveat": SaveAt(every=10)}
+    kw |= {"perturbation": 1e-10}
     sweep = gd_wd_sweep(PROB.loss, W0, eta=ETAS, wd=WDS, **kw)
     assert len(sweep) == 5 and sweep.w.shape == (5, 151, 6)
     worst, onsets = _compare(sweep, kw)
@@ -67,7 +69,7 @@ def test_sweep_arguments():
         wd=0.01,
         steps=5,
         seeds=[3, 4],
-        track_sharpness=False,
+        tracker=NoTracking(),
     )
     np.testing.assert_allclose(sw.w[1, 0], 2 * sw.w[0, 0], rtol=1e-15)
     assert sw.config["seeds"] == [3, 4]
@@ -78,8 +80,10 @@ _SCRIPT = textwrap.dedent(
     import json, jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
     from tests.engine.test_sweep import ETAS, WDS, PROB, W0, _compare
+    from theory.engine import LanczosTracker, SaveAt
     from theory.engine.sweep import gd_wd_sweep
-    kw = {"steps": 1500, "record_every": 10, "sharpness_every": 1, "perturbation": 1e-10}
+    kw = {"steps": 1500, "tracker": LanczosTracker(every=1), "saveat": SaveAt(every=10)}
+    kw |= {"perturbation": 1e-10}
     sweep = gd_wd_sweep(PROB.loss, W0, eta=ETAS, wd=WDS, **kw)
     worst, onsets = _compare(sweep, kw)
     print(json.dumps({"devices": len(jax.devices()), "worst": worst,
@@ -96,7 +100,7 @@ def test_sharded_over_eight_forced_devices():
         capture_output=True,
         text=True,
         env=env,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]

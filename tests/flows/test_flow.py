@@ -9,6 +9,7 @@ from scipy.integrate import solve_ivp
 
 from theory.core.errors import DegenerateSharpnessError, DegenerateSharpnessWarning
 from theory.core.invariance import make_scale_invariant
+from theory.engine import NoTracking, SaveAt
 from theory.flows.common import RK4, Dense, FixedSteps, GaussNewton, Lanczos, SaveTimes
 from theory.flows.compare import compare_with_flow, eos_equilibrium_start, fit_slope
 from theory.flows.reduction import Degeneracy, SharpnessFlowField, sharpness_flow, velocity
@@ -148,7 +149,9 @@ def test_gd_tracks_the_flow_from_the_equilibrium():
     w0 = eos_equilibrium_start(prob.loss, jnp.asarray(prob.start), eta=eta, wd=wd)
     lam1 = prob.lambda1(w0 / jnp.linalg.norm(w0))
     assert float(jnp.vdot(w0, w0)) == pytest.approx(eta * float(lam1) / 2, rel=1e-3)
-    run = gd_wd(prob.loss, w0, eta=eta, wd=wd, steps=500, record_every=50, track_sharpness=False)
+    run = gd_wd(
+        prob.loss, w0, eta=eta, wd=wd, steps=500, tracker=NoTracking(), saveat=SaveAt(every=50)
+    )
     cmp = compare_with_flow(prob.loss, run.step, run.w, eta=eta, wd=wd, t0=0)
     assert cmp.tau[-1] == pytest.approx(1.0)
     assert cmp.dist_phi.max() < 3e-4

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
+from theory.engine import LanczosTracker, SaveAt
 from theory.engine.gd import gd_wd
 from theory.flows.common import Dense, GaussNewton, Lanczos
 from theory.flows.manifold import project_to_manifold
@@ -52,7 +53,7 @@ def test_onset_on_the_manifold_is_the_exact_norm_recursion() -> None:
     t_exact = math.log(2 / eos0) / (-2 * math.log1p(-ewd))
     assert abs(pred.onset - t_exact) < 1e-6
     assert pred.onset_step == math.ceil(t_exact)
-    gd = gd_wd(prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=120, sharpness_every=1)
+    gd = gd_wd(prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=120, tracker=LanczosTracker(every=1))
     assert gd.onset_step == pred.onset_step
     before = pred.step < pred.onset
     np.testing.assert_allclose(pred.norm[before], gd.norm[before], rtol=1e-12)
@@ -107,7 +108,7 @@ def test_phase2_norm_and_onset_against_gd() -> None:
     prob = great_circle()
     ewd = 1e-2
     w0 = _start(prob, 0.3)
-    gd = gd_wd(prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=110, sharpness_every=1)
+    gd = gd_wd(prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=110, tracker=LanczosTracker(every=1))
     errs = {}
     for term in ("discrete", "none"):
         pred = predict_from_init(
@@ -243,8 +244,8 @@ def test_long_run_follows_gd_on_average() -> None:
     w0 = _start(prob, 0.3)
     pred = predict_from_init(prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=900, record_every=10)
     gd = gd_wd(
-        prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=900, record_every=10, sharpness_every=1,
-        perturbation=1e-10,
+        prob.loss, w0, eta=ETA, wd=ewd / ETA, steps=900, tracker=LanczosTracker(every=1),
+        saveat=SaveAt(every=10), perturbation=1e-10,
     )  # fmt: skip
     assert gd.onset_step == pred.onset_step
     assert gd.w is not None

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from theory.engine import SaveAt
 from theory.optim.ire import (
     dense_hessian_diagonal,
     diagonal_mask,
@@ -321,7 +322,7 @@ def test_state_goes_through_jit_and_scan(selector: str) -> None:
     p_end, state = scanned(p0, a)
     np.testing.assert_allclose(p_end, loop[-1], rtol=1e-12)
     assert int(state.step) == 9
-    compiled = run_optimizer(opt, quartic, p0, 9, loss_args=(a,), record_every=3)
+    compiled = run_optimizer(opt, quartic, p0, 9, loss_args=(a,), saveat=SaveAt(every=3))
     np.testing.assert_allclose(compiled.w, loop[::3], rtol=1e-12)
 
 
@@ -422,5 +423,5 @@ def test_bad_inputs_name_the_value_and_what_was_expected() -> None:
         ire(optax.sgd(1.0), 1.0, bad).update(
             jnp.ones(2), ire(optax.sgd(1.0), 1.0, bad).init(jnp.ones(2)), jnp.ones(2)
         )
-    with pytest.raises(ValueError, match=r"steps \(10\) must be a multiple of record_every \(3\)"):
-        run_optimizer(optax.sgd(1.0), toy, jnp.ones(2), 10, record_every=3)
+    with pytest.raises(ValueError, match=r"steps \(10\) must be a multiple of SaveAt.every \(3\)"):
+        run_optimizer(optax.sgd(1.0), toy, jnp.ones(2), 10, saveat=SaveAt(every=3))

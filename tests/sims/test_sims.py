@@ -12,6 +12,7 @@ import sims.__main__ as sims_cli
 from sims import checks, results
 from sims._store import MissingResultsError, ResultStore, config_hash
 from sims.studies import phases
+from theory.engine import SaveAt
 
 TINY = phases.Config(problems=("great_circle",), wd=0.05, steps=3000, record_every=10)
 
@@ -278,7 +279,14 @@ def test_midpoint_curvature_against_dense_hessian():
     loss, w0 = random_loss(12, groups, 0)
     eta, wd = 0.5, 0.01
     res = gd_wd(
-        loss, w0, eta=eta, wd=wd, steps=1000, record_every=10, groups=groups, perturbation=1e-10
+        loss,
+        w0,
+        eta=eta,
+        wd=wd,
+        steps=1000,
+        saveat=SaveAt(every=10),
+        groups=groups,
+        perturbation=1e-10,
     )
     assert res.onset_step is not None
     eos, sharp = networks.midpoint_columns(loss, res, eta, wd)

@@ -92,7 +92,7 @@ def _fake_crossing(gap_means):
     ]
     summary = {
         "tau_cluster": 0.8, "smooth_tau_end": 0.75, "smooth_stop": "stop", "flow_gap_after": 1e-5,
-        "flow_stopped": None, "lambda_start": [1, 1], "lambda_end": [1, 1],
+        "flow_stopped": None, "flow_tau_end": 1.2, "lambda_start": [1, 1], "lambda_end": [1, 1],
         "flow_sigma_eigs_end": [0.5, 0.5], "slope_end": 0.4, "eta_wd": ewds, "runs": runs,
     }  # fmt: skip
     return SimpleNamespace(

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from theory.core.invariance import group_norms
 from theory.core.objective import Objective
 from theory.core.types import Array, Groups
-from theory.engine.trackers import Obs
+from theory.engine.methods import AbstractMethod
+from theory.engine.trackers import AbstractTracker, Obs
 
 
 class SaveAt(eqx.Module):
@@ -55,7 +56,7 @@ class State(NamedTuple):
 
     w: Array
     method: Any  # the method's state (optax state, or ())
-    tracker: Any  # the tracker's warm starts
+    tracker: Any  # the tracker's own state (e.g. its warm starts)
     t: Array  # step counter (shared by every configuration of a sweep)
     onset: Array  # first tracked step with eos >= 2, or -1
     bad: Array  # first step with a non-finite iterate, or -1
@@ -83,13 +84,13 @@ class Program(eqx.Module):
     """
 
     objective: Objective
-    tracker: Any
+    tracker: AbstractTracker
     saveat: SaveAt
     groups: Groups = eqx.field(static=True)
 
 
 def step(
-    prog: Program, method: Any, s: State, record: bool, force: Array | bool = False
+    prog: Program, method: AbstractMethod, s: State, record: bool, force: Array | bool = False
 ) -> tuple[State, Obs]:
     """One step from ``s`` (frozen once the run has diverged). ``record`` (static): the step's
     row is stored (a multi-group tracker solves the spherical sharpness only then); ``force``:
@@ -130,7 +131,7 @@ def _row(prog: Program, s: State, obs: Obs, block_matvecs: Array) -> Row:
 
 def chunk(
     prog: Program,
-    method: Any,
+    method: AbstractMethod,
     s: State,
     n_blocks: int,
     active: Array,
@@ -181,7 +182,7 @@ chunk_jit = eqx.filter_jit(chunk)
 def final_row(
     run_chunk: Callable[..., tuple[State, Row]],
     prog: Program,
-    method: Any,
+    method: AbstractMethod,
     s: State,
     n_blocks: int,
 ) -> tuple[State, Row]:
@@ -205,7 +206,7 @@ _STATE_AXES = State(0, 0, 0, None, 0, 0, 0)  # type: ignore[arg-type]
 
 def _batched_chunk(
     prog: Program,
-    method: Any,
+    method: AbstractMethod,
     s: State,
     n_blocks: int,
     active: Array,

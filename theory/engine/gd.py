@@ -10,10 +10,11 @@ iterate, its norm (and per-group norms), the effective learning rate ``eta / |w_
 quantity ``eta * lambda_1(hess L(w_t))`` (``= eta_eff * S`` for one group; the top eigenvalue of
 ``D^{1/2} H(w_hat) D^{1/2}`` with per-group effective rates for several groups).
 
-The EoS quantity is computed on every tracked step (every ``sharpness_every`` steps) by Lanczos
-on ``eta H(w_t)``, warm-started from an earlier tracked step's eigenvector (of the same parity
-when ``sharpness_every`` is odd: the EoS oscillation has period 2) and stopped at the first
-Krylov dimension whose relative Ritz residual meets ``lanczos_tol``; the gradient that the GD step
+The EoS quantity is computed on every tracked step (every ``tracker.every`` steps of a
+:class:`theory.engine.LanczosTracker`) by Lanczos on ``eta H(w_t)``, warm-started from an earlier
+tracked step's eigenvector (of the same parity when ``every`` is odd: the EoS oscillation has
+period 2) and stopped at the first Krylov dimension whose relative Ritz residual meets the
+tracker's ``tol``; the gradient that the GD step
 needs comes from the same linearization, so the primal pass is shared. With several groups the
 spherical sharpness is a second operator and is solved only on recorded rows (by default). The
 whole run is a ``lax.scan`` over recorded blocks inside ``jit``, split into equal chunks (one
@@ -23,10 +24,10 @@ Cost and accuracy (measured, ``benchmarks/bench_networks.py``): one HVP costs ab
 gradients on a dense network (its tangent program has about twice the gradient's matmuls), so
 tracking every step costs at least ``1 + 1.5 m`` gradients per step with ``m`` HVPs per solve.
 A relative residual ``r`` gives an eigenvalue error of at most ``r`` and about ``r^2 / gap``
-(relative gap to the next eigenvalue), so ``lanczos_tol = 1e-2`` already gives about 1e-3 when
+(relative gap to the next eigenvalue), so ``tol = 1e-2`` already gives about 1e-3 when
 the top gap is a few percent. Where the top two eigenvalues nearly cross, a warm-started solve
 can converge on the second one (an error up to their gap, rare: measured once in 1000 steps on
-a small problem at ``lanczos_tol = 1e-3``); the residual does not reveal it.
+a small problem at ``tol = 1e-3``); the residual does not reveal it.
 """
 
 from __future__ import annotations
@@ -42,19 +43,20 @@ from theory.core import validate as check
 from theory.core.invariance import check_scale_invariance
 from theory.core.objective import as_objective
 from theory.core.types import Array, LossFn
-from theory.engine import GDWD, LanczosTracker, NoTracking, SaveAt
-from theory.engine import run as engine_run
+from theory.engine.core import SaveAt
+from theory.engine.driver import check_parts
+from theory.engine.driver import run as engine_run
+from theory.engine.methods import GDWD
 from theory.engine.results import DivergenceError as DivergenceError
 from theory.engine.results import GDResult as GDResult
 from theory.engine.results import GDSnapshot as GDSnapshot
-from theory.engine.trackers import LanczosState
+from theory.engine.trackers import AbstractTracker, LanczosTracker
 
 __all__ = [
     "DivergenceError",
     "GDResult",
     "GDSnapshot",
     "check_rates",
-    "check_schedule",
     "gd_wd",
     "predicted_eos_onset",
 ]
@@ -97,20 +99,6 @@ def check_rates(
     return eta, wd, perturbation
 
 
-def check_schedule(steps: Any, record_every: Any, sharpness_every: Any) -> tuple[int, int, int]:
-    """Validated ``(steps, record_every, sharpness_every)``; the last divides the second."""
-    steps = check.positive_int(steps, "steps")
-    record_every = check.positive_int(record_every, "record_every")
-    s_every = record_every if sharpness_every is None else sharpness_every
-    s_every = check.positive_int(s_every, "sharpness_every")
-    if record_every % s_every:
-        raise ValueError(
-            f"sharpness_every ({s_every}) must divide record_every ({record_every}) so that every "
-            "recorded row carries the sharpness of its own step"
-        )
-    return steps, record_every, s_every
-
-
 def gd_wd(
     loss: LossFn,
     w0: Array,
@@ -118,26 +106,18 @@ def gd_wd(
     eta: float,
     wd: float,
     steps: int,
-    record_every: int | None = None,
     groups: Sequence[int] | None = None,
-    track_sharpness: bool | None = None,
-    sharpness_every: int | None = None,
-    lanczos_tol: float | None = None,
-    lanczos_iters: int | None = None,
-    warm_start: Literal["parity", "last"] | None = None,
-    v0: Array | None = None,
+    tracker: AbstractTracker | None = None,
+    saveat: SaveAt | None = None,
     perturbation: float = 0.0,
     perturb_every: int = 1,
     key: Array | None = None,
-    record_iterates: bool | None = None,
     chunk_steps: int = 20_000,
     callback: Callable[[int, int], None] | None = None,
     on_nonfinite: Literal["raise", "stop"] = "raise",
     check_invariance: bool = True,
     on_snapshot: Callable[[GDSnapshot], None] | None = None,
     resume: GDSnapshot | None = None,
-    tracker: Any = None,
-    saveat: SaveAt | None = None,
 ) -> GDResult:
     """Run GD with weight decay on a scale-invariant loss, tracking sharpness and the EoS.
 
@@ -151,33 +131,19 @@ def gd_wd(
         eta: learning rate ``> 0``.
         wd: weight decay ``>= 0`` (0 is the no-WD ablation).
         steps: number of GD steps ``>= 1``.
-        record_every: record a row every this many steps (and always at step ``steps``).
         groups: contiguous block sizes for multi-group invariance (``None``: one group).
-        track_sharpness: compute ``S`` and the EoS quantity (Lanczos); ``False`` runs bare GD.
-        sharpness_every: track every this many steps (must divide ``record_every``; default
-            ``record_every``). EoS onset is detected at this resolution.
-        lanczos_tol: relative Ritz residual at which every solve stops (default
-            ``3 sqrt(eps)``: float32 ~1e-3, float64 ~4.5e-8). The eigenvalue error is at most
-            the residual and about ``residual^2 / relative gap`` (module docstring): ``1e-2``
-            gives ~1e-3 on a network whose top gap is a few percent, for about half the HVPs
-            of the default.
-        lanczos_iters: Krylov dimension (= HVP) cap per solve. The first eigenvector is solved
-            cold and accurately before the run; later steps start warm and stop as soon as the
-            residual meets ``lanczos_tol`` (one HVP when the warm start already does). The
-            cap binds only where the top eigenvalues cluster or cross; a step that hits it
-            shows it in ``lanczos_residual``.
-        warm_start: ``"parity"`` (default) starts each tracked step's EoS solve from the
-            eigenvector of two tracked steps before when ``sharpness_every`` is odd (the EoS
-            oscillation has period 2, and so does the Hessian; measured on small multi-group
-            problems at the EoS: 30-70% fewer HVPs, and fewer solves stuck on the second
-            eigenvalue);
-            ``"last"`` always from the previous tracked step's.
-        v0: start vector for the first tracked step (default: an accurate cold solve).
+        tracker: what is learned about the curvature (:class:`theory.engine.AbstractTracker`):
+            default ``LanczosTracker(every=saveat.every)`` (the EoS quantity on every recorded
+            row, residual tolerance ``3 sqrt(eps)``, warm starts; module docstring);
+            ``NoTracking()`` runs bare GD; ``LanczosTracker(every=k, tol=..., v0=...)`` tracks
+            every ``k`` steps (``k`` divides ``saveat.every``; the EoS onset is found at that
+            resolution) from the warm start ``v0``.
+        saveat: which steps become rows (:class:`theory.engine.SaveAt`; default every step,
+            with iterates; ``SaveAt(every=k, iterates=False, observe=fn)``).
         perturbation: relative size of a random tangent kick that seeds the EoS oscillation when
             exact arithmetic sits exactly on the manifold (ALP22); 0 disables it.
         perturb_every: kick every this many steps (when ``perturbation > 0``).
         key: PRNG key for the start vector, kicks and Lanczos restarts (default ``PRNGKey(0)``).
-        record_iterates: store ``w`` per row (``False`` for large ``D``: ``w`` is then None).
         chunk_steps: steps per compiled chunk (rounded to whole recorded blocks); the callback
             runs and divergence is checked between chunks.
         callback: ``callback(steps_done, steps)`` after each chunk (for progress bars).
@@ -189,11 +155,6 @@ def gd_wd(
             continued run is bitwise identical to an uninterrupted one (same machine, dtype and
             ``chunk_steps``), because the remaining chunks run the same compiled program on the
             same state.
-        tracker: a tracker object instead of the tracking keywords (``track_sharpness``,
-            ``sharpness_every``, ``lanczos_tol``, ``lanczos_iters``, ``warm_start``), e.g.
-            ``LanczosTracker(every=10, tol=1e-2)`` or ``NoTracking()``.
-        saveat: a :class:`theory.engine.SaveAt` instead of ``record_every`` /
-            ``record_iterates`` (it can also record ``observe(w)`` on every row).
 
     Returns:
         :class:`GDResult`.
@@ -202,37 +163,22 @@ def gd_wd(
     perturb_every = check.positive_int(perturb_every, "perturb_every")
     w0, sizes = check.flat_vector(w0, "w0", groups)
     check.loss_output(loss, w0)
-    saveat = _saveat(saveat, record_every, record_iterates)
-    tracker = _tracker(
-        tracker, saveat, track_sharpness, sharpness_every, lanczos_tol, lanczos_iters, warm_start
-    )
-    if check_invariance:
-        check_scale_invariance(loss, w0, groups=sizes)
-    dtype = w0.dtype
     method = GDWD(
-        jnp.asarray(eta, dtype),
-        jnp.asarray(wd, dtype),
-        jnp.asarray(perturbation, dtype),
+        jnp.asarray(eta, w0.dtype),
+        jnp.asarray(wd, w0.dtype),
+        jnp.asarray(perturbation, w0.dtype),
         sizes,
         perturb_every=perturb_every,
         kicks=perturbation > 0,
     )
-    tstate = None
-    if v0 is not None and resume is None:
-        v0, _ = check.flat_vector(v0, "v0")
-        if v0.shape != w0.shape:
-            raise ValueError(f"v0 must have the shape of w0 {w0.shape}, got {v0.shape}")
-        v0 = v0.astype(dtype) / jnp.linalg.norm(v0)
-        zero = jnp.zeros((), dtype)
-        tstate = (
-            LanczosState(v0, v0, v0, zero, zero) if isinstance(tracker, LanczosTracker) else None
-        )
+    tracker, saveat = default_parts(method, tracker, saveat)
+    if check_invariance:
+        check_scale_invariance(loss, w0, groups=sizes)
     config = {
         "eta": eta,
         "wd": wd,
         "groups": list(sizes),
-        "track_sharpness": not isinstance(tracker, NoTracking),
-        "sharpness_every": max(tracker.every, 0) or saveat.every,
+        **gd_config(tracker, saveat),
         "perturbation": perturbation,
         "perturb_every": perturb_every,
     }
@@ -245,7 +191,6 @@ def gd_wd(
         tracker=tracker,
         saveat=saveat,
         key=jax.random.PRNGKey(0) if key is None else key,
-        tracker_state=tstate,
         chunk_steps=chunk_steps,
         progress=callback,
         on_snapshot=on_snapshot,
@@ -255,57 +200,21 @@ def gd_wd(
     )
 
 
-def _saveat(saveat: SaveAt | None, record_every: Any, record_iterates: Any) -> SaveAt:
-    if saveat is not None:
-        if record_every is not None or record_iterates is not None:
-            raise ValueError("pass either saveat= or record_every/record_iterates, not both")
-        if not isinstance(saveat, SaveAt):
-            raise TypeError(f"saveat must be a theory.engine.SaveAt, got {saveat!r}")
-        return saveat
-    every = 1 if record_every is None else check.positive_int(record_every, "record_every")
-    iterates = True if record_iterates is None else bool(record_iterates)
-    return SaveAt(every=every, iterates=iterates)
+def default_parts(
+    method: GDWD, tracker: AbstractTracker | None, saveat: SaveAt | None
+) -> tuple[AbstractTracker, SaveAt]:
+    """GD+WD's defaults: ``SaveAt()`` and ``LanczosTracker(every=saveat.every)`` (the EoS
+    quantity on every recorded row); each part checked against its base class."""
+    if saveat is None:
+        saveat = SaveAt()
+    if tracker is None and isinstance(saveat, SaveAt):
+        tracker = LanczosTracker(every=saveat.every)
+    return check_parts(method, tracker, saveat)
 
 
-def _tracker(
-    tracker: Any,
-    saveat: SaveAt,
-    track: bool | None,
-    every: Any,
-    tol: Any,
-    iters: Any,
-    warm_start: Any,
-) -> Any:
-    """The tracker object: ``tracker`` itself, or one built from the tracking keywords."""
-    legacy = {
-        "track_sharpness": track,
-        "sharpness_every": every,
-        "lanczos_tol": tol,
-        "lanczos_iters": iters,
-        "warm_start": warm_start,
+def gd_config(tracker: AbstractTracker, saveat: SaveAt) -> dict[str, Any]:
+    """The tracking entries of a GD+WD run's config (as stored since before the engine)."""
+    return {
+        "track_sharpness": tracker.every > 0,
+        "sharpness_every": tracker.every if tracker.every > 0 else saveat.every,
     }
-    if tracker is not None:
-        given = sorted(k for k, v in legacy.items() if v is not None)
-        if given:
-            raise ValueError(f"pass either tracker= or the tracking keywords {given}, not both")
-        if not all(hasattr(tracker, a) for a in ("every", "init", "observe", "config")):
-            raise TypeError(
-                f"tracker must be a tracker object (e.g. LanczosTracker), got {tracker!r}"
-            )
-        return tracker
-    if track is False:
-        return NoTracking()
-    every = saveat.every if every is None else check.positive_int(every, "sharpness_every")
-    if saveat.every % every:
-        raise ValueError(
-            f"sharpness_every ({every}) must divide record_every ({saveat.every}) so that every "
-            "recorded row carries the sharpness of its own step"
-        )
-    if warm_start is not None and warm_start not in ("parity", "last"):
-        raise ValueError(f"warm_start must be 'parity' or 'last', got {warm_start!r}")
-    return LanczosTracker(
-        every=every,
-        tol=None if tol is None else check.positive(tol, "lanczos_tol"),
-        max_iters=24 if iters is None else check.positive_int(iters, "lanczos_iters"),
-        warm_start=warm_start or "parity",
-    )

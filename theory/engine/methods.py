@@ -1,28 +1,31 @@
 """Update rules for the engine: GD with weight decay, and any optax optimizer.
 
-A method is a pytree (``equinox.Module``) with
+A method subclasses :class:`AbstractMethod` (an ``equinox.Module``, in the style of lineax's
+``AbstractLinearSolver``) and provides
 
 * ``lr``: the step size that defines the EoS quantity ``lr * lambda_1(hess L(w))`` (GD's
   stability number; ``eta`` for GD+WD);
 * ``init(w) -> state`` and ``update(w, grad, state, t, key) -> (w_next, state)``: pure, jit-,
   scan- and vmap-compatible (the style of optax's ``GradientTransformation`` and JAX MD's
-  ``(init_fn, apply_fn)``).
+  ``(init_fn, apply_fn)``);
+* ``weight_decay()``: its weight-decay coefficient as recorded in the result (``nan`` when it
+  has none of its own).
 
 Hyperparameters that are arrays (``eta``, ``wd``, ``perturbation``) are leaves: a sweep vmaps
 over them and one compiled program serves every value. Settings that change the program
 (``groups``, ``perturb_every``, whether kicks happen at all) are static fields.
 """
 
-from __future__ import annotations
-
+import abc
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from equinox import AbstractVar
 from jax.flatten_util import ravel_pytree
 
 from theory.core.invariance import expand_groups, group_norms, normalize
@@ -46,7 +49,39 @@ def tangent_kick(w: Array, key: Array, scale: Array, groups: Groups) -> Array:
     return w + scale * expand_groups(per_coord, groups) * xi
 
 
-class GDWD(eqx.Module):
+class AbstractMethod(eqx.Module):
+    """An update rule ``w_t -> w_{t+1}`` of the engine (module docstring).
+
+    The driver (:func:`theory.engine.run`) refuses anything that is not an instance of this
+    class. Array leaves are traced (a sweep batches them); settings that change the program are
+    static fields (``equinox.field(static=True)``).
+    """
+
+    if TYPE_CHECKING:  # type checkers see the abstract field as a read-only property
+
+        @property
+        def lr(self) -> Array:
+            """The step size of the EoS quantity ``lr * lambda_1``."""
+            ...
+
+    else:
+        lr: AbstractVar[Array]
+
+    @abc.abstractmethod
+    def init(self, w: Array) -> Any:
+        """The method's state at the start ``w`` (a pytree of arrays, or ``()``)."""
+
+    @abc.abstractmethod
+    def update(self, w: Array, grad: Array, state: Any, t: Array, key: Array) -> tuple[Array, Any]:
+        """``(w_next, state_next)`` from ``w``, ``grad L(w)``, the state, step ``t`` and the
+        run's PRNG key."""
+
+    @abc.abstractmethod
+    def weight_decay(self) -> Array:
+        """The weight-decay coefficient recorded as the result's ``wd`` (``nan`` if none)."""
+
+
+class GDWD(AbstractMethod):
     """GD with weight decay: ``w_{t+1} = (1 - eta wd) w_t - eta grad L(w_t)``.
 
     ``wd`` is the weight-decay coefficient (LLA22's lambda), never an eigenvalue. With
@@ -72,6 +107,9 @@ class GDWD(eqx.Module):
     def lr(self) -> Array:
         return self.eta
 
+    def weight_decay(self) -> Array:
+        return self.wd
+
     def init(self, w: Array) -> tuple[()]:
         del w
         return ()
@@ -92,7 +130,7 @@ class GDWD(eqx.Module):
         return w_new, state
 
 
-class Optax(eqx.Module):
+class Optax(AbstractMethod):
     """Any optax optimizer on a parameter pytree, as an engine method on the flat vector.
 
     ``update`` unravels ``w`` and ``grad`` to the parameter pytree, calls
@@ -114,6 +152,9 @@ class Optax(eqx.Module):
 
     def init(self, w: Array) -> Any:
         return self.opt.init(self.unravel(w))
+
+    def weight_decay(self) -> Array:
+        return jnp.full_like(self.lr, jnp.nan)
 
     def update(self, w: Array, grad: Array, state: Any, t: Array, key: Array) -> tuple[Array, Any]:
         del t, key

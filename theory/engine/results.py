@@ -1,7 +1,12 @@
 """Results of the engine: one family for single runs, sweeps and optax runs.
 
-:class:`GDResult` holds one run's rows (NumPy, host); :class:`GDSnapshot` everything needed to
-continue a run bitwise; :class:`DivergenceError` is raised at a non-finite iterate.
+:class:`GDResult` holds one run's rows (NumPy, host), :class:`SweepResult` those of a batch of
+configurations; :class:`GDSnapshot` everything needed to continue a run bitwise;
+:class:`DivergenceError` is raised at a non-finite iterate.
+
+Both results are made in one place, :func:`assemble`: the driver's rows (with a leading
+configuration axis, of length 1 for a single run) become a :class:`SweepResult`, and a single
+run's :class:`GDResult` is its configuration 0 (:meth:`SweepResult.run`).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from theory.core.types import Groups
@@ -33,7 +39,7 @@ class GDResult:
 
     Attributes:
         step: ``(n,)`` step index of each row; row 0 is step 0.
-        w: ``(n, D)`` iterates (``None`` if ``record_iterates=False``).
+        w: ``(n, D)`` iterates (``None`` with ``SaveAt(iterates=False)``).
         norm: ``(n,)`` ``|w_t|``.
         group_norms: ``(n, G)`` per-group norms.
         eta_eff: ``(n,)`` ``eta / |w_t|^2``.
@@ -43,22 +49,22 @@ class GDResult:
         sharpness: ``(n,)`` spherical sharpness ``S(w_t)`` of the row's own step (NaN where not
             tracked). One group: ``eos |w_t|^2 / eta``, free. Several groups: its own Lanczos
             solve, done on recorded rows only (never on the tracked steps between rows, where it
-            would not be stored; ``record_every = sharpness_every`` has it on every tracked
-            step), warm-started from the previous row's eigenvector.
+            would not be stored; ``SaveAt.every`` equal to the tracker's ``every`` has it on
+            every tracked step), warm-started from the previous row's eigenvector.
         eos: ``(n,)`` EoS quantity ``eta * lambda_1(hess L(w_t))`` of the row's own step (NaN
-            where not tracked). Every row is a tracked step (``sharpness_every`` divides
-            ``record_every``) and its value comes from the same per-step solve as the steps
+            where not tracked). Every row is a tracked step (the tracker's ``every`` divides
+            ``SaveAt.every``) and its value comes from the same per-step solve as the steps
             between rows, so the rows sample the per-step tracker's accuracy.
         lanczos_matvecs: ``(n,)`` HVPs spent on the row's own step (EoS solve plus, with several
             groups, the spherical solve).
         lanczos_residual: ``(n,)`` relative Ritz residual ``|A y - theta y| / |theta|`` achieved on
             the row's own step (the larger of the two solves' with several groups); above
-            ``lanczos_tol`` only where a solve hit ``lanczos_iters``.
+            the tracker's ``tol`` only where a solve hit its ``max_iters``.
         block_matvecs: ``(n,)`` HVPs spent by all steps from the row's step up to the next row's
             (exclusive; the last row: its own step), so ``block_matvecs.sum()`` is the run's
             total. ``None`` for results stored before it existed.
         onset_step: first tracked step with ``eos >= 2`` (``None`` if never), resolved to
-            ``sharpness_every`` steps and found inside the run, not only on recorded rows.
+            the tracker's ``every`` steps and found inside the run, not only on recorded rows.
         diverged_at: first step with a non-finite iterate, or a non-finite loss at a finite one
             (``None`` if none); the rows from it on are dropped.
         v1: ``(D,)`` last top eigenvector of ``eta * hess L(w)`` (warm start for a continuation).
@@ -111,7 +117,8 @@ class GDResult:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The array attributes by name (``w`` omitted when not recorded)."""
-        out = {name: getattr(self, name) for name in self.ARRAYS}
+        fields = vars(self)
+        out = {name: fields[name] for name in self.ARRAYS}
         out.update({f"observed.{k}": v for k, v in self.observed.items()})
         return {k: v for k, v in out.items() if v is not None}
 
@@ -143,8 +150,9 @@ class GDResult:
     def take(self, rows: np.ndarray | slice) -> GDResult:
         """The same run restricted to some rows."""
         sub: dict[str, Any] = {}
+        fields = vars(self)
         for name in self.ARRAYS:
-            arr = getattr(self, name)
+            arr = fields[name]
             if name != "v1" and arr is not None:
                 sub[name] = arr[rows]
         sub["observed"] = {k: v[rows] for k, v in self.observed.items()}
@@ -166,3 +174,150 @@ class GDSnapshot(NamedTuple):
     rows: dict[str, np.ndarray]
     done_blocks: int
     config: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """A batch of ``B`` configurations: arrays with a leading configuration axis (NumPy, host).
+
+    ``step`` ``(n,)`` is shared; ``w`` ``(B, n, D)`` (or None), ``norm, eta_eff, loss, grad_norm,
+    sharpness, eos, lanczos_matvecs, lanczos_residual, block_matvecs`` ``(B, n)``,
+    ``group_norms, group_eta_eff`` ``(B, n, G)``; ``eta, wd`` ``(B,)``; ``onset_step,
+    diverged_at`` ``(B,)`` (-1 for none); ``v1`` ``(B, D)``. Rows of a configuration from its
+    divergence on are NaN. ``settings``: per-configuration settings ``name -> (B,)`` (e.g.
+    ``eta``, ``wd``, ``perturbation`` of :func:`theory.gd_wd_sweep`), which
+    :meth:`run` writes into each configuration's ``config``. :meth:`run` extracts one
+    configuration as a :class:`GDResult`.
+    """
+
+    step: np.ndarray
+    w: np.ndarray | None
+    norm: np.ndarray
+    group_norms: np.ndarray
+    eta_eff: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    sharpness: np.ndarray
+    eos: np.ndarray
+    lanczos_matvecs: np.ndarray
+    lanczos_residual: np.ndarray
+    onset_step: np.ndarray
+    diverged_at: np.ndarray
+    eta: np.ndarray
+    wd: np.ndarray
+    v1: np.ndarray
+    groups: Groups
+    config: dict[str, Any]
+    block_matvecs: np.ndarray | None = None
+    group_eta_eff: np.ndarray | None = None
+    observed: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    settings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    final_state: Any = None  # the methods' states after the run (leading axis B), or None
+
+    def __len__(self) -> int:
+        return int(self.eta.shape[0])
+
+    @property
+    def perturbation(self) -> np.ndarray | None:
+        """``(B,)`` kick sizes of a GD+WD sweep (``None`` for other methods)."""
+        return self.settings.get("perturbation")
+
+    def run(self, i: int) -> GDResult:
+        """Configuration ``i`` as a :class:`GDResult` (rows from its divergence on dropped)."""
+        bad = int(self.diverged_at[i])
+        keep = self.step < bad if bad >= 0 else np.ones(self.step.shape, bool)
+        onset = int(self.onset_step[i])
+
+        def row(a: np.ndarray | None) -> Any:
+            return None if a is None else a[i][keep]
+
+        final = None
+        if self.final_state is not None:
+            final = jax.tree.map(lambda a: a[i], self.final_state)
+        return GDResult(
+            step=self.step[keep],
+            w=row(self.w),
+            norm=row(self.norm),
+            group_norms=row(self.group_norms),
+            eta_eff=row(self.eta_eff),
+            group_eta_eff=row(self.group_eta_eff),
+            loss=row(self.loss),
+            grad_norm=row(self.grad_norm),
+            sharpness=row(self.sharpness),
+            eos=row(self.eos),
+            lanczos_matvecs=row(self.lanczos_matvecs),
+            lanczos_residual=row(self.lanczos_residual),
+            block_matvecs=row(self.block_matvecs),
+            onset_step=onset if onset >= 0 else None,
+            diverged_at=bad if bad >= 0 else None,
+            v1=self.v1[i],
+            eta=float(self.eta[i]),
+            wd=float(self.wd[i]),
+            groups=self.groups,
+            config={**self.config, **{k: float(v[i]) for k, v in self.settings.items()}},
+            observed={k: v[i][keep] for k, v in self.observed.items()},
+            final_state=final,
+        )
+
+
+def assemble(
+    cols: dict[str, np.ndarray],
+    onset: np.ndarray,
+    bad: np.ndarray,
+    v1: np.ndarray,
+    eta: np.ndarray,
+    wd: np.ndarray,
+    *,
+    groups: Groups,
+    config: dict[str, Any],
+    iterates: bool,
+    settings: dict[str, np.ndarray] | None = None,
+    final_state: Any = None,
+) -> SweepResult:
+    """The one assembly of the engine's results (module docstring).
+
+    ``cols``: the recorded columns ``name -> (B, n, ...)`` (``step, w, group_norms, loss,
+    grad_norm, sharpness, eos, matvecs, residual, block_matvecs, observed.<name>``); ``onset``,
+    ``bad`` ``(B,)``: EoS onset and divergence step (-1 for none); ``v1`` ``(B, D)``; ``eta``,
+    ``wd`` ``(B,)``: the recorded step size and weight decay. Rows from a configuration's
+    divergence on become NaN; ``norm``, ``eta_eff`` (in the run's dtype) and ``group_eta_eff``
+    are derived here.
+    """
+    step = cols["step"][0].astype(np.int64)
+    invalid = (bad[:, None] >= 0) & (step[None, :] >= bad[:, None])
+    gsq = cols["group_norms"] ** 2
+    norm = np.sqrt(gsq.sum(axis=2))
+    rate = np.asarray(eta).astype(norm.dtype)
+
+    def mask(a: np.ndarray) -> np.ndarray:
+        if not np.issubdtype(a.dtype, np.inexact):
+            return a
+        shape = invalid.shape + (1,) * (a.ndim - 2)
+        return np.where(invalid.reshape(shape), np.nan, a)
+
+    prefix = "observed."
+    return SweepResult(
+        step=step,
+        w=mask(cols["w"]) if iterates else None,
+        norm=mask(norm),
+        group_norms=mask(cols["group_norms"]),
+        eta_eff=mask(rate[:, None] / norm**2),
+        group_eta_eff=mask(rate[:, None, None] / gsq),
+        loss=mask(cols["loss"]),
+        grad_norm=mask(cols["grad_norm"]),
+        sharpness=mask(cols["sharpness"]),
+        eos=mask(cols["eos"]),
+        lanczos_matvecs=cols["matvecs"],
+        lanczos_residual=mask(cols["residual"]),
+        block_matvecs=cols["block_matvecs"],
+        onset_step=np.asarray(onset).astype(np.int64),
+        diverged_at=np.asarray(bad).astype(np.int64),
+        eta=np.asarray(eta, np.float64),
+        wd=np.asarray(wd, np.float64),
+        v1=v1,
+        groups=tuple(groups),
+        config=config,
+        observed={k[len(prefix) :]: mask(v) for k, v in cols.items() if k.startswith(prefix)},
+        settings={} if settings is None else dict(settings),
+        final_state=final_state,
+    )

@@ -15,15 +15,16 @@ supplies its own devices' slices) and results are gathered with
 
 Differences from a one-by-one loop: within a device, configurations step in lockstep (a
 ``lax.cond`` whose predicate differs between them becomes a select; the Lanczos loop runs to the
-largest iteration count of the device's configurations), divergence does not stop the sweep (a
-diverged configuration freezes and its later rows are NaN), and results equal the sequential
-ones to rounding, not bitwise.
+largest iteration count of the device's configurations), a divergence stops the sweep only once
+every configuration has diverged (a diverged configuration freezes and its later rows are NaN;
+nothing is raised), and results equal the sequential ones to rounding, not bitwise. The chunk
+loop, its hooks (progress, ``on_snapshot``, ``resume``) and the result assembly are those of
+:func:`theory.gd_wd` (:mod:`theory.engine.driver`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -33,73 +34,14 @@ import numpy as np
 from theory.core import validate as check
 from theory.core.invariance import check_scale_invariance
 from theory.core.objective import as_objective
-from theory.core.types import Array, Groups, LossFn
-from theory.engine import GDWD, SaveAt, run_batch
-from theory.engine.gd import GDResult, _saveat, _tracker, check_rates
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """A sweep: arrays with a leading configuration axis ``B`` (NumPy, host).
-
-    ``step`` ``(n,)`` is shared; ``w`` ``(B, n, D)`` (or None), ``norm, eta_eff, loss, grad_norm,
-    sharpness, eos, lanczos_matvecs, lanczos_residual`` ``(B, n)``, ``group_norms`` ``(B, n, G)``;
-    ``eta, wd, perturbation`` ``(B,)``; ``onset_step, diverged_at`` ``(B,)`` (-1 for none).
-    :meth:`run` extracts one configuration as a :class:`theory.GDResult`.
-    """
-
-    step: np.ndarray
-    w: np.ndarray | None
-    norm: np.ndarray
-    group_norms: np.ndarray
-    eta_eff: np.ndarray
-    loss: np.ndarray
-    grad_norm: np.ndarray
-    sharpness: np.ndarray
-    eos: np.ndarray
-    lanczos_matvecs: np.ndarray
-    lanczos_residual: np.ndarray
-    onset_step: np.ndarray
-    diverged_at: np.ndarray
-    eta: np.ndarray
-    wd: np.ndarray
-    perturbation: np.ndarray
-    v1: np.ndarray
-    groups: Groups
-    config: dict[str, Any]
-    block_matvecs: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.eta.shape[0])
-
-    def run(self, i: int) -> GDResult:
-        """Configuration ``i`` as a :class:`GDResult` (rows after a divergence dropped)."""
-        bad = int(self.diverged_at[i])
-        keep = self.step < bad if bad >= 0 else np.ones(self.step.shape, bool)
-        gsq = self.group_norms[i][keep] ** 2
-        onset = int(self.onset_step[i])
-        return GDResult(
-            step=self.step[keep],
-            w=None if self.w is None else self.w[i][keep],
-            norm=self.norm[i][keep],
-            group_norms=self.group_norms[i][keep],
-            eta_eff=self.eta_eff[i][keep],
-            group_eta_eff=float(self.eta[i]) / gsq,
-            loss=self.loss[i][keep],
-            grad_norm=self.grad_norm[i][keep],
-            sharpness=self.sharpness[i][keep],
-            eos=self.eos[i][keep],
-            lanczos_matvecs=self.lanczos_matvecs[i][keep],
-            lanczos_residual=self.lanczos_residual[i][keep],
-            block_matvecs=None if self.block_matvecs is None else self.block_matvecs[i][keep],
-            onset_step=onset if onset >= 0 else None,
-            diverged_at=bad if bad >= 0 else None,
-            v1=self.v1[i],
-            eta=float(self.eta[i]),
-            wd=float(self.wd[i]),
-            groups=self.groups,
-            config={**self.config, "eta": float(self.eta[i]), "wd": float(self.wd[i])},
-        )
+from theory.core.types import Array, LossFn
+from theory.engine.core import SaveAt
+from theory.engine.driver import run_batch
+from theory.engine.gd import check_rates, default_parts, gd_config
+from theory.engine.methods import GDWD
+from theory.engine.results import GDSnapshot
+from theory.engine.results import SweepResult as SweepResult
+from theory.engine.trackers import AbstractTracker
 
 
 def _broadcast(x: Any, n: int, name: str) -> np.ndarray:
@@ -127,23 +69,18 @@ def gd_wd_sweep(
     eta: float | Sequence[float] | np.ndarray,
     wd: float | Sequence[float] | np.ndarray,
     steps: int,
-    record_every: int | None = None,
     groups: Sequence[int] | None = None,
+    tracker: AbstractTracker | None = None,
+    saveat: SaveAt | None = None,
     seeds: Sequence[int] | np.ndarray | None = None,
     perturbation: float | Sequence[float] | np.ndarray = 0.0,
     perturb_every: int = 1,
-    track_sharpness: bool | None = None,
-    sharpness_every: int | None = None,
-    lanczos_tol: float | None = None,
-    lanczos_iters: int | None = None,
-    warm_start: str | None = None,
-    record_iterates: bool | None = None,
     chunk_steps: int = 20_000,
     callback: Callable[[int, int], None] | None = None,
     devices: Sequence[Any] | None = None,
     check_invariance: bool = True,
-    tracker: Any = None,
-    saveat: SaveAt | None = None,
+    on_snapshot: Callable[[GDSnapshot], None] | None = None,
+    resume: GDSnapshot | None = None,
 ) -> SweepResult:
     """GD+WD for a grid of configurations at once (see the module docstring).
 
@@ -154,8 +91,10 @@ def gd_wd_sweep(
         seeds: ``(B,)`` integer seeds of the per-configuration PRNG keys (default
             ``0 .. B-1``); seed ``s`` gives the same key as ``gd_wd(key=PRNGKey(s))``.
         devices: devices to shard the sweep axis over (default all ``jax.devices()``).
-        Other arguments as :func:`theory.gd_wd` (shared by all configurations), including
-        ``tracker=`` and ``saveat=`` objects.
+        on_snapshot, resume: checkpoints of the whole sweep after each chunk, and a resume
+            from one (same grid, settings and device count), as :func:`theory.gd_wd`.
+        Other arguments as :func:`theory.gd_wd` (shared by all configurations), including the
+        defaults of ``tracker=`` and ``saveat=``.
     """
     w0_host = np.asarray(w0)
     if w0_host.ndim not in (1, 2):
@@ -172,14 +111,6 @@ def gd_wd_sweep(
     check.loss_output(loss, first)
     dtype = first.dtype
     perturb_every = check.positive_int(perturb_every, "perturb_every")
-    saveat = _saveat(saveat, record_every, record_iterates)
-    tracker = _tracker(
-        tracker, saveat, track_sharpness, sharpness_every, lanczos_tol, lanczos_iters, warm_start
-    )
-    if check_invariance:
-        check_scale_invariance(loss, first, groups=sizes)
-    seeds_arr = np.arange(n) if seeds is None else np.asarray(seeds, dtype=np.int64)
-    keys = np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in seeds_arr])
     methods = GDWD(
         jnp.asarray(etas, dtype),
         jnp.asarray(wds, dtype),
@@ -188,8 +119,20 @@ def gd_wd_sweep(
         perturb_every=perturb_every,
         kicks=bool(np.any(kicks > 0)),
     )
+    tracker, saveat = default_parts(methods, tracker, saveat)
+    if check_invariance:
+        check_scale_invariance(loss, first, groups=sizes)
+    seeds_arr = np.arange(n) if seeds is None else np.asarray(seeds, dtype=np.int64)
+    keys = np.stack([np.asarray(jax.random.PRNGKey(int(s))) for s in seeds_arr])
     devices = list(jax.devices() if devices is None else devices)
-    cols, last, engine_cfg = run_batch(
+    config = {
+        "groups": list(sizes),
+        **gd_config(tracker, saveat),
+        "perturb_every": perturb_every,
+        "devices": len(devices),
+        "seeds": seeds_arr.tolist(),
+    }
+    return run_batch(
         as_objective(loss),
         methods,
         np.asarray(w0s, dtype),
@@ -201,59 +144,9 @@ def gd_wd_sweep(
         chunk_steps=chunk_steps,
         devices=devices,
         progress=callback,
-    )
-    config = {
-        **engine_cfg,
-        "groups": list(sizes),
-        "track_sharpness": tracker.every > 0,
-        "sharpness_every": tracker.every or saveat.every,
-        "perturb_every": perturb_every,
-        "devices": len(devices),
-        "seeds": seeds_arr.tolist(),
-    }
-    return _assemble_sweep(cols, last, etas, wds, kicks, sizes, saveat.iterates, config)
-
-
-def _assemble_sweep(
-    cols: dict[str, np.ndarray],
-    last: dict[str, np.ndarray],
-    etas: np.ndarray,
-    wds: np.ndarray,
-    kicks: np.ndarray,
-    sizes: Groups,
-    iterates: bool,
-    config: dict[str, Any],
-) -> SweepResult:
-    bad = last["bad"]
-    step = cols["step"][0].astype(np.int64)
-    invalid = (bad[:, None] >= 0) & (step[None, :] >= bad[:, None])
-    gsq = cols["group_norms"] ** 2
-    norm = np.sqrt(gsq.sum(axis=2))
-
-    def mask(a: np.ndarray) -> np.ndarray:
-        a = a.astype(np.result_type(a.dtype, np.float32))
-        shape = invalid.shape + (1,) * (a.ndim - 2)
-        return np.where(invalid.reshape(shape), np.nan, a)
-
-    return SweepResult(
-        step=step,
-        w=mask(cols["w"]) if iterates else None,
-        norm=mask(norm),
-        group_norms=mask(cols["group_norms"]),
-        eta_eff=mask(etas[:, None] / norm**2),
-        loss=mask(cols["loss"]),
-        grad_norm=mask(cols["grad_norm"]),
-        sharpness=mask(cols["sharpness"]),
-        eos=mask(cols["eos"]),
-        lanczos_matvecs=cols["matvecs"],
-        lanczos_residual=mask(cols["residual"]),
-        onset_step=last["onset"].astype(np.int64),
-        diverged_at=bad.astype(np.int64),
-        eta=etas,
-        wd=wds,
-        perturbation=kicks,
-        v1=last["v1"],
-        groups=sizes,
+        on_snapshot=on_snapshot,
+        resume=resume,
+        on_nonfinite="stop",
         config=config,
-        block_matvecs=cols["block_matvecs"],
+        settings={"eta": etas, "wd": wds, "perturbation": kicks},
     )

@@ -1,12 +1,17 @@
 """Sharpness trackers: what the engine learns about the curvature along a run, and at what cost.
 
-A tracker is a pytree (``equinox.Module``, settings static) with
+A tracker subclasses :class:`AbstractTracker` (an ``equinox.Module``, settings static; in the
+style of lineax's ``AbstractLinearSolver``) and provides
 
 * ``every``: track on steps ``t`` with ``t % every == 0`` (0: never);
-* ``init(objective, w0, lr, groups, key) -> state``: warm-start vectors (jit/vmap-compatible);
+* ``init(objective, w0, lr, groups, key) -> state``: its state, e.g. warm-start vectors
+  (jit/vmap-compatible);
 * ``observe(objective, w, lr, groups, state, t, key, tracked, record) -> (Obs, state)``: the loss
   and gradient at ``w`` (which the GD step uses) and, on tracked steps, the EoS quantity
-  ``lr * lambda_1(hess L(w))`` and the spherical sharpness ``lambda_1(hess L(w_hat))``.
+  ``lr * lambda_1(hess L(w))`` and the spherical sharpness ``lambda_1(hess L(w_hat))``;
+* ``top_vector(state, w)``: the last top eigenvector it holds (the result's ``v1``);
+* ``config()``: the settings that decide a run's arrays (compared on resume);
+* ``for_batch()``: the same tracker for configurations stepping in lockstep (a sweep).
 
 Trackers here:
 
@@ -20,15 +25,17 @@ the top eigenvalue of a second operator ``M H(w) M = H(w_hat)`` (``M`` the per-g
 solved only on recorded rows.
 """
 
-from __future__ import annotations
-
+import abc
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from equinox import AbstractVar
 
+from theory.core import validate as check
 from theory.core.invariance import expand_groups, group_norms
 from theory.core.lanczos import default_tol, lanczos
 from theory.core.objective import Objective
@@ -52,7 +59,51 @@ def _untracked(objective: Objective, w: Array) -> Obs:
     return Obs(val, grad, nan, nan, jnp.asarray(0, jnp.int32), nan)
 
 
-class NoTracking(eqx.Module):
+class AbstractTracker(eqx.Module):
+    """What the engine learns about the curvature at each iterate (module docstring).
+
+    The driver (:func:`theory.engine.run`) refuses anything that is not an instance of this
+    class. The tracker's state (warm starts, ...) is its own: made by :meth:`init`, carried by
+    the driver, read back only through :meth:`top_vector`.
+    """
+
+    every: AbstractVar[int]
+
+    @abc.abstractmethod
+    def init(self, objective: Objective, w: Array, lr: Array, groups: Groups, key: Array) -> Any:
+        """The tracker's state at the start ``w``."""
+
+    @abc.abstractmethod
+    def observe(
+        self,
+        objective: Objective,
+        w: Array,
+        lr: Array,
+        groups: Groups,
+        state: Any,
+        t: Array,
+        key: Array,
+        tracked: Array,
+        record: bool,
+    ) -> tuple[Obs, Any]:
+        """``(Obs at w, next state)``; ``tracked``: solve for the curvature on this step;
+        ``record`` (static): the step's row is stored."""
+
+    @abc.abstractmethod
+    def top_vector(self, state: Any, w: Array) -> Array:
+        """The last top eigenvector held in ``state`` (zeros of ``w``'s shape if none)."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The settings that decide the run's arrays (JSON-friendly; compared on resume)."""
+
+    def for_batch(self) -> "AbstractTracker":
+        """This tracker for configurations that step in lockstep (:func:`theory.engine.run_batch`).
+        The default: itself."""
+        return self
+
+
+class NoTracking(AbstractTracker):
     """Bare GD: no curvature is computed (``eos`` and ``sharpness`` are NaN)."""
 
     every: int = eqx.field(static=True, default=0)
@@ -76,6 +127,10 @@ class NoTracking(eqx.Module):
         del lr, groups, t, key, tracked, record
         return _untracked(objective, w), state
 
+    def top_vector(self, state: Any, w: Array) -> Array:
+        del state
+        return jnp.zeros_like(w)
+
     def config(self) -> dict[str, Any]:
         return {"tracker": "none"}
 
@@ -95,7 +150,7 @@ class LanczosState(NamedTuple):
     gp: Array  # the same, of the solve before it (the other parity's chain)
 
 
-class LanczosTracker(eqx.Module):
+class LanczosTracker(AbstractTracker):
     """Lanczos on ``lr H(w)`` every ``every`` steps, warm-started, stopped at residual ``tol``.
 
     Warm start: ``"parity"`` starts an odd-``every`` tracker from the eigenvector of two tracked
@@ -136,10 +191,13 @@ class LanczosTracker(eqx.Module):
         spherical: with several groups, also solve the spherical sharpness (a second
             operator) on recorded rows; ``False`` leaves ``sharpness`` NaN there and spends HVPs
             on the EoS quantity only (about half the HVPs of tracking every recorded row).
-        batched: set by the batched driver (:func:`theory.engine.run_batch`): the residual
-            solve then tests the warm start before its loop (``lanczos(peel_first=True)``), so
-            that a batch whose warm starts all converge after one HVP skips the loop's
-            per-iteration eigen-decomposition. Results are the same.
+        batched: set by the batched driver (:func:`theory.engine.run_batch`, through
+            :meth:`for_batch`): the residual solve then tests the warm start before its loop
+            (``lanczos(peel_first=True)``), so that a batch whose warm starts all converge
+            after one HVP skips the loop's per-iteration eigen-decomposition. Results are the
+            same.
+        v0: the first warm start (a ``(D,)`` vector, normalized here; part of the tracker's
+            state from then on); ``None``: an accurate cold solve at the start (``init``).
     """
 
     every: int = eqx.field(static=True, default=1)
@@ -151,10 +209,14 @@ class LanczosTracker(eqx.Module):
     safety: float = eqx.field(static=True, default=3.0)
     spherical: bool = eqx.field(static=True, default=True)
     batched: bool = eqx.field(static=True, default=False)
+    v0: Array | None = None
 
     def __check_init__(self) -> None:
-        for name in ("every", "max_iters", "init_iters"):
-            value = getattr(self, name)
+        for name, value in (
+            ("every", self.every),
+            ("max_iters", self.max_iters),
+            ("init_iters", self.init_iters),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LanczosTracker.{name} must be a positive int, got {value!r}")
         if self.tol is not None and (
@@ -175,6 +237,8 @@ class LanczosTracker(eqx.Module):
             raise ValueError(
                 f"LanczosTracker.warm_start must be 'parity' or 'last', got {self.warm_start!r}"
             )
+        if self.v0 is not None:
+            check.flat_vector(self.v0, "LanczosTracker.v0")
 
     def _tol(self, dtype: Any) -> Array:
         return jnp.asarray(default_tol(dtype) if self.tol is None else self.tol, dtype)
@@ -182,7 +246,15 @@ class LanczosTracker(eqx.Module):
     def init(
         self, objective: Objective, w: Array, lr: Array, groups: Groups, key: Array
     ) -> LanczosState:
-        """An accurate cold solve at ``w`` (every later solve then starts warm)."""
+        """An accurate cold solve at ``w`` (every later solve then starts warm), or ``v0``."""
+        zero = jnp.zeros((), w.dtype)
+        if self.v0 is not None:
+            if self.v0.shape != w.shape:
+                raise ValueError(
+                    f"LanczosTracker.v0 must have the shape of w0 {w.shape}, got {self.v0.shape}"
+                )
+            v = self.v0.astype(w.dtype) / jnp.linalg.norm(self.v0)
+            return LanczosState(v, v, v, zero, zero)
         _, hvp = objective.linearize(w)
         tol = self._tol(w.dtype)
         m = min(w.shape[0], self.init_iters)
@@ -193,7 +265,6 @@ class LanczosTracker(eqx.Module):
             s = expand_groups(group_norms(w, groups), groups)
             res = lanczos(lambda x: s * hvp(s * x), v0, max_iters=m, tol=tol)
             vs = res.eigenvectors[:, 0]
-        zero = jnp.zeros((), w.dtype)
         return LanczosState(v, v, vs, zero, zero)
 
     def observe(
@@ -258,6 +329,13 @@ class LanczosTracker(eqx.Module):
 
         return jax.lax.cond(tracked, solve, skip, state)
 
+    def top_vector(self, state: LanczosState, w: Array) -> Array:
+        del w
+        return state.v
+
+    def for_batch(self) -> "LanczosTracker":
+        return dataclasses.replace(self, batched=True)
+
     def config(self) -> dict[str, Any]:
         return {
             "tracker": "lanczos",
@@ -268,6 +346,3 @@ class LanczosTracker(eqx.Module):
             **({"stop": "error", "safety": self.safety} if self.stop == "error" else {}),
             **({} if self.spherical else {"spherical": False}),
         }
-
-
-Tracker = NoTracking | LanczosTracker

@@ -61,7 +61,7 @@ def eos_equilibrium_start(
     geometry = Dense() if geometry is None else geometry_of(geometry)
     th, geometry = geometry.resolve(loss, theta)
     field_ = SharpnessFlowField(loss, geometry, form)
-    return _equilibrium_point(field_, th, jnp.asarray(eta * wd / 2, th.dtype), eta)
+    return _equilibrium_point(field_, th, jnp.asarray(eta * wd, th.dtype), eta)
 
 
 def eos_amplitude_sq(eta_wd: Any, g_sq: Any, form: str = "F1") -> Any:

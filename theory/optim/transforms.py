@@ -10,7 +10,8 @@ These are the bases that :func:`theory.optim.ire.ire` wraps. All take the extra 
   ``standard`` ``w + rho g/|g|``; ``average`` ``w + rho xi``, ``xi`` uniform on the unit sphere
   (the "average-direction" SAM of Wen, Ma, Li 2023 analysed in the IRE paper).
 * :func:`run_optimizer`: a whole run through the engine (:func:`theory.engine.run`), recording
-  every ``record_every`` steps; the same :class:`theory.GDResult` as :func:`theory.gd_wd`.
+  the rows of a :class:`theory.engine.SaveAt`; the same :class:`theory.GDResult` as
+  :func:`theory.gd_wd`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from jax.flatten_util import ravel_pytree
 from theory.core import validate as check
 from theory.core.invariance import as_groups
 from theory.core.objective import FullBatch
-from theory.engine import GDResult, Optax, SaveAt, optax_method
+from theory.engine import AbstractMethod, AbstractTracker, GDResult, Optax, SaveAt, optax_method
 from theory.engine import run as engine_run
+from theory.engine.driver import check_parts
 
 Array = jax.Array
 PyTree = Any
@@ -125,10 +127,9 @@ def run_optimizer(
     steps: int,
     *,
     loss_args: tuple = (),
-    record_every: int = 1,
-    observe: Callable[..., dict[str, Array]] | None = None,
+    saveat: SaveAt | None = None,
     state0: Any = None,
-    tracker: Any = None,
+    tracker: AbstractTracker | None = None,
     lr: float | None = None,
     groups: Sequence[int] | None = None,
     chunk_steps: int = 20_000,
@@ -140,21 +141,22 @@ def run_optimizer(
     loss_args=loss_args)``, ``p += u`` (:class:`theory.engine.Optax`), compiled in
     ``lax.scan`` chunks by :func:`theory.engine.run`. A non-finite iterate stops the run instead
     of raising: ``diverged_at`` is the first step whose iterate is non-finite (the update of
-    step ``diverged_at - 1`` blew up), or whose loss is non-finite at a finite iterate, and the
+    step ``diverged_at - 1`` blew up), or whose loss is non-finite at a finite one, and the
     rows from it on are dropped.
 
     Args:
         opt: the optimizer (``loss_args`` is passed to its update as an extra argument).
         loss_fn: ``loss_fn(params, *loss_args) -> scalar``.
         params0: initial parameters (pytree; flattened with ``ravel_pytree``).
-        steps: number of steps, a multiple of ``record_every``.
+        steps: number of steps, a multiple of ``saveat.every``.
         loss_args: data passed to the loss (arguments, not closed over).
-        record_every: rows every this many steps.
-        observe: ``observe(params, *loss_args) -> dict`` of arrays recorded on each row
-            (``result.observed``).
+        saveat: the rows (:class:`theory.engine.SaveAt`; default every step, with the
+            flattened parameters). Here its ``observe`` is called as
+            ``observe(params, *loss_args) -> dict`` on the parameter pytree, and its arrays are
+            recorded on every row (``result.observed``).
         state0: initial optimizer state (default ``opt.init(params0)``), e.g. with other
             hyperparameters set under ``optax.inject_hyperparams``.
-        tracker: a sharpness tracker (default none), e.g.
+        tracker: a sharpness tracker (default :class:`theory.engine.NoTracking`), e.g.
             ``theory.engine.LanczosTracker(every=10)``.
         lr: the step size of the EoS quantity ``lr * lambda_1`` (default ``nan``: no EoS).
         groups: scale-invariance groups of the flat parameters (for the recorded group norms
@@ -166,25 +168,25 @@ def run_optimizer(
         ``final_state`` the optimizer state after the run).
     """
     steps = check.positive_int(steps, "steps")
-    every = check.positive_int(record_every, "record_every")
-    if steps % every:
-        raise ValueError(f"steps ({steps}) must be a multiple of record_every ({every})")
     if not isinstance(loss_args, tuple):
         raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")
-    if tracker is not None and getattr(tracker, "every", 0) > 0 and lr is None:
+    method, w0 = optax_method(opt, params0, loss_args=loss_args, lr=lr)
+    engine_method: AbstractMethod = method if state0 is None else _WithState(method, state0)
+    tracker, saveat = check_parts(engine_method, tracker, saveat)
+    if steps % saveat.every:
+        raise ValueError(f"steps ({steps}) must be a multiple of SaveAt.every ({saveat.every})")
+    if tracker.every > 0 and lr is None:
         raise ValueError(
             "a sharpness tracker needs lr= (the step size of the EoS quantity lr * lambda_1)"
         )
-    method, w0 = optax_method(opt, params0, loss_args=loss_args, lr=lr)
     sizes = as_groups(groups, int(w0.shape[0]))
     loss = _PytreeLoss(loss_fn, method.unravel, loss_args)
-    saveat = SaveAt(
-        every=every,
-        observe=None if observe is None else _PytreeObserve(observe, method.unravel, loss_args),
-    )
+    if saveat.observe is not None:
+        observe = _PytreeObserve(saveat.observe, method.unravel, loss_args)
+        saveat = SaveAt(every=saveat.every, iterates=saveat.iterates, observe=observe)
     return engine_run(
         FullBatch(loss),
-        method if state0 is None else _WithState(method, state0),
+        engine_method,
         w0,
         steps=steps,
         groups=sizes,
@@ -197,7 +199,7 @@ def run_optimizer(
     )
 
 
-class _WithState(eqx.Module):
+class _WithState(AbstractMethod):
     """An engine method whose initial state is given (``state0``) instead of ``init(w)``."""
 
     base: Optax
@@ -213,3 +215,6 @@ class _WithState(eqx.Module):
 
     def update(self, w: Array, grad: Array, state: Any, t: Array, key: Array) -> tuple[Array, Any]:
         return self.base.update(w, grad, state, t, key)
+
+    def weight_decay(self) -> Array:
+        return self.base.weight_decay()
