@@ -113,7 +113,8 @@ TOPIC_MODULES: tuple[str, ...] = (
     "sims.checks.predict",
 )
 # Checks that need no stored simulation (they compute what they test): run strictly by the
-# default test suite (tests/sims/test_sims.py), so a new FAIL there stops CI.
+# slow tests (tests/sims/test_sims.py, `make test-slow`, which CI runs), so a new FAIL there
+# stops CI.
 FAST_CHECKS = (
     "scale_invariance_identities",
     "closed_form_sharpness",

@@ -297,6 +297,7 @@ def test_paired_widths_and_validation():
         regime_map.Config(widths=(16, 32, 64), cross_widths=False)
 
 
+@pytest.mark.slow
 def test_padded_mnist1d_is_the_unpadded_network():
     """Zero inputs with zero weights: the same loss and gradient, no gradient on the padded
     weights, the same per-layer norms; and the parameter layout of the digits network of equal

@@ -71,6 +71,7 @@ def test_vmapped_lanczos_has_no_batched_lapack_call():
     assert set(_syevd_batch_dims(jax.vmap(top), mats, v0)) == {0}
 
 
+@pytest.mark.slow
 def test_derivatives_match_jnp():
     a = _sym(jax.random.PRNGKey(4), (4, 6, 6))
     da = _sym(jax.random.PRNGKey(5), (4, 6, 6))

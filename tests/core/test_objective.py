@@ -230,6 +230,7 @@ def _value(loss, w):
         ("layer", "vgg", "ce", 4),
     ],
 )
+@pytest.mark.slow
 def test_per_example_network_chunked_equals_full_batch(norm, model, loss, chunk_size):
     prob = _problem(norm, model=model, loss=loss)
     obj = nets.chunked_objective(prob, chunk_size=chunk_size)

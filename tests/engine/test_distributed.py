@@ -125,6 +125,7 @@ FIELDS = ("w", "norm", "eta_eff", "loss", "sharpness", "eos")
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_data_parallel_eight_devices(tmp_path):
     """Data leaves sharded over a mesh axis "data" of 8 devices, parameters replicated: the same
     run as with unsharded data, through the EoS onset, and the data stay sharded."""
@@ -214,6 +215,7 @@ def test_multi_process_through_eos(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_processes_disagreeing_on_the_grid(tmp_path):
     """Different eta grids (same size) per process: unchecked, every configuration would run
     with the values of the process owning its device and each process would label the rows

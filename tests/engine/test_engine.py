@@ -237,6 +237,7 @@ def test_warm_start_v0_is_the_trackers_own_state():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("groups", [(12,), (5, 7)])
 def test_run_gdwd_equals_python_loop_and_dense_eigvalsh(groups):
     # Measured (float64, 60 steps, one / two groups): iterates 6.1e-16 / 3.0e-16 relative to
@@ -295,6 +296,7 @@ def eos_runs():
     return runs, err
 
 
+@pytest.mark.slow
 def test_residual_stop_bounds_the_eos_error_through_the_eos(eos_runs):
     # The residual rule at tol 3e-3 (the comparison point of the next test): measured max
     # relative eos error 6.9e-5 over all 301 rows (~r^2/gap; the proven bound is r = 3e-3), the
@@ -316,6 +318,7 @@ def test_error_stop_meets_its_tolerance_through_the_eos(eos_runs):
     assert err["error"].max() <= 1e-4, err["error"].max()
 
 
+@pytest.mark.slow
 def test_error_stop_is_cheaper_than_the_residual_rule_at_the_same_tol():
     # tol means "relative eigenvalue error" for stop="error" and "relative residual" for the
     # default: at the same tol the error rule stops earlier and still meets tol. Measured
@@ -596,6 +599,7 @@ SWEEP_ETA = np.array([0.5, 20.0, 0.5])
 SWEEP_WD = np.array([0.005, 0.0005, 0.2])
 
 
+@pytest.mark.slow
 def test_sweep_with_default_tracker_equals_one_by_one_and_isolates_divergence():
     # Not in tests/engine/test_sweep.py: eos compared, the default tracker (sharpness_every =
     # record_every = 1, default tol/iters/warm start) and a diverging configuration.
@@ -653,6 +657,7 @@ def _example_loss(w, a, b):
     return jnp.mean(jnp.log(jnp.cosh(3.0 * z)))
 
 
+@pytest.mark.slow
 def test_chunked_objective_equals_full_loss_in_gd_wd():
     # N = 24 examples in 4 chunks of 6; 60 steps before any EoS onset (eos rises 0.23 -> 1.04;
     # past an onset the oscillation amplifies the summation-order rounding: 4e-11 by step 50 with
@@ -721,6 +726,7 @@ def _batch(idx, **kw):
     )
 
 
+@pytest.mark.slow
 def test_run_batch_stops_at_non_finite_iterates_like_run():
     sweep = _batch([0, 1, 2], on_nonfinite="stop")
     for i in range(3):

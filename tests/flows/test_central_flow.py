@@ -95,6 +95,7 @@ def _to_edge(loss, u, eta, wd):
         pytest.param("ire_toy", "dense", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.slow
 def test_velocity_matches_dense_oracle_on_the_edge(name, geometry):
     prob = PROBLEMS[name]()
     wd = 1e-2 / ETA
@@ -392,6 +393,7 @@ def test_field_refuses_a_string_geometry():
         )
 
 
+@pytest.mark.slow
 def test_config_records_every_setting():
     """The result's config names the geometry, each edge setting, the solver and the
     controller's tolerances (a start well below the edge: a short gradient-flow solve)."""

@@ -99,6 +99,7 @@ def test_top_eigs_against_dense_eigh(geometry):
     np.testing.assert_allclose(overlap, 1.0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_resolve_dense_gives_phi_and_the_rank():
     prob = curved_manifold()  # Gamma of codimension k = 2 in the sphere
     theta0 = jnp.asarray(prob.start)
@@ -124,6 +125,7 @@ def test_resolve_gauss_newton_lands_on_gamma_with_rank_n():
     assert gap < 10 * d0**2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["curved_manifold", "great_circle"])
 def test_frames_against_closed_form_projector(name):
     prob = PROBLEMS[name]()
@@ -224,6 +226,7 @@ def test_rk4_solver_is_the_classical_formula():
     np.testing.assert_allclose(y1, rk4_step(lambda y: f(None, y, None), y0, h), rtol=1e-13)
 
 
+@pytest.mark.slow
 def test_solve_on_gamma_fixed_and_adaptive_agree():
     # The great circle: a 1-d Gamma; the projected flow with RK4 steps against Tsit5.
     prob = PROBLEMS["great_circle"]()

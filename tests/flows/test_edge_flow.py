@@ -163,6 +163,7 @@ def _fixed_step(field_, y0, t1, dt):
     return jax.tree.map(lambda a: a[-1], sol.ys)
 
 
+@pytest.mark.slow
 def test_convergence_order_of_fixed_step_integration():
     """Heun (order 2), fixed steps of 1/4 .. 1/16 GD step: halving the step divides the error
     against the adaptive Tsit5 solve (rtol 1e-8) by ~4; ``edge_flow`` with

@@ -36,6 +36,7 @@ def test_flow_matches_closed_form(name, form):
     assert np.all(np.asarray(jax.vmap(prob.distance_to_manifold)(jnp.asarray(res.theta))) < 1e-12)
 
 
+@pytest.mark.slow
 def test_vector_field_against_closed_form():
     prob = PROBLEMS["curved_manifold"]()
     field = SharpnessFlowField(prob.loss, Dense(rank=2))
@@ -73,6 +74,7 @@ def test_curved_manifold_against_independent_integration():
     assert res.sharpness[-1] < res.sharpness[0]
 
 
+@pytest.mark.slow
 def test_rk4_order_and_adaptive_tolerance():
     prob = PROBLEMS["great_circle"]()
     start = jnp.asarray(prob.start)
@@ -139,6 +141,7 @@ def test_bad_inputs():
         Degeneracy(gap_tol=-1.0)
 
 
+@pytest.mark.slow
 def test_gd_tracks_the_flow_from_the_equilibrium():
     # eta*wd = 1e-3, tau up to 1: |Phi(w_t) - theta(tau)| ~ 6e-5 * tau (docs/theory.md measured 1e-5
     # at 3e-4); the direction itself is off by the amplitude sqrt(eta wd / 2) ~ 0.022.

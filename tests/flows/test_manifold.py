@@ -33,6 +33,7 @@ def _phi_scipy(loss, w):
     return y / np.linalg.norm(y), float(np.linalg.norm(grad(jnp.asarray(y))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_phi_against_scipy_and_closed_forms(name):
     prob = PROBLEMS[name]()
@@ -109,6 +110,7 @@ def _stiff(w):
     return 0.5 * jnp.sum(_STIFF_A * u[2:] ** 2)
 
 
+@pytest.mark.slow
 def test_implicit_solver_on_a_stiff_flow():
     # On the sphere dt/ds = 2 L t: the flow keeps the direction of t, so Phi(w) = (t / |t|, 0)
     # in closed form; it ends within |grad L| / a_min = gtol / 1e-3 of Gamma.

@@ -379,6 +379,7 @@ def _param_sizes(model, shape) -> list[int]:
     return [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)]
 
 
+@pytest.mark.slow
 def test_parameter_counts_and_groups():
     assert _param_sizes(nets.mlp([256, 256]), (2, 64)) == [64 * 256, 256 * 256]  # 81920
     assert _param_sizes(nets.vgg(), (2, 8, 8, 1)) == [9 * 16, 9 * 16 * 32, 9 * 32 * 64]  # 23184

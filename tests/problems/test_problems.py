@@ -389,6 +389,7 @@ def test_tangent_projector(case):
         assert np.linalg.matrix_rank(jac, tol=1e-8) == problem.manifold_dim
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ALL)
 def test_points_lie_on_gamma(case):
     b = _bundle(case)

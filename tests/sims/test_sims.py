@@ -263,6 +263,7 @@ def test_networks_tiny_run_and_figures(tmp_path):
         networks.Config(dataset="cifar10")
 
 
+@pytest.mark.slow
 def test_midpoint_curvature_against_dense_hessian():
     # networks.midpoint_columns (theory.analysis.midpoint on the chosen rows): eta * lambda_1(H)
     # and the spherical sharpness lambda_1(M H M) (M the per-group norms) at (w_t + w_{t+1}) / 2,
@@ -306,9 +307,10 @@ def test_midpoint_curvature_against_dense_hessian():
         assert sharp[i] == pytest.approx(ref_s, rel=1e-8)
 
 
+@pytest.mark.slow
 def test_fast_theorem_checks_pass_strictly(tmp_path):
     # The checks that need no stored simulation, run as `make all` runs them: any unexpected
-    # FAIL among them fails the default suite (and so CI).
+    # FAIL among them fails `make test-slow` (and so CI).
     ctx = checks.Context(ResultStore(tmp_path))
     results = checks.run_checks(ctx, list(checks.FAST_CHECKS))
     assert len(results) >= 20
