@@ -27,7 +27,10 @@ from sims._runner import stored_or_run
 from sims._runtime import Progress
 from sims._store import ResultStore, StoredRun
 from sims.results import Result, decode, from_stored
+from theory.engine import NoTracking, SaveAt
 from theory.engine.gd import GDResult, GDSnapshot, gd_wd
+from theory.flows.common import GaussNewton
+from theory.flows.compare import eos_equilibrium_start
 
 C = TypeVar("C")
 Arrays = dict[str, np.ndarray]
@@ -175,3 +178,36 @@ def resumable_gd_wd(
         return gd_wd(
             loss, w0, steps=steps, callback=bar, on_snapshot=save, resume=resume, **gd_kwargs
         )
+
+
+def gd_from_equilibrium(
+    prob: Any,
+    theta0: Any,
+    *,
+    eta: float,
+    wd: float,
+    every: int,
+    rows: int,
+    form: str = "F1",
+) -> GDResult:
+    """Untracked GD+WD from the EoS equilibrium of ``theta0`` (:func:`theory.eos_equilibrium_start`
+    with ``form``'s amplitude, ``theta0`` put on ``Gamma`` by Gauss-Newton on
+    ``prob.residuals``): ``rows`` rows ``every`` steps apart, iterates stored. The shared run of
+    the studies that compare GD with a flow on a least-squares network (tame, crossing,
+    net_flow)."""
+    assert prob.residuals is not None, "needs a least-squares problem (prob.residuals)"
+    w0 = eos_equilibrium_start(
+        prob.loss, theta0, eta=eta, wd=wd, form=form, geometry=GaussNewton(prob.residuals)
+    )
+    gd = gd_wd(
+        prob.loss,
+        w0,
+        eta=eta,
+        wd=wd,
+        steps=every * rows,
+        tracker=NoTracking(),
+        saveat=SaveAt(every=every),
+        check_invariance=False,
+    )
+    assert gd.w is not None
+    return gd

@@ -37,16 +37,14 @@ from sims import data as datasets
 from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
-from sims.simulation import Simulation, cached_runs, prefixed
+from sims.simulation import Simulation, cached_runs, gd_from_equilibrium, prefixed
 from sims.studies.tame import binary_target
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array, LossFn
-from theory.engine import NoTracking, SaveAt
-from theory.engine.gd import gd_wd
 from theory.flows.cluster import Clustering, cluster_flow
 from theory.flows.common import GaussNewton, SaveTimes
-from theory.flows.compare import eos_equilibrium_start, fit_slope
+from theory.flows.compare import fit_slope
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.reduction import Degeneracy, sharpness_flow
 from theory.problems import nets
@@ -226,20 +224,7 @@ def _gd_run(
     assert prob.residuals is not None
     wd = ewd / cfg.eta
     every = max(1, round(cfg.tau_end / (2 * ewd) / cfg.rows))
-    w0 = eos_equilibrium_start(
-        prob.loss, theta0, eta=cfg.eta, wd=wd, geometry=GaussNewton(prob.residuals)
-    )
-    gd = gd_wd(
-        prob.loss,
-        w0,
-        eta=cfg.eta,
-        wd=wd,
-        steps=every * cfg.rows,
-        tracker=NoTracking(),
-        saveat=SaveAt(every=every),
-        check_invariance=False,
-    )
-    assert gd.w is not None
+    gd = gd_from_equilibrium(prob, theta0, eta=cfg.eta, wd=wd, every=every, rows=cfg.rows)
     tau_gd = 2 * ewd * np.asarray(gd.step, np.float64)
     flow_tau, flow_theta = fl["flow.tau"], fl["flow.theta"]
     n = min(len(tau_gd), len(flow_tau))

@@ -26,13 +26,11 @@ from sims import data as datasets
 from sims._checkpoint import Checkpoints
 from sims._runtime import Progress, dtype_from_config
 from sims._store import StoredRun
-from sims.simulation import Simulation
+from sims.simulation import Simulation, gd_from_equilibrium
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
-from theory.engine import NoTracking, SaveAt
-from theory.engine.gd import gd_wd
 from theory.flows.common import GaussNewton
-from theory.flows.compare import compare_with_flow, eos_equilibrium_start, fit_slope
+from theory.flows.compare import compare_with_flow, fit_slope
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.reduction import Degeneracy
 from theory.problems import nets
@@ -120,21 +118,7 @@ def run(
         for i, ewd in enumerate(cfg.eta_wd):
             wd = ewd / cfg.eta
             every = max(1, math.ceil(cfg.tau_end / (2 * ewd) / cfg.rows))
-            steps = every * cfg.rows
-            w0 = eos_equilibrium_start(
-                prob.loss, theta0, eta=cfg.eta, wd=wd, geometry=GaussNewton(prob.residuals)
-            )
-            gd = gd_wd(
-                prob.loss,
-                w0,
-                eta=cfg.eta,
-                wd=wd,
-                steps=steps,
-                tracker=NoTracking(),
-                saveat=SaveAt(every=every),
-                check_invariance=False,
-            )
-            assert gd.w is not None
+            gd = gd_from_equilibrium(prob, theta0, eta=cfg.eta, wd=wd, every=every, rows=cfg.rows)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", DegenerateSharpnessWarning)
                 cmp = compare_with_flow(

@@ -53,19 +53,16 @@ from sims import data as datasets
 from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
-from sims.simulation import Simulation, collect_runs
+from sims.simulation import Simulation, collect_runs, gd_from_equilibrium
 from theory.analysis.midpoint import midpoint_curvature
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array
-from theory.engine import NoTracking, SaveAt
-from theory.engine.gd import gd_wd
 from theory.flows.common import GaussNewton
 from theory.flows.compare import (
     ComparisonResult,
     compare_with_flow,
     eos_amplitude_sq,
-    eos_equilibrium_start,
     fit_slope,
 )
 from theory.flows.gauss_newton import gauss_newton_project
@@ -192,22 +189,10 @@ def _gd_run(
     prob: nets.NetProblem, theta0: Array, cfg: Config, ewd: float, form: Literal["F0", "F1"]
 ) -> Any:
     assert prob.residuals is not None
-    wd = ewd / cfg.eta
     every = max(1, math.ceil(cfg.tau_end / (2 * ewd) / cfg.rows))
-    w0 = eos_equilibrium_start(
-        prob.loss, theta0, eta=cfg.eta, wd=wd, form=form, geometry=GaussNewton(prob.residuals)
+    gd = gd_from_equilibrium(
+        prob, theta0, eta=cfg.eta, wd=ewd / cfg.eta, every=every, rows=cfg.rows, form=form
     )
-    gd = gd_wd(
-        prob.loss,
-        w0,
-        eta=cfg.eta,
-        wd=wd,
-        steps=every * cfg.rows,
-        tracker=NoTracking(),
-        saveat=SaveAt(every=every),
-        check_invariance=False,
-    )
-    assert gd.w is not None
     return gd
 
 
