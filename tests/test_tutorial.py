@@ -1,8 +1,9 @@
 """The tutorial (examples/tutorial.py) runs end to end and its numbers make sense.
 
 Both runs are slow-marked (`make test-slow`, which CI runs): the quick one costs about 80 s of
-one core, most of it compilation, which kept the default suite over its 8-minute budget. Tolerances are on float64 runs of a 384-parameter network and leave a
-margin over the measured values (in the comments).
+one core, most of it compilation, which kept the default suite over its 8-minute budget.
+Tolerances are on float64 runs of a 384-parameter network and leave a margin over the
+measured values (in the comments).
 """
 
 from __future__ import annotations
