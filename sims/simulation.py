@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -188,7 +188,7 @@ def gd_from_equilibrium(
     wd: float,
     every: int,
     rows: int,
-    form: str = "F1",
+    form: Literal["F0", "F1"] = "F1",
 ) -> GDResult:
     """Untracked GD+WD from the EoS equilibrium of ``theta0`` (:func:`theory.eos_equilibrium_start`
     with ``form``'s amplitude, ``theta0`` put on ``Gamma`` by Gauss-Newton on

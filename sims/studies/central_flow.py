@@ -214,7 +214,7 @@ def _losses(loss: Any, ws: jax.Array) -> jax.Array:
     return jax.lax.map(loss, ws, batch_size=256)
 
 
-def _top_eig(loss: Any, ws: np.ndarray) -> np.ndarray:
+def _top_eig(loss: Any, ws: np.ndarray | jax.Array) -> np.ndarray:
     """``lambda_1(hess L(w))`` for each row, warm started along the rows (dense ``eigh`` up to
     ``_DENSE_MAX``, else Lanczos)."""
     dense = ws.shape[1] <= _DENSE_MAX

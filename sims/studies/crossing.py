@@ -225,6 +225,7 @@ def _gd_run(
     wd = ewd / cfg.eta
     every = max(1, round(cfg.tau_end / (2 * ewd) / cfg.rows))
     gd = gd_from_equilibrium(prob, theta0, eta=cfg.eta, wd=wd, every=every, rows=cfg.rows)
+    assert gd.w is not None
     tau_gd = 2 * ewd * np.asarray(gd.step, np.float64)
     flow_tau, flow_theta = fl["flow.tau"], fl["flow.theta"]
     n = min(len(tau_gd), len(flow_tau))

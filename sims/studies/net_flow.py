@@ -119,6 +119,7 @@ def run(
             wd = ewd / cfg.eta
             every = max(1, math.ceil(cfg.tau_end / (2 * ewd) / cfg.rows))
             gd = gd_from_equilibrium(prob, theta0, eta=cfg.eta, wd=wd, every=every, rows=cfg.rows)
+            assert gd.w is not None
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", DegenerateSharpnessWarning)
                 cmp = compare_with_flow(
