@@ -48,6 +48,8 @@ from sims.checks.core import (
     register,
     within,
 )
+from sims.results import number
+from theory.analysis.fits import loglog_fit
 from theory.flows.central import CentralFlowField, equilibrium_on_gamma
 from theory.flows.common import Dense
 from theory.flows.manifold import project_to_manifold
@@ -191,14 +193,6 @@ def _on_gamma(ctx: Context) -> list[CheckResult]:
     return out
 
 
-def _num(x: Any) -> float:
-    """A stored number as a float: None and a NaN stored as text (``"nan"``) give NaN."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _rel(a: float, b: float) -> float:
     """``|a - b| / |b|`` (NaN if either is not a number: NaN never passes)."""
     return abs(a - b) / abs(b) if b != 0 else math.nan
@@ -207,7 +201,7 @@ def _rel(a: float, b: float) -> float:
 def _gd_loss(s: dict[str, Any]) -> float:
     """GD's phase-III mean loss over every step (results stored before it was recorded: the
     mean over the rows' moving averages)."""
-    return _num(s.get("phase3_mean_gd_loss_every_step", s.get("phase3_mean_gd_loss")))
+    return number(s.get("phase3_mean_gd_loss_every_step", s.get("phase3_mean_gd_loss")))
 
 
 def _abs_log_ratio(a: float, b: float) -> float:
@@ -252,47 +246,32 @@ _REGRESSION_BOUNDS = ("loss",)
 _ERRORS: tuple[tuple[str, Any, str], ...] = (
     (
         "eos",
-        lambda s: _num(s.get("phase3_rms_eos")),
+        lambda s: number(s.get("phase3_rms_eos")),
         "phase-III RMS of eta_eff S at GD's time-averaged iterate minus the central flow's",
     ),
     (
         "norm",
-        lambda s: _num(s.get("phase3_rms_norm")),
+        lambda s: number(s.get("phase3_rms_norm")),
         "phase-III RMS relative error of |w| (GD's time-averaged iterate vs the central flow)",
     ),
     (
         "direction",
-        lambda s: _num(s.get("phase3_rms_dir")),
+        lambda s: number(s.get("phase3_rms_dir")),
         "phase-III RMS angle between GD's time-averaged direction and the central flow's",
     ),
     (
         "loss",
-        lambda s: _rel(_gd_loss(s), _num(s.get("phase3_mean_cf_loss"))),
+        lambda s: _rel(_gd_loss(s), number(s.get("phase3_mean_cf_loss"))),
         "relative error of the phase-III mean loss (GD's over every step)",
     ),
     (
         "oscillation",
         lambda s: _abs_log_ratio(
-            _num(s.get("phase3_mean_gd_osc")), _num(s.get("phase3_mean_cf_sigma2"))
+            number(s.get("phase3_mean_gd_osc")), number(s.get("phase3_mean_cf_sigma2"))
         ),
         "|log| of GD's phase-III mean squared oscillation over the mean trace Sigma",
     ),
 )
-
-
-def fitted_order(eta_wd: list[float], errors: list[float]) -> tuple[float, float, list[float]]:
-    """Least-squares order of ``errors`` in ``eta_wd`` (log-log slope), its standard error and
-    the local orders between neighbours (NaN unless every error is positive, >= 3 points)."""
-    x, y = np.log(np.asarray(eta_wd, float)), np.asarray(errors, float)
-    if x.size < 3 or not np.all(np.isfinite(y) & (y > 0)):
-        return math.nan, math.nan, []
-    ly = np.log(y)
-    (slope, icpt), cov = np.polyfit(x, ly, 1, cov="unscaled")
-    resid = ly - (slope * x + icpt)
-    se = float(np.sqrt(cov[0, 0] * np.sum(resid**2) / (x.size - 2)))
-    order = np.argsort(x)
-    local = np.diff(ly[order]) / np.diff(x[order])
-    return float(slope), se, [round(float(v), 3) for v in local]
 
 
 def _order_check(
@@ -308,7 +287,8 @@ def _order_check(
     above 0 (the error vanishes as eta*wd -> 0, beyond the scatter of the fit)."""
     ewds = [e for e, _ in runs]
     errs = [err(summary[k]) for _, k in runs]
-    slope, se, local = fitted_order(ewds, errs)
+    fit = loglog_fit(ewds, errs)
+    slope, se, local = fit.slope, fit.stderr, list(fit.local)
     return above(
         name=f"{problem}: central-flow {what} error shrinks as eta*wd decreases",
         claim=f"{claim}: least-squares order in eta*wd over {len(runs)} values, minus twice "
@@ -335,10 +315,10 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
     out = []
     by_problem: dict[str, list[tuple[float, str]]] = {}
     for key, s in summary.items():
-        ewd = _num(s.get("eta_wd"))
+        ewd = number(s.get("eta_wd"))
         by_problem.setdefault(s["problem"], []).append((ewd, key))
         d: dict[str, Any] = {"eta_wd": ewd, "run": str(stored.path)}
-        onset_gd, onset_cf = _num(s.get("onset_gd")), _num(s.get("onset_central_flow"))
+        onset_gd, onset_cf = number(s.get("onset_gd")), number(s.get("onset_central_flow"))
         out.append(
             within(
                 name=f"{key}: central-flow onset = GD onset",
@@ -353,8 +333,8 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                 rtol=0.05,
                 details={
                     **d,
-                    "phase2_prediction": _num(s.get("onset_predicted_phase2")),
-                    "gd_first_row_at_edge": _num(s.get("onset_gd_first_row")),
+                    "phase2_prediction": number(s.get("onset_predicted_phase2")),
+                    "gd_first_row_at_edge": number(s.get("onset_gd_first_row")),
                 },
             )
         )
@@ -368,13 +348,13 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
         if "phase3_mean_gd_norm" not in s:
             continue
         for what, gd_key, cf_key, rtol, claim in _AT_SMALLEST:
-            pred = _num(s.get(cf_key))
-            meas = _gd_loss(s) if what == "loss" else _num(s.get(gd_key))
+            pred = number(s.get(cf_key))
+            meas = _gd_loss(s) if what == "loss" else number(s.get(gd_key))
             extra = {}
             if what == "eos":
                 extra = {
-                    "gd_at_midpoints": _num(s.get("phase3_mean_gd_eos_mid")),
-                    "gd_at_iterates": _num(s.get("phase3_mean_gd_eos_raw")),
+                    "gd_at_midpoints": number(s.get("phase3_mean_gd_eos_mid")),
+                    "gd_at_iterates": number(s.get("phase3_mean_gd_eos_raw")),
                 }
             out.append(
                 within(
@@ -391,7 +371,7 @@ def _vs_gd(ctx: Context) -> list[CheckResult]:
                     details={**d, **extra},
                 )
             )
-        pred, meas = _num(s.get("phase3_mean_cf_sigma2")), _num(s.get("phase3_mean_gd_osc"))
+        pred, meas = number(s.get("phase3_mean_cf_sigma2")), number(s.get("phase3_mean_gd_osc"))
         out.append(
             condition(
                 name=f"{problem}: trace Sigma = GD's mean squared oscillation at the smallest "
@@ -474,7 +454,7 @@ def _edge_vs_gd(ctx: Context) -> list[CheckResult]:
     for key, s in summary.items():
         if "overshoot_ef_peak" not in s:
             continue
-        d: dict[str, Any] = {"eta_wd": _num(s.get("eta_wd")), "run": str(stored.path)}
+        d: dict[str, Any] = {"eta_wd": number(s.get("eta_wd")), "run": str(stored.path)}
         edge = 2.0 - d["eta_wd"]
         for what, gd_key, ef_key, rtol, claim in _EDGE_ONSET:
             shift = edge if what == "overshoot height" else 0.0
@@ -485,13 +465,13 @@ def _edge_vs_gd(ctx: Context) -> list[CheckResult]:
                     kind="model",
                     threshold="regression",
                     source="Marion, Edge Flow (arXiv 2606.18080); docs/edge_flow.md",
-                    predicted=_num(s.get(ef_key)) - shift,
-                    measured=_num(s.get(gd_key)) - shift,
+                    predicted=number(s.get(ef_key)) - shift,
+                    measured=number(s.get(gd_key)) - shift,
                     rtol=rtol,
                     details={
                         **d,
-                        "central_flow_peak": _num(s.get("overshoot_cf_peak")),
-                        "gd_iterates_peak": _num(s.get("overshoot_gd_raw_peak")),
+                        "central_flow_peak": number(s.get("overshoot_cf_peak")),
+                        "gd_iterates_peak": number(s.get("overshoot_gd_raw_peak")),
                     },
                 )
             )
@@ -504,8 +484,8 @@ def _edge_vs_gd(ctx: Context) -> list[CheckResult]:
                 kind="model",
                 threshold="regression",
                 source="CDTKL25; Marion (arXiv 2606.18080); docs/edge_flow.md",
-                measured=_nan_to(_num(s.get("overshoot_cf_peak")) - edge, 0.0),
-                bound=0.1 * (_num(s.get("overshoot_ef_peak")) - edge),
+                measured=_nan_to(number(s.get("overshoot_cf_peak")) - edge, 0.0),
+                bound=0.1 * (number(s.get("overshoot_ef_peak")) - edge),
                 details=d,
             )
         )

@@ -15,8 +15,8 @@ import numpy as np
 
 from sims._runtime import dtype_from_config
 from sims.checks.core import CheckResult, Context, at_most, register, within
+from theory.analysis.fits import loglog_fit
 from theory.flows.common import RK4, FixedSteps, SaveTimes
-from theory.flows.compare import fit_slope
 from theory.flows.reduction import Form, SharpnessFlowResult, rk4_step, sharpness_flow, velocity
 from theory.problems.analytic import PROBLEMS
 
@@ -179,7 +179,7 @@ def _integrators(ctx: Context) -> list[CheckResult]:
         )
         for dt in dts
     ]
-    slope, _ = fit_slope(np.asarray(dts), np.asarray(errs))
+    slope = loglog_fit(np.asarray(dts), np.asarray(errs)).slope
     out.append(
         within(
             name="projected RK4 convergence order (great_circle, F1)",

@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sims.checks.core import CheckResult, Context, below, bounded, register, within
+from sims.results import number
 
 SOURCE = "docs/ire.md (derived here)"
-
-
-def _f(x: Any) -> float:
-    """A stored number (``None`` where undefined) as a float."""
-    return float("nan") if x is None else float(x)
 
 
 def _rows(ctx: Context) -> tuple[list[dict[str, Any]], str]:
@@ -36,8 +32,8 @@ def _speedup(ctx: Context) -> list[CheckResult]:
                 kind="derived",
                 threshold="regression",
                 source=SOURCE,
-                predicted=_f(r["predicted"]),
-                measured=_f(r["speedup"]),
+                predicted=number(r["predicted"]),
+                measured=number(r["speedup"]),
                 rtol=0.05,
                 details={"naive": r["naive"], "eta_wd": r["eta_wd"], "run": path},
             )
@@ -62,7 +58,7 @@ def _naive(ctx: Context) -> list[CheckResult]:
                 kind="derived",
                 threshold="exact",
                 source=SOURCE,
-                measured=_f(r["speedup"]),
+                measured=number(r["speedup"]),
                 bound=min(r["naive"], bound),
                 details={"run": path, "g_sq_start": r["g_sq_start"]},
             )
@@ -89,7 +85,7 @@ def _projector(ctx: Context) -> list[CheckResult]:
                     threshold="exact",
                     source=SOURCE,
                     predicted=r["naive"],
-                    measured=_f(r["speedup"]),
+                    measured=number(r["speedup"]),
                     op="<",
                     bound=0.0,
                     details={"run": path},
@@ -103,8 +99,8 @@ def _projector(ctx: Context) -> list[CheckResult]:
                     kind="derived",
                     threshold="regression",
                     source=SOURCE,
-                    predicted=_f(r["predicted"]),
-                    measured=_f(r["speedup"]),
+                    predicted=number(r["predicted"]),
+                    measured=number(r["speedup"]),
                     rtol=0.10,
                     details={"run": path},
                 )

@@ -32,15 +32,11 @@ from sims.checks.core import (
     skipped,
     within,
 )
+from sims.results import number
 from sims.studies import ire_networks, ire_toy
 
 PAPER = "Wang et al. 2024 (IRE), arXiv 2405.20763"
 FIG1 = f"{PAPER}, Figure 1 (docs/papers.md)"
-
-
-def _f(x: Any) -> float:
-    """A stored summary number (``None`` and the strings of non-finite floats -> float)."""
-    return float("nan") if x is None else float(x)
 
 
 def _violations(values: list[float], strict: bool) -> int:
@@ -87,7 +83,7 @@ def _toy_gd_stall(ctx: Context) -> list[CheckResult]:
     """
     stored = ctx.result(ire_toy.NAME)
     s = stored.summary["gd_eta1"]
-    pred = _f(s["u_end_continuum"])
+    pred = number(s["u_end_continuum"])
     claim: Claim = {
         "name": "ire_toy: GD eta=1 stalls at u = exp(-v0/sqrt 2)",
         "claim": "1 - u at the end of GD eta=1 (the drift stops once the oscillation contracts)",
@@ -100,12 +96,12 @@ def _toy_gd_stall(ctx: Context) -> list[CheckResult]:
     return [
         within(
             predicted=1 - pred,
-            measured=1 - _f(s["u_end"]),
+            measured=1 - number(s["u_end"]),
             rtol=0.05,
             details={
-                "u_end": _f(s["u_end"]),
+                "u_end": number(s["u_end"]),
                 "u_pred": pred,
-                "sharpness_end": _f(s["sharpness_end"]),
+                "sharpness_end": number(s["sharpness_end"]),
             },
             **claim,
         )
@@ -120,7 +116,7 @@ def _mask_runs(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def _toy_flatter(ctx: Context) -> list[CheckResult]:
     stored = ctx.result(ire_toy.NAME)
     summary, cfg = stored.summary, stored.config
-    gd = _f(summary["gd_eta1"]["sharpness_end"])
+    gd = number(summary["gd_eta1"]["sharpness_end"])
     out = []
     for s in _mask_runs(summary):
         out.append(
@@ -130,9 +126,9 @@ def _toy_flatter(ctx: Context) -> list[CheckResult]:
                 kind="empirical",
                 threshold="exact",
                 source=FIG1,
-                measured=_f(s["sharpness_end"]),
+                measured=number(s["sharpness_end"]),
                 bound=gd,
-                details={"u_end": _f(s["u_end"]), "steps_below": s["steps_below"]},
+                details={"u_end": number(s["u_end"]), "steps_below": s["steps_below"]},
             )
         )
     return out
@@ -144,7 +140,9 @@ def _toy_kappa_order(ctx: Context) -> list[CheckResult]:
     stored = ctx.result(ire_toy.NAME)
     summary = stored.summary
     masks = _mask_runs(summary)
-    finals = [_f(summary["gd_eta1"]["sharpness_end"])] + [_f(s["sharpness_end"]) for s in masks]
+    finals = [number(summary["gd_eta1"]["sharpness_end"])] + [
+        number(s["sharpness_end"]) for s in masks
+    ]
     level = "1.9" if "1.9" in masks[0]["steps_below"] else next(iter(masks[0]["steps_below"]))
     arrivals = [
         math.inf if s["steps_below"][level] is None else float(s["steps_below"][level])
@@ -187,7 +185,7 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
     """
     stored = ctx.result(ire_toy.NAME)
     summary = stored.summary
-    gd = _f(summary["gd_eta1"]["sharpness_end"])
+    gd = number(summary["gd_eta1"]["sharpness_end"])
     out = []
     exact = sorted(
         (s for s in summary.values() if s["method"] == "exact"), key=lambda s: s["kappa"]
@@ -202,7 +200,7 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
                     kind="derived",
                     threshold="exact",
                     source="theory/optim/ire.py exact_flat docstring; the brief's measured finding",
-                    measured=_f(s["u_change_early"]),
+                    measured=number(s["u_change_early"]),
                     bound=0.0,
                     details={"diverged_at": s["diverged_at"]},
                 )
@@ -215,9 +213,9 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
                     kind="derived",
                     threshold="exact",
                     source="theory/optim/ire.py exact_flat docstring (point='midpoint')",
-                    measured=_f(s["sharpness_end"]),
+                    measured=number(s["sharpness_end"]),
                     bound=gd,
-                    details={"diverged_at": s["diverged_at"], "u_end": _f(s["u_end"])},
+                    details={"diverged_at": s["diverged_at"], "u_end": number(s["u_end"])},
                 )
             )
     return out
@@ -231,7 +229,7 @@ def _toy_exact_point(ctx: Context) -> list[CheckResult]:
 def _net_end(summary: dict[str, Any], selector: str, kappa: float, key: str) -> float:
     """Geometric mean over seeds of ``key`` for one method."""
     vals = [
-        _f(s[key])
+        number(s[key])
         for s in summary.values()
         if s["selector"] == selector and (selector == "none" or s["kappa"] == kappa)
     ]
@@ -336,8 +334,8 @@ def _mid_mean(summary: dict[str, Any], selector: str, kappa: float) -> tuple[flo
     ]
     if not runs or any("eos_mid_end" not in s for s in runs):
         return math.nan, math.nan, 0
-    means = [_f(s["eos_mid_end"]) for s in runs]
-    var = [_f(s["eos_mid_std"]) ** 2 / s["eos_mid_rows"] for s in runs]
+    means = [number(s["eos_mid_end"]) for s in runs]
+    var = [number(s["eos_mid_std"]) ** 2 / s["eos_mid_rows"] for s in runs]
     return (
         float(np.mean(means)),
         float(math.sqrt(sum(var)) / len(runs)),

@@ -58,7 +58,9 @@ from sims.checks.core import (
     skipped,
     within,
 )
+from sims.results import number
 from sims.studies import predict_init as pi
+from theory.analysis.fits import loglog_fit
 
 _SRC = "docs/predict.md"
 # Measured at the full scale only (ire_toy is not in the quick preset); docs/predict.md.
@@ -90,6 +92,11 @@ expect_failure(
 )
 
 
+def _abs(x: Any) -> float | None:
+    """``|x|`` of a stored error; ``None`` (not measured) stays ``None``."""
+    return None if x is None else abs(number(x))
+
+
 def _runs(ctx: Context) -> tuple[dict[str, Any], str]:
     stored = ctx.results(pi.NAME)
     return stored.meta["summary"], str(stored.path)
@@ -97,19 +104,6 @@ def _runs(ctx: Context) -> tuple[dict[str, Any], str]:
 
 def _ok(value: Any, bound: float) -> bool:
     return value is not None and bool(np.isfinite(value)) and abs(value) <= bound
-
-
-def _nan(x: Any) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def slope(eta_wd: list[float], err: list[float | None]) -> float:
-    """Least-squares slope of ``log |err|`` against ``log eta_wd`` (NaN if any error is missing
-    or zero, or fewer than 2 points)."""
-    e = np.abs(np.asarray([_nan(x) for x in err]))
-    if len(e) < 2 or not np.all(np.isfinite(e) & (e > 0)):
-        return float("nan")
-    return float(np.polyfit(np.log(np.asarray(eta_wd, float)), np.log(e), 1)[0])
 
 
 def _rate_checks(
@@ -135,7 +129,7 @@ def _rate_checks(
                     kind="derived",
                     threshold="regression",
                     source=_SRC,
-                    measured=abs(_nan(errs[0])),
+                    measured=abs(number(errs[0])),
                     bound=bound,
                     details=details,
                 )
@@ -150,7 +144,7 @@ def _rate_checks(
                         kind="derived",
                         threshold="regression",
                         source=_SRC,
-                        measured=slope(ewd, errs),
+                        measured=loglog_fit(ewd, [_abs(e) for e in errs]).slope,
                         bound=SLOPE_MIN,
                         details=details,
                     )
@@ -176,7 +170,7 @@ def _onset(ctx: Context) -> list[CheckResult]:
                     threshold="derived",
                     source=_SRC,
                     predicted=float(r["onset_pred"]),
-                    measured=_nan(gd),
+                    measured=number(gd),
                     tolerance="|ceil(t_on) - GD onset| <= 1 step",
                     passed=_ok(err, 1),
                     details={
@@ -230,7 +224,7 @@ def _landing(ctx: Context) -> list[CheckResult]:
                     kind="derived",
                     threshold="regression",
                     source=_SRC,
-                    measured=_nan(r.get("landing_err")),
+                    measured=number(r.get("landing_err")),
                     bound=1e-3,
                     details={
                         "sharpness_landing": r["sharpness_landing"],
@@ -348,7 +342,7 @@ def _network(ctx: Context) -> list[CheckResult]:
             kind="derived",
             threshold="regression",
             source=_SRC,
-            measured=_nan(r.get("sharpness_err_max")),
+            measured=number(r.get("sharpness_err_max")),
             bound=0.02,
             details={
                 "eta_wd": [x["eta_wd"] for x in runs],

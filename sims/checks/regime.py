@@ -56,6 +56,7 @@ from sims.checks.core import (
     register_table,
     skipped,
 )
+from sims.results import number
 from sims.studies import regime_map as rm
 from theory.engine.gd import predicted_eos_onset
 
@@ -96,14 +97,6 @@ expect_failure(
     "details); the midpoint quantity is the one that settles",
     check="regime_above_edge_recovers",
 )
-
-
-def _f(x: Any) -> float:
-    """A stored number (NaN is stored as the string 'nan')."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _stored(ctx: Context) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -168,7 +161,7 @@ def regime_table(ctx: Context) -> list[str]:
                 continue
             counts[r["regime"]] += 1
             mid, it, fac = (
-                _f(r.get(k)) for k in ("eos_mid_mean", "eos_iter_mean", "sharpness_ratio")
+                number(r.get(k)) for k in ("eos_mid_mean", "eos_iter_mean", "sharpness_ratio")
             )
             cells.append(
                 r["regime"]
@@ -183,7 +176,7 @@ def regime_table(ctx: Context) -> list[str]:
 @register("regime_initial_edge")
 def _initial_edge(ctx: Context) -> list[CheckResult]:
     _cfg, summary, path = _stored(ctx)
-    errs = {k: abs(_f(s["eos0"]) / float(s["eos0_target"]) - 1) for k, s in summary.items()}
+    errs = {k: abs(number(s["eos0"]) / float(s["eos0_target"]) - 1) for k, s in summary.items()}
     worst = max(errs, key=lambda k: errs[k])
     return [
         at_most(
@@ -209,16 +202,16 @@ def _no_eos_boundary(ctx: Context) -> list[CheckResult]:
     agree, wrong = 0, []
     rel_plain, rel_corr = [], []
     for k, s in below.items():
-        pred = _f(s["predicted_onset"])
+        pred = number(s["predicted_onset"])
         predicted_none = pred > s["steps"]
         measured_none = s["regime"] == "no_eos"
         agree += predicted_none == measured_none
         if predicted_none != measured_none:
             wrong.append([k, pred, s["onset_step"]])
-        onset, sharpen = _f(s["onset_step"]), _f(s.get("sharpening"))
+        onset, sharpen = number(s["onset_step"]), number(s.get("sharpening"))
         if np.isfinite(onset) and onset > 0 and np.isfinite(sharpen) and sharpen > 0:
             rel_plain.append(abs(pred - onset) / onset)
-            eos_pre = _f(s["eos0"]) * sharpen
+            eos_pre = number(s["eos0"]) * sharpen
             corr = predicted_eos_onset(s["eta"], s["wd"], eos_pre)
             rel_corr.append(abs(corr - onset) / onset)
     frac = agree / len(below) if below else math.nan
@@ -272,11 +265,11 @@ def _no_eos_boundary(ctx: Context) -> list[CheckResult]:
 def _sharpening(ctx: Context) -> list[CheckResult]:
     cfg, summary, path = _stored(ctx)
     ratios = {
-        k: _f(s.get("sharpening"))
+        k: number(s.get("sharpening"))
         for k, s in summary.items()
-        if _f(s["eos0"]) < 2
-        and _f(s["onset_step"]) >= 10 * cfg["record_every"]
-        and np.isfinite(_f(s.get("sharpening")))
+        if number(s["eos0"]) < 2
+        and number(s["onset_step"]) >= 10 * cfg["record_every"]
+        and np.isfinite(number(s.get("sharpening")))
     }
     vals = np.array(list(ratios.values()))
     frac = float(np.mean(vals > 1.05)) if vals.size else math.nan
@@ -307,7 +300,7 @@ def _inflation(ctx: Context) -> list[CheckResult]:
         ok = [s for s in runs if _settles(s) and s["regime"] != "catapult"]
         if len(ok) >= 3:
             x = np.array([s["eta_wd"] for s in ok])
-            y = np.array([_f(s["eos_mid_mean"]) for s in ok])
+            y = np.array([number(s["eos_mid_mean"]) for s in ok])
             rhos[f"{arch} eos0={e0:g}"] = _spearman(x, y)
     vals = np.array([v for v in rhos.values() if np.isfinite(v)])
     frac = float(np.mean(vals > 0)) if vals.size else math.nan
@@ -359,7 +352,7 @@ def _tame_small(ctx: Context) -> list[CheckResult]:
 @register("regime_above_edge_recovers")
 def _above_edge(ctx: Context) -> list[CheckResult]:
     _cfg, summary, path = _stored(ctx)
-    above = {k: s for k, s in summary.items() if _f(s["eos0"]) > 2}
+    above = {k: s for k, s in summary.items() if number(s["eos0"]) > 2}
     src = "docs/theory.md section 2 (norm recursion); " + _SRC
     finite: Claim = {
         "name": "regime map: runs started above the edge stay finite and grow |w|",
@@ -381,14 +374,14 @@ def _above_edge(ctx: Context) -> list[CheckResult]:
         why = "the map has no run started above the edge (eos0 > 2) at this scale"
         return [skipped(reason=why, details={"run": path}, **c) for c in (finite, settle)]
     grew = [
-        [k, s["regime"], _f(s.get("norm_growth"))]
+        [k, s["regime"], number(s.get("norm_growth"))]
         for k, s in above.items()
-        if s["regime"] == "diverged" or not _f(s.get("norm_growth")) > 1
+        if s["regime"] == "diverged" or not number(s.get("norm_growth")) > 1
     ]
     high = [
-        [k, s["regime"], _f(s.get("eos_iter_mean"))]
+        [k, s["regime"], number(s.get("eos_iter_mean"))]
         for k, s in above.items()
-        if not _f(s.get("eos_iter_mean")) < _f(s["eos0"])
+        if not number(s.get("eos_iter_mean")) < number(s["eos0"])
     ]
     return [
         _fraction(

@@ -51,6 +51,7 @@ from sims.checks.core import (
     within,
 )
 from sims.studies import crossing, tame
+from theory.analysis.fits import loglog_fit
 
 _THEORY = "docs/theory.md section 3"
 _DOC = "docs/tame_and_crossings.md"
@@ -80,14 +81,6 @@ expect_failure(
     check="tame_f1_vs_f0",
     scales=("full",),
 )
-
-
-def _loglog_slope(x: list[float], y: list[float]) -> float:
-    """Least-squares slope of ``log y`` against ``log x`` (NaN unless every ``y > 0``, >= 2)."""
-    xa, ya = np.asarray(x, float), np.asarray(y, float)
-    if xa.size < 2 or not np.all(np.isfinite(ya) & (ya > 0)):
-        return float("nan")
-    return float(np.polyfit(np.log(xa), np.log(ya), 1)[0])
 
 
 def _tame(ctx: Context) -> tuple[dict[str, Any], str]:
@@ -362,7 +355,7 @@ def _crossing_checks(ctx: Context) -> list[CheckResult]:
     # order x^2 = eta*wd, second order).
     ewds = [float(r["eta_wd"]) for r in runs]
     gaps = [float(r.get("gap_gd_after_mean", np.nan)) for r in runs]
-    rate = _loglog_slope(ewds, gaps)
+    rate = loglog_fit(ewds, gaps).slope
     out.append(
         condition(
             name="crossing BN: GD's top-pair gap past the crossing closes like sqrt(eta*wd)",

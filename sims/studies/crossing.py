@@ -39,12 +39,12 @@ from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, cached_runs, gd_from_equilibrium, prefixed
 from sims.studies.tame import binary_target
+from theory.analysis.fits import loglog_fit
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array, LossFn
 from theory.flows.cluster import Clustering, cluster_flow
 from theory.flows.common import GaussNewton, SaveTimes
-from theory.flows.compare import fit_slope
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.reduction import Degeneracy, sharpness_flow
 from theory.problems import nets
@@ -320,7 +320,7 @@ def run(
         **{k: v for k, v in fl_info.items() if k != "seconds"},
         "runs": runs,
     }
-    summary["slope_end"], _ = fit_slope(np.asarray(cfg.eta_wd), ends)
+    summary["slope_end"] = loglog_fit(np.asarray(cfg.eta_wd), ends).slope
     summary["seconds"] = {
         **fl_info["seconds"],
         **{f"run_{r['eta_wd']:g}": r["seconds"] for r in runs},

@@ -35,10 +35,11 @@ from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies.phases import initial_point
+from theory.analysis.fits import loglog_fit
 from theory.core import validate as check
 from theory.engine import NoTracking, SaveAt
 from theory.engine.gd import gd_wd, predicted_eos_onset
-from theory.flows.compare import compare_with_flow, eos_equilibrium_start, fit_slope
+from theory.flows.compare import compare_with_flow, eos_equilibrium_start
 from theory.flows.manifold import project_to_manifold
 from theory.problems.analytic import PROBLEMS
 
@@ -199,7 +200,7 @@ def run(
             entry[k] = [info[k] for info in rows]
         for form in FORMS:
             for where in ("tau2", "end"):
-                slope, _ = fit_slope(np.asarray(cfg.eta_wd), entry[f"dist_{where}_{form}"])
+                slope = loglog_fit(np.asarray(cfg.eta_wd), entry[f"dist_{where}_{form}"]).slope
                 entry[f"slope_{where}_{form}"] = slope
         summary[key] = entry
     return arrays, summary

@@ -27,10 +27,11 @@ from sims._checkpoint import Checkpoints
 from sims._runtime import Progress, dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, gd_from_equilibrium
+from theory.analysis.fits import loglog_fit
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.flows.common import GaussNewton
-from theory.flows.compare import compare_with_flow, fit_slope
+from theory.flows.compare import compare_with_flow
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.reduction import Degeneracy
 from theory.problems import nets
@@ -146,7 +147,7 @@ def run(
             bar(i + 1, len(cfg.eta_wd))
     taus = summary["tau_reached"]
     if len(set(round(t, 9) for t in taus)) == 1 and len(taus) > 1:
-        summary["slope"], _ = fit_slope(np.asarray(cfg.eta_wd), np.asarray(summary["dist_end"]))
+        summary["slope"] = loglog_fit(np.asarray(cfg.eta_wd), np.asarray(summary["dist_end"])).slope
     else:  # compared at different tau: use the distance at the common tau
         common = min(taus)
         d = [
@@ -154,7 +155,7 @@ def run(
             for i in range(len(cfg.eta_wd))
         ]
         summary["dist_common_tau"], summary["common_tau"] = d, common
-        summary["slope"], _ = fit_slope(np.asarray(cfg.eta_wd), np.asarray(d))
+        summary["slope"] = loglog_fit(np.asarray(cfg.eta_wd), np.asarray(d)).slope
     return arrays, summary
 
 

@@ -54,6 +54,7 @@ from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, collect_runs, gd_from_equilibrium
+from theory.analysis.fits import loglog_fit
 from theory.analysis.midpoint import midpoint_curvature
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
@@ -63,7 +64,6 @@ from theory.flows.compare import (
     ComparisonResult,
     compare_with_flow,
     eos_amplitude_sq,
-    fit_slope,
 )
 from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.manifold import projection_info
@@ -310,9 +310,9 @@ def study_network(cfg: Config, dataset: str) -> tuple[dict[str, np.ndarray], dic
         s["dist_phi_true"].append(float(np.linalg.norm(phi_true[i] - cmp.flow[-1])))
     s["phi_uncertainty"] = [float(x) for x in phi_unc]
     timings["phi"] = time.process_time() - t0
-    s["slope"], _ = fit_slope(np.asarray(cfg.eta_wd), np.asarray(s["dist_end"]))
-    s["slope_small"], _ = fit_slope(np.asarray(cfg.eta_wd[-2:]), np.asarray(s["dist_end"][-2:]))
-    s["proj_slope"], _ = fit_slope(np.asarray(cfg.eta_wd), np.asarray(s["proj_error"]))
+    s["slope"] = loglog_fit(np.asarray(cfg.eta_wd), np.asarray(s["dist_end"])).slope
+    s["slope_small"] = loglog_fit(np.asarray(cfg.eta_wd[-2:]), np.asarray(s["dist_end"][-2:])).slope
+    s["proj_slope"] = loglog_fit(np.asarray(cfg.eta_wd), np.asarray(s["proj_error"])).slope
     s.update(_collapse(arrays, cfg))
     # F1 against F0: GD from both amplitudes, against both flows.
     t0 = time.process_time()

@@ -370,18 +370,6 @@ def test_checks_module_imports_no_topic_and_every_topic_registers():
     assert set(checks.FAST_CHECKS) <= set(checks.REGISTRY)
 
 
-def test_central_flow_fitted_order():
-    """The order check's fit: exact on a power law, its standard error grows with scatter."""
-    from sims.checks.central import fitted_order
-
-    ewd = [1e-2, 3e-3, 1e-3, 3e-4]
-    slope, se, local = fitted_order(ewd, [3 * e**0.5 for e in ewd])
-    assert slope == pytest.approx(0.5, abs=1e-12) and se < 1e-12 and len(local) == 3
-    slope, se, _ = fitted_order(ewd, [0.027, 0.025, 0.0070, 0.042])
-    assert se > 0.2  # scattered errors: an order with a large spread
-    assert np.isnan(fitted_order(ewd[:2], [1.0, 0.5])[0])  # two points give no spread
-
-
 @pytest.mark.slow
 def test_great_circle_period2_check_passes(tmp_path):
     """The derived check runs GD+WD through the engine and Lanczos: every row passes and each

@@ -205,12 +205,3 @@ def compare_with_flow(
 def _lam1_rows(field_: SharpnessFlowField, rows: Array) -> Array:
     """``lambda_1`` of the flow's geometry at each row (one compiled map)."""
     return jax.vmap(lambda y: field_.quantities(y).lam1)(rows)
-
-
-def fit_slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope and intercept of ``log y`` against ``log x`` (NaN for < 2 points)."""
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    if lx.size < 2 or np.ptp(lx) == 0:
-        return float("nan"), float("nan")  # a slope needs two distinct x values
-    slope, intercept = np.polyfit(lx, ly, 1)
-    return float(slope), float(intercept)
