@@ -72,6 +72,7 @@ from theory.flows.compare import eos_equilibrium_start as eos_equilibrium_start
 from theory.flows.compare import ire_equilibrium_start as ire_equilibrium_start
 from theory.flows.edge import EdgeFlowField as EdgeFlowField
 from theory.flows.edge import EdgeFlowResult as EdgeFlowResult
+from theory.flows.edge import Oscillation as Oscillation
 from theory.flows.edge import edge_flow as edge_flow
 from theory.flows.gauss_newton import gauss_newton_project as gauss_newton_project
 from theory.flows.gauss_newton import ls_tangent_projector as ls_tangent_projector

@@ -71,7 +71,7 @@ from theory.engine import NoTracking
 from theory.engine.gd import gd_wd, predicted_eos_onset
 from theory.flows.central import EdgeSettings, central_flow
 from theory.flows.common import Dense, GaussNewton, Lanczos, SaveTimes
-from theory.flows.edge import edge_flow, first_overshoot
+from theory.flows.edge import Oscillation, edge_flow, first_overshoot
 from theory.flows.manifold import project_to_manifold
 from theory.flows.reduction import Degeneracy, sharpness_flow
 from theory.problems import nets
@@ -336,8 +336,7 @@ def _gd_and_central(
             eta=eta,
             wd=wd,
             saveat=SaveTimes(ts=row_t.astype(np.float64)),
-            rho0=kick,
-            kick=kick,
+            oscillation=Oscillation(rho0=kick, kick=kick),
             geometry=setup["geometry"],
         ),
         cfg.timing_repeats,

@@ -26,7 +26,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from theory.flows.common import Dense, Lanczos, SaveTimes
-from theory.flows.edge import EdgeFlowField, edge_flow, first_overshoot
+from theory.flows.edge import EdgeFlowField, Oscillation, edge_flow, first_overshoot
 from theory.problems.analytic import PROBLEMS, great_circle
 
 ETA = 0.1
@@ -110,7 +110,9 @@ def test_field_closed_forms_on_great_circle():
 def test_without_oscillation_the_center_is_gradient_flow_on_f():
     prob, w0, _ = _point("ire_toy", 7, scale=1.0)
     eta, wd, t1 = ETA, 0.05, 40.0
-    res = edge_flow(prob.loss, w0, eta=eta, wd=wd, saveat=SaveTimes(t1, n=9), rho0=1e-30)
+    res = edge_flow(
+        prob.loss, w0, eta=eta, wd=wd, saveat=SaveTimes(t1, n=9), oscillation=Oscillation(1e-30)
+    )
     assert np.all(res.eos + eta * wd < 1.9)  # below the edge: rho stays negligible
     grad = jax.jit(jax.grad(prob.loss))
 
@@ -137,7 +139,9 @@ def test_quadratic_closed_form(a1):
 
     w0 = jnp.asarray([1.0, -0.5, 0.3, 0.2])
     eta, wd, t1, rho0 = ETA, 0.04, 30.0, 1e-3
-    res = edge_flow(loss, w0, eta=eta, wd=wd, saveat=SaveTimes(t1, n=31), rho0=rho0)
+    res = edge_flow(
+        loss, w0, eta=eta, wd=wd, saveat=SaveTimes(t1, n=31), oscillation=Oscillation(rho0)
+    )
     x_ref = np.stack([q_mat @ (np.exp(-eta * (a + wd) * t) * (q_mat.T @ w0)) for t in res.t])
     np.testing.assert_allclose(res.x, x_ref, rtol=1e-7, atol=1e-10)
     factor = abs(1 - eta * (a1 + wd))
@@ -171,7 +175,7 @@ def test_convergence_order_of_fixed_step_integration():
     prob = great_circle()
     eta, wd, rho0, kick, t1 = ETA, 0.1, 1e-3, 1e-4, 16.0
     w0 = jnp.asarray([0.8, 0.6, 0.05]) * math.sqrt(ETA * 1.9 / 1.7)  # eta lambda_1 = 2.6
-    kw = {"eta": eta, "wd": wd, "rho0": rho0, "kick": kick}
+    kw = {"eta": eta, "wd": wd, "oscillation": Oscillation(rho0, kick)}
     ref = edge_flow(prob.loss, w0, saveat=SaveTimes(t1, n=2), **kw)
     field_ = _field(prob.loss, eta, wd, kick)
     y0 = (w0, jnp.asarray(ref.v[0]), jnp.log(rho0 * jnp.linalg.norm(w0)))
@@ -197,7 +201,12 @@ def test_convergence_order_of_fixed_step_integration():
 def test_lanczos_geometry_equals_dense():
     prob = great_circle()
     w0 = jnp.asarray(prob.start) * 0.5
-    kw = {"eta": ETA, "wd": 0.1, "saveat": SaveTimes(30.0, n=7), "rho0": 1e-6, "kick": 1e-8}
+    kw = {
+        "eta": ETA,
+        "wd": 0.1,
+        "saveat": SaveTimes(30.0, n=7),
+        "oscillation": Oscillation(1e-6, 1e-8),
+    }
     a = edge_flow(prob.loss, w0, geometry=Dense(), **kw)
     b = edge_flow(prob.loss, w0, geometry=Lanczos(iters=3), **kw)
     np.testing.assert_allclose(a.x, b.x, atol=1e-9)
@@ -224,8 +233,7 @@ def test_first_overshoot_of_a_sine():
         ({"wd": 10.0}, ValueError, "eta \\* wd must be < 1"),
         ({"geometry": "dense"}, TypeError, "geometry must be a geometry object"),
         ({"w0": jnp.zeros(3)}, ValueError, "w0 must be nonzero"),
-        ({"rho0": 0.0}, ValueError, "rho0 must be a positive"),
-        ({"kick": -1.0}, ValueError, "kick must be a non-negative"),
+        ({"oscillation": 1e-6}, TypeError, "oscillation must be theory.Oscillation"),
         ({"solver": "tsit5"}, TypeError, "solver must be a diffrax solver"),
         ({"stepsize_controller": 1e-8}, TypeError, "stepsize_controller must be a diffrax"),
         ({"saveat": -1.0}, ValueError, "SaveTimes.t1 must be a positive"),
@@ -233,7 +241,22 @@ def test_first_overshoot_of_a_sine():
 )
 def test_bad_inputs(kwargs, err, match):
     prob = great_circle()
-    args = {"w0": jnp.asarray(prob.start), "eta": ETA, "wd": 0.01, "saveat": 10.0, "rho0": 1e-6}
+    args = {
+        "w0": jnp.asarray(prob.start),
+        "eta": ETA,
+        "wd": 0.01,
+        "saveat": 10.0,
+        "oscillation": Oscillation(1e-6),
+    }
     args |= kwargs
     with pytest.raises(err, match=match):
         edge_flow(prob.loss, **args)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [((0.0,), "Oscillation.rho0 must be a positive"), ((1e-6, -1.0), "Oscillation.kick must be")],
+)
+def test_oscillation_settings_are_checked(args, match):
+    with pytest.raises(ValueError, match=match):
+        Oscillation(*args)

@@ -190,6 +190,60 @@ def _measure(
     return jax.lax.map(one, (xs, vs, log_rho))
 
 
+class Oscillation(eqx.Module):
+    """Edge Flow's oscillation at the start and its per-step source.
+
+    Attributes:
+        rho0: initial magnitude relative to ``|w0|`` (``> 0``); the direction starts at the top
+            eigenvector of ``hess L(w0)``.
+        kick: RMS displacement along the direction that GD's perturbation adds per step,
+            relative to ``|x|`` (``perturbation / sqrt(D)`` for ``gd_wd(perturbation=...)``;
+            0: none).
+    """
+
+    rho0: float = eqx.field(static=True)
+    kick: float = eqx.field(static=True, default=0.0)
+
+    def __check_init__(self) -> None:
+        check.positive(self.rho0, "Oscillation.rho0")
+        check.nonnegative(self.kick, "Oscillation.kick")
+
+
+def _result(
+    field_: EdgeFlowField,
+    geometry: AbstractGeometry,
+    sol: Any,
+    times: np.ndarray,
+    steps: int,
+    config: dict[str, Any],
+) -> EdgeFlowResult:
+    """The measured rows of a solve (``config``: every setting, ``eta`` as given)."""
+    eta = config["eta"]
+    assert sol.ys is not None
+    xs, vs, log_rho = sol.ys
+    m = {k: np.asarray(a) for k, a in _measure(field_, geometry, xs, vs, log_rho).items()}
+    x = np.asarray(xs)
+    norm = np.linalg.norm(x, axis=1)
+    rho = np.exp(np.asarray(log_rho))
+    return EdgeFlowResult(
+        t=times,
+        x=x,
+        v=m["u"],
+        rho=rho,
+        amplitude=rho / norm,
+        norm=norm,
+        eta_eff=eta / norm**2,
+        sharpness=m["lam"] * norm**2,
+        eos=eta * m["lam"],
+        eos_rayleigh=eta * m["q"],
+        alignment=m["align"],
+        loss=m["loss"],
+        avg_loss=m["avg"],
+        num_steps=steps,
+        config=config,
+    )
+
+
 def edge_flow(
     loss: LossFn,
     w0: Array,
@@ -197,8 +251,7 @@ def edge_flow(
     eta: float,
     wd: float,
     saveat: SaveTimes | float | Any,
-    rho0: float,
-    kick: float = 0.0,
+    oscillation: Oscillation,
     geometry: AbstractGeometry | None = None,
     solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
@@ -210,10 +263,7 @@ def edge_flow(
         w0: GD's start ``(D,)``, finite and nonzero: the center at ``t = 0``.
         eta: learning rate ``> 0``; wd: weight decay ``>= 0`` with ``eta * wd < 1``.
         saveat: :class:`SaveTimes` (or an end time in GD steps, or save times).
-        rho0: initial magnitude relative to ``|w0|`` (``> 0``); the direction starts at the top
-            eigenvector of ``hess L(w0)``.
-        kick: RMS displacement along the direction that GD's perturbation adds per step,
-            relative to ``|x|`` (``perturbation / sqrt(D)`` for ``gd_wd(perturbation=...)``).
+        oscillation: the starting magnitude and the per-step kick (:class:`Oscillation`).
         geometry: how the start direction and the output eigenvalues are computed
             (default ``Dense()``; ``Lanczos()`` for large ``D``).
         solver: a diffrax solver (default ``diffrax.Tsit5()``).
@@ -231,8 +281,11 @@ def edge_flow(
     eta, wd, _ = check_rates(eta, wd)
     w0, _ = check.flat_vector(w0, "w0")
     check.loss_output(loss, w0)
-    rho0 = check.positive(rho0, "rho0")
-    kick = check.nonnegative(kick, "kick")
+    if not isinstance(oscillation, Oscillation):
+        raise TypeError(
+            f"oscillation must be theory.Oscillation(rho0, kick=...), got {oscillation!r}"
+        )
+    rho0, kick = oscillation.rho0, oscillation.kick
     saves = SaveTimes.of(saveat)
     geometry = geometry_of(Dense() if geometry is None else geometry)
     solver = check_solver(diffrax.Tsit5() if solver is None else solver)
@@ -256,37 +309,16 @@ def edge_flow(
             f"the Edge Flow integrator failed ({sol.result}) after {steps} steps, before "
             f"t = {times[-1]:g} (max_steps={max_steps}); loosen the controller's tolerances"
         )
-    assert sol.ys is not None
-    xs, vs, log_rho = sol.ys
-    m = {k: np.asarray(a) for k, a in _measure(field_, geometry, xs, vs, log_rho).items()}
-    x = np.asarray(xs)
-    norm = np.linalg.norm(x, axis=1)
-    rho = np.exp(np.asarray(log_rho))
-    return EdgeFlowResult(
-        t=times,
-        x=x,
-        v=m["u"],
-        rho=rho,
-        amplitude=rho / norm,
-        norm=norm,
-        eta_eff=eta / norm**2,
-        sharpness=m["lam"] * norm**2,
-        eos=eta * m["lam"],
-        eos_rayleigh=eta * m["q"],
-        alignment=m["align"],
-        loss=m["loss"],
-        avg_loss=m["avg"],
-        num_steps=steps,
-        config={
-            "eta": eta,
-            "wd": wd,
-            "rho0": rho0,
-            "kick": kick,
-            **geometry.config(),
-            "solver": type(solver).__name__,
-            **controller_config(controller),
-        },
-    )
+    config = {
+        "eta": eta,
+        "wd": wd,
+        "rho0": rho0,
+        "kick": kick,
+        **geometry.config(),
+        "solver": type(solver).__name__,
+        **controller_config(controller),
+    }
+    return _result(field_, geometry, sol, times, steps, config)
 
 
 class Overshoot(NamedTuple):
