@@ -76,7 +76,6 @@ from theory.flows.common import (
     controller_config,
     geometry_of,
 )
-from theory.flows.gauss_newton import gauss_newton_project
 from theory.flows.manifold import _switch
 from theory.flows.reduction import Degeneracy, SharpnessFlowResult, sharpness_flow
 
@@ -95,6 +94,7 @@ Phase1 = Literal["modified", "flow"]
 GradientTerm = Literal["discrete", "flow", "none"]
 # The defaults (module-level: immutable objects, built once).
 _DENSE = Dense()
+_DENSE_MAX_DIM = 2048  # top_eigenvalues: a dense Hessian up to this D, Lanczos above
 _CONTROLLER = diffrax.PIDController(rtol=1e-8, atol=1e-10)
 
 
@@ -387,28 +387,28 @@ def _lambda1_of(loss: LossFn, geometry: AbstractGeometry, ys: np.ndarray) -> np.
 
 
 def top_eigenvalues(
-    loss: LossFn, points: Any, *, geometry: AbstractGeometry = _DENSE
+    loss: LossFn, points: Any, *, geometry: AbstractGeometry | None = None
 ) -> np.ndarray:
     """``lambda_1(hess L(w_hat))`` at each row of ``points`` ``(n, D)`` (normalized first).
 
     At a point of ``Gamma`` this is the spherical sharpness ``S``; at an iterate ``w_t``,
     ``eta lambda_1 / |w_t|^2`` is GD's ``eta_eff S``. ``geometry`` computes it (its
-    ``top_eigs``): :class:`theory.Dense` (default; small ``D``), :class:`theory.Lanczos` or
-    :class:`theory.GaussNewton`. Rows are padded to a power of two (dense: at least 256), so a
-    few compiled shapes serve every batch size.
+    ``top_eigs``): :class:`theory.Dense`, :class:`theory.Lanczos` or
+    :class:`theory.GaussNewton`; by default ``Dense()`` up to ``D = 2048`` and ``Lanczos()``
+    above. Rows are padded to a power of two (dense: at least 256), so a few compiled shapes
+    serve every batch size.
     """
-    geometry = geometry_of(geometry)
     ys = np.atleast_2d(np.asarray(points, dtype=float))
     if ys.ndim != 2 or not np.all(np.isfinite(ys)):
         raise ValueError(f"points must be a finite (n, D) array, got shape {ys.shape}")
-    return _lambda1_of(loss, geometry, ys)
+    if geometry is None:
+        geometry = _DENSE if ys.shape[1] <= _DENSE_MAX_DIM else Lanczos()
+    return _lambda1_of(loss, geometry_of(geometry), ys)
 
 
-@eqx.filter_jit
-def _gn_feet(residual_fn: Callable[[Array], Array], rows: Array) -> Array:
-    return jax.vmap(lambda w: gauss_newton_project(residual_fn, w, raise_on_failure=False).theta)(
-        rows
-    )
+def _no_loss(w: Array) -> Array:
+    """Gauss-Newton's projection reads only the residuals; a loss is never evaluated."""
+    raise AssertionError("the Gauss-Newton projection does not evaluate the loss")
 
 
 def gauss_newton_feet(residual_fn: Callable[[Array], Array], points: Any) -> np.ndarray:
@@ -422,7 +422,8 @@ def gauss_newton_feet(residual_fn: Callable[[Array], Array], points: Any) -> np.
     n = len(ys)
     if n == 0:
         return ys
-    return np.asarray(_gn_feet(residual_fn, jnp.asarray(_pad_pow2(ys))))[:n]
+    feet = GaussNewton(residual_fn).project_rows(_no_loss, jnp.asarray(_pad_pow2(ys)))
+    return np.asarray(feet)[:n]
 
 
 def _interp_rows(ts: np.ndarray, ys: np.ndarray, at: np.ndarray) -> np.ndarray:
