@@ -258,3 +258,16 @@ def test_solve_on_gamma_fixed_and_adaptive_agree():
             RK4(),
             diffrax.PIDController(rtol=1e-6, atol=1e-8),
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("geometry", [Dense(), Lanczos(), GaussNewton(lambda w: w[:1])])
+def test_grad_and_top_eigs_share_the_linearization_and_match_separate_calls(geometry):
+    prob = curved_manifold()
+    w = jnp.asarray(prob.start)
+    grad, vals, vecs = geometry.grad_and_top_eigs(prob.loss, w, 2)
+    ref_vals, _ = geometry.top_eigs(prob.loss, w, 2)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(jax.grad(prob.loss)(w)), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(vals), np.asarray(ref_vals), rtol=1e-10)
+    hv = jax.jvp(jax.grad(prob.loss), (w,), (vecs[:, 0],))[1]
+    np.testing.assert_allclose(np.asarray(hv), float(vals[0]) * np.asarray(vecs[:, 0]), atol=1e-8)

@@ -210,8 +210,10 @@ class CentralFlowField(eqx.Module):
 
     def quantities(self, w: Array, mode: Array) -> CentralQuantities:
         """Everything at ``w`` in mode ``mode`` (``0 <= mode <= max_edge``)."""
-        lam, vecs = self.eigs(w)
-        grad_f = jax.grad(self.loss)(w) + self.wd * w
+        grad_l, lam, vecs = self.geometry.grad_and_top_eigs(
+            self.loss, w, self.num_pairs(w.shape[0])
+        )
+        grad_f = grad_l + self.wd * w
         k = min(self.max_edge, lam.shape[0])
         if k == 0:
             return CentralQuantities(

@@ -312,6 +312,12 @@ class AbstractGeometry(eqx.Module):
         """The top ``k`` eigenpairs of ``hess L(w)``: values ``(k,)`` descending, vectors
         ``(D, k)`` (traceable)."""
 
+    def grad_and_top_eigs(self, loss: LossFn, w: Array, k: int) -> tuple[Array, Array, Array]:
+        """``(grad L(w), top_eigs(loss, w, k))``; matrix-free geometries share one
+        linearization between the two."""
+        vals, vecs = self.top_eigs(loss, w, k)
+        return jax.grad(loss)(w), vals, vecs
+
     @abc.abstractmethod
     def frame(self, loss: LossFn, u: Array, k: int) -> Frame:
         """The top ``k`` eigenpairs and ``P_Gamma`` at a unit point ``u`` of ``Gamma``
@@ -410,12 +416,16 @@ class Lanczos(AbstractGeometry):
         return jax.random.normal(jax.random.PRNGKey(self.seed), w.shape, w.dtype)
 
     def top_eigs(self, loss: LossFn, w: Array, k: int) -> tuple[Array, Array]:
+        _, vals, vecs = self.grad_and_top_eigs(loss, w, k)
+        return vals, vecs
+
+    def grad_and_top_eigs(self, loss: LossFn, w: Array, k: int) -> tuple[Array, Array, Array]:
         dim = w.shape[0]
-        _, hvp = linearize_grad(loss, w)
+        grad, hvp = linearize_grad(loss, w)
         res = lanczos(
             hvp, self.start_vector(w), k=k, max_iters=min(dim, max(self.iters, 2 * k + 10))
         )
-        return res.eigenvalues, res.eigenvectors
+        return grad, res.eigenvalues, res.eigenvectors
 
     def frame(self, loss: LossFn, u: Array, k: int) -> Frame:
         rank = self.known_rank()
@@ -461,10 +471,14 @@ class GaussNewton(AbstractGeometry):
         return int(jnp.shape(self.residual_fn(theta))[0])
 
     def top_eigs(self, loss: LossFn, w: Array, k: int) -> tuple[Array, Array]:
+        _, vals, vecs = self.grad_and_top_eigs(loss, w, k)
+        return vals, vecs
+
+    def grad_and_top_eigs(self, loss: LossFn, w: Array, k: int) -> tuple[Array, Array, Array]:
         dim = w.shape[0]
-        _, hvp = linearize_grad(loss, w)
+        grad, hvp = linearize_grad(loss, w)
         res = lanczos(hvp, jnp.ones_like(w), k=k, max_iters=min(dim, max(self.iters, 2 * k + 10)))
-        return res.eigenvalues, res.eigenvectors
+        return grad, res.eigenvalues, res.eigenvectors
 
     def frame(self, loss: LossFn, u: Array, k: int) -> Frame:
         if self.jacobian:
