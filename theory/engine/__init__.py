@@ -30,3 +30,4 @@ from theory.engine.trackers import AbstractTracker as AbstractTracker
 from theory.engine.trackers import LanczosTracker as LanczosTracker
 from theory.engine.trackers import NoTracking as NoTracking
 from theory.engine.trackers import Obs as Obs
+from theory.engine.trackers import StepContext as StepContext

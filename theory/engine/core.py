@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from theory.core.invariance import group_norms
-from theory.core.objective import Objective
+from theory.core.objective import Objective, step_objective
 from theory.core.types import Array, Groups
 from theory.engine.methods import AbstractMethod
-from theory.engine.trackers import AbstractTracker, Obs
+from theory.engine.trackers import AbstractTracker, Obs, StepContext
 
 
 class SaveAt(eqx.Module):
@@ -97,8 +97,10 @@ def step(
     track this step whatever the tracker's period says (the final row)."""
     every = prog.tracker.every
     tracked = force | ((s.t % every) == 0) if every > 0 else jnp.asarray(force)
+    ctx = StepContext(prog.objective, method, s.method)
+    objective = step_objective(prog.objective, s.t, s.key)
     obs, tstate = prog.tracker.observe(
-        prog.objective, s.w, method.lr, prog.groups, s.tracker, s.t, s.key, tracked, record
+        objective, s.w, method.lr, prog.groups, s.tracker, s.t, s.key, tracked, record, ctx
     )
     w_new, mstate = method.update(s.w, obs.grad, s.method, s.t, s.key)
     finite = jnp.all(jnp.isfinite(w_new)) & jnp.isfinite(obs.loss)
@@ -114,6 +116,14 @@ def step(
 def _row(prog: Program, s: State, obs: Obs, block_matvecs: Array) -> Row:
     w = s.w if prog.saveat.iterates else jnp.zeros((0,), s.w.dtype)
     observed = {} if prog.saveat.observe is None else dict(prog.saveat.observe(s.w))
+    extra = obs.extra or {}
+    clash = sorted(set(extra) & set(observed))
+    if clash:
+        raise ValueError(
+            f"the tracker records {clash} and SaveAt.observe returns the same names: rename "
+            "the observed arrays (both are stored in result.observed)"
+        )
+    observed.update(extra)
     return Row(
         s.t,
         w,
@@ -165,11 +175,11 @@ def chunk(
             return s_next, _row(prog, s, obs, spent)
 
         def skip(s: State) -> tuple[State, Row]:
-            zero = jnp.zeros((), s.w.dtype)
-            none = jnp.asarray(0, jnp.int32)
-            obs = Obs(zero, jnp.zeros_like(s.w), zero, zero, none, zero)
-            row = _row(prog, s, obs, none)
-            return s, jax.tree.map(jnp.zeros_like, row)._replace(step=row.step)
+            # A padding block: zeros of the recorded row's structure (the tracker's extras
+            # included), with the step counter.
+            shapes = jax.eval_shape(run, s)[1]
+            row = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+            return s, row._replace(step=s.t)
 
         return jax.lax.cond(i < active, run, skip, s)
 

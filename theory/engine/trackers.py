@@ -6,9 +6,14 @@ style of lineax's ``AbstractLinearSolver``) and provides
 * ``every``: track on steps ``t`` with ``t % every == 0`` (0: never);
 * ``init(objective, w0, lr, groups, key) -> state``: its state, e.g. warm-start vectors
   (jit/vmap-compatible);
-* ``observe(objective, w, lr, groups, state, t, key, tracked, record) -> (Obs, state)``: the loss
-  and gradient at ``w`` (which the GD step uses) and, on tracked steps, the EoS quantity
-  ``lr * lambda_1(hess L(w))`` and the spherical sharpness ``lambda_1(hess L(w_hat))``;
+* ``observe(objective, w, lr, groups, state, t, key, tracked, record, ctx) -> (Obs, state)``: the
+  loss and gradient at ``w`` (which the step uses) and, on tracked steps, the EoS quantity
+  ``lr * lambda_1(hess L(w))`` and the spherical sharpness ``lambda_1(hess L(w_hat))``, plus any
+  further named arrays of its own (``Obs.extra``, recorded on every row into
+  ``result.observed``). ``objective`` is the step's objective (a minibatch objective's draw for
+  step ``t``; the whole objective otherwise); ``ctx`` (:class:`StepContext`) holds the whole
+  objective, the method and the method's state, for trackers that need them (full-batch
+  curvature under SGD, a preconditioner read from an optimizer's state);
 * ``top_vector(state, w)``: the last top eigenvector it holds (the result's ``v1``);
 * ``config()``: the settings that decide a run's arrays (compared on resume);
 * ``for_batch()``: the same tracker for configurations stepping in lockstep (a sweep).
@@ -43,7 +48,12 @@ from theory.core.types import Array, Groups
 
 
 class Obs(NamedTuple):
-    """What one step learns at the current iterate (before the update)."""
+    """What one step learns at the current iterate (before the update).
+
+    ``extra``: further named arrays of the tracker (``None``: none), recorded on every row into
+    ``result.observed`` under these names (a name must not collide with ``SaveAt.observe``'s).
+    Their shapes and dtypes must not depend on whether the step is tracked (fill NaN where not).
+    """
 
     loss: Array
     grad: Array
@@ -51,6 +61,23 @@ class Obs(NamedTuple):
     sharpness: Array
     matvecs: Array  # HVPs spent on this step (int32)
     residual: Array  # relative Ritz residual achieved (nan where not tracked)
+    extra: dict[str, Array] | None = None
+
+
+class StepContext(NamedTuple):
+    """What a tracker may read beyond the step's objective (:meth:`AbstractTracker.observe`).
+
+    Attributes:
+        full: the whole objective (the same as the step's objective unless the objective draws
+            minibatches, :func:`theory.core.objective.step_objective`).
+        method: the engine method of the run (an ``AbstractMethod``; its hyperparameters are
+            leaves, batched in a sweep).
+        method_state: the method's state before this step's update (e.g. an optax state).
+    """
+
+    full: Objective
+    method: Any
+    method_state: Any
 
 
 def _untracked(objective: Objective, w: Array) -> Obs:
@@ -85,9 +112,11 @@ class AbstractTracker(eqx.Module):
         key: Array,
         tracked: Array,
         record: bool,
+        ctx: StepContext,
     ) -> tuple[Obs, Any]:
         """``(Obs at w, next state)``; ``tracked``: solve for the curvature on this step;
-        ``record`` (static): the step's row is stored."""
+        ``record`` (static): the step's row is stored; ``ctx``: the whole objective, the method
+        and its state (:class:`StepContext`)."""
 
     @abc.abstractmethod
     def top_vector(self, state: Any, w: Array) -> Array:
@@ -123,8 +152,9 @@ class NoTracking(AbstractTracker):
         key: Array,
         tracked: Array,
         record: bool,
+        ctx: StepContext,
     ) -> tuple[Obs, Any]:
-        del lr, groups, t, key, tracked, record
+        del lr, groups, t, key, tracked, record, ctx
         return _untracked(objective, w), state
 
     def top_vector(self, state: Any, w: Array) -> Array:
@@ -278,7 +308,9 @@ class LanczosTracker(AbstractTracker):
         key: Array,
         tracked: Array,
         record: bool,
+        ctx: StepContext,
     ) -> tuple[Obs, LanczosState]:
+        del ctx
         tol = self._tol(w.dtype)
         max_iters = min(self.max_iters, w.shape[0])
 
