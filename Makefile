@@ -8,10 +8,14 @@ STAMP := $(VENV)/.installed
 SCALE ?= quick
 RESULTS ?= results
 OUT ?= out
+# JAX's persistent compilation cache (sims/cache.py): default ~/.cache/sharpsim/jax, shared by
+# make all, the simulations and the tests; COMPILE_CACHE=off turns it off, a path moves it.
+COMPILE_CACHE ?=
+export SHARPSIM_COMPILE_CACHE = $(COMPILE_CACHE)
 # Tests use both cores; XLA then gets one thread per worker.
 PYTEST_WORKERS ?= 2
 
-.PHONY: all venv test test-slow test-all lint bench readme clean-results
+.PHONY: all venv test test-slow test-all lint bench readme clean-results clean-cache
 
 venv: $(STAMP)
 
@@ -55,3 +59,7 @@ readme: $(STAMP)
 
 clean-results:
 	rm -rf $(RESULTS) $(OUT)
+
+# The compiled programs of the persistent cache (safe to delete: it only saves compile time).
+clean-cache: $(STAMP)
+	$(PY) -c "import shutil, sims.cache as c; d = c.cache_dir(); print('removing', d); d and shutil.rmtree(d, ignore_errors=True)"

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from sims.cache import enable_compilation_cache
 from sims.registry import SIMS
 
 
@@ -68,6 +69,9 @@ def _all(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Every process of `sims all` (one per simulation) shares compiled programs through JAX's
+    # persistent cache (sims/cache.py; SHARPSIM_COMPILE_CACHE=off turns it off).
+    enable_compilation_cache()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)

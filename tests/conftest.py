@@ -7,4 +7,9 @@ its tolerance for that dtype.
 
 import jax
 
+from sims.cache import enable_compilation_cache
+
 jax.config.update("jax_enable_x64", True)
+# Compiled programs are shared between test runs (and with `make all`) through JAX's persistent
+# cache (sims/cache.py): SHARPSIM_COMPILE_CACHE=off turns it off, a path moves it.
+enable_compilation_cache()
