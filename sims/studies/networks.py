@@ -61,9 +61,12 @@ class Config:
     )
     cifar_path: str = field(default="", metadata={"help": "directory of CIFAR-10 batches"})
     n_train: int = field(default=1024, metadata={"help": "training samples"})
-    model: Literal["mlp", "vgg"] = field(default="mlp", metadata={"help": "architecture"})
+    model: Literal["mlp", "vgg", "resnet"] = field(default="mlp", metadata={"help": "architecture"})
     widths: tuple[int, ...] = field(default=(64, 64), metadata={"help": "MLP hidden widths"})
-    channels: tuple[int, ...] = field(default=(16, 32), metadata={"help": "VGG channels"})
+    channels: tuple[int, ...] = field(
+        default=(16, 32), metadata={"help": "VGG channels, or ResNet channels per stage"}
+    )
+    blocks: int = field(default=3, metadata={"help": "ResNet basic blocks per stage"})
     norm: Literal["batch", "layer"] = field(default="batch", metadata={"help": "normalization"})
     loss: Literal["ce", "mse"] = field(default="ce", metadata={"help": "training loss"})
     eta: float = field(default=0.5, metadata={"help": "learning rate"})
@@ -86,7 +89,7 @@ class Config:
         check.among(self.ablations, "ablations", ABLATIONS, empty=True)
         check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
         check.positive_fields(self, "eta", "tau_end")
-        check.int_fields_at_least(self, 1, "record_every", "sharpness_every")
+        check.int_fields_at_least(self, 1, "record_every", "sharpness_every", "blocks")
         if self.record_every % self.sharpness_every:
             raise ValueError("sharpness_every must divide record_every")
         if not self.seeds:
@@ -122,11 +125,13 @@ class Config:
 def _dataset(cfg: Config) -> datasets.Dataset:
     dtype = np.float64 if cfg.dtype == "float64" else np.float32
     if cfg.dataset == "digits":
-        return datasets.digits(n_train=cfg.n_train, images=cfg.model == "vgg", dtype=dtype)
+        return datasets.digits(n_train=cfg.n_train, images=cfg.model != "mlp", dtype=dtype)
     if cfg.dataset == "mnist1d":
         ds = datasets.mnist1d(dtype=dtype)
-        if cfg.model == "vgg":
-            raise ValueError("model='vgg' needs image data (digits or cifar10), not mnist1d")
+        if cfg.model != "mlp":
+            raise ValueError(
+                f"model={cfg.model!r} needs image data (digits or cifar10), not mnist1d"
+            )
         return ds
     return datasets.cifar10(cfg.cifar_path, n_train=cfg.n_train, dtype=dtype)
 
@@ -134,11 +139,13 @@ def _dataset(cfg: Config) -> datasets.Dataset:
 def make_network(cfg: Config, seed: int, norm: str) -> nets.NetProblem:
     """The training problem of one run (``norm="none"`` for the plain-network ablation)."""
     ds = _dataset(cfg)
-    model = (
-        nets.mlp(cfg.widths, norm=norm)  # type: ignore[arg-type]
-        if cfg.model == "mlp"
-        else nets.vgg(cfg.channels, norm=norm)  # type: ignore[arg-type]
-    )
+    model: Any
+    if cfg.model == "mlp":
+        model = nets.mlp(cfg.widths, norm=norm)  # type: ignore[arg-type]
+    elif cfg.model == "vgg":
+        model = nets.vgg(cfg.channels, norm=norm)  # type: ignore[arg-type]
+    else:
+        model = nets.resnet(cfg.channels, blocks=cfg.blocks, norm=norm)  # type: ignore[arg-type]
     return nets.make_problem(
         model,
         ds.x_train,

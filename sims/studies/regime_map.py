@@ -106,6 +106,11 @@ class Config:
     cnn_channels: tuple[int, ...] = field(
         default=(), metadata={"help": "VGG channels on digits images (empty: no CNN)"}
     )
+    resnet_channels: tuple[int, ...] = field(
+        default=(),
+        metadata={"help": "ResNet channels per stage on digits images (empty: no ResNet)"},
+    )
+    resnet_blocks: int = field(default=1, metadata={"help": "ResNet basic blocks per stage"})
     norm_loss: tuple[str, ...] = field(
         default=("batch-ce", "layer-mse"),
         metadata={"help": "normalization-loss pairs among " + ", ".join(NORM_LOSS)},
@@ -157,7 +162,15 @@ class Config:
         check.all_in_interval(self.eos0, "eos0", 0, math.inf)
         check.all_in_interval(self.eta_wd, "eta_wd", 0, 0.1)
         check.int_fields_at_least(
-            self, 1, "n_train", "depth", "steps", "record_every", "sharpness_every", "mid_rows"
+            self,
+            1,
+            "n_train",
+            "depth",
+            "steps",
+            "record_every",
+            "sharpness_every",
+            "mid_rows",
+            "resnet_blocks",
         )
         check.int_fields_at_least(self, 0, "pre_rows")
         if self.n_train % 8 or self.n_train < 16:
@@ -212,10 +225,14 @@ def architectures(cfg: Config) -> list[dict[str, Any]]:
             models.append((ds, "mlp", (w,) * cfg.depth, pairs))
     if cfg.cnn_channels:
         models.append(("digits", "vgg", tuple(cfg.cnn_channels), cfg.norm_loss))
+    if cfg.resnet_channels:
+        models.append(("digits", "resnet", tuple(cfg.resnet_channels), cfg.norm_loss))
     for ds, model, sizes, pairs in models:
         for pair in pairs:
             norm, loss = pair.split("-")
             label = f"{model}{'-'.join(map(str, sizes))}"
+            if model == "resnet":
+                label += f"x{cfg.resnet_blocks}"
             out.append(
                 {
                     "name": f"{ds}_{label}_{'bn' if norm == 'batch' else 'ln'}_{loss}",
@@ -259,12 +276,14 @@ def make_network(cfg: Config, arch: dict[str, Any]) -> nets.NetProblem:
     """The training problem of one architecture (with :func:`input_padding` zero inputs: the
     loss of the padded network, started from the unpadded network's initialization embedded
     with zero weights on the padded inputs)."""
-    ds = _dataset(arch["dataset"], cfg, images=arch["model"] == "vgg")
-    model = (
-        nets.mlp(arch["sizes"], norm=arch["norm"])
-        if arch["model"] == "mlp"
-        else nets.vgg(arch["sizes"], norm=arch["norm"])
-    )
+    ds = _dataset(arch["dataset"], cfg, images=arch["model"] != "mlp")
+    model: Any
+    if arch["model"] == "mlp":
+        model = nets.mlp(arch["sizes"], norm=arch["norm"])
+    elif arch["model"] == "vgg":
+        model = nets.vgg(arch["sizes"], norm=arch["norm"])
+    else:
+        model = nets.resnet(arch["sizes"], blocks=cfg.resnet_blocks, norm=arch["norm"])
 
     def problem(x_train: np.ndarray, x_test: np.ndarray) -> nets.NetProblem:
         return nets.make_problem(

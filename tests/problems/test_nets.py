@@ -55,6 +55,11 @@ def _build(case: str, dtype=F64, loss: str = "mse", **kw) -> nets.NetProblem:
         xt, yt = _digits(6, 1, image=True)
         model = nets.vgg((3, 4, 5))
         return nets.make_problem(model, x, y, xt, yt, loss=loss, num_outputs=10, dtype=dtype)
+    if case == "resnet_bn":
+        x, y = _digits(10, 0, image=True)
+        xt, yt = _digits(6, 1, image=True)
+        model = nets.resnet((2, 3, 4), blocks=2)
+        return nets.make_problem(model, x, y, xt, yt, loss=loss, num_outputs=10, dtype=dtype)
     if case == "mc":
         data = nets.matrix_completion_data(8, 9, true_rank=2, num_observed=40, seed=0)
         return nets.make_matrix_completion(data, rank=2, seed=1, dtype=dtype)
@@ -76,8 +81,14 @@ def _build(case: str, dtype=F64, loss: str = "mse", **kw) -> nets.NetProblem:
 
 problem = functools.cache(_build)
 
-# The VGG cases compile for ~20 s each: in the slow suite.
-INVARIANT = ["mlp_bn", "mlp_ln", pytest.param("vgg_bn", marks=pytest.mark.slow), "mc"]
+# The CNN cases compile for ~20 s each: in the slow suite.
+INVARIANT = [
+    "mlp_bn",
+    "mlp_ln",
+    pytest.param("vgg_bn", marks=pytest.mark.slow),
+    pytest.param("resnet_bn", marks=pytest.mark.slow),
+    "mc",
+]
 
 
 def _point(p: nets.NetProblem, seed: int = 0) -> jax.Array:
@@ -395,6 +406,16 @@ def test_parameter_counts_and_groups():
     p = nets.make_problem(nets.mlp([256, 256]), x, y, x, y, num_outputs=10, dtype=F64)
     assert p.groups == (16384, 65536) and p.w0.shape == (81920,)
     assert p.evaluate.network.head_weight.shape == (256, 10)
+    # ResNet-20 (3-channel 32x32 inputs): 19 convolutions, 267 696 weights (He et al.'s count
+    # of 0.27M includes the last layer); each convolution is one group.
+    sizes = _param_sizes(nets.resnet(), (2, 32, 32, 3))
+    assert len(sizes) == 19 and sum(sizes) == 267_696
+    feats = jax.eval_shape(
+        lambda x: nets.resnet((2, 3, 4), blocks=2).init_with_output(jax.random.PRNGKey(0), x)[0],
+        jnp.zeros((2, 8, 8, 1)),
+    )
+    assert feats.shape == (2, 4)
+    assert len(problem("resnet_bn").groups) == 1 + 3 * 2 * 2
     assert problem("vgg_bn").groups == (9 * 3, 9 * 3 * 4, 9 * 4 * 5)
     assert problem("vgg_bn").names == ("conv_00/kernel", "conv_01/kernel", "conv_02/kernel")
 
@@ -461,6 +482,10 @@ def test_bad_builder_arguments_raise():
         nets.mlp([1], norm="layer")
     with pytest.raises(ValueError, match="channels must be"):
         nets.vgg((4, 0))
+    with pytest.raises(ValueError, match=r"channels must not decrease from stage to stage, got"):
+        nets.resnet((8, 4))
+    with pytest.raises(ValueError, match=r"blocks must be a positive int, got 0"):
+        nets.resnet((4, 8), blocks=0)
     p = problem("mlp_bn")
     with pytest.raises(ValueError, match=r"x must have shape \(N, 6\)"):
         p.predict(p.w0, jnp.zeros((2, 7)))

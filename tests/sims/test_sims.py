@@ -381,3 +381,24 @@ def test_great_circle_period2_check_passes(tmp_path):
     assert len(rows) == 12 and all(r.passed and r.kind == "derived" for r in rows)
     edges = [r for r in rows if "angular instability" in r.name]
     assert all(abs(r.measured - r.predicted) < 0.01 * (2 - r.predicted) for r in edges)
+
+
+@pytest.mark.slow  # two network inits compile (~10 s idle)
+def test_resnet_in_the_networks_study_and_the_regime_map():
+    # The ResNet is one more architecture of both studies: built from their configs (the runs
+    # themselves are measured in the issue notes; here, no compilation).
+    from sims.studies import networks, regime_map
+    from theory.problems import nets
+
+    cfg = networks.Config(model="resnet", channels=(2, 3), blocks=2, n_train=16)
+    problem = networks.make_network(cfg, seed=0, norm="batch")
+    assert len(problem.groups) == 1 + 2 * 2 * 2 and problem.w0.shape == (sum(problem.groups),)
+    with pytest.raises(ValueError, match="model='resnet' needs image data"):
+        networks.make_network(networks.Config(model="resnet", dataset="mnist1d"), 0, "batch")
+    with pytest.raises(ValueError, match="blocks must be >= 1"):
+        networks.Config(blocks=0)
+    rcfg = regime_map.Config(resnet_channels=(4, 8), resnet_blocks=2)
+    names = [a["name"] for a in regime_map.architectures(rcfg) if a["model"] == "resnet"]
+    assert names == ["digits_resnet4-8x2_bn_ce", "digits_resnet4-8x2_ln_mse"]
+    arch = next(a for a in regime_map.architectures(rcfg) if a["model"] == "resnet")
+    assert isinstance(regime_map.make_network(rcfg, arch).predict.network.model, nets.ResNet)

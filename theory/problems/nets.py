@@ -75,6 +75,7 @@ To compile a loss, pass it as an argument of a jitted function or use ``equinox.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, NamedTuple, cast
@@ -182,6 +183,70 @@ class VGG(nn.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
+class _BasicBlock(nn.Module):
+    """``relu(norm(conv(relu(norm(conv(x))))) + shortcut(x))``: ResNet v1's basic block.
+
+    Both 3x3 convolutions (no bias) are followed by the normalization, so the residual branch
+    does not depend on the scale of either. The shortcut has no parameters (ResNet-20's "option
+    A"): the identity, or, where the stage halves the resolution and widens, ``x`` subsampled
+    by 2 and zero-padded to the new channel count. ``x`` is an invariant function of the earlier
+    layers, so the sum, and the block's output, are invariant to the scale of every convolution.
+    (A pre-activation block, ``x + conv(relu(norm(x)))``, adds an un-normalized convolution
+    output and is not scale-invariant.)
+    """
+
+    channels: int
+    stride: int
+    norm: Norm
+    index: str
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        s = (self.stride, self.stride)
+        conv = functools.partial(nn.Conv, use_bias=False, padding="SAME")
+        h = conv(self.channels, (3, 3), strides=s, name=f"conv_{self.index}a")(x)
+        h = nn.relu(_apply_norm(_normalization(self.norm, f"norm_{self.index}a", True), h, train))
+        h = conv(self.channels, (3, 3), name=f"conv_{self.index}b")(h)
+        h = _apply_norm(_normalization(self.norm, f"norm_{self.index}b", True), h, train)
+        x = x[:, :: self.stride, :: self.stride, :]
+        extra = self.channels - x.shape[-1]
+        if extra < 0:
+            raise ValueError(f"a stage cannot narrow: {x.shape[-1]} -> {self.channels} channels")
+        if extra:
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+        return nn.relu(h + x)
+
+
+class ResNet(nn.Module):
+    """ResNet-20's structure (He et al. 2016, the CIFAR variant) at any width and depth.
+
+    A 3x3 stem convolution -> norm -> ReLU, then one stage per entry of ``channels``, each of
+    ``blocks`` basic blocks (:class:`_BasicBlock`); the first block of every stage after the
+    first halves the resolution (stride 2, skipped where a spatial axis is already 1) and widens
+    through a parameter-free shortcut. Global average pooling at the end gives features
+    ``(N, channels[-1])``. ``channels = (16, 32, 64)`` and ``blocks = 3`` is ResNet-20: 19
+    convolutions (267 696 weights on 3-channel inputs) plus the fixed last layer. Each
+    convolution is followed by the normalization without affine parameters and is its own
+    scale-invariance group (``make_problem(groups="layer")``). Channel counts must not
+    decrease from stage to stage. Input NHWC.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64)
+    blocks: int = 3
+    norm: Norm = "batch"
+    input_ndim: ClassVar[int] = 4
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        x = nn.Conv(self.channels[0], (3, 3), padding="SAME", use_bias=False, name="conv_stem")(x)
+        x = nn.relu(_apply_norm(_normalization(self.norm, "norm_stem", True), x, train))
+        for i, ch in enumerate(self.channels):
+            for j in range(self.blocks):
+                stride = 2 if (i > 0 and j == 0 and min(x.shape[1], x.shape[2]) > 1) else 1
+                x = _BasicBlock(ch, stride, self.norm, f"{i}{j}", name=f"block_{i}{j}")(x, train)
+        return jnp.mean(x, axis=(1, 2))
+
+
 def _unit_normal(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
     """Gaussian entries scaled to unit Frobenius norm."""
     x = jax.random.normal(key, shape, dtype)
@@ -247,6 +312,21 @@ def vgg(channels: Sequence[int] = (16, 32, 64), *, norm: Norm = "batch") -> VGG:
     channels_t = _positive_ints(channels, "channels")
     _check_norm(norm)
     return VGG(channels_t, norm=norm)
+
+
+def resnet(
+    channels: Sequence[int] = (16, 32, 64), *, blocks: int = 3, norm: Norm = "batch"
+) -> ResNet:
+    """A :class:`ResNet` with ``channels`` per stage and ``blocks`` basic blocks per stage
+    (``(16, 32, 64)``, 3: ResNet-20; narrower and shallower versions run on a laptop CPU)."""
+    channels_t = _positive_ints(channels, "channels")
+    if any(b < a for a, b in itertools.pairwise(channels_t)):
+        raise ValueError(f"channels must not decrease from stage to stage, got {channels_t}")
+    if isinstance(blocks, bool) or not isinstance(blocks, (int, np.integer)) or blocks < 1:
+        raise ValueError(f"blocks must be a positive int, got {blocks!r}")
+    blocks_t = int(blocks)
+    _check_norm(norm)
+    return ResNet(channels_t, blocks_t, norm=norm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +677,8 @@ def make_problem(
     and the invariance rules: module docstring.
 
     Args:
-        model: e.g. :func:`mlp` or :func:`vgg` (or any linen module following the rules).
+        model: e.g. :func:`mlp`, :func:`vgg` or :func:`resnet` (or any linen module following
+            the rules).
         x_train: training inputs ``(N, ...)`` (``(N, F)`` for an MLP, NHWC for a CNN).
         y_train: integer labels ``(N,)`` in ``[0, num_outputs)``, or float targets ``(N, C)``
             (``loss="mse"`` only).
