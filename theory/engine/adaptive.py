@@ -186,9 +186,10 @@ class PreconditionedTracker(AbstractTracker):
     On a tracked step: one linearization (its loss and gradient drive the step, as
     :class:`theory.engine.LanczosTracker`'s), ``P`` from the method's state and the step's
     gradient, and a Lanczos solve warm-started from the last tracked step's eigenvector, stopped
-    at relative Ritz residual ``tol``. Extras on every row (NaN where not tracked):
-    ``precond.sharpness`` = ``lambda_1(P^{-1} H)``, ``precond.edge`` =
-    ``(2 + 2 b1) / ((1 - b1) lr)``, ``precond.eos`` = their ratio (1 at the edge).
+    at relative Ritz residual ``tol``. Extras on every row: ``precond.sharpness`` =
+    ``lambda_1(P^{-1} H)`` and ``precond.eos`` = its ratio to the edge (1 at the edge; both NaN
+    where not tracked), ``precond.edge`` = ``(2 + 2 b1) / ((1 - b1) lr)`` (on every row). The
+    warm start is always the last tracked step's eigenvector.
 
     With ``plain`` a second solve gives the plain columns: ``eos = lr lambda_1(H)`` and, with
     one group, the spherical sharpness ``lambda_1(H) |w|^2``; with several groups ``sharpness``
