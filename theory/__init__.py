@@ -43,6 +43,10 @@ from theory.engine import SweepResult as SweepResult
 from theory.engine import optax_method as optax_method
 from theory.engine import run as run
 from theory.engine import run_batch as run_batch
+from theory.engine.adaptive import AdaptiveSpec as AdaptiveSpec
+from theory.engine.adaptive import PreconditionedTracker as PreconditionedTracker
+from theory.engine.adaptive import StepGeometry as StepGeometry
+from theory.engine.adaptive import adam_method as adam_method
 from theory.engine.gd import DivergenceError as DivergenceError
 from theory.engine.gd import GDResult as GDResult
 from theory.engine.gd import gd_wd as gd_wd

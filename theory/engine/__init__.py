@@ -13,6 +13,10 @@ thin front ends over these and return one family of results (:class:`GDResult`,
 :class:`SweepResult`).
 """
 
+from theory.engine.adaptive import AdaptiveSpec as AdaptiveSpec
+from theory.engine.adaptive import PreconditionedTracker as PreconditionedTracker
+from theory.engine.adaptive import StepGeometry as StepGeometry
+from theory.engine.adaptive import adam_method as adam_method
 from theory.engine.core import SaveAt as SaveAt
 from theory.engine.core import State as State
 from theory.engine.driver import run as run
