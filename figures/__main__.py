@@ -21,6 +21,7 @@ FIGURES = {
     "central_flow": "figures.central_flow",
     "predict_init": "figures.predict_init",
     "adamw": "figures.adamw",
+    "sgd_equilibrium": "figures.sgd_equilibrium",
 }
 
 

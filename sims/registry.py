@@ -24,6 +24,7 @@ SIMS: dict[str, str] = {
     "central_flow": "sims.studies.central_flow",
     "predict_init": "sims.studies.predict_init",
     "adamw": "sims.studies.adamw",
+    "sgd_equilibrium": "sims.studies.sgd_equilibrium",
 }
 
 

@@ -30,6 +30,11 @@ from theory.engine.results import DivergenceError as DivergenceError
 from theory.engine.results import GDResult as GDResult
 from theory.engine.results import GDSnapshot as GDSnapshot
 from theory.engine.results import SweepResult as SweepResult
+from theory.engine.sgd import SGD as SGD
+from theory.engine.sgd import angular_equilibrium as angular_equilibrium
+from theory.engine.sgd import sgd_edge as sgd_edge
+from theory.engine.sgd import sgd_wd as sgd_wd
+from theory.engine.stochastic import StochasticTracker as StochasticTracker
 from theory.engine.trackers import AbstractTracker as AbstractTracker
 from theory.engine.trackers import LanczosTracker as LanczosTracker
 from theory.engine.trackers import NoTracking as NoTracking
