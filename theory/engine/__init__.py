@@ -26,6 +26,12 @@ from theory.engine.results import DivergenceError as DivergenceError
 from theory.engine.results import GDResult as GDResult
 from theory.engine.results import GDSnapshot as GDSnapshot
 from theory.engine.results import SweepResult as SweepResult
+from theory.engine.spectral import AbstractAddOn as AbstractAddOn
+from theory.engine.spectral import Composite as Composite
+from theory.engine.spectral import GroupSharpness as GroupSharpness
+from theory.engine.spectral import SLQTracker as SLQTracker
+from theory.engine.spectral import StepDiagnostics as StepDiagnostics
+from theory.engine.spectral import with_extras as with_extras
 from theory.engine.trackers import AbstractTracker as AbstractTracker
 from theory.engine.trackers import LanczosTracker as LanczosTracker
 from theory.engine.trackers import NoTracking as NoTracking
