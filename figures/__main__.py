@@ -20,6 +20,7 @@ FIGURES = {
     "regime_map": "figures.regime_map",
     "central_flow": "figures.central_flow",
     "predict_init": "figures.predict_init",
+    "spectrum": "figures.spectrum",
 }
 
 

@@ -23,6 +23,7 @@ SIMS: dict[str, str] = {
     "regime_map": "sims.studies.regime_map",
     "central_flow": "sims.studies.central_flow",
     "predict_init": "sims.studies.predict_init",
+    "spectrum": "sims.studies.spectrum",
 }
 
 

@@ -111,6 +111,7 @@ TOPIC_MODULES: tuple[str, ...] = (
     "sims.checks.regime",
     "sims.checks.central",
     "sims.checks.predict",
+    "sims.checks.spectrum",
 )
 # Checks that need no stored simulation (they compute what they test): run strictly by the
 # slow tests (tests/sims/test_sims.py, `make test-slow`, which CI runs), so a new FAIL there
