@@ -22,6 +22,7 @@ FIGURES = {
     "predict_init": "figures.predict_init",
     "adamw": "figures.adamw",
     "sgd_equilibrium": "figures.sgd_equilibrium",
+    "spectrum": "figures.spectrum",
 }
 
 

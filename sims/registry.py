@@ -25,6 +25,7 @@ SIMS: dict[str, str] = {
     "predict_init": "sims.studies.predict_init",
     "adamw": "sims.studies.adamw",
     "sgd_equilibrium": "sims.studies.sgd_equilibrium",
+    "spectrum": "sims.studies.spectrum",
 }
 
 

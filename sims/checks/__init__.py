@@ -113,6 +113,7 @@ TOPIC_MODULES: tuple[str, ...] = (
     "sims.checks.predict",
     "sims.checks.adamw",
     "sims.checks.sgd",
+    "sims.checks.spectrum",
 )
 # Checks that need no stored simulation (they compute what they test): run strictly by the
 # slow tests (tests/sims/test_sims.py, `make test-slow`, which CI runs), so a new FAIL there

@@ -34,6 +34,12 @@ from theory.engine.sgd import SGD as SGD
 from theory.engine.sgd import angular_equilibrium as angular_equilibrium
 from theory.engine.sgd import sgd_edge as sgd_edge
 from theory.engine.sgd import sgd_wd as sgd_wd
+from theory.engine.spectral import AbstractAddOn as AbstractAddOn
+from theory.engine.spectral import Composite as Composite
+from theory.engine.spectral import GroupSharpness as GroupSharpness
+from theory.engine.spectral import SLQTracker as SLQTracker
+from theory.engine.spectral import StepDiagnostics as StepDiagnostics
+from theory.engine.spectral import with_extras as with_extras
 from theory.engine.stochastic import StochasticTracker as StochasticTracker
 from theory.engine.trackers import AbstractTracker as AbstractTracker
 from theory.engine.trackers import LanczosTracker as LanczosTracker
