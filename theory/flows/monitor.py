@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,7 +37,15 @@ from typing import Any
 from theory.core import validate as check
 from theory.core.errors import BudgetExceeded
 
-__all__ = ["Budget", "Meter", "Progress", "active_meter", "meter_for"]
+__all__ = [
+    "Budget",
+    "Meter",
+    "Progress",
+    "activated",
+    "active_meter",
+    "meter_for",
+    "segments",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +54,9 @@ class Budget:
 
     Attributes:
         seconds: wall-clock seconds since the call started (compilation included).
-        steps: integrator steps (accepted + rejected for adaptive solvers, every step for
-            fixed ones) plus Gauss-Newton iterations, summed over the call's phases.
+        steps: integrator steps (as each entry point counts them in its result's
+            ``num_steps``) plus Gauss-Newton residual evaluations, summed over the call's
+            phases.
     """
 
     seconds: float | None = None
@@ -133,7 +143,11 @@ class Meter:
         return time.perf_counter() - self.start
 
     def phase(self, name: str, total: int) -> None:
-        """Start the phase ``name`` of ``total`` units."""
+        """Start the phase ``name`` of ``total`` units (the current phase again: only its
+        total changes, so a nested call may restate its enclosing call's phase)."""
+        if name == self.phase_name:
+            self.total = int(total)
+            return
         self._close_bar()
         self.phase_name, self.total, self._done = name, int(total), 0
         self.phases.append(name)
@@ -224,3 +238,17 @@ def meter_for(progress: Any, budget: Any) -> Meter | None:
     if prog is None and bud is None:
         return active_meter()
     return Meter(prog, bud)
+
+
+def activated(meter: Meter | None) -> contextlib.AbstractContextManager[Meter | None]:
+    """``meter.activate()``, or a context that does nothing for ``None``."""
+    if meter is None:
+        return contextlib.nullcontext()
+    return meter.activate()
+
+
+def segments(n: int, count: int = 20) -> list[tuple[int, int]]:
+    """``[(i, j), ...]``: the first and last save index of each of about ``count`` segments
+    that cover ``n`` saves (consecutive segments share their end save)."""
+    size = max(1, math.ceil((n - 1) / count))
+    return [(i, min(i + size, n - 1)) for i in range(0, n - 1, size)]
