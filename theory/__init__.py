@@ -17,6 +17,7 @@ from theory.core.curvature import grad_lambda1 as grad_lambda1
 from theory.core.curvature import hvp as hvp
 from theory.core.curvature import linearize_grad as linearize_grad
 from theory.core.curvature import mixed_third as mixed_third
+from theory.core.errors import BudgetExceeded as BudgetExceeded
 from theory.core.errors import DegenerateSharpnessError as DegenerateSharpnessError
 from theory.core.errors import DegenerateSharpnessWarning as DegenerateSharpnessWarning
 from theory.core.errors import ProjectionError as ProjectionError
@@ -70,10 +71,12 @@ from theory.flows.cluster import Clustering as Clustering
 from theory.flows.cluster import cluster_flow as cluster_flow
 from theory.flows.common import RK4 as RK4
 from theory.flows.common import AbstractGeometry as AbstractGeometry
+from theory.flows.common import Budget as Budget
 from theory.flows.common import Dense as Dense
 from theory.flows.common import FixedSteps as FixedSteps
 from theory.flows.common import GaussNewton as GaussNewton
 from theory.flows.common import Lanczos as Lanczos
+from theory.flows.common import Progress as Progress
 from theory.flows.common import SaveTimes as SaveTimes
 from theory.flows.compare import ComparisonResult as ComparisonResult
 from theory.flows.compare import compare_with_flow as compare_with_flow

@@ -64,7 +64,9 @@ events.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -83,13 +85,16 @@ from theory.core.types import Array, LossFn
 from theory.engine.gd import check_rates
 from theory.flows.common import (
     AbstractGeometry,
+    Budget,
     Lanczos,
+    Progress,
     SaveTimes,
     check_controller,
     check_solver,
     controller_config,
     geometry_of,
 )
+from theory.flows.monitor import Meter, activated, meter_for, segments
 
 __all__ = [
     "CentralFlowField",
@@ -464,16 +469,27 @@ def _chain(
     w0: Array,
     times: np.ndarray,
     edge: EdgeSettings,
+    meter: Meter | None = None,
+    partial: Callable[[_Path], Any] | None = None,
 ) -> _Path:
-    """Chain the solves in fixed modes from ``w0``, switching the mode at each event."""
+    """Chain the solves in fixed modes from ``w0``, switching the mode at each event.
+
+    With a ``meter`` the solves also stop at about 20 equally spaced save times (the mode
+    kept), to report progress and check the budget (``partial(path)``: what
+    :class:`BudgetExceeded` carries)."""
     dtype = w0.dtype
     mode = _start_mode(field_, w0, edge)
     ts, t_end, leave_tol = jnp.asarray(times, dtype), float(times[-1]), edge.leave_tol
     w, t_now, path = w0, 0.0, _Path({}, {}, [], 0)
-    for _ in range(edge.max_segments):
+    stops = [t_end] if meter is None else [float(times[j]) for _, j in segments(len(times))]
+    if meter is not None:
+        meter.phase("flow", len(times) - 1)
+    changes = 0
+    while True:
+        t_target = next(t for t in stops if t > t_now) if t_now < t_end else t_end
         seg = _segment(
             field_, solver, controller, w, jnp.asarray(mode, jnp.int32),
-            jnp.asarray(t_now, dtype), jnp.asarray(t_end, dtype), ts,
+            jnp.asarray(t_now, dtype), jnp.asarray(t_target, dtype), ts,
             jnp.asarray(leave_tol, dtype), edge.max_steps,
         )  # fmt: skip
         path = path._replace(steps=path.steps + int(seg.steps))
@@ -489,6 +505,8 @@ def _chain(
             if i not in path.rows and np.all(np.isfinite(ys[i])):
                 path.rows[int(i)], path.modes[int(i)] = ys[i], mode
         w, t_now, fired = seg.y_end, t_stop, bool(seg.fired)
+        if meter is not None:
+            meter.update(max(path.rows), steps=int(seg.steps))
         if fired:
             gaps = np.asarray(_margins(_edge_numbers(field_, w), mode, leave_tol))
             change = +1 if gaps[0] <= gaps[1] else -1
@@ -500,12 +518,17 @@ def _chain(
                 )
             mode += change
             path.events.append(EdgeEvent(t_stop, change, mode))
-        if t_now >= t_end or not fired:
+            changes += 1
+        if t_now >= t_end or (not fired and t_target >= t_end):
             return path
-    raise RuntimeError(
-        f"the central flow changed mode more than max_segments={edge.max_segments} times "
-        f"before t = {t_end:g} (last events: {path.events[-3:]}); the edge is chattering"
-    )
+        if fired and changes >= edge.max_segments:
+            raise RuntimeError(
+                f"the central flow changed mode more than max_segments={edge.max_segments} "
+                f"times before t = {t_end:g} (last events: {path.events[-3:]}); the edge is "
+                "chattering"
+            )
+        if meter is not None and partial is not None:
+            meter.check(f"flow at t = {t_now:.6g} steps", functools.partial(partial, path))
 
 
 def _result(
@@ -558,6 +581,8 @@ def central_flow(
     edge: EdgeSettings = _EDGE,
     solver: diffrax.AbstractAdaptiveSolver = _SOLVER,
     stepsize_controller: diffrax.AbstractStepSizeController = _CONTROLLER,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> CentralFlowResult:
     """Integrate the central flow of GD+WD on a scale-invariant loss from any ``w0``.
 
@@ -575,6 +600,12 @@ def central_flow(
         solver: an explicit adaptive diffrax solver (default ``diffrax.Tsit5()``).
         stepsize_controller: an adaptive diffrax controller (default
             ``diffrax.PIDController(rtol=1e-7, atol=1e-10)``).
+        progress: ``progress(saves_done, saves)`` after each segment, ``True`` for a tqdm bar,
+            or :class:`theory.Progress` (phase ``"flow"``); ``None``: the active meter of an
+            enclosing call, if any.
+        budget: :class:`theory.Budget` (steps: accepted + rejected integrator steps). With
+            either, the solve also stops at about 20 of the save times (docs/central_flow.md,
+            "Progress and budgets"); with neither it runs as before.
 
     Returns:
         :class:`CentralFlowResult` (``config`` records every setting).
@@ -589,6 +620,8 @@ def central_flow(
         theory.ScaleInvarianceError: the loss is not scale-invariant.
         RuntimeError: the integrator failed, more than ``max_edge`` eigenvalues reached the
             edge, or the mode changed more than ``max_segments`` times.
+        theory.BudgetExceeded: the budget ran out; ``.partial`` is the
+            :class:`CentralFlowResult` of the saves reached.
     """
     eta, wd, _ = check_rates(eta, wd)
     w0, _ = check.flat_vector(w0, "w0")
@@ -606,7 +639,6 @@ def central_flow(
         loss, jnp.asarray(eta, w0.dtype), jnp.asarray(wd, w0.dtype),
         jnp.asarray(edge.kappa, w0.dtype), geometry, edge.max_edge, edge.qp_iters,
     )  # fmt: skip
-    path = _chain(field_, solver, controller, w0, times, edge)
     config = {
         "eta": eta,
         "wd": wd,
@@ -615,6 +647,12 @@ def central_flow(
         "solver": type(solver).__name__,
         **controller_config(controller),
     }
+    meter = meter_for(progress, budget)
+    with activated(meter):
+        path = _chain(
+            field_, solver, controller, w0, times, edge, meter,
+            lambda p: _result(field_, times, p, config),
+        )  # fmt: skip
     return _result(field_, times, path, config)
 
 

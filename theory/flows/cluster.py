@@ -47,7 +47,7 @@ squares ``L = |r|^2 / 2``, ``theory.GaussNewton(residual_fn, jacobian=True)`` (o
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -64,14 +64,17 @@ from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array, LossFn
 from theory.flows.common import (
     AbstractGeometry,
+    Budget,
     Dense,
     FixedSteps,
+    Progress,
     SaveTimes,
     controller_config,
     geometry_of,
     integrator,
     solve_on_gamma,
 )
+from theory.flows.monitor import activated, meter_for
 from theory.flows.reduction import Form, check_form, velocity
 
 _BISECTIONS = 200
@@ -259,6 +262,8 @@ def cluster_flow(
     solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | FixedSteps | None = None,
     max_steps: int = 100_000,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> ClusterFlowResult:
     """Integrate the continued flow from the projection of ``theta0`` onto ``Gamma``.
 
@@ -273,6 +278,7 @@ def cluster_flow(
         solver, stepsize_controller, max_steps: the integrator (``None``: ``Tsit5()`` with
             ``PIDController(rtol=1e-8, atol=1e-10)``; a retraction after each step;
             :class:`theory.FixedSteps` for fixed steps, the stop event then checked at saves).
+        progress, budget: as in :func:`theory.sharpness_flow` (:mod:`theory.flows.monitor`).
 
     Returns:
         :class:`ClusterFlowResult` (truncated, with ``stopped`` set and a
@@ -286,18 +292,29 @@ def cluster_flow(
         raise TypeError(f"clustering must be a theory.Clustering, got {clustering!r}")
     solver, stepsize_controller = integrator(solver, stepsize_controller)
     max_steps = check.positive_int(max_steps, "max_steps")
-    start, geometry = geometry.resolve(loss, theta0)
-    field_ = ClusterFlowField(loss, geometry, form, clustering)
-    lam_start = np.asarray(field_.quantities(start).lam)
-    if lam_start[2] >= (1 - clustering.tol) * lam_start[0]:
-        raise ValueError(
-            f"the top three eigenvalues already coincide at the start ({lam_start}): "
-            "clusters of more than two are not handled"
+    meter = meter_for(progress, budget)
+    with activated(meter):
+        start, geometry = geometry.resolve(loss, theta0)
+        field_ = ClusterFlowField(loss, geometry, form, clustering)
+        lam_start = np.asarray(field_.quantities(start).lam)
+        if lam_start[2] >= (1 - clustering.tol) * lam_start[0]:
+            raise ValueError(
+                f"the top three eigenvalues already coincide at the start ({lam_start}): "
+                "clusters of more than two are not handled"
+            )
+        stop = _ThirdJoins(field_)
+        sol = solve_on_gamma(
+            field_,
+            geometry,
+            loss,
+            start,
+            saveat,
+            solver,
+            stepsize_controller,
+            stop,
+            max_steps,
+            meter,
         )
-    stop = _ThirdJoins(field_)
-    sol = solve_on_gamma(
-        field_, geometry, loss, start, saveat, solver, stepsize_controller, stop, max_steps
-    )
     ts, ys, q, message = _before_third(sol.ts, sol.ys, _measure(field_, sol.ys), sol, clustering)
     size = np.asarray(q.size)
     joined = np.flatnonzero(size >= 2)

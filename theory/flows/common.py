@@ -23,6 +23,12 @@ Flows on ``Gamma`` also share the local frame at a point of ``Gamma`` (top eigen
 Hessian and the tangent projector ``P_Gamma``, :meth:`AbstractGeometry.frame`), the retraction
 back onto ``Gamma`` after each step (:meth:`AbstractGeometry.retract`, :class:`ProjectedSolver`)
 and one integrator for both kinds of stepping (:func:`solve_on_gamma`).
+
+Progress and budgets: :class:`Progress` and :class:`Budget` (defined in
+:mod:`theory.flows.monitor`, re-exported here) are the settings every entry point takes as
+``progress=`` and ``budget=``; with either, :func:`solve_on_gamma` integrates segment by
+segment between the save times, reports after each and raises
+:class:`theory.core.errors.BudgetExceeded` with the saves reached when the budget runs out.
 """
 
 from __future__ import annotations
@@ -46,16 +52,21 @@ from theory.core.lanczos import lanczos
 from theory.core.types import Array, LossFn
 from theory.flows.gauss_newton import gauss_newton_project, ls_tangent_projector
 from theory.flows.manifold import hessian_rank, newton_step, project_to_manifold
+from theory.flows.monitor import Budget as Budget
+from theory.flows.monitor import Meter, segments
+from theory.flows.monitor import Progress as Progress
 
 __all__ = [
     "RK4",
     "AbstractGeometry",
+    "Budget",
     "Dense",
     "FixedSteps",
     "Frame",
     "GammaSolution",
     "GaussNewton",
     "Lanczos",
+    "Progress",
     "ProjectedSolver",
     "SaveTimes",
     "check_controller",
@@ -626,38 +637,44 @@ def solve_on_gamma(
     stepsize_controller: diffrax.AbstractStepSizeController | FixedSteps,
     stop: Callable[..., Array] | None = None,
     max_steps: int = 100_000,
+    meter: Meter | None = None,
 ) -> GammaSolution:
     """Integrate ``d y / d t = field(t, y, None)`` on ``Gamma`` from ``start`` (a point of it),
     retracting onto ``Gamma`` after every step, saved at ``saveat``.
 
     Adaptive (a diffrax controller): diffrax's ``diffeqsolve`` with :class:`ProjectedSolver`,
     stopped by the event ``stop(t, y, args)`` (a pytree callable, e.g. an ``eqx.Module``;
-    ``None``: never); raises ``RuntimeError`` if the solver fails otherwise. Fixed
-    (:class:`FixedSteps`): ``solver.step`` on equally spaced substeps (``stop`` is not
-    consulted: check the saves).
+    ``None``: never); raises ``RuntimeError`` if the solver fails otherwise (``max_steps``
+    reached, the step size collapsed, or the state became non-finite: the message says which
+    it saw). Fixed (:class:`FixedSteps`): ``solver.step`` on equally spaced substeps (``stop``
+    is not consulted: check the saves); a non-finite save raises ``RuntimeError`` naming it.
+
+    With a ``meter`` (:mod:`theory.flows.monitor`) the saves are integrated in about 20
+    segments, the state carried over (an adaptive controller restarts its step size at each),
+    with a report after each and :class:`theory.core.errors.BudgetExceeded` (``.partial``: the
+    :class:`GammaSolution` of the saves reached) when the budget runs out. Without one the
+    solve is a single compiled call, as before.
     """
+    if meter is not None:
+        return _segmented(
+            field, geometry, loss, start, saveat, solver, stepsize_controller, stop, max_steps,
+            meter,
+        )  # fmt: skip
     taus = jnp.asarray(saveat.times(), start.dtype)
     retract = Retraction(geometry, loss)
     if isinstance(stepsize_controller, FixedSteps):
         substeps = stepsize_controller.substeps(saveat)
         ys = _fixed(field, retract, solver, start, taus, substeps)
+        _check_finite(ys, saveat.times())
         n_steps = substeps * (taus.shape[0] - 1)
         return GammaSolution(saveat.times(), ys, n_steps, n_steps * evals_per_step(solver), None)
-    if isinstance(solver, RK4):
-        raise ValueError(
-            "RK4 has no error estimate for an adaptive step-size controller: use "
-            "stepsize_controller=theory.FixedSteps(dt) with it"
-        )
+    _no_adaptive_rk4(solver)
     controller = _traced_tolerances(stepsize_controller, start.dtype)
     ys, ts, steps, stopped, ok = _adaptive(
         field, retract, solver, controller, start, taus, stop, max_steps
     )
     if not bool(ok) and not bool(stopped):
-        raise RuntimeError(
-            f"the flow integrator failed before t = {saveat.end} (max_steps={max_steps} "
-            "reached or the step size underflowed); loosen the controller's rtol/atol or raise "
-            "max_steps"
-        )
+        raise RuntimeError(_failure(np.asarray(ts), int(steps), max_steps, saveat.end))
     ts_np = np.asarray(ts)
     valid = np.isfinite(ts_np[:-1])
     n_steps = int(steps)
@@ -668,6 +685,110 @@ def solve_on_gamma(
         n_steps * evals_per_step(solver),
         float(ts_np[-1]) if bool(stopped) else None,
     )
+
+
+def _no_adaptive_rk4(solver: diffrax.AbstractSolver) -> None:
+    if isinstance(solver, RK4):
+        raise ValueError(
+            "RK4 has no error estimate for an adaptive step-size controller: use "
+            "stepsize_controller=theory.FixedSteps(dt) with it"
+        )
+
+
+def _check_finite(ys: Array, times: np.ndarray) -> None:
+    """Raise ``RuntimeError`` at the first save of a fixed-step solve that is not finite."""
+    finite = np.all(np.isfinite(np.asarray(ys)), axis=1)
+    if finite.all():
+        return
+    first = int(np.argmin(finite))
+    raise RuntimeError(
+        f"the fixed-step flow became non-finite: the save at t = {times[first]:.6g} has "
+        f"non-finite entries, the one before (t = {times[max(first - 1, 0)]:.6g}) is finite; the "
+        "step is too large for the curvature there (lower FixedSteps.dt) or the flow left the "
+        "region where its field is defined"
+    )
+
+
+def _failure(ts: np.ndarray, steps: int, max_steps: int, end: float) -> str:
+    """What an adaptive solve that stopped early saw: the time reached and the steps used."""
+    reached = ts[np.isfinite(ts)]
+    t_last = float(reached[-1]) if reached.size else float("nan")
+    if steps >= max_steps:
+        why = f"max_steps={max_steps} reached"
+    else:
+        why = (
+            "the step size collapsed (diffrax rejects every step whose state or error estimate "
+            "is non-finite, so a field that is non-finite or blows up there shows as this)"
+        )
+    return (
+        f"the flow integrator failed before t = {end:g}: {why}, after {steps} accepted steps, "
+        f"last time reached t = {t_last:.6g}; loosen the controller's rtol/atol, raise "
+        "max_steps, or check the vector field there"
+    )
+
+
+def _segmented(
+    field: Callable[[Any, Array, Any], Array],
+    geometry: AbstractGeometry,
+    loss: LossFn,
+    start: Array,
+    saveat: SaveTimes,
+    solver: diffrax.AbstractSolver,
+    stepsize_controller: diffrax.AbstractStepSizeController | FixedSteps,
+    stop: Callable[..., Array] | None,
+    max_steps: int,
+    meter: Meter,
+) -> GammaSolution:
+    """:func:`solve_on_gamma` segment by segment (the state carried over), reporting to and
+    charging ``meter``."""
+    times = saveat.times()
+    taus = jnp.asarray(times, start.dtype)
+    retract = Retraction(geometry, loss)
+    fixed = isinstance(stepsize_controller, FixedSteps)
+    if fixed:
+        assert isinstance(stepsize_controller, FixedSteps)
+        substeps = stepsize_controller.substeps(saveat)
+    else:
+        _no_adaptive_rk4(solver)
+        controller = _traced_tolerances(stepsize_controller, start.dtype)  # type: ignore[arg-type]
+    per_eval = evals_per_step(solver)
+    rows: list[Array] = [start]
+    y, steps, stopped_at = start, 0, None
+    meter.phase("flow", len(times) - 1)
+
+    def partial() -> GammaSolution:
+        ys = jnp.stack(rows)
+        return GammaSolution(times[: len(rows)], ys, steps, steps * per_eval, stopped_at)
+
+    for i, j in segments(len(times)):
+        seg = taus[i : j + 1]
+        if fixed:
+            ys = _fixed(field, retract, solver, y, seg, substeps)
+            n_seg = substeps * (j - i)
+            _check_finite(ys, times[i : j + 1])
+            rows.extend(ys[1:])
+            steps += n_seg
+        else:
+            ys, ts, n_acc, fired, ok = _adaptive(
+                field, retract, solver, controller, y, seg, stop, max_steps
+            )
+            n_seg = int(n_acc)
+            steps += n_seg
+            ts_np = np.asarray(ts)
+            if not bool(ok) and not bool(fired):
+                raise RuntimeError(_failure(ts_np, steps, max_steps, saveat.end))
+            valid = np.flatnonzero(np.isfinite(ts_np[:-1]))
+            rows.extend(ys[k] for k in valid if k > 0)
+            if bool(fired):
+                stopped_at = float(ts_np[-1])
+            if steps > max_steps:
+                raise RuntimeError(_failure(ts_np, steps, max_steps, saveat.end))
+        y = rows[-1]
+        meter.update(len(rows) - 1, steps=n_seg)
+        if stopped_at is not None:
+            break
+        meter.check(f"flow at t = {times[len(rows) - 1]:.6g}", partial)
+    return partial()
 
 
 def _traced_tolerances(

@@ -36,6 +36,7 @@ used for the start direction and the outputs). The state is ``(x, v, log rho)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -50,13 +51,16 @@ from theory.core.types import Array, LossFn
 from theory.engine.gd import check_rates
 from theory.flows.common import (
     AbstractGeometry,
+    Budget,
     Dense,
+    Progress,
     SaveTimes,
     check_controller,
     check_solver,
     controller_config,
     geometry_of,
 )
+from theory.flows.monitor import Meter, activated, meter_for, segments
 
 __all__ = ["EdgeFlowField", "EdgeFlowResult", "Overshoot", "edge_flow", "first_overshoot"]
 
@@ -255,6 +259,8 @@ def edge_flow(
     geometry: AbstractGeometry | None = None,
     solver: diffrax.AbstractSolver | None = None,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> EdgeFlowResult:
     """Integrate Edge Flow of GD+WD from ``w0`` (module docstring; docs/edge_flow.md).
 
@@ -270,6 +276,12 @@ def edge_flow(
         stepsize_controller: a diffrax controller (default
             ``diffrax.PIDController(rtol=1e-8, atol=1e-12)``); with ``ConstantStepSize()`` the
             step is the smallest gap between save times.
+        progress: ``progress(saves_done, saves)`` after each segment, ``True`` for a tqdm bar,
+            or :class:`theory.Progress` (phase ``"flow"``); ``None``: the active meter of an
+            enclosing call, if any.
+        budget: :class:`theory.Budget` (steps: accepted + rejected). With either, the solve
+            runs in about 20 segments between save times, the state carried over; with
+            neither it is one compiled call, as before.
 
     Returns:
         :class:`EdgeFlowResult`.
@@ -277,6 +289,8 @@ def edge_flow(
     Raises:
         ValueError / TypeError: bad settings (named in the message).
         RuntimeError: the integrator failed (the step size underflowed or too many steps).
+        theory.BudgetExceeded: the budget ran out; ``.partial`` is the
+            :class:`EdgeFlowResult` of the saves reached.
     """
     eta, wd, _ = check_rates(eta, wd)
     w0, _ = check.flat_vector(w0, "w0")
@@ -302,13 +316,6 @@ def edge_flow(
     v0 = _top_vector(geometry, loss, w0)
     y0 = (w0, v0, jnp.asarray(math.log(rho0 * float(jnp.linalg.norm(w0))), dtype))
     max_steps = max(int(64 * times[-1]) + 4096, 2 * len(times))
-    sol = _solve(field_, solver, controller, y0, jnp.asarray(times, dtype), dt0, max_steps)
-    steps = int(sol.stats["num_accepted_steps"] + sol.stats["num_rejected_steps"])
-    if sol.result != diffrax.RESULTS.successful:
-        raise RuntimeError(
-            f"the Edge Flow integrator failed ({sol.result}) after {steps} steps, before "
-            f"t = {times[-1]:g} (max_steps={max_steps}); loosen the controller's tolerances"
-        )
     config = {
         "eta": eta,
         "wd": wd,
@@ -318,7 +325,70 @@ def edge_flow(
         "solver": type(solver).__name__,
         **controller_config(controller),
     }
-    return _result(field_, geometry, sol, times, steps, config)
+    meter = meter_for(progress, budget)
+    if meter is None:
+        sol = _solve(field_, solver, controller, y0, jnp.asarray(times, dtype), dt0, max_steps)
+        steps = _steps(sol)
+        _check_solved(sol, steps, times, max_steps)
+        return _result(field_, geometry, sol, times, steps, config)
+    with activated(meter):
+        return _segmented(field_, geometry, solver, controller, y0, times, dt0, max_steps,
+                          config, meter)  # fmt: skip
+
+
+def _steps(sol: diffrax.Solution) -> int:
+    return int(sol.stats["num_accepted_steps"] + sol.stats["num_rejected_steps"])
+
+
+def _check_solved(sol: diffrax.Solution, steps: int, times: np.ndarray, max_steps: int) -> None:
+    if sol.result != diffrax.RESULTS.successful:
+        raise RuntimeError(
+            f"the Edge Flow integrator failed ({sol.result}) after {steps} steps, before "
+            f"t = {times[-1]:g} (max_steps={max_steps}); loosen the controller's tolerances"
+        )
+
+
+class _Saved(NamedTuple):
+    ys: tuple[Array, Array, Array]
+
+
+def _segmented(
+    field_: EdgeFlowField,
+    geometry: AbstractGeometry,
+    solver: diffrax.AbstractSolver,
+    controller: diffrax.AbstractStepSizeController,
+    y0: EdgeState,
+    times: np.ndarray,
+    dt0: Array | None,
+    max_steps: int,
+    config: dict[str, Any],
+    meter: Meter,
+) -> EdgeFlowResult:
+    """The solve in about 20 segments between save times (state carried over), reporting to
+    ``meter`` and raising :class:`BudgetExceeded` with the rows reached."""
+    dtype = y0[0].dtype
+    parts: list[Any] = [tuple(jnp.asarray(a)[None] for a in y0)]
+    state: Any = y0
+    steps = 0
+    meter.phase("flow", len(times) - 1)
+
+    def result() -> EdgeFlowResult:
+        ys = tuple(jnp.concatenate([p[k] for p in parts]) for k in range(3))
+        n = int(ys[0].shape[0])
+        return _result(field_, geometry, _Saved(ys), times[:n], steps, config)  # type: ignore[arg-type]
+
+    for i, j in segments(len(times)):
+        sol = _solve(field_, solver, controller, state, jnp.asarray(times[i : j + 1], dtype),
+                     dt0, max_steps)  # fmt: skip
+        n_seg = _steps(sol)
+        steps += n_seg
+        _check_solved(sol, steps, times[: j + 1], max_steps)
+        assert sol.ys is not None
+        parts.append(tuple(a[1:] for a in sol.ys))
+        state = tuple(a[-1] for a in sol.ys)
+        meter.update(j, steps=n_seg)
+        meter.check(f"flow at t = {times[j]:.6g} steps", result)
+    return result()
 
 
 class Overshoot(NamedTuple):

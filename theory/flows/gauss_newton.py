@@ -51,17 +51,19 @@ saving CG iterations on the first, far-from-``Gamma`` steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 
 from theory.core import validate as check
 from theory.core.errors import ProjectionError as ProjectionError
 from theory.core.types import Array
+from theory.flows.monitor import Budget, Progress, active_meter, meter_for
 
 ResidualFn = Callable[[Array], Array]
 """``(D,) -> (n,)``, scale-invariant. Data should be array leaves of a pytree callable
@@ -82,6 +84,10 @@ class GNProjection(NamedTuple):
             NaN after.
         cg_iterations: total CG iterations (each one JVP and one VJP) over all steps.
         tol: the tolerance used on ``|r|``.
+        stalled: the loop stopped because ``|r|`` had not fallen below ``0.9`` times its best
+            value for ``patience`` iterations in a row (:func:`gauss_newton_project`).
+        cg_failures: Gauss-Newton steps whose inner CG stopped above its tolerance (cap reached
+            or breakdown ``J^T p = 0``: a rank-deficient or inconsistent linear system).
     """
 
     theta: Array
@@ -91,6 +97,8 @@ class GNProjection(NamedTuple):
     residual_history: Array
     cg_iterations: Array
     tol: Array
+    stalled: Array
+    cg_failures: Array
 
 
 def default_tol(dtype: Any, r0_norm: Array | float) -> Array:
@@ -188,6 +196,9 @@ def _craig(
     return final.x, final.k, jnp.sqrt(final.rs)
 
 
+_SHRINK = 0.9  # an iteration "makes progress" when |r| falls below 0.9 x its best so far
+
+
 class _GNState(NamedTuple):
     k: Array
     theta: Array
@@ -195,6 +206,9 @@ class _GNState(NamedTuple):
     history: Array
     cg_total: Array
     done: Array
+    best: Array  # the smallest |r| that counted as progress
+    idle: Array  # iterations in a row without progress
+    cg_failures: Array
 
 
 def _gn_loop(
@@ -204,8 +218,13 @@ def _gn_loop(
     cg_tol: Array | None,
     max_iters: int,
     cg_max_iters: int | None,
+    patience: int | None = None,
+    monitored: bool = False,
 ) -> GNProjection:
-    """The jit-compatible iteration (no validation, no raising)."""
+    """The jit-compatible iteration (no validation, no raising).
+
+    ``patience``: stop once ``|r|`` has not fallen below ``_SHRINK`` times its best value for
+    that many iterations in a row (``None``: never)."""
     theta0 = w / jnp.linalg.norm(w)
     dtype = theta0.dtype
     eps = jnp.finfo(dtype).eps
@@ -222,23 +241,33 @@ def _gn_loop(
         r, jvp, vjp = _linearize(residual_fn, s.theta)
         rnorm = jnp.linalg.norm(r)
         history = s.history.at[s.k].set(rnorm)
-        stop = (rnorm <= tol_) | (s.k >= max_iters) | ~jnp.isfinite(rnorm)
+        progress = rnorm < _SHRINK * s.best
+        best = jnp.where(progress, rnorm, s.best)
+        idle = jnp.where(progress, 0, s.idle + 1)
+        stalled = jnp.asarray(False) if patience is None else idle >= patience
+        stop = (rnorm <= tol_) | (s.k >= max_iters) | ~jnp.isfinite(rnorm) | stalled
+        if monitored:  # report to the active Meter; it says whether the budget ran out
+            halt = io_callback(_tick, jax.ShapeDtypeStruct((), jnp.bool_), s.k, max_iters)
+            stop = stop | halt
 
-        def step(_: None) -> tuple[Array, Array]:
+        def step(_: None) -> tuple[Array, Array, Array]:
             if cg_tol is None:
                 eta = jnp.clip(rnorm / scale, 100 * eps, _ETA_MAX)
             else:
                 eta = jnp.asarray(cg_tol, dtype)
-            x, iters, _cg_res = _craig(jvp, vjp, r, eta * rnorm, cg_cap, s.theta)
+            x, iters, cg_res = _craig(jvp, vjp, r, eta * rnorm, cg_cap, s.theta)
             new = s.theta - x
-            return new / jnp.linalg.norm(new), iters
+            return new / jnp.linalg.norm(new), iters, ~(cg_res <= eta * rnorm)
 
-        def stay(_: None) -> tuple[Array, Array]:
-            return s.theta, jnp.asarray(0, jnp.int32)
+        def stay(_: None) -> tuple[Array, Array, Array]:
+            return s.theta, jnp.asarray(0, jnp.int32), jnp.asarray(False)
 
-        theta, iters = jax.lax.cond(stop, stay, step, None)
+        theta, iters, cg_failed = jax.lax.cond(stop, stay, step, None)
         k = jnp.where(stop, s.k, s.k + 1)
-        return _GNState(k, theta, rnorm, history, s.cg_total + iters, stop)
+        return _GNState(
+            k, theta, rnorm, history, s.cg_total + iters, stop, best, idle,
+            s.cg_failures + cg_failed.astype(jnp.int32),
+        )  # fmt: skip
 
     init = _GNState(
         jnp.asarray(0, jnp.int32),
@@ -247,15 +276,29 @@ def _gn_loop(
         jnp.full((max_iters + 1,), jnp.nan, dtype),
         jnp.asarray(0, jnp.int32),
         jnp.asarray(False),
+        jnp.asarray(jnp.inf, dtype),
+        jnp.asarray(0, jnp.int32),
+        jnp.asarray(0, jnp.int32),
     )
     final = jax.lax.while_loop(lambda s: ~s.done, body, init)
     converged = final.rnorm <= tol_
+    stalled = ~converged & jnp.asarray(patience is not None) & (final.idle >= (patience or 0))
     return GNProjection(
-        final.theta, final.rnorm, final.k, converged, final.history, final.cg_total, tol_
-    )
+        final.theta, final.rnorm, final.k, converged, final.history, final.cg_total, tol_,
+        stalled, final.cg_failures,
+    )  # fmt: skip
 
 
 _gn_loop_jit = eqx.filter_jit(_gn_loop)
+
+
+def _tick(k: Any, max_iters: Any) -> np.ndarray:
+    """Host side of a monitored loop: one residual evaluation done; ``True`` to halt."""
+    meter = active_meter()
+    if meter is None:
+        return np.asarray(False)
+    meter.update(int(k), steps=1)
+    return np.asarray(meter.over() is not None)
 
 
 def _optional_positive(x: Any, name: str) -> Any:
@@ -273,6 +316,10 @@ def gauss_newton_project(
     cg_tol: float | Array | None = None,
     cg_max_iters: int | None = None,
     raise_on_failure: bool = True,
+    groups: Sequence[int] | None = None,
+    patience: int | None = 10,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> GNProjection:
     """Gauss-Newton (minimum-norm) projection of ``w / |w|`` onto ``Gamma = {r = 0} ∩ S^{D-1}``.
 
@@ -299,13 +346,28 @@ def gauss_newton_project(
             ``clip(|r_k| / max(1, |r_0|), 100 eps, 0.1)``, which keeps convergence quadratic.
         cg_max_iters: cap on CG iterations per step; default ``2 n + 10``.
         raise_on_failure: raise :class:`ProjectionError` if not converged.
+        groups: the scale-invariance groups of ``w`` (block sizes; ``None``: one group). Each
+            group's radial direction is in the kernel of ``J``, so ``Gamma`` can only exist
+            for ``n <= D - len(groups)`` residuals; more is refused up front.
+        patience: stop (and, with ``raise_on_failure``, raise) once ``|r|`` has not fallen
+            below ``0.9`` times its best value for ``patience`` Gauss-Newton iterations in a row
+            (``None``: only ``max_iters`` stops a stalled or oscillating run).
+        progress: ``progress(k, max_iters)`` after every residual evaluation, ``True`` for a
+            tqdm bar, or :class:`theory.Progress` (``None``: the active meter of an enclosing
+            call, if any; :mod:`theory.flows.monitor`).
+        budget: :class:`theory.Budget` (steps: residual evaluations); checked after every
+            iteration inside the compiled loop.
 
     Returns:
         :class:`GNProjection`.
 
     Raises:
         ValueError: ``w`` not a flat, finite, nonzero vector; or a bad option.
-        ProjectionError: no convergence and ``raise_on_failure``.
+        ProjectionError: more residuals than ``D - len(groups)`` (before any iteration), or
+            no convergence and ``raise_on_failure`` (the message says whether the residual
+            stalled, and gives its last values and the iteration it stopped at).
+        theory.BudgetExceeded: the budget ran out; ``.partial`` is the :class:`GNProjection`
+            reached.
 
     Example:
         >>> from jax.tree_util import Partial
@@ -313,8 +375,10 @@ def gauss_newton_project(
         >>> out = gauss_newton_project(Partial(res, z, y), w0)
         >>> out.theta, out.iterations
     """
-    w, _ = check.flat_vector(w, "w")
+    w, sizes = check.flat_vector(w, "w", groups)
     max_iters = check.positive_int(max_iters, "max_iters")
+    if patience is not None:
+        patience = check.positive_int(patience, "patience")
     if cg_max_iters is not None:
         cg_max_iters = check.positive_int(cg_max_iters, "cg_max_iters")
     tol = _optional_positive(tol, "tol")
@@ -326,10 +390,44 @@ def gauss_newton_project(
     dtype = w.dtype
     tol_arr = None if tol is None else jnp.asarray(tol, dtype)
     cg_tol_arr = None if cg_tol is None else jnp.asarray(cg_tol, dtype)
-    out = _gn_loop_jit(residual_fn, w, tol_arr, cg_tol_arr, max_iters, cg_max_iters)
+    check_dimensions(residual_fn, w, sizes)
+    meter = None if check.is_traced(w) else meter_for(progress, budget)
+    if meter is None:
+        out = _gn_loop_jit(residual_fn, w, tol_arr, cg_tol_arr, max_iters, cg_max_iters, patience)
+    else:
+        with meter.activate():
+            meter.phase("projection", max_iters)
+            out = _gn_loop_jit(
+                residual_fn, w, tol_arr, cg_tol_arr, max_iters, cg_max_iters, patience, True
+            )
+            meter.check(f"Gauss-Newton iteration {int(out.iterations)}", lambda: out)
     if raise_on_failure and not check.is_traced(out.converged) and not bool(out.converged):
-        raise ProjectionError(_failure_message(residual_fn, out, max_iters))
+        raise ProjectionError(_failure_message(residual_fn, out, max_iters, patience))
     return out
+
+
+def check_dimensions(residual_fn: ResidualFn, w: Array, groups: Sequence[int]) -> None:
+    """Refuse, before any iteration, a residual map with more entries ``n`` than
+    ``D - len(groups)``: each scale-invariance group's radial direction is in the kernel of
+    the Jacobian, so ``rank J <= D - len(groups)`` and ``r = 0`` (``n`` equations) generically
+    has no solution on the sphere: ``Gamma`` is empty."""
+    shape = jax.eval_shape(residual_fn, jax.ShapeDtypeStruct(w.shape, w.dtype)).shape
+    if len(shape) != 1:
+        raise ValueError(f"residual_fn must return a flat vector (n,), got shape {shape}")
+    n, dim, g = int(shape[0]), int(w.shape[0]), len(groups)
+    if n <= dim - g:
+        return
+    raise ProjectionError(
+        f"Gauss-Newton projection onto Gamma = {{r = 0}} cannot succeed: the residual has "
+        f"n = {n} entries but w has D = {dim} weights in {g} scale-invariance group(s) "
+        f"(sizes {tuple(groups)}), and an interpolating Gamma needs n <= D - {g} = {dim - g} "
+        f"(each group's radial direction is a null direction of the Jacobian, so rank J <= "
+        f"{dim - g}; with more residuals r = 0 generically has no solution and Gamma is "
+        f"empty). Use fewer samples (n <= {dim - g}), a wider network (D >= {n + g}), or "
+        "project onto a minimizer of the loss by the spherical gradient flow instead of onto "
+        "Gamma: theory.flows.manifold.project_to_manifold(loss, w) (Phi, dense Newton polish: "
+        "D up to a few thousand; one sphere for the whole w)"
+    )
 
 
 def _rounding_noise(residual_fn: ResidualFn, theta: Array) -> float:
@@ -340,11 +438,24 @@ def _rounding_noise(residual_fn: ResidualFn, theta: Array) -> float:
     return float(jnp.linalg.norm(diff.astype(theta.dtype)))
 
 
-def _failure_message(residual_fn: ResidualFn, out: GNProjection, max_iters: int) -> str:
+def _failure_message(
+    residual_fn: ResidualFn, out: GNProjection, max_iters: int, patience: int | None = None
+) -> str:
     hist = np.asarray(out.residual_history)
     k = int(out.iterations)
     rn = float(out.residual_norm)
     what = "became non-finite" if not np.isfinite(rn) else f"reached |r(theta)| = {rn:.3g}"
+    if bool(out.stalled):
+        what += (
+            f" and stalled (no decrease below 0.9 x its best value for patience={patience} "
+            "iterations in a row)"
+        )
+    cg = int(out.cg_failures)
+    if cg:
+        what += (
+            f"; the inner CG stopped above its tolerance in {cg} of {k} steps (J J^T singular or "
+            "ill-conditioned: J rank-deficient, or the linearized system inconsistent)"
+        )
     trail = ", ".join(f"{h:.2g}" for h in hist[max(0, k - 4) : k + 1])
     noise = _rounding_noise(residual_fn, out.theta) if np.isfinite(rn) else float("nan")
     return (

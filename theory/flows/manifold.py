@@ -45,6 +45,7 @@ from theory.core.curvature import linearize_grad
 from theory.core.errors import ProjectionError
 from theory.core.lanczos import lanczos
 from theory.core.types import Array, LossFn
+from theory.flows.monitor import Budget, Progress, meter_for
 
 
 class Projection(NamedTuple):
@@ -279,6 +280,8 @@ def project_to_manifold(
     max_steps: int = 20_000,
     solver: Solver = "explicit",
     implicit_rtol: float | None = None,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> Array:
     """``Phi(w)``: the unit-norm minimizer reached by the spherical gradient flow from ``w/|w|``.
 
@@ -286,10 +289,23 @@ def project_to_manifold(
     naming the rows and the gradient reached when the flow does not settle (no minimizer
     nearby, ``max_steps`` too small, or a stiff flow: try ``solver="implicit"``). See the
     module docstring for the method and :func:`projection_info` for ``solver``.
+
+    ``progress`` (:class:`theory.Progress`, a callable ``progress(done, total)`` or ``True``)
+    hears the phase ``"projection"`` and ``(1, 1)`` when the solve is done; ``budget``
+    (:class:`theory.Budget`, steps: the largest number of accepted ODE steps of a row) is
+    checked after it, raising :class:`theory.BudgetExceeded` with the :class:`Projection` as
+    ``.partial``. The solve is one compiled call, so neither interrupts it: cap a long solve
+    with ``max_steps``.
     """
+    meter = meter_for(progress, budget)
+    if meter is not None:
+        meter.phase("projection", 1)
     info = projection_info(
         loss, w, gtol=gtol, max_steps=max_steps, solver=solver, implicit_rtol=implicit_rtol
     )
+    if meter is not None:
+        meter.update(1, steps=int(np.max(np.asarray(info.steps))))
+        meter.check("after the gradient flow", lambda: info)
     ok = np.atleast_1d(np.asarray(info.converged))
     if not ok.all():
         bad = np.flatnonzero(~ok)

@@ -50,9 +50,10 @@ squared oscillation amplitude, ``du/dt = c - k z`` and ``d log z / dt = 4 u``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -64,6 +65,7 @@ import numpy as np
 
 from theory.core import validate as check
 from theory.core.curvature import linearize_grad
+from theory.core.errors import BudgetExceeded
 from theory.core.types import Array, LossFn
 from theory.flows.central import _adaptive
 from theory.flows.common import (
@@ -77,6 +79,7 @@ from theory.flows.common import (
     geometry_of,
 )
 from theory.flows.manifold import _switch
+from theory.flows.monitor import Budget, Meter, Progress, activated, meter_for
 from theory.flows.reduction import Degeneracy, SharpnessFlowResult, sharpness_flow
 
 __all__ = [
@@ -575,6 +578,8 @@ def predict_from_init(
     geometry: AbstractGeometry = _DENSE,
     phase1: Phase1Model = _PHASE1,
     phase3: Phase3Flow = _PHASE3,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> PredictResult:
     """Predict the EoS onset and the trajectory of GD+WD from ``w0`` without running GD.
 
@@ -596,6 +601,14 @@ def predict_from_init(
             ``rank`` is the codimension of ``Gamma`` (``None``: counted by the flow).
         phase1: phase I's ODE, :class:`Phase1Model`.
         phase3: phase III's flow, :class:`Phase3Flow`.
+        progress: :class:`theory.Progress` (or ``progress(done, total)``, or ``True`` for a
+            tqdm bar): the phases ``"phase I model"``, ``"projection"`` (with the Gauss-Newton
+            iterations), ``"rows"`` and ``"flow"`` (its save intervals) are announced in turn.
+        budget: :class:`theory.Budget` for the whole call (steps: phase I's ODE steps, the
+            Gauss-Newton iterations and the flow's steps), checked between phases and between
+            the flow's segments; :class:`theory.BudgetExceeded` carries in ``.partial`` a dict of
+            the finished parts (``"phase1"``, ``"landing"``, ``"rows"``, and the inner call's
+            own partial result under its phase name).
 
     Returns:
         :class:`PredictResult` (``config`` records every setting).
@@ -615,15 +628,26 @@ def predict_from_init(
     decay = -2.0 * math.log1p(-eta * wd)
     rows = _row_steps(steps, record_every)
     clock = _Clock()
-    p1 = _run_phase1(loss, w0, eta, decay, rows, phase1)
-    clock.lap("phase1")
-    land = _land(loss, w0, eta, decay, p1, geometry, phase1)
-    clock.lap("phi")
-    out = _rows_before(loss, geometry, rows, p1, land, decay)
-    clock.lap("rows")
-    tau = 2.0 * eta * wd * (rows - land.onset)
-    flow, flow_end = _phase3(loss, rows, tau, land, geometry, phase3, eta, out)
-    clock.lap("flow")
+    meter, done = meter_for(progress, budget), dict[str, Any]()
+    with activated(meter), _keep_finished(done):
+        _announce(meter, "phase I model")
+        p1 = _run_phase1(loss, w0, eta, decay, rows, phase1)
+        done["phase1"] = p1
+        _finished(meter, done, "phase I", p1.ode_steps)
+        clock.lap("phase1")
+        _announce(meter, "projection")
+        land = _land(loss, w0, eta, decay, p1, geometry, phase1)
+        done["landing"] = land
+        _finished(meter, done, "projection")
+        clock.lap("phi")
+        _announce(meter, "rows")
+        out = _rows_before(loss, geometry, rows, p1, land, decay)
+        done["rows"] = out
+        _finished(meter, done, "rows")
+        clock.lap("rows")
+        tau = 2.0 * eta * wd * (rows - land.onset)
+        flow, flow_end = _phase3(loss, rows, tau, land, geometry, phase3, eta, out)
+        clock.lap("flow")
     clock.seconds["total"] = time.perf_counter() - t_start
     config = {
         "eta": eta, "wd": wd, "steps": steps, "record_every": record_every,
@@ -644,6 +668,33 @@ def predict_from_init(
             "flow_evals": 0 if flow is None else flow.num_evals,
         },
     )  # fmt: skip
+
+
+def _announce(meter: Meter | None, name: str) -> None:
+    if meter is not None:
+        meter.phase(name, 1)
+
+
+def _finished(meter: Meter | None, done: dict[str, Any], name: str, steps: int = 0) -> None:
+    """A phase of :func:`predict_from_init` is done: report it, charge ``steps``, check the
+    budget (``.partial``: the finished parts so far)."""
+    if meter is not None:
+        meter.update(1, steps=steps)
+        meter.check(f"after {name}", lambda: dict(done))
+
+
+@contextlib.contextmanager
+def _keep_finished(done: dict[str, Any]) -> Iterator[None]:
+    """A budget that runs out inside a nested call (the projection, the flow) raises with
+    ``.partial`` the finished parts of :func:`predict_from_init`, the nested call's own partial
+    result added under its phase name."""
+    try:
+        yield
+    except BudgetExceeded as err:
+        if isinstance(err.partial, dict) and err.partial.keys() <= done.keys():
+            raise
+        parts = {**done, err.phase or "inner": err.partial}
+        raise BudgetExceeded(str(err), parts, phase=err.phase, spent=err.spent) from err
 
 
 def _check_run(eta: Any, wd: Any, steps: Any, record_every: Any) -> tuple[float, float, int, int]:

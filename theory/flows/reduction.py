@@ -43,14 +43,17 @@ from theory.core.errors import DegenerateSharpnessError, DegenerateSharpnessWarn
 from theory.core.types import Array, LossFn
 from theory.flows.common import (
     AbstractGeometry,
+    Budget,
     Dense,
     FixedSteps,
+    Progress,
     SaveTimes,
     controller_config,
     geometry_of,
     integrator,
     solve_on_gamma,
 )
+from theory.flows.monitor import activated, meter_for
 
 Form = Literal["F0", "F1"]
 FORMS = ("F0", "F1")
@@ -204,6 +207,8 @@ def sharpness_flow(
     stepsize_controller: diffrax.AbstractStepSizeController | FixedSteps | None = None,
     degeneracy: Degeneracy | None = None,
     max_steps: int = 100_000,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> SharpnessFlowResult:
     """Integrate the sharpness-reduction flow from the projection of ``theta0`` onto ``Gamma``.
 
@@ -225,6 +230,14 @@ def sharpness_flow(
         degeneracy: the gap tolerance and what to do when ``lambda_1`` becomes degenerate
             (:class:`Degeneracy`; ``None``: ``Degeneracy()``, ``gap_tol=1e-3``, raise).
         max_steps: cap on adaptive steps.
+        progress: ``progress(saves_done, saves)`` after each segment, ``True`` for a tqdm bar,
+            or :class:`theory.Progress` (phases ``"projection"`` for a Gauss-Newton start, then
+            ``"flow"``); ``None``: the active meter of an enclosing call, if any.
+        budget: :class:`theory.Budget`; when it runs out,
+            :class:`theory.core.errors.BudgetExceeded` with ``.partial`` the
+            :class:`theory.flows.common.GammaSolution` of the saves reached. With neither the
+            solve is one compiled call (bitwise as before); with either it runs in segments
+            (docs/central_flow.md, "Progress and budgets").
 
     Returns:
         :class:`SharpnessFlowResult`.
@@ -237,12 +250,23 @@ def sharpness_flow(
     if not isinstance(degeneracy, Degeneracy):
         raise TypeError(f"degeneracy must be a theory.Degeneracy, got {degeneracy!r}")
     max_steps = check.positive_int(max_steps, "max_steps")
-    start, geometry = geometry.resolve(loss, theta0)
-    field_ = SharpnessFlowField(loss, geometry, form)
-    stop = _GapStop(field_, jnp.asarray(degeneracy.gap_tol, start.dtype))
-    sol = solve_on_gamma(
-        field_, geometry, loss, start, saveat, solver, stepsize_controller, stop, max_steps
-    )
+    meter = meter_for(progress, budget)
+    with activated(meter):
+        start, geometry = geometry.resolve(loss, theta0)
+        field_ = SharpnessFlowField(loss, geometry, form)
+        stop = _GapStop(field_, jnp.asarray(degeneracy.gap_tol, start.dtype))
+        sol = solve_on_gamma(
+            field_,
+            geometry,
+            loss,
+            start,
+            saveat,
+            solver,
+            stepsize_controller,
+            stop,
+            max_steps,
+            meter,
+        )
     ts, ys, q = _until_degenerate(sol.ts, sol.ys, _measure(field_, sol.ys), sol, degeneracy)
     config = {
         "form": form,
