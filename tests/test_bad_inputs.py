@@ -6,6 +6,7 @@ make the table readable in pytest's output (``pytest tests/test_bad_inputs.py -v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -13,12 +14,14 @@ import diffrax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.core import FrozenDict
 
 import figures.__main__ as figures_cli
 import sims.__main__ as sims_cli
 import theory
 from sims import data as sims_data
 from sims._store import MissingResultsError, ResultStore
+from tests._losses import random_loss
 from theory.engine.sweep import gd_wd_sweep
 from theory.problems.analytic import PROBLEMS
 
@@ -27,6 +30,18 @@ L = P.loss
 W = jnp.asarray(P.start)
 NAN = jnp.array([jnp.nan, 1.0, 0.0])
 Z = jnp.zeros(3)
+
+
+PARAMS = {"dense": {"kernel": jnp.ones((2, 2))}, "out": jnp.ones(3)}
+LEAVES = [jnp.ones(2), jnp.ones(3)]
+FROZEN = FrozenDict(PARAMS)
+L3, _ = random_loss(3, (1, 2), 0)
+
+
+def _mixed(w_dtype: str, data_dtype: str) -> tuple[Any, Any]:
+    """A loss whose data (Partial leaves) have one dtype, and a start of the other."""
+    loss, w = random_loss(12, None, 0, jnp.dtype(data_dtype))
+    return loss, w.astype(w_dtype)
 
 
 def _not_invariant(w):
@@ -373,6 +388,127 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         lambda: theory.problems.analytic.get_problem("nope"),
         ValueError,
         "valid names",
+    ),
+    # A parameter pytree where a flat vector is expected: which argument, how many leaves, and
+    # how to flatten it.
+    *[
+        (
+            f"{what} given a {type(tree).__name__} pytree",
+            call,
+            TypeError,
+            re.escape(
+                f"{arg} must be a flat vector of shape (D,), got a parameter pytree "
+                f"({type(tree).__name__}) with {n} leaves: flatten it with "
+                "`theory.flatten_loss(loss_fn, params)` (it returns the flat loss, w0 and the "
+                "groups)"
+            ),
+        )
+        for what, arg, tree, n, call in [
+            ("gd_wd", "w0", PARAMS, 2, lambda: theory.gd_wd(L, PARAMS, eta=0.1, wd=0.1, steps=5)),
+            (
+                "gd_wd_sweep",
+                "w0",
+                PARAMS,
+                2,
+                lambda: gd_wd_sweep(L, PARAMS, eta=0.1, wd=0, steps=5),
+            ),
+            ("spherical_sharpness", "w", LEAVES, 2, lambda: theory.spherical_sharpness(L, LEAVES)),
+            ("eos_quantity", "w", FROZEN, 2, lambda: theory.eos_quantity(L, FROZEN, 0.1)),
+            (
+                "check_scale_invariance",
+                "w",
+                PARAMS,
+                2,
+                lambda: theory.check_scale_invariance(L, PARAMS),
+            ),
+            ("edge_at_init", "w0", FROZEN, 2, lambda: theory.edge_at_init(L, FROZEN)),
+            ("sharpness_flow", "theta0", PARAMS, 2, lambda: theory.sharpness_flow(L, PARAMS, 1.0)),
+        ]
+    ],
+    # A zero group: which one (index, size, entries), and what to do.
+    (
+        "gd_wd zero group",
+        lambda: theory.gd_wd(
+            L3, jnp.asarray([0.0, 1.0, 2.0]), eta=0.1, wd=0.1, steps=5, groups=(1, 2)
+        ),
+        ValueError,
+        re.escape(
+            "w0 must be nonzero in every group: a scale-invariant loss is undefined at 0, but "
+            "group 0 (size 1, entries 0:1) is all zeros. A zero-initialized parameter (a bias, or "
+            "a norm layer's scale or offset) cannot be a scale-invariant group: remove it from "
+            "the model (use_bias=False / use_scale=False) or initialize it nonzero"
+        ),
+    ),
+    (
+        "spherical_sharpness zero group",
+        lambda: theory.spherical_sharpness(L3, jnp.asarray([1.0, 0.0, 0.0]), groups=(1, 2)),
+        ValueError,
+        re.escape("but group 1 (size 2, entries 1:3) is all zeros"),
+    ),
+    # Mixed precision, both ways, in every entry point: both dtypes named, and what to do.
+    *[
+        (
+            f"{what} {w_dtype} weights with {data_dtype} data",
+            call,
+            TypeError,
+            re.escape(
+                f"mixed precision: {arg} is {w_dtype} but loss's data leaf fn/1/a "
+                f"(shape (24, 12)) is {data_dtype}; use one dtype for both: cast the weights "
+                f"({arg}.astype(jnp.{data_dtype})) or the data (jax.tree.map(lambda x: "
+                f"x.astype(jnp.{w_dtype}), data)) before flattening"
+            ),
+        )
+        for w_dtype, data_dtype in [("float32", "float64"), ("float64", "float32")]
+        for what, arg, call in [
+            (
+                "gd_wd",
+                "w0",
+                lambda w_dtype=w_dtype, data_dtype=data_dtype: theory.gd_wd(
+                    *_mixed(w_dtype, data_dtype), eta=0.1, wd=0.1, steps=5
+                ),
+            ),
+            (
+                "gd_wd_sweep",
+                "w0",
+                lambda w_dtype=w_dtype, data_dtype=data_dtype: gd_wd_sweep(
+                    *_mixed(w_dtype, data_dtype), eta=0.1, wd=0.1, steps=5
+                ),
+            ),
+            (
+                "spherical_sharpness",
+                "w",
+                lambda w_dtype=w_dtype, data_dtype=data_dtype: theory.spherical_sharpness(
+                    *_mixed(w_dtype, data_dtype)
+                ),
+            ),
+            (
+                "eos_quantity",
+                "w",
+                lambda w_dtype=w_dtype, data_dtype=data_dtype: theory.eos_quantity(
+                    *_mixed(w_dtype, data_dtype), 0.1
+                ),
+            ),
+            (
+                "check_scale_invariance",
+                "w",
+                lambda w_dtype=w_dtype, data_dtype=data_dtype: theory.check_scale_invariance(
+                    *_mixed(w_dtype, data_dtype)
+                ),
+            ),
+            (
+                "edge_at_init",
+                "w0",
+                lambda w_dtype=w_dtype, data_dtype=data_dtype: theory.edge_at_init(
+                    *_mixed(w_dtype, data_dtype), eta=0.1
+                ),
+            ),
+        ]
+    ],
+    (
+        "edge_at_init eos0 at the edge",
+        lambda: theory.edge_at_init(L, W, eos0=2.0),
+        ValueError,
+        re.escape("eos0 must be in (0, 2), got 2.0"),
     ),
 ]
 

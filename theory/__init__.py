@@ -17,6 +17,9 @@ from theory.core.curvature import grad_lambda1 as grad_lambda1
 from theory.core.curvature import hvp as hvp
 from theory.core.curvature import linearize_grad as linearize_grad
 from theory.core.curvature import mixed_third as mixed_third
+from theory.core.edge import AboveEdgeWarning as AboveEdgeWarning
+from theory.core.edge import EdgeAtInit as EdgeAtInit
+from theory.core.edge import edge_at_init as edge_at_init
 from theory.core.errors import BudgetExceeded as BudgetExceeded
 from theory.core.errors import DegenerateSharpnessError as DegenerateSharpnessError
 from theory.core.errors import DegenerateSharpnessWarning as DegenerateSharpnessWarning
@@ -24,6 +27,7 @@ from theory.core.errors import ProjectionError as ProjectionError
 from theory.core.invariance import ScaleInvarianceError as ScaleInvarianceError
 from theory.core.invariance import ScaleInvariant as ScaleInvariant
 from theory.core.invariance import check_scale_invariance as check_scale_invariance
+from theory.core.invariance import diagnose_groups as diagnose_groups
 from theory.core.invariance import flatten_loss as flatten_loss
 from theory.core.invariance import make_scale_invariant as make_scale_invariant
 from theory.core.invariance import normalize as normalize

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 
 from tests._losses import random_loss
+from tests.core._flax_net import NetSpec, tiny_cnn
 from theory.core.invariance import (
+    Leaf,
     ScaleInvarianceError,
     check_scale_invariance,
+    describe_group,
+    diagnose_groups,
     flatten_loss,
     group_norms,
+    leaves_of,
     make_scale_invariant,
     normalize,
 )
@@ -109,3 +114,86 @@ def test_flatten_loss_pytree():
     assert check_scale_invariance(forced.loss, forced.w0, groups=forced.groups).ok
     with pytest.raises(ValueError, match="'leaf', 'all'"):
         flatten_loss(f, params, groups="layers")
+
+
+# --------------------------------------------------------------------------------------------
+# Diagnosis per group and the messages (a flax CNN made invariant the way a user would)
+# --------------------------------------------------------------------------------------------
+
+
+def _with_eps(eps):
+    loss, _ = random_loss(8, None, 0)
+
+    def f(w):  # w / sqrt(|w_a|^2 + eps) on the first block: approximately invariant
+        a, b = w[:4], w[4:]
+        return loss(jnp.concatenate([a / jnp.sqrt(jnp.vdot(a, a) + eps), b / jnp.linalg.norm(b)]))
+
+    return f
+
+
+def test_diagnose_groups_classifies_each_cause():
+    # Expected causes by construction; the rule is rel(c=1e-3) >= 10 rel(c=10) for epsilon.
+    w = jnp.asarray(np.random.default_rng(0).normal(size=8))
+    diag = diagnose_groups(_with_eps(1e-2), w, (4, 4))
+    assert [d.cause for d in diag] == ["epsilon", "invariant"]
+    assert diag[0].violation[-1] < 1e-3 < diag[0].violation[0]  # grows as the group shrinks
+    loss, _ = random_loss(8, (4, 4), 0)
+    biased = diagnose_groups(lambda x: loss(x) + jnp.sum(x[4:]), w, (4, 4))
+    assert [d.cause for d in biased] == ["invariant", "unnormalized"]
+    nan_small = diagnose_groups(
+        lambda x: loss(x) + 0.0 * jnp.log(jnp.vdot(x[:4], x[:4]) - 1e-3), w, (4, 4)
+    )
+    assert nan_small[0].cause == "nonfinite" and np.isinf(nan_small[0].violation[0])
+    assert "NaN/inf with this group scaled by c = 0.001" in nan_small[0].advice()
+
+
+def test_check_names_the_leaf_and_the_fix_for_a_flax_net():
+    # The invariant net passes; a trained BatchNorm scale before the readout breaks invariance
+    # in that one group, which the message names by leaf, with the fix.
+    assert _check(NetSpec()).ok
+    with pytest.raises(ScaleInvarianceError) as err:
+        _check(NetSpec(use_scale=True))
+    msg = str(err.value)
+    assert msg.startswith("loss is not scale-invariant per group around the given point")
+    assert "1 of 4 break invariance (3 are invariant)" in msg
+    assert "group 1 (size 3, entries 2:5; leaf BatchNorm_1/scale)" in msg
+    assert "use use_bias=False / use_scale=False on that layer, or fix the last layer" in msg
+    assert "which changes the model" in msg
+
+
+def test_check_reports_epsilon_growing_as_the_group_shrinks():
+    with pytest.raises(ScaleInvarianceError) as err:
+        _check(NetSpec(epsilon=1e-3))
+    msg = str(err.value)
+    assert "group 0 (size 18, entries 0:18; leaf Conv_0/kernel)" in msg
+    assert "The violation grows as the group is scaled down" in msg
+    assert "use epsilon=0 (e.g. nn.BatchNorm(epsilon=0.0)" in msg
+
+
+def test_zero_group_names_the_leaves():
+    flat = tiny_cnn(NetSpec(use_bias=True))
+    with pytest.raises(ValueError) as err:
+        check_scale_invariance(flat.loss, flat.w0, groups=flat.groups)
+    assert str(err.value) == (
+        "w must be nonzero in every group: a scale-invariant loss is undefined at 0, but group 0 "
+        "(size 2, entries 0:2; leaf BatchNorm_0/bias); group 1 (size 3, entries 2:5; leaf "
+        "BatchNorm_1/bias) are all zeros. A zero-initialized parameter (a bias, or a norm layer's "
+        "scale or offset) cannot be a scale-invariant group: remove it from the model "
+        "(use_bias=False / use_scale=False) or initialize it nonzero"
+    )
+
+
+def test_flatten_loss_remembers_leaf_paths():
+    params = {"b": {"kernel": jnp.ones((2, 3))}, "a": jnp.ones(4)}
+    flat = flatten_loss(lambda p: jnp.sum(p["a"]), params)
+    assert flat.leaves == (Leaf("a", 0, 4), Leaf("b/kernel", 4, 6))
+    loss, _w0, groups, _unravel = flat  # still four fields
+    assert groups == (4, 6) and leaves_of(make_scale_invariant(loss, groups)) == flat.leaves
+    assert describe_group(1, groups, flat.leaves) == "group 1 (size 6, entries 4:10; leaf b/kernel)"
+    assert leaves_of(lambda w: w) == ()
+
+
+def _check(spec):
+    # One point (w itself): the messages' path, at a third of the default check's cost.
+    flat = tiny_cnn(spec)
+    return check_scale_invariance(flat.loss, flat.w0, groups=flat.groups, num_points=1)

@@ -13,6 +13,7 @@ and ``hess L(M w) = M^{-1} hess L(w) M^{-1}`` for ``M`` = positive per-group sca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -117,23 +118,72 @@ def make_scale_invariant(
     return ScaleInvariant(fn, None if groups is None else tuple(int(g) for g in groups))
 
 
+class Leaf(NamedTuple):
+    """One leaf of a flattened parameter pytree: its path, offset and size in the flat vector."""
+
+    path: str
+    offset: int
+    size: int
+
+
+def leaf_layout(params: Any) -> tuple[Leaf, ...]:
+    """The leaves of ``params`` in ``ravel_pytree``'s order, named by their ``/``-joined path
+    (``jax.tree_util.keystr(path, simple=True, separator="/")``, e.g. ``params/Dense_0/kernel``)."""
+    out, offset = [], 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        size = int(np.size(leaf))
+        out.append(Leaf(jax.tree_util.keystr(path, simple=True, separator="/"), offset, size))
+        offset += size
+    return tuple(out)
+
+
 class _Raveled(eqx.Module):
-    """A pytree loss seen as a loss on the flat vector."""
+    """A pytree loss seen as a loss on the flat vector (it remembers the pytree's leaves)."""
 
     loss_fn: Callable[[Any], Array]
     unravel: Callable[[Array], Any] = eqx.field(static=True)
+    leaves: tuple[Leaf, ...] = eqx.field(static=True, default=())
 
     def __call__(self, w: Array) -> Array:
         return self.loss_fn(self.unravel(w))
 
 
+def leaves_of(loss: Any) -> tuple[Leaf, ...]:
+    """The pytree leaves behind a flat loss made by :func:`flatten_loss` (also through a
+    :class:`ScaleInvariant` wrapper); ``()`` for any other loss."""
+    while isinstance(loss, ScaleInvariant):
+        loss = loss.fn
+    return loss.leaves if isinstance(loss, _Raveled) else ()
+
+
+def describe_group(index: int, groups: Groups, leaves: Sequence[Leaf] = ()) -> str:
+    """``group i (size s, entries a:b)`` and, when known, the pytree leaves it overlaps."""
+    start = sum(groups[:index])
+    stop = start + groups[index]
+    text = f"group {index} (size {groups[index]}, entries {start}:{stop}"
+    names = [leaf.path for leaf in leaves if leaf.offset < stop and leaf.offset + leaf.size > start]
+    if names:
+        shown = ", ".join(names[:4]) + (f", ... ({len(names)} leaves)" if len(names) > 4 else "")
+        text += f"; leaf {shown}" if len(names) == 1 else f"; leaves {shown}"
+    return text + ")"
+
+
 class FlatLoss(NamedTuple):
-    """A pytree loss flattened for :mod:`theory`: ``loss(w0)`` equals the original at ``params``."""
+    """A pytree loss flattened for :mod:`theory`: ``loss(w0)`` equals the original at ``params``.
+
+    ``leaves`` (a property, so the tuple still unpacks into four) names the pytree leaf behind
+    each slice of ``w0``; the checks use it to say which layer a bad group is.
+    """
 
     loss: LossFn
     w0: Array
     groups: Groups
     unravel: Callable[[Array], Any]
+
+    @property
+    def leaves(self) -> tuple[Leaf, ...]:
+        """The parameter pytree's leaves (path, offset, size) in the flat order."""
+        return leaves_of(self.loss)
 
 
 def flatten_loss(
@@ -146,6 +196,8 @@ def flatten_loss(
     """Adapter from a loss on a parameter pytree to a loss on a flat vector.
 
     The flat order is ``jax.flatten_util.ravel_pytree``'s (the order of ``jax.tree.leaves``).
+    The flat loss remembers the leaves' paths (:attr:`FlatLoss.leaves`), so an error about a
+    group of ``w0`` (all zeros, not invariant) names the layer.
 
     Args:
         loss_fn: ``params -> scalar``. Keep data in a ``jax.tree_util.Partial`` so it is passed to
@@ -165,7 +217,7 @@ def flatten_loss(
         raise ValueError(f"groups must be 'leaf', 'all' or a sequence of sizes, got {groups!r}")
     else:
         sizes = as_groups(groups, int(w0.shape[0]))
-    flat: LossFn = _Raveled(loss_fn, unravel)
+    flat: LossFn = _Raveled(loss_fn, unravel, leaf_layout(params))
     if normalize_groups:
         flat = ScaleInvariant(flat, sizes)
     return FlatLoss(flat, w0, sizes, unravel)
@@ -217,6 +269,109 @@ def _measure(loss: LossFn, points: Array, scales: Array, groups: Groups) -> tupl
     return homog, euler
 
 
+DIAGNOSIS_SCALES = (1e-3, 1e-2, 0.1, 0.5, 2.0, 10.0)
+"""Scales ``c`` by which :func:`diagnose_groups` multiplies one group at a time."""
+
+
+class GroupDiagnosis(NamedTuple):
+    """One group scaled alone (:func:`diagnose_groups`).
+
+    ``violation[i] = |L(w with w_g -> c_i w_g) - L(w)| / |L(w)|`` for ``c_i`` in ``scales``
+    (``inf`` where the scaled loss is not finite); ``cause`` is ``"invariant"``, ``"nonfinite"``,
+    ``"epsilon"`` (the violation grows as the group shrinks: a normalization with epsilon > 0) or
+    ``"unnormalized"`` (a parameter that no normalization undoes); ``group`` is the group's
+    index, ``where`` names it and, when known, its pytree leaves.
+    """
+
+    group: int
+    where: str
+    scales: tuple[float, ...]
+    violation: tuple[float, ...]
+    cause: str
+
+    def advice(self) -> str:
+        """What the cause means and what to do, in words."""
+        pairs = list(zip(self.scales, self.violation, strict=True))
+        vals = ", ".join(f"{v:.1e} at c={c:g}" for c, v in pairs)
+        head = f"{self.where}: |L(c w_g) - L(w)| / |L(w)| = {vals}"
+        if self.cause == "nonfinite":
+            bad = [f"{c:g}" for c, v in pairs if not math.isfinite(v)]
+            return (
+                f"{head}. The loss is NaN/inf with this group scaled by c = {', '.join(bad)}: "
+                "a normalization with epsilon=0 divides by a zero variance there (a dead "
+                "channel, or an all-zero group); start from a point where every normalized "
+                "layer has a nonzero variance"
+            )
+        if self.cause == "epsilon":
+            return (
+                f"{head}. The violation grows as the group is scaled down: a normalization with "
+                "epsilon > 0 is invariant only for |w_g| >> sqrt(epsilon); use epsilon=0 (e.g. "
+                "nn.BatchNorm(epsilon=0.0) or nn.LayerNorm(epsilon=0.0))"
+            )
+        return (
+            f"{head}. Scaling this group changes the loss at every scale: a parameter that no "
+            "normalization undoes (a bias, or a norm layer's scale or offset, after the last "
+            "normalization, or a trained last layer); use use_bias=False / use_scale=False on "
+            "that layer, or fix the last layer (make it a constant, not a trained parameter), "
+            "or give the right `groups`"
+        )
+
+
+@eqx.filter_jit
+def _scaled_losses(loss: LossFn, w: Array, scales: Array) -> tuple[Array, Array]:
+    return loss(w), jax.vmap(lambda s: loss(w * s))(scales)
+
+
+def diagnose_groups(
+    loss: LossFn,
+    w: Array,
+    groups: Sequence[int] | None = None,
+    *,
+    rtol: float | None = None,
+    leaves: Sequence[Leaf] = (),
+) -> tuple[GroupDiagnosis, ...]:
+    """Scale one group at a time by each of :data:`DIAGNOSIS_SCALES` and classify the change.
+
+    Costs ``G * 6`` loss evaluations. A group is ``"invariant"`` when every relative change is
+    at most ``rtol`` (default :func:`default_invariance_rtol`); ``"nonfinite"`` when a scaled
+    loss is NaN/inf; ``"epsilon"`` when the change at the smallest scale is at least 10 times
+    that at the largest (invariance that degrades as ``|w_g| -> 0``, the signature of
+    ``x / sqrt(var + eps)``); else ``"unnormalized"``.
+    """
+    w = jnp.asarray(w)
+    sizes = as_groups(groups, w.shape[0])
+    tol = default_invariance_rtol(w.dtype) if rtol is None else float(rtol)
+    cs = jnp.asarray(DIAGNOSIS_SCALES, w.dtype)
+    out = []
+    for g in range(len(sizes)):
+        mask = np.zeros(len(sizes))
+        mask[g] = 1.0
+        sel = expand_groups(jnp.asarray(mask, w.dtype), sizes)
+        scales = 1.0 + (cs[:, None] - 1.0) * sel[None, :]  # group g scaled, the rest kept
+        base, vals = _scaled_losses(loss, w, scales)
+        base_f = float(base)
+        rel = np.abs(np.asarray(vals, np.float64) - base_f) / max(abs(base_f), 1e-300)
+        rel = np.where(np.isfinite(rel), rel, np.inf)
+        if not math.isfinite(base_f) or not np.all(np.isfinite(rel)):
+            cause = "nonfinite"
+        elif np.all(rel <= tol):
+            cause = "invariant"
+        elif rel[0] >= 10.0 * rel[-1]:
+            cause = "epsilon"
+        else:
+            cause = "unnormalized"
+        out.append(
+            GroupDiagnosis(
+                g,
+                describe_group(g, sizes, leaves),
+                DIAGNOSIS_SCALES,
+                tuple(float(x) for x in rel),
+                cause,
+            )
+        )
+    return tuple(out)
+
+
 def check_scale_invariance(
     loss: LossFn,
     w: Array,
@@ -238,9 +393,15 @@ def check_scale_invariance(
     * Euler: ``max |<grad_g L(p), p_g>| / (|p_g| * max_p |grad L(p)|)`` per group ``g``
       (normalized by the largest gradient seen, since the gradient vanishes on minimizers).
 
+    On failure the error carries a diagnosis per group (:func:`diagnose_groups`: each group
+    scaled alone, which names the layer that breaks invariance and the likely cause: a
+    parameter after the last normalization, an epsilon > 0, a NaN), with the pytree leaves of a
+    :func:`flatten_loss` loss.
+
     Args:
         loss: the loss, ``(D,) -> ()``.
-        w: the point to check around, ``(D,)``.
+        w: the point to check around, ``(D,)`` (a flat vector, nonzero in every group, of the
+            dtype of the loss's data).
         groups: contiguous block sizes for multi-group invariance (``None``: one group).
         key: PRNG key for the random points (default ``PRNGKey(0)``: deterministic).
         num_points: number of points, ``w`` included.
@@ -251,10 +412,12 @@ def check_scale_invariance(
     Returns:
         An :class:`InvarianceReport` with both measures and the tolerance.
     """
-    w = jnp.asarray(w)
-    if w.ndim != 1:
-        raise ValueError(f"w must be a flat vector of shape (D,), got shape {w.shape}")
-    sizes = as_groups(groups, w.shape[0])
+    # validate imports this module (groups), so it is imported here, not at the top.
+    from theory.core import validate as check
+
+    leaves = leaves_of(loss)
+    w, sizes = check.flat_vector(w, "w", groups, leaves=leaves)
+    check.loss_output(loss, w, name, wname="w")
     if key is None:
         key = jax.random.PRNGKey(0)
     dtype = w.dtype
@@ -274,15 +437,45 @@ def check_scale_invariance(
     homog, euler = (float(x) for x in _measure(loss, points, scales, sizes))
     report = InvarianceReport(homog, euler, tol)
     if raise_on_failure and not report.ok:
-        what = []
-        if not homog <= tol:
-            what.append(f"|L(c w) - L(w)| reaches {homog:.3g} of the loss scale")
-        if not euler <= tol:
-            what.append(f"|<grad L(w), w_group>| reaches {euler:.3g} of |grad L| |w_group|")
-        raise ScaleInvarianceError(
-            f"{name} is not scale-invariant{' per group' if len(sizes) > 1 else ''} around the "
-            f"given point: {'; '.join(what)} (tolerance {tol:.1g} for {jnp.dtype(dtype).name}). "
-            "Wrap it with theory.make_scale_invariant(fn, groups) or give the right `groups`; "
-            "pass check_invariance=False to skip this check."
-        )
+        raise ScaleInvarianceError(_failure_message(loss, w, sizes, leaves, report, name, dtype))
     return report
+
+
+def _failure_message(
+    loss: LossFn,
+    w: Array,
+    sizes: Groups,
+    leaves: Sequence[Leaf],
+    report: InvarianceReport,
+    name: str,
+    dtype: Any,
+) -> str:
+    homog, euler, tol = report
+    what = []
+    if not homog <= tol:
+        what.append(f"|L(c w) - L(w)| reaches {homog:.3g} of the loss scale")
+    if not euler <= tol:
+        what.append(f"|<grad L(w), w_group>| reaches {euler:.3g} of |grad L| |w_group|")
+    diag = diagnose_groups(loss, w, sizes, rtol=tol, leaves=leaves)
+    bad = [d for d in diag if d.cause != "invariant"]
+    several = len(sizes) > 1
+    if bad:
+        shown = "\n  ".join(d.advice() for d in bad[:5])
+        more = f"\n  ... and {len(bad) - 5} more groups" if len(bad) > 5 else ""
+        kept = len(diag) - len(bad)
+        per_group = (
+            f"\nEach group scaled alone by c in {DIAGNOSIS_SCALES}: {len(bad)} of {len(diag)} "
+            f"break invariance{f' ({kept} are invariant)' if kept else ''}:\n  {shown}{more}"
+        )
+    else:
+        per_group = (
+            "\nScaled one group at a time at w, every group keeps the loss within the "
+            "tolerance: the violation is at the random points near w or in the gradient (Euler)."
+        )
+    return (
+        f"{name} is not scale-invariant{' per group' if several else ''} around the given point: "
+        f"{'; '.join(what)} (tolerance {tol:.1g} for {jnp.dtype(dtype).name}).{per_group}\n"
+        "Fix the model (above). If it cannot be changed, theory.make_scale_invariant(fn, groups) "
+        "normalizes each group before the loss, which changes the model (it trains a different "
+        "function). check_invariance=False skips this check."
+    )

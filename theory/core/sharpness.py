@@ -18,7 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from theory.core import validate as check
-from theory.core.invariance import check_scale_invariance, expand_groups, group_norms, normalize
+from theory.core.invariance import (
+    check_scale_invariance,
+    expand_groups,
+    group_norms,
+    leaves_of,
+    normalize,
+)
 from theory.core.lanczos import LanczosResult, default_tol, lanczos
 from theory.core.objective import as_objective
 from theory.core.types import Array, Groups, LossFn
@@ -50,7 +56,8 @@ def _prepare(
     key: Array | None,
     check_invariance: bool,
 ) -> tuple[Array, Groups, Array, Array]:
-    w, sizes = check.flat_vector(w, "w", groups)
+    w, sizes = check.flat_vector(w, "w", groups, leaves=leaves_of(loss))
+    check.loss_output(loss, w, wname="w")
     if check_invariance and not check.is_traced(w):
         check_scale_invariance(loss, w, groups=sizes)
     key = jax.random.PRNGKey(0) if key is None else key

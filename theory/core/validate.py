@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.core.invariance import as_groups, group_norms
+from theory.core.invariance import Leaf, as_groups, describe_group, group_norms
 from theory.core.types import Array, Groups
 
 
@@ -20,10 +20,45 @@ def is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def flat_vector(w: Any, name: str, groups: Sequence[int] | None = None) -> tuple[Array, Groups]:
-    """``w`` as a 1-D floating array with finite entries and no zero group, and its groups."""
+FLATTEN_HINT = (
+    "flatten it with `theory.flatten_loss(loss_fn, params)` (it returns the flat loss, w0 and "
+    "the groups)"
+)
+
+
+def _pytree_leaves(w: Any) -> int | None:
+    """The number of array leaves if ``w`` is a parameter pytree rather than one array, else
+    ``None`` (a list of numbers is a vector; a mapping, or a container of arrays, is a pytree)."""
+    if isinstance(w, (jax.Array, np.ndarray, np.generic, int, float)):
+        return None
+    leaves = jax.tree.leaves(w)
+    if isinstance(w, Mapping) or any(np.ndim(x) > 0 for x in leaves):
+        return len(leaves)
+    return None
+
+
+def not_pytree(w: Any, name: str) -> None:
+    """Refuse a parameter pytree (dict, list of arrays, flax ``FrozenDict``) where a flat vector
+    is expected, saying how to flatten it."""
+    n_leaves = _pytree_leaves(w)
+    if n_leaves is not None:
+        raise TypeError(
+            f"{name} must be a flat vector of shape (D,), got a parameter pytree "
+            f"({type(w).__name__}) with {n_leaves} leaves: {FLATTEN_HINT}"
+        )
+
+
+def flat_vector(
+    w: Any, name: str, groups: Sequence[int] | None = None, *, leaves: Sequence[Leaf] = ()
+) -> tuple[Array, Groups]:
+    """``w`` as a 1-D floating array with finite entries and no zero group, and its groups.
+
+    ``leaves`` (from :func:`theory.core.invariance.leaves_of` of the loss) names the pytree leaves
+    of a zero group in the error.
+    """
     if is_traced(w):
         return w, as_groups(groups, w.shape[0])
+    not_pytree(w, name)
     arr = jnp.asarray(w)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a flat vector of shape (D,), got shape {arr.shape}")
@@ -41,20 +76,28 @@ def flat_vector(w: Any, name: str, groups: Sequence[int] | None = None) -> tuple
         )
     norms = np.asarray(group_norms(arr, sizes))
     if np.any(norms == 0):
-        which = int(np.flatnonzero(norms == 0)[0])
-        where = "" if len(sizes) == 1 else f" (group {which} of sizes {sizes} is all zeros)"
-        raise ValueError(f"{name} must be nonzero: a scale-invariant loss is undefined at 0{where}")
+        zero = np.flatnonzero(norms == 0)
+        where = "; ".join(describe_group(int(i), sizes, leaves) for i in zero[:3])
+        more = f" and {zero.size - 3} more" if zero.size > 3 else ""
+        raise ValueError(
+            f"{name} must be nonzero in every group: a scale-invariant loss is undefined at 0, "
+            f"but {where}{more} {'is' if zero.size == 1 else 'are'} all zeros. A zero-initialized "
+            "parameter (a bias, or a norm "
+            "layer's scale or offset) cannot be a scale-invariant group: remove it from the "
+            "model (use_bias=False / use_scale=False) or initialize it nonzero"
+        )
     return arr, sizes
 
 
-def loss_output(loss: Any, w: Array, name: str = "loss") -> None:
+def loss_output(loss: Any, w: Array, name: str = "loss", wname: str = "w0") -> None:
     """``loss(w)`` must be a scalar of ``w``'s floating dtype (checked abstractly, no FLOPs).
 
-    A loss that promotes (float64 data with a float32 ``w0``, say) would otherwise fail deep
-    inside the compiled step with a ``lax.cond`` dtype mismatch.
+    Also :func:`same_precision`. A loss that promotes (float64 data with a float32 ``w0``, say)
+    would otherwise fail deep inside the compiled step with a ``lax.cond`` dtype mismatch.
     """
     if is_traced(w):
         return
+    same_precision(loss, w, name, wname)
     out = jax.eval_shape(loss, jax.ShapeDtypeStruct(w.shape, w.dtype))
     shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
     if shape != ():
@@ -63,8 +106,39 @@ def loss_output(loss: Any, w: Array, name: str = "loss") -> None:
         )
     if dtype != w.dtype:
         raise TypeError(
-            f"{name}(w) returns {dtype} but w0 is {w.dtype}: the loss must return w0's dtype "
-            f"(pass w0 as {dtype}, or keep the loss's data and constants in {w.dtype})"
+            f"{name}(w) returns {dtype} but {wname} is {w.dtype} (mixed precision): the loss must "
+            f"return {wname}'s dtype (pass {wname} as {dtype}, or keep the loss's data and "
+            f"constants in {w.dtype})"
+        )
+
+
+def same_precision(loss: Any, w: Array, name: str = "loss", wname: str = "w") -> None:
+    """The floating array leaves of ``loss`` (its data, when the loss is a pytree such as a
+    ``jax.tree_util.Partial`` or a :func:`theory.flatten_loss` loss) have ``w``'s dtype.
+
+    Mixed precision is refused both ways: float64 data with float32 weights promote the loss to
+    float64, and float32 data with float64 weights compute a float64 loss from rounded data.
+    Data closed over (not leaves) are not seen here; :func:`loss_output` catches the promotion.
+    """
+    if is_traced(w):
+        return
+    wdtype = jnp.dtype(w.dtype)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(loss)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if (
+            dtype is None
+            or getattr(leaf, "weak_type", False)  # a Python scalar: adopts w's dtype
+            or not jnp.issubdtype(dtype, jnp.floating)
+            or jnp.dtype(dtype) == wdtype
+        ):
+            continue
+        parts = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+        where = "/".join(p for p in parts if p and not p.startswith("<flat index")) or "(root)"
+        raise TypeError(
+            f"mixed precision: {wname} is {wdtype.name} but {name}'s data leaf {where} "
+            f"(shape {tuple(np.shape(leaf))}) is {jnp.dtype(dtype).name}; use one dtype for both: "
+            f"cast the weights ({wname}.astype(jnp.{jnp.dtype(dtype).name})) or the data "
+            f"(jax.tree.map(lambda x: x.astype(jnp.{wdtype.name}), data)) before flattening"
         )
 
 

@@ -38,9 +38,11 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from theory.core import validate as check
-from theory.core.invariance import check_scale_invariance
+from theory.core.edge import warn_if_above_edge
+from theory.core.invariance import check_scale_invariance, leaves_of
 from theory.core.objective import as_objective
 from theory.core.types import Array, LossFn
 from theory.engine.core import SaveAt
@@ -118,6 +120,7 @@ def gd_wd(
     check_invariance: bool = True,
     on_snapshot: Callable[[GDSnapshot], None] | None = None,
     resume: GDSnapshot | None = None,
+    warn_above_edge: bool = True,
 ) -> GDResult:
     """Run GD with weight decay on a scale-invariant loss, tracking sharpness and the EoS.
 
@@ -155,13 +158,19 @@ def gd_wd(
             continued run is bitwise identical to an uninterrupted one (same machine, dtype and
             ``chunk_steps``), because the remaining chunks run the same compiled program on the
             same state.
+        warn_above_edge: warn (:class:`theory.AboveEdgeWarning`, after the run, also before a
+            :class:`DivergenceError`) when the EoS quantity of the first row, step 0, is
+            already ``>= 2``: the run starts above the edge (a catapult; ``onset_step`` 0).
+            It is measured by the tracker, so with ``NoTracking()`` nothing is said. Choose
+            ``eta`` with :func:`theory.edge_at_init`; pass ``False`` where the start above the
+            edge is intended.
 
     Returns:
         :class:`GDResult`.
     """
     eta, wd, perturbation = check_rates(eta, wd, perturbation)
     perturb_every = check.positive_int(perturb_every, "perturb_every")
-    w0, sizes = check.flat_vector(w0, "w0", groups)
+    w0, sizes = check.flat_vector(w0, "w0", groups, leaves=leaves_of(loss))
     check.loss_output(loss, w0)
     method = GDWD(
         jnp.asarray(eta, w0.dtype),
@@ -182,22 +191,34 @@ def gd_wd(
         "perturbation": perturbation,
         "perturb_every": perturb_every,
     }
-    return engine_run(
-        as_objective(loss),
-        method,
-        w0,
-        steps=steps,
-        groups=sizes,
-        tracker=tracker,
-        saveat=saveat,
-        key=jax.random.PRNGKey(0) if key is None else key,
-        chunk_steps=chunk_steps,
-        progress=callback,
-        on_snapshot=on_snapshot,
-        resume=resume,
-        on_nonfinite=on_nonfinite,
-        config=config,
-    )
+    try:
+        result = engine_run(
+            as_objective(loss),
+            method,
+            w0,
+            steps=steps,
+            groups=sizes,
+            tracker=tracker,
+            saveat=saveat,
+            key=jax.random.PRNGKey(0) if key is None else key,
+            chunk_steps=chunk_steps,
+            progress=callback,
+            on_snapshot=on_snapshot,
+            resume=resume,
+            on_nonfinite=on_nonfinite,
+            config=config,
+        )
+    except DivergenceError as err:
+        if warn_above_edge:
+            _warn_start(err.result)
+        raise
+    if warn_above_edge:
+        _warn_start(result)
+    return result
+
+
+def _warn_start(result: GDResult) -> None:
+    warn_if_above_edge(result.eos[None], result.step, np.asarray([result.eta]), stacklevel=4)
 
 
 def default_parts(

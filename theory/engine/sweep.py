@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory.core import validate as check
-from theory.core.invariance import check_scale_invariance
+from theory.core.edge import warn_if_above_edge
+from theory.core.invariance import check_scale_invariance, leaves_of
 from theory.core.objective import as_objective
 from theory.core.types import Array, LossFn
 from theory.engine.core import SaveAt
@@ -81,6 +82,7 @@ def gd_wd_sweep(
     check_invariance: bool = True,
     on_snapshot: Callable[[GDSnapshot], None] | None = None,
     resume: GDSnapshot | None = None,
+    warn_above_edge: bool = True,
 ) -> SweepResult:
     """GD+WD for a grid of configurations at once (see the module docstring).
 
@@ -93,9 +95,14 @@ def gd_wd_sweep(
         devices: devices to shard the sweep axis over (default all ``jax.devices()``).
         on_snapshot, resume: checkpoints of the whole sweep after each chunk, and a resume
             from one (same grid, settings and device count), as :func:`theory.gd_wd`.
+        warn_above_edge: one :class:`theory.AboveEdgeWarning` after the sweep naming the
+            configurations whose step-0 EoS quantity is already ``>= 2`` (the first one's value
+            and a suggested ``eta``); nothing without tracking. ``False`` where a grid
+            deliberately crosses the edge.
         Other arguments as :func:`theory.gd_wd` (shared by all configurations), including the
         defaults of ``tracker=`` and ``saveat=``.
     """
+    check.not_pytree(w0, "w0")
     w0_host = np.asarray(w0)
     if w0_host.ndim not in (1, 2):
         raise ValueError(f"w0 must have shape (D,) or (B, D), got {w0_host.shape}")
@@ -105,9 +112,10 @@ def gd_wd_sweep(
     for i in range(n):
         check_rates(etas[i], wds[i], kicks[i], where=f" for configuration {i}")
     w0s = np.broadcast_to(w0_host, (n, w0_host.shape[-1])) if w0_host.ndim == 1 else w0_host
-    first, sizes = check.flat_vector(jnp.asarray(w0s[0]), "w0", groups)
+    leaves = leaves_of(loss)
+    first, sizes = check.flat_vector(jnp.asarray(w0s[0]), "w0", groups, leaves=leaves)
     for i in range(1, n):
-        check.flat_vector(jnp.asarray(w0s[i]), f"w0[{i}]", sizes)
+        check.flat_vector(jnp.asarray(w0s[i]), f"w0[{i}]", sizes, leaves=leaves)
     check.loss_output(loss, first)
     dtype = first.dtype
     perturb_every = check.positive_int(perturb_every, "perturb_every")
@@ -132,7 +140,7 @@ def gd_wd_sweep(
         "devices": len(devices),
         "seeds": seeds_arr.tolist(),
     }
-    return run_batch(
+    result = run_batch(
         as_objective(loss),
         methods,
         np.asarray(w0s, dtype),
@@ -150,3 +158,6 @@ def gd_wd_sweep(
         config=config,
         settings={"eta": etas, "wd": wds, "perturbation": kicks},
     )
+    if warn_above_edge:
+        warn_if_above_edge(result.eos, result.step, result.eta)
+    return result

@@ -22,10 +22,12 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from theory.core import validate as check
+from theory.core.edge import warn_if_above_edge
 from theory.core.invariance import as_groups
 from theory.core.objective import FullBatch
 from theory.engine import AbstractMethod, AbstractTracker, GDResult, Optax, SaveAt, optax_method
@@ -134,6 +136,7 @@ def run_optimizer(
     groups: Sequence[int] | None = None,
     chunk_steps: int = 20_000,
     callback: Callable[[int, int], None] | None = None,
+    warn_above_edge: bool = True,
 ) -> GDResult:
     """Run ``steps`` full-batch steps of ``opt`` on ``loss_fn`` through the engine.
 
@@ -162,6 +165,8 @@ def run_optimizer(
         groups: scale-invariance groups of the flat parameters (for the recorded group norms
             and a multi-group spherical sharpness).
         chunk_steps, callback: as :func:`theory.gd_wd`.
+        warn_above_edge: with a tracker and ``lr``, warn (:class:`theory.AboveEdgeWarning`) when
+            the first row's ``lr * lambda_1`` is already ``>= 2`` (as :func:`theory.gd_wd`).
 
     Returns:
         :class:`theory.GDResult` (``w`` the flattened parameters per row, ``observed``,
@@ -184,7 +189,7 @@ def run_optimizer(
     if saveat.observe is not None:
         observe = _PytreeObserve(saveat.observe, method.unravel, loss_args)
         saveat = SaveAt(every=saveat.every, iterates=saveat.iterates, observe=observe)
-    return engine_run(
+    result = engine_run(
         FullBatch(loss),
         engine_method,
         w0,
@@ -197,6 +202,9 @@ def run_optimizer(
         on_nonfinite="stop",
         config={"method": "optax", "lr": lr},
     )
+    if warn_above_edge and lr is not None:
+        warn_if_above_edge(result.eos[None], result.step, np.asarray([float(lr)]))
+    return result
 
 
 class _WithState(AbstractMethod):
