@@ -38,6 +38,7 @@ from theory.engine import GDSnapshot as GDSnapshot
 from theory.engine import LanczosTracker as LanczosTracker
 from theory.engine import NoTracking as NoTracking
 from theory.engine import Optax as Optax
+from theory.engine import RitzTracker as RitzTracker
 from theory.engine import SaveAt as SaveAt
 from theory.engine import SweepResult as SweepResult
 from theory.engine import optax_method as optax_method
