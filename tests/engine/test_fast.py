@@ -180,6 +180,7 @@ def test_a_warm_started_lanczos_misses_the_rising_eigenvalue() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_several_groups_spherical_sharpness_against_dense() -> None:
     groups = (5, 7)
     loss, w0 = random_loss(12, groups, 1)
