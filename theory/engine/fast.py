@@ -53,8 +53,8 @@ the top eigenvalue of ``M H(w) M`` (``M`` the per-group norms), solved on record
 a warm-started Lanczos (``stop="error"`` at ``tol``), as :class:`LanczosTracker` does;
 ``spherical=False`` skips it.
 
-Measured (``python -m benchmarks.bench_floor``): see the table in ``docs/engine.md``
-("Tracking near the floor").
+Cost: ``python -m benchmarks.bench_floor`` measures it on W1 and W1-EoS; the floor it measured
+and the HVP budget that floor allows are in ``docs/engine.md`` ("Tracking near the floor").
 """
 
 from __future__ import annotations
