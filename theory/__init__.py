@@ -45,6 +45,7 @@ from theory.engine import GroupSharpness as GroupSharpness
 from theory.engine import LanczosTracker as LanczosTracker
 from theory.engine import NoTracking as NoTracking
 from theory.engine import Optax as Optax
+from theory.engine import RitzTracker as RitzTracker
 from theory.engine import SaveAt as SaveAt
 from theory.engine import SLQTracker as SLQTracker
 from theory.engine import StepDiagnostics as StepDiagnostics
