@@ -112,4 +112,9 @@ from theory.optim.ire import ire as ire
 from theory.optim.transforms import gd_wd_transform as gd_wd_transform
 from theory.optim.transforms import run_optimizer as run_optimizer
 from theory.optim.transforms import sam as sam
+from theory.problems.adapters import ModelLoss as ModelLoss
+from theory.problems.adapters import from_equinox as from_equinox
+from theory.problems.adapters import from_linen as from_linen
+from theory.problems.adapters import from_nnx as from_nnx
+from theory.problems.adapters import group_violations as group_violations
 from theory.problems.analytic import get_problem as get_problem

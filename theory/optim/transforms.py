@@ -28,11 +28,12 @@ from jax.flatten_util import ravel_pytree
 
 from theory.core import validate as check
 from theory.core.edge import warn_if_above_edge
-from theory.core.invariance import as_groups
+from theory.core.invariance import FlatLoss, as_groups
 from theory.core.objective import FullBatch
 from theory.engine import AbstractMethod, AbstractTracker, GDResult, Optax, SaveAt, optax_method
 from theory.engine import run as engine_run
 from theory.engine.driver import check_parts
+from theory.problems.adapters import ModelLoss
 
 Array = jax.Array
 PyTree = Any
@@ -124,9 +125,9 @@ class _PytreeObserve(eqx.Module):
 
 def run_optimizer(
     opt: optax.GradientTransformation,
-    loss_fn: LossFn,
-    params0: PyTree,
-    steps: int,
+    loss_fn: LossFn | ModelLoss | FlatLoss,
+    params0: PyTree = None,
+    steps: int | None = None,
     *,
     loss_args: tuple = (),
     saveat: SaveAt | None = None,
@@ -147,11 +148,21 @@ def run_optimizer(
     step ``diverged_at - 1`` blew up), or whose loss is non-finite at a finite one, and the
     rows from it on are dropped.
 
+    One loss contract: ``loss_fn`` may be the :class:`theory.problems.adapters.ModelLoss` of
+    ``theory.from_linen`` / ``from_nnx`` / ``from_equinox`` (the object given to
+    :func:`theory.gd_wd` as ``ml.loss, ml.w0, groups=ml.groups``): the run is then on its
+    parameter pytree (``ml.pytree_loss`` from ``ml.params``, groups ``ml.groups``), so optax
+    sees the model's leaves (masks, per-leaf states) and the rows' ``w`` is the same flat vector
+    as ``gd_wd``'s. A :class:`theory.core.invariance.FlatLoss` runs on the flat vector
+    (``loss`` from ``w0``, its ``groups``). Either way ``params0`` defaults to the object's start
+    and ``loss_args`` must be empty (the data are inside).
+
     Args:
         opt: the optimizer (``loss_args`` is passed to its update as an extra argument).
-        loss_fn: ``loss_fn(params, *loss_args) -> scalar``.
-        params0: initial parameters (pytree; flattened with ``ravel_pytree``).
-        steps: number of steps, a multiple of ``saveat.every``.
+        loss_fn: ``loss_fn(params, *loss_args) -> scalar``, or a ``ModelLoss`` / ``FlatLoss``.
+        params0: initial parameters (pytree; flattened with ``ravel_pytree``); required with a
+            plain ``loss_fn``.
+        steps: number of steps, a multiple of ``saveat.every`` (required).
         loss_args: data passed to the loss (arguments, not closed over).
         saveat: the rows (:class:`theory.engine.SaveAt`; default every step, with the
             flattened parameters). Here its ``observe`` is called as
@@ -161,9 +172,15 @@ def run_optimizer(
             hyperparameters set under ``optax.inject_hyperparams``.
         tracker: a sharpness tracker (default :class:`theory.engine.NoTracking`), e.g.
             ``theory.engine.LanczosTracker(every=10)``.
-        lr: the step size of the EoS quantity ``lr * lambda_1`` (default ``nan``: no EoS).
+        lr: the step size of the EoS quantity ``lr * lambda_1(H)`` a tracker records, GD's
+            stability number (``>= 2``: past the edge of stability of GD with step ``lr``);
+            default ``nan``: no EoS column and no onset. Under an adaptive optimizer (Adam) the
+            step is preconditioned, so ``lr * lambda_1(H)`` is only GD's number at that scale
+            (e.g. Adam's base learning rate); the stability of the adaptive step is governed
+            by the preconditioned sharpness (docs/engine.md, docs/models.md).
         groups: scale-invariance groups of the flat parameters (for the recorded group norms
-            and a multi-group spherical sharpness).
+            and a multi-group spherical sharpness); default the ``ModelLoss``'s or
+            ``FlatLoss``'s groups, else one group.
         chunk_steps, callback: as :func:`theory.gd_wd`.
         warn_above_edge: with a tracker and ``lr``, warn (:class:`theory.AboveEdgeWarning`) when
             the first row's ``lr * lambda_1`` is already ``>= 2`` (as :func:`theory.gd_wd`).
@@ -172,9 +189,28 @@ def run_optimizer(
         :class:`theory.GDResult` (``w`` the flattened parameters per row, ``observed``,
         ``final_state`` the optimizer state after the run).
     """
+    if steps is None:
+        raise ValueError("run_optimizer needs steps= (the number of steps)")
     steps = check.positive_int(steps, "steps")
     if not isinstance(loss_args, tuple):
         raise TypeError(f"loss_args must be a tuple, got {type(loss_args).__name__}")
+    if isinstance(loss_fn, (ModelLoss, FlatLoss)):
+        kind = type(loss_fn).__name__
+        if loss_args:
+            raise ValueError(f"loss_args must be empty with a {kind} (its data are inside)")
+        if groups is None:
+            groups = loss_fn.groups
+        if isinstance(loss_fn, ModelLoss):
+            params0 = loss_fn.params if params0 is None else params0
+            loss_fn = loss_fn.pytree_loss
+        else:
+            params0 = loss_fn.w0 if params0 is None else params0
+            loss_fn = loss_fn.loss
+    elif params0 is None:
+        raise ValueError(
+            "run_optimizer needs params0 (the initial parameter pytree) unless loss_fn is a "
+            "ModelLoss or FlatLoss"
+        )
     method, w0 = optax_method(opt, params0, loss_args=loss_args, lr=lr)
     engine_method: AbstractMethod = method if state0 is None else _WithState(method, state0)
     tracker, saveat = check_parts(engine_method, tracker, saveat)
@@ -182,7 +218,9 @@ def run_optimizer(
         raise ValueError(f"steps ({steps}) must be a multiple of SaveAt.every ({saveat.every})")
     if tracker.every > 0 and lr is None:
         raise ValueError(
-            "a sharpness tracker needs lr= (the step size of the EoS quantity lr * lambda_1)"
+            "a sharpness tracker needs lr= (the scale of the EoS quantity lr * lambda_1(H), "
+            "GD's stability number; under an adaptive optimizer such as Adam it is not the "
+            "step's stability, which the preconditioned sharpness governs: docs/models.md)"
         )
     sizes = as_groups(groups, int(w0.shape[0]))
     loss = _PytreeLoss(loss_fn, method.unravel, loss_args)
