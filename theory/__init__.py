@@ -33,6 +33,7 @@ from theory.core.invariance import make_scale_invariant as make_scale_invariant
 from theory.core.invariance import normalize as normalize
 from theory.core.lanczos import LanczosResult as LanczosResult
 from theory.core.lanczos import lanczos as lanczos
+from theory.core.minibatch import Minibatch as Minibatch
 from theory.core.sharpness import eos_quantity as eos_quantity
 from theory.core.sharpness import sharpness_eigs as sharpness_eigs
 from theory.core.sharpness import spherical_sharpness as spherical_sharpness
@@ -62,6 +63,11 @@ from theory.engine.gd import DivergenceError as DivergenceError
 from theory.engine.gd import GDResult as GDResult
 from theory.engine.gd import gd_wd as gd_wd
 from theory.engine.gd import predicted_eos_onset as predicted_eos_onset
+from theory.engine.sgd import SGD as SGD
+from theory.engine.sgd import angular_equilibrium as angular_equilibrium
+from theory.engine.sgd import sgd_edge as sgd_edge
+from theory.engine.sgd import sgd_wd as sgd_wd
+from theory.engine.stochastic import StochasticTracker as StochasticTracker
 from theory.engine.sweep import gd_wd_sweep as gd_wd_sweep
 from theory.flows.central import CentralFlowField as CentralFlowField
 from theory.flows.central import CentralFlowResult as CentralFlowResult
