@@ -181,8 +181,9 @@ class CentralPathResult:
         flow_eos: the flow's ``eta_eff S``.
         angle: angle (rad) between GD's moving-average iterate and the flow's iterate (NaN
             without iterates).
-        after: ``(m,)`` mask of the rows at or after GD's onset plus ``window`` (the moving
-            average of the first ``window / 2`` steps after the onset mixes in phase I).
+        after: ``(m,)`` mask of the compared rows: from GD's onset plus ``window`` (the moving
+            average of the first ``window / 2`` steps after the onset mixes in phase I) to
+            ``window / 2`` steps before GD's last row.
         loss_err: mean over ``after`` of ``|gd_loss - flow_loss| / gd_loss``.
         eos_err: ``|mean(gd_eos) - mean(flow_eos)| / mean(flow_eos)`` over ``after``.
         eos_gd_mean: ``mean(gd_eos)`` over ``after``; eos_flow_mean: the flow's.
@@ -272,6 +273,18 @@ def central_path(
             f"start = {start}, gd_onset = {gd_onset}, step[-1] = {steps[-1]}"
         )
     rows = np.flatnonzero(steps >= start)
+    # Rows whose window reaches past either end of GD's run are left out: the moving average
+    # repeats the end row there, one parity of GD's period-2 oscillation.
+    after = (steps[rows] >= gd_onset + window) & (steps[rows] <= steps[-1] - window // 2)
+    if not np.any(after):
+        raise ValueError(
+            f"no compared row between gd_onset + window = {gd_onset + window} and the last "
+            f"step - window / 2 = {steps[-1] - window // 2}: run GD longer or shorten the "
+            f"window"
+        )
+    ws = None if iterates is None else np.asarray(iterates, dtype=np.float64)
+    if ws is not None and (ws.ndim != 2 or ws.shape[0] != steps.shape[0]):
+        raise ValueError(f"iterates must be ({steps.shape[0]}, D), got shape {ws.shape}")
     times = (steps[rows] - start).astype(np.float64)
     flow = central_flow(
         loss_fn,
@@ -283,21 +296,17 @@ def central_path(
         edge=EdgeSettings() if edge is None else edge,
     )
     m = len(flow.t)  # the flow may stop early (more eigenvalues at the edge than max_edge)
-    rows = rows[:m]
+    rows, after = rows[:m], after[:m]
+    if not np.any(after):
+        raise RuntimeError(
+            f"the central flow stopped at step {start + flow.t[-1]:g}, before any compared row "
+            f"(mode {int(flow.mode[-1])}; more eigenvalues at the edge than max_edge?)"
+        )
     gd_loss = moving_average(losses, window)[rows]
     gd_eos = moving_average(eoss, window)[rows]
     angle = np.full(m, np.nan)
-    if iterates is not None:
-        ws = np.asarray(iterates, dtype=np.float64)
-        if ws.shape[0] != steps.shape[0]:
-            raise ValueError(f"iterates must have {steps.shape[0]} rows, got {ws.shape[0]}")
+    if ws is not None:
         angle = angle_between(moving_average(ws, window)[rows], flow.w)
-    after = steps[rows] >= gd_onset + window
-    if not np.any(after):
-        raise ValueError(
-            f"no compared row at or after gd_onset + window = {gd_onset + window}: run GD "
-            f"longer (last step {steps[-1]}) or shorten the window"
-        )
     loss_err = float(np.mean(np.abs(gd_loss - flow.avg_loss) / gd_loss, where=after))
     eos_gd = float(np.mean(gd_eos[after]))
     eos_flow = float(np.mean(flow.eos[after]))
@@ -318,6 +327,6 @@ def central_path(
         eos_gd_mean=eos_gd,
         eos_flow_mean=eos_flow,
         onset_err=float(onset_err),
-        max_angle=float(np.max(angle[after])) if iterates is not None else float("nan"),
+        max_angle=float(np.max(angle[after])) if ws is not None else float("nan"),
         window=window,
     )
