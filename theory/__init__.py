@@ -102,6 +102,11 @@ from theory.flows.gauss_newton import ls_tangent_projector as ls_tangent_project
 from theory.flows.manifold import project_to_manifold as project_to_manifold
 from theory.flows.manifold import projection_info as projection_info
 from theory.flows.manifold import tangent_projector as tangent_projector
+from theory.flows.path import CentralPathResult as CentralPathResult
+from theory.flows.path import PathChoice as PathChoice
+from theory.flows.path import PathRule as PathRule
+from theory.flows.path import central_path as central_path
+from theory.flows.path import choose_path as choose_path
 from theory.flows.predict import Phase1Model as Phase1Model
 from theory.flows.predict import Phase3Flow as Phase3Flow
 from theory.flows.predict import PredictResult as PredictResult

@@ -5,5 +5,6 @@ The manifold of minimizers on the sphere and its projections (:mod:`.manifold`,
 eigenvalue crossings (:mod:`.cluster`), the central flow (:mod:`.central`), Edge Flow
 (:mod:`.edge`), the prediction from initialization (:mod:`.predict`) and the comparison of GD
 with a flow (:mod:`.compare`), all built on the objects of :mod:`.common` (save times,
-geometries, the integrator on ``Gamma``).
+geometries, the integrator on ``Gamma``). :mod:`.path` chooses between the flows on ``Gamma``
+and the central flow after a run's onset.
 """
