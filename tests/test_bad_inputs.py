@@ -446,6 +446,9 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         re.escape("but group 1 (size 2, entries 1:3) is all zeros"),
     ),
     # Mixed precision, both ways, in every entry point: both dtypes named, and what to do.
+    # Data less precise than the weights are refused by their leaf; data more precise are
+    # allowed if the loss casts them (the project's problems do), and a loss that promotes is
+    # refused by its output's dtype.
     *[
         (
             f"{what} {w_dtype} weights with {data_dtype} data",
@@ -456,7 +459,9 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
                 f"(shape (24, 12)) is {data_dtype}; use one dtype for both: cast the weights "
                 f"({arg}.astype(jnp.{data_dtype})) or the data (jax.tree.map(lambda x: "
                 f"x.astype(jnp.{w_dtype}), data)) before flattening"
-            ),
+            )
+            if w_dtype == "float64"
+            else re.escape(f"(w) returns float64 but {arg} is float32 (mixed precision)"),
         )
         for w_dtype, data_dtype in [("float32", "float64"), ("float64", "float32")]
         for what, arg, call in [

@@ -72,14 +72,18 @@ class FullBatch(eqx.Module):
         return val, grad, hv
 
 
+def draws_minibatches(objective: Any) -> bool:
+    """Whether ``objective`` draws a minibatch per step (defines ``at(t, key)``)."""
+    return callable(getattr(objective, "at", None))
+
+
 def step_objective(objective: Objective, t: Array, key: Array) -> Objective:
     """The objective of step ``t``: ``objective.at(t, key)`` for an objective that draws a
     minibatch per step (one that defines ``at(t, key) -> Objective``, the draw a pure function
     of the run's key and the step, so that runs are reproducible and resume bitwise), else
     ``objective`` itself. The engine's step hands this to the tracker (whose gradient drives
     the update) and the whole objective beside it (``StepContext.full``)."""
-    at = getattr(objective, "at", None)
-    return objective if at is None else at(t, key)
+    return objective.at(t, key) if draws_minibatches(objective) else objective  # type: ignore[attr-defined]
 
 
 def as_objective(loss: Any) -> Objective:

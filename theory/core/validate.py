@@ -113,12 +113,14 @@ def loss_output(loss: Any, w: Array, name: str = "loss", wname: str = "w0") -> N
 
 
 def same_precision(loss: Any, w: Array, name: str = "loss", wname: str = "w") -> None:
-    """The floating array leaves of ``loss`` (its data, when the loss is a pytree such as a
-    ``jax.tree_util.Partial`` or a :func:`theory.flatten_loss` loss) have ``w``'s dtype.
+    """No floating array leaf of ``loss`` (its data, when the loss is a pytree such as a
+    ``jax.tree_util.Partial`` or a :func:`theory.flatten_loss` loss) is less precise than ``w``.
 
-    Mixed precision is refused both ways: float64 data with float32 weights promote the loss to
-    float64, and float32 data with float64 weights compute a float64 loss from rounded data.
-    Data closed over (not leaves) are not seen here; :func:`loss_output` catches the promotion.
+    float32 data with float64 weights compute a float64 loss from rounded data: refused here,
+    naming the leaf. Data *more* precise than ``w`` are allowed: a loss may cast its data to
+    ``w``'s dtype (the project's analytic problems and networks store float64 data and compute
+    in the dtype of ``w``); one that does not promotes its output, which :func:`loss_output`
+    refuses (naming both dtypes). Data closed over (not leaves) are not seen here.
     """
     if is_traced(w):
         return
@@ -129,7 +131,7 @@ def same_precision(loss: Any, w: Array, name: str = "loss", wname: str = "w") ->
             dtype is None
             or getattr(leaf, "weak_type", False)  # a Python scalar: adopts w's dtype
             or not jnp.issubdtype(dtype, jnp.floating)
-            or jnp.dtype(dtype) == wdtype
+            or jnp.finfo(dtype).bits >= jnp.finfo(wdtype).bits
         ):
             continue
         parts = jax.tree_util.keystr(path, simple=True, separator="/").split("/")

@@ -71,7 +71,8 @@ _MOMENT_STATES = (optax.ScaleByAdamState, optax.ScaleByRmsState)
 def _rms_with_count() -> type | None:
     from optax._src import transform  # the bias-corrected RMS state is not re-exported
 
-    return getattr(transform, "ScaleByRmsWithCountState", None)
+    found = vars(transform).get("ScaleByRmsWithCountState")
+    return found if isinstance(found, type) else None
 
 
 def _moment_types() -> tuple[type, ...]:

@@ -56,7 +56,7 @@ import numpy as np
 from theory.core import slq as slq_core
 from theory.core.invariance import expand_groups, group_norms, group_sq_norms
 from theory.core.lanczos import default_tol, lanczos
-from theory.core.objective import Objective, step_objective
+from theory.core.objective import Objective, draws_minibatches, step_objective
 from theory.core.types import Array, Groups
 from theory.engine.trackers import AbstractTracker, Obs, StepContext, _untracked
 
@@ -455,7 +455,7 @@ class StepDiagnostics(AbstractAddOn):
     ) -> tuple[dict[str, Array], Any, Array]:
         del objective, groups, record
         loss_now = obs.loss
-        if hasattr(ctx.full, "at"):  # the previous step's draw, evaluated at w_t
+        if draws_minibatches(ctx.full):  # the previous step's draw, evaluated at w_t
             loss_now = step_objective(ctx.full, t - 1, key)(w)
         u = w - state.w
         d_loss = loss_now - state.loss
