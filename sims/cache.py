@@ -12,6 +12,11 @@ The folder is chosen by the environment variable ``SHARPSIM_COMPILE_CACHE``:
 * ``off`` (or ``0``, ``false``, ``no``): no persistent cache;
 * anything else: that folder.
 
+The test suite uses the cache only when ``SHARPSIM_COMPILE_CACHE`` names a folder
+(``tests/conftest.py``): a pytest worker once died of a segmentation fault inside JAX's cache
+write (jaxlib 0.10.2) while another process was writing the same folder; ``make all`` runs its
+simulations one process at a time.
+
 The cache is safe to delete at any time (``rm -rf ~/.cache/sharpsim/jax``, or ``make
 clean-cache``): it only ever saves compile time. Results do not depend on it: a cached program
 is the same machine code the compiler would emit again, so a run with the cache is bitwise the

@@ -33,6 +33,10 @@ def load_tutorial() -> ModuleType:
 
 
 @pytest.mark.slow
+@pytest.mark.skip(
+    reason="the central-flow step of the quick run has not been completed on this project's "
+    "machines yet (over 50 min on a loaded 2-core machine): its bounds are unmeasured (issue 24)"
+)
 def test_tutorial_cnn_quick(tmp_path: Path) -> None:
     out = load_tutorial().main(tmp_path, quick=True)
     # The CNN of the brief: D = 2372 in three groups, exactly invariant (measured ~1e-16).

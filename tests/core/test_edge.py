@@ -76,6 +76,7 @@ def test_gd_wd_warns_above_edge_and_suggests_an_eta():
     gd_wd(loss, w, eta=eta, wd=1e-4, steps=2, warn_above_edge=False)
 
 
+@pytest.mark.slow  # ~9-10 s on an idle core (default suite budget)
 def test_sweep_warns_once_naming_the_configurations():
     loss, w = random_loss(12, None, 1)
     lam = edge_at_init(loss, w).curvature

@@ -147,6 +147,7 @@ def test_diagnose_groups_classifies_each_cause():
     assert "NaN/inf with this group scaled by c = 0.001" in nan_small[0].advice()
 
 
+@pytest.mark.slow  # ~9-10 s on an idle core (default suite budget)
 def test_check_names_the_leaf_and_the_fix_for_a_flax_net():
     # The invariant net passes; a trained BatchNorm scale before the readout breaks invariance
     # in that one group, which the message names by leaf, with the fix.

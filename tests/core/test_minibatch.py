@@ -55,6 +55,7 @@ def test_iid_batches_are_distinct_draws_from_the_step_key() -> None:
     assert not np.array_equal(mb.indices(4, key), mb.indices(4, jax.random.PRNGKey(2)))
 
 
+@pytest.mark.slow  # ~9-10 s on an idle core (default suite budget)
 def test_the_batch_objective_is_the_loss_of_the_gathered_examples() -> None:
     x, y = _data(1)
     mb = Minibatch(_loss, (x, y), 6)

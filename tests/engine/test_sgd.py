@@ -135,6 +135,7 @@ def test_trackers_match_dense_hessians_at_the_recorded_iterates() -> None:
     assert np.isnan(obs["block_one_minus_cos"][0])
 
 
+@pytest.mark.slow  # ~9-10 s on an idle core (default suite budget)
 def test_a_tracker_records_only_what_it_is_asked_for() -> None:
     x, y, w0 = _problem()
     res = sgd_wd(

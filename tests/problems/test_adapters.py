@@ -432,6 +432,7 @@ def test_groups_options():
         from_linen(model, variables, _linen_loss, data, groups=(30, 30), **kw)
 
 
+@pytest.mark.slow  # ~9-10 s on an idle core (default suite budget)
 def test_a_layer_with_a_bias_before_its_norm_is_one_group():
     """Kernel and bias of a Dense followed by LayerNorm are jointly invariant, not separately."""
     model, variables = _linen(dense_bias=True)
