@@ -5,9 +5,12 @@ every test chooses its dtype explicitly (mostly parametrized over float32 and fl
 its tolerance for that dtype.
 """
 
+import gc
 import os
+from collections.abc import Iterator
 
 import jax
+import pytest
 
 from sims.cache import ENV, enable_compilation_cache
 
@@ -18,3 +21,14 @@ jax.config.update("jax_enable_x64", True)
 # (compilation_cache.put_executable_and_time) while another process wrote the same folder.
 if os.environ.get(ENV, "").strip().lower() not in ("", "off", "0", "false", "no"):
     enable_compilation_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs() -> Iterator[None]:
+    """Drop every compiled program after each test module. A pytest worker keeps the machine
+    code of everything it compiled mapped, and one that ran a few hundred tests died of a
+    segmentation fault inside XLA's compiler (the kernel's vm.max_map_count, 65 530 here, is
+    what `python -m sims all` runs one process per simulation for, docs/conventions.md)."""
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -390,7 +390,9 @@ def gauss_newton_project(
     dtype = w.dtype
     tol_arr = None if tol is None else jnp.asarray(tol, dtype)
     cg_tol_arr = None if cg_tol is None else jnp.asarray(cg_tol, dtype)
-    check_dimensions(residual_fn, w, sizes)
+    traced = check.is_traced(w) or any(check.is_traced(x) for x in jax.tree.leaves(residual_fn))
+    if not traced:  # a host-side check of the caller's problem (a flow's retraction is traced)
+        check_dimensions(residual_fn, w, sizes)
     meter = None if check.is_traced(w) else meter_for(progress, budget)
     if meter is None:
         out = _gn_loop_jit(residual_fn, w, tol_arr, cg_tol_arr, max_iters, cg_max_iters, patience)

@@ -413,7 +413,19 @@ def from_linen(
             f"{type(variables).__name__} with keys {list(variables) if isinstance(variables, Mapping) else None}"  # noqa: E501
         )
     _check_callable(loss_fn)
-    collections = {k: v for k, v in variables.items() if k != "params"}
+    # The other collections (batch statistics, recomputed in training mode) in the parameters'
+    # dtype: flax keeps them in float32 whatever the parameters' dtype.
+    dtypes = {jnp.result_type(x) for x in jax.tree.leaves(variables["params"])}
+    dtype = next(iter(dtypes)) if len(dtypes) == 1 else None
+    collections = {
+        k: v
+        if dtype is None
+        else jax.tree.map(
+            lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, v
+        )
+        for k, v in variables.items()
+        if k != "params"
+    }
     pytree_loss = LinenLoss(
         model,
         loss_fn,
