@@ -8,8 +8,6 @@ measured values (in the comments).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,20 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-TUTORIAL = Path(__file__).resolve().parent.parent / "examples" / "tutorial.py"
+from tests._examples import load_example
 
 
 def load_tutorial() -> ModuleType:
-    """Import the script as a module (examples/ is not a package)."""
-    name = "sharpsim_tutorial"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TUTORIAL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_example("tutorial")
 
 
 def check_numbers(out: dict[str, Any], tmp_path: Path) -> None:

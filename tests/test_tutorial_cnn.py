@@ -6,30 +6,19 @@ the central flow with Lanczos over the 109 steps from 20 before the onset to the
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests._examples import load_example
+
 LOSS_ERR = 0.2  # provisional (not measured)
 EOS_ERR = 0.2  # provisional (not measured)
 
-TUTORIAL = Path(__file__).resolve().parent.parent / "examples" / "tutorial_cnn.py"
-
 
 def load_tutorial() -> ModuleType:
-    """Import the script as a module (examples/ is not a package)."""
-    name = "sharpsim_tutorial_cnn"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TUTORIAL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_example("tutorial_cnn")
 
 
 @pytest.mark.slow
