@@ -455,3 +455,50 @@ def test_a_layer_with_a_bias_before_its_norm_is_one_group():
         ScaleInvarianceError, match=r"(?s)6 of 6 groups.*\['Dense_0'\]\['bias'\].*groups='layer'"
     ):
         from_linen(model, variables, _linen_loss, data, groups="leaf", **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Minibatches of the model's own data
+# ---------------------------------------------------------------------------------------------
+
+
+NO_CHECK = {"check_invariance": False}
+
+
+@eqx.filter_jit
+def _value_and_grad(loss, w):
+    return jax.value_and_grad(loss)(w)
+
+
+def _rebuilt(name: str, data: dict[str, jax.Array]) -> ModelLoss:
+    """The oracle: the same model given only ``data`` by its framework's adapter."""
+    if name == "linen":
+        model, variables = _linen()
+        return from_linen(
+            model, variables, _linen_loss, data, apply_kwargs={"train": True}, **NO_CHECK
+        )
+    if name == "nnx":
+        module = NNXMLP(nnx.Rngs(0), use_running_average=True)
+        return from_nnx(module, _nnx_loss, data, **NO_CHECK)
+    model, state = _eqx()
+    return from_equinox(model, _eqx_loss, data, state, **NO_CHECK)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_minibatch_is_the_model_on_each_batch(name):
+    ml = _case(name)[0]
+    mb = ml.minibatch(4, scheme="iid")
+    key = jax.random.PRNGKey(3)
+    w = ml.w0 * 1.3 + 0.01 * jax.random.normal(jax.random.PRNGKey(1), ml.w0.shape, F64)
+    # The whole-data loss is the model's loss, bitwise.
+    assert float(mb(w)) == float(ml.loss(w))
+    for t in (0, 5):
+        idx = np.asarray(mb.indices(t, key))
+        batch = {k: v[idx] for k, v in _data().items()}
+        oracle = _rebuilt(name, batch)
+        value, grad = _value_and_grad(mb.at(t, key), w)
+        want, want_grad = _value_and_grad(oracle.loss, w)
+        np.testing.assert_allclose(value, want, rtol=1e-13)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-11, atol=1e-13)
+    with pytest.raises(ValueError, match="batch_size = 9 is larger than the data: N = 8"):
+        ml.minibatch(9)

@@ -63,6 +63,7 @@ from theory.core.invariance import (
     group_ids,
     group_norms,
 )
+from theory.core.minibatch import Minibatch, Scheme
 from theory.core.types import Array, Groups, LossFn
 
 GroupsSpec = Literal["layer", "leaf", "all"] | Sequence[int]
@@ -106,12 +107,62 @@ class ModelLoss(NamedTuple):
             out.extend(n for n in names if not out or out[-1] != n)
         return tuple(out)
 
+    def minibatch(
+        self, batch_size: int, *, scheme: Scheme = "epoch", replace: bool = False
+    ) -> Minibatch:
+        """The model's loss as a :class:`theory.Minibatch` over its own data (for
+        :func:`theory.sgd_wd`, or any engine method, with minibatches).
+
+        Step ``t``'s batch is ``batch_size`` examples of the data given to the adapter (every
+        data leaf is indexed along its leading axis, which must be the example axis of all of
+        them), and the batch loss is the model's loss with the data replaced by the batch: the
+        same ``loss_fn``, the same training mode, normalization statistics computed over the
+        batch (with BatchNorm the batch loss is that batch's ghost-batch loss, not an unbiased
+        estimate of the whole-data loss). The whole-data loss is ``self.loss``.
+
+        Raises:
+            ValueError: ``batch_size`` not in ``[1, N]`` (both named), or data leaves whose
+                leading axes differ (the shapes named).
+        """
+        adapter = _adapter_of(self.loss)
+        return Minibatch(
+            _OnBatch(self.loss), (adapter.data,), batch_size, scheme=scheme, replace=replace
+        )
+
     def group_of(self, name: str) -> int:
         """Index of the (first) group that covers the leaf ``name``."""
         for g, names in enumerate(self.names):
             if name in names:
                 return g
         raise KeyError(f"no trainable leaf named {name!r}; the leaves are {self.leaf_names}")
+
+
+def _adapter_of(loss: Any) -> Any:
+    """The adapter module (``LinenLoss`` / ``NNXLoss`` / ``EquinoxLoss``) inside a flat loss
+    (through ``flatten_loss``'s wrapper, a ``ScaleInvariant`` wrapper and frozen leaves)."""
+    node = loss
+    for _ in range(8):
+        if isinstance(node, LinenLoss | NNXLoss | EquinoxLoss):
+            return node
+        inner = next(
+            (getattr(node, a) for a in ("loss_fn", "inner", "fn") if hasattr(node, a)), None
+        )
+        if inner is None:
+            break
+        node = inner
+    raise TypeError(
+        f"{type(loss).__name__} is not a loss made by theory.from_linen, from_nnx or "
+        "from_equinox (no adapter inside it)"
+    )
+
+
+class _OnBatch(eqx.Module):
+    """``(w, batch) -> loss(w)`` with the adapter's data replaced by ``batch``."""
+
+    loss: Any
+
+    def __call__(self, w: Array, batch: Any) -> Array:
+        return eqx.tree_at(lambda f: _adapter_of(f).data, self.loss, batch)(w)
 
 
 # --------------------------------------------------------------------------------------------
