@@ -21,14 +21,32 @@ SOURCE = "Wang et al. 2024 (IRE), Llama pre-training with AdmIRE"
 
 expect_failure(
     "admire: AdmIRE reaches the target in half the steps",
-    "measured at the quick scale: AdmIRE reaches AdamW's 80%-budget training loss 1.47-1.61x "
-    "faster over 3 seeds (geometric mean 1.53), about two thirds of AdamW's steps rather than "
-    "half; the direction reproduces (every seed, every target level from 10% to 80% of the "
-    "budget, 1.19-1.75x by level) but not the size. At this scale the task is memorized "
-    "(training loss to ~1e-3, held-out accuracy < 0.45) with a constant learning rate, unlike "
-    "the paper's Llama pre-training with a schedule, far from interpolation",
+    "measured: AdmIRE reaches AdamW's 80%-budget training loss 1.47-1.61x faster over 3 seeds "
+    "at the quick scale (600 steps, geometric mean 1.53: two thirds of AdamW's steps, not half) "
+    "and 0.90-1.22x over 5 seeds at the full scale (1500 steps, geometric mean 1.01), where the "
+    "80% target lies deep in the memorization tail (training loss ~1e-5). The factor depends on "
+    "the target: median 1.79x at AdamW's 20%-budget loss (full), 1.75x at 60% (quick), never 2. "
+    "The task is memorized with a constant learning rate (held-out accuracy < 0.45), unlike the "
+    "paper's Llama pre-training with a schedule, far from interpolation",
     check=CHECK,
-    scales=("quick",),
+)
+expect_failure(
+    "admire: AdmIRE is faster than AdamW to the target",
+    "at the full scale (1500 steps) the 80%-budget target is AdamW's loss in the late "
+    "memorization tail (~1e-5), where both runs decay at about the same log-linear rate: "
+    "measured speed-ups 1.22, 0.90, 1.01, 0.99, 0.95 over 5 seeds (faster on every seed at the "
+    "10%, 20% and 40% targets: medians 1.45, 1.79, 1.37)",
+    check=CHECK,
+    scales=("full",),
+)
+expect_failure(
+    "admire: AdamW sits at its adaptive edge",
+    "at the full scale the last quarter of the run (steps 1125-1500) is the memorization tail: "
+    "the gradient and the second moment shrink together and lambda_1(P^{-1} H) falls to "
+    "0.02-0.27 of the edge (median 0.14); at the quick scale (last quarter: steps 450-600) the "
+    "AdamW runs are still at the edge (median 0.93)",
+    check=CHECK,
+    scales=("full",),
 )
 
 

