@@ -23,6 +23,7 @@ FIGURES = {
     "adamw": "figures.adamw",
     "sgd_equilibrium": "figures.sgd_equilibrium",
     "spectrum": "figures.spectrum",
+    "admire": "figures.admire",
 }
 
 
