@@ -23,6 +23,7 @@ FIGURES = {
     "adamw": "figures.adamw",
     "sgd_equilibrium": "figures.sgd_equilibrium",
     "spectrum": "figures.spectrum",
+    "ire_practice": "figures.ire_practice",
 }
 
 

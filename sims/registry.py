@@ -26,6 +26,7 @@ SIMS: dict[str, str] = {
     "adamw": "sims.studies.adamw",
     "sgd_equilibrium": "sims.studies.sgd_equilibrium",
     "spectrum": "sims.studies.spectrum",
+    "ire_practice": "sims.studies.ire_practice",
 }
 
 
