@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
+from theory.core.minibatch import Minibatch
 from theory.engine import SaveAt
 from theory.optim.ire import dense_hessian_diagonal, diagonal_mask, fisher_diagonal, ire
-from theory.optim.stochastic import run_optimizer_minibatch
+from theory.optim.stochastic import MinibatchOptax, run_optimizer_minibatch
 from theory.optim.transforms import gd_wd_transform, sam
 
 N, B, D = 24, 6, 5
@@ -151,6 +152,27 @@ def test_fisher_mask_is_estimated_on_the_batch_of_the_refresh_step() -> None:
     np.testing.assert_allclose(res.final_state.flat.diag, want, rtol=1e-10)
     whole = est(jnp.asarray(res.w[t_last]), k_t, x, labels)
     assert np.max(np.abs(np.asarray(whole) - np.asarray(want))) > 1e-4
+
+
+@pytest.mark.parametrize(("scheme", "batch"), [("epoch", B), ("epoch", N), ("iid", B)])
+def test_cached_epoch_permutation_gives_the_minibatch_indices(scheme: str, batch: int) -> None:
+    """The method keeps the epoch's permutation in its state; its indices equal
+    Minibatch.indices at every step of three epochs (compiled, state carried as in a run)."""
+    x, y = _data()
+    key = jax.random.PRNGKey(8)
+    mb = Minibatch(lsq, (x, y), batch, scheme=scheme)  # type: ignore[arg-type]
+    method = MinibatchOptax(
+        optax.with_extra_args_support(optax.sgd(0.1)), lambda w: w, (), mb, jnp.asarray(0.1)
+    )
+    steps = 3 * (N // batch) + 1
+
+    def body(state, t):
+        idx, perm, epoch = method.indices(t, key, state)
+        return state._replace(perm=perm, epoch=epoch), idx
+
+    _, got = jax.lax.scan(body, method.init(jnp.zeros(D)), jnp.arange(steps))
+    want = np.stack([np.asarray(mb.indices(t, key)) for t in range(steps)])
+    np.testing.assert_array_equal(got, want)
 
 
 def test_bad_inputs_name_the_value() -> None:
