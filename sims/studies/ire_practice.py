@@ -122,9 +122,10 @@ class Config:
 
     @classmethod
     def preset(cls, scale: str) -> Config:
-        """``quick``: digits, MLP 64-64, 1000 steps of batch 64 (62 epochs), 3 seeds (about a
-        minute and a half on two cores); ``full``: MNIST-1D (3200/800), MLP 128-128, 4000 steps
-        of batch 128 (160 epochs), 5 seeds."""
+        """``quick``: digits, MLP 64-64, 1000 steps of batch 64 (62 epochs), 3 seeds (2 min
+        40 s measured on the shared 2-core machine at load 13); ``full``: MNIST-1D (3200/800),
+        MLP 128-128, 4000 steps of batch 128 (160 epochs), 5 seeds (not run yet: one run took
+        5.5 minutes at load 18)."""
         if scale == "quick":
             return cls()
         if scale == "full":
