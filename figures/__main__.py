@@ -24,6 +24,7 @@ FIGURES = {
     "sgd_equilibrium": "figures.sgd_equilibrium",
     "spectrum": "figures.spectrum",
     "admire": "figures.admire",
+    "ire_practice": "figures.ire_practice",
 }
 
 

@@ -27,6 +27,7 @@ SIMS: dict[str, str] = {
     "sgd_equilibrium": "sims.studies.sgd_equilibrium",
     "spectrum": "sims.studies.spectrum",
     "admire": "sims.studies.admire",
+    "ire_practice": "sims.studies.ire_practice",
 }
 
 

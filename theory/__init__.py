@@ -37,6 +37,7 @@ from theory.core.minibatch import Minibatch as Minibatch
 from theory.core.sharpness import eos_quantity as eos_quantity
 from theory.core.sharpness import sharpness_eigs as sharpness_eigs
 from theory.core.sharpness import spherical_sharpness as spherical_sharpness
+from theory.core.trace import spherical_trace as spherical_trace
 from theory.engine import GDWD as GDWD
 from theory.engine import AbstractMethod as AbstractMethod
 from theory.engine import AbstractTracker as AbstractTracker
@@ -120,6 +121,7 @@ from theory.optim.ire import diagonal_mask as diagonal_mask
 from theory.optim.ire import exact_flat as exact_flat
 from theory.optim.ire import fisher_diagonal as fisher_diagonal
 from theory.optim.ire import ire as ire
+from theory.optim.stochastic import run_optimizer_minibatch as run_optimizer_minibatch
 from theory.optim.transforms import gd_wd_transform as gd_wd_transform
 from theory.optim.transforms import run_optimizer as run_optimizer
 from theory.optim.transforms import sam as sam

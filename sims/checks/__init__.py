@@ -115,6 +115,7 @@ TOPIC_MODULES: tuple[str, ...] = (
     "sims.checks.sgd",
     "sims.checks.spectrum",
     "sims.checks.admire",
+    "sims.checks.ire_practice",
 )
 # Checks that need no stored simulation (they compute what they test): run strictly by the
 # slow tests (tests/sims/test_sims.py, `make test-slow`, which CI runs), so a new FAIL there
