@@ -147,9 +147,19 @@ class Minibatch(eqx.Module):
         if self.scheme == "iid":
             k = jax.random.fold_in(key, t)
             return jax.random.choice(k, n, (b,), replace=self.replace)
-        spe = self.steps_per_epoch
-        perm = jax.random.permutation(jax.random.fold_in(key, t // spe), n)
-        return jax.lax.dynamic_slice(perm, ((t % spe) * b,), (b,))
+        return self.epoch_slice(self.epoch_permutation(t // self.steps_per_epoch, key), t)
+
+    def epoch_permutation(self, epoch: Array | int, key: Array) -> Array:
+        """``scheme="epoch"``: the shuffle of the examples for epoch ``epoch``,
+        ``permutation(fold_in(key, epoch), N)`` (module docstring). A method that keeps it in
+        its state across an epoch's steps draws the same batches as :meth:`indices`."""
+        return jax.random.permutation(jax.random.fold_in(key, epoch), self.num_examples)
+
+    def epoch_slice(self, perm: Array, t: Array | int) -> Array:
+        """``scheme="epoch"``: step ``t``'s batch from its epoch's permutation ``perm``, the
+        slice ``[i b, (i + 1) b)`` with ``i = t mod (N // b)``."""
+        b = self.batch_size
+        return jax.lax.dynamic_slice(perm, ((jnp.asarray(t) % self.steps_per_epoch) * b,), (b,))
 
     def batch(self, t: Array | int, key: Array) -> tuple[Any, ...]:
         """Step ``t``'s batch: every array of ``data`` at :meth:`indices`."""
