@@ -439,3 +439,19 @@ def test_midpoint_rows_with_unsolved_rows():
     # a divergence at row 30: no midpoint row after it
     loss_div = np.where(np.arange(n) < 30, 1.0, np.nan)
     assert midpoint_row_indices(sparse_eos, 6, 3, 0.25, loss=loss_div).max() == 29
+
+
+def test_classifier_reads_thinned_iterate_rows():
+    """With ``eos`` solved on every third row only (NaN between, as with ``track_stride = 3``)
+    the synthetic tame, inflated and no-EoS runs keep their regime; the onset moves to the
+    first solved row at the edge."""
+    keep = np.arange(N) % 3 == 0
+    for kw, regime in (({}, "tame"), ({"iter_level": 2.9}, "inflated")):
+        run = _run(**kw)
+        thin = {**run, "eos": np.where(keep, run["eos"], np.nan)}
+        dense, sparse = _classify(run), _classify(thin)
+        assert dense.regime == sparse.regime == regime, (dense.reasons, sparse.reasons)
+        assert dense.measurements["onset_step"] == STEP[40]
+        assert sparse.measurements["onset_step"] == STEP[42]  # 42: first row % 3 == 0 after 40
+    flat = {**_run(), "eos": np.where(keep, 0.5, np.nan)}
+    assert _classify(flat).regime == "no_eos"
