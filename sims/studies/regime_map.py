@@ -10,7 +10,11 @@ direction's dynamics depending on ``(eta, wd, w_0)`` only through ``eta * wd`` a
 effective rates, docs/theory.md section 2, these two axes are the whole parameter space of a
 given initial direction). The sweep tracks the multi-group EoS quantity
 ``eta * lambda_1(hess L(w_t))`` at the iterates every ``sharpness_every`` steps
-(:class:`theory.engine.LanczosTracker`, ``spherical=False``). Afterwards, on up to
+(:class:`theory.engine.LanczosTracker`, ``spherical=False``); with ``track_stride > 1`` (the full
+preset) only on every recorded row of the first ``dense_steps`` steps and on every
+``track_stride``-th recorded row after them (:class:`RowStrideTracker`; NaN on the other rows,
+which the classifier skips; docs/regimes.md, "Cost of the full map", compares both paths).
+Afterwards, on up to
 ``mid_rows + pre_rows + 2`` recorded rows per run, the EoS quantity and the spherical sharpness
 ``lambda_1(M H M)`` (``M`` the per-layer norms) are measured at the midpoint of consecutive
 iterates ``(w_t + w_{t+1}) / 2`` (``w_{t+1}`` recomputed from ``w_t``; vmapped over the runs,
