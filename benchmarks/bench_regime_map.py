@@ -12,7 +12,10 @@ warm), and the sweep's chunk untracked (``NoTracking``), with the old tracker (L
 ``track_stride``-th recorded row, :class:`sims.studies.regime_map.RowStrideTracker`), each run
 twice: the first call compiles, the second gives the per-step cost. Extrapolated to the preset's
 3000 steps: ``init + 2 x midpoints + steps x per-step`` (the midpoint program runs once at
-``w_0`` and once on the rows; a warm call of the initial solve stands in for the rows').
+``w_0`` and once on the rows; a warm call of the initial solve stands in for the rows'). The
+per-step cost includes the tracker's cold solve at ``w_0`` (32 HVPs) spread over ``--steps``,
+and the warm call at ``w_0`` understates the midpoints (its rows are all equal): use 90 steps
+or more and read the extrapolation as rough (docs/regimes.md fits the per-HVP cost instead).
 
 ``compare``: every run of the given architectures by both paths
 (:func:`sims.studies.regime_map.run_architecture`): ``old`` is the grid's configuration with
