@@ -160,7 +160,8 @@ def series_figure(arr: dict[str, np.ndarray], summary: dict[str, Any], out: Path
         step = arr[f"{s['arch']}.step"]
         eos, mid = arr[f"{name}.eos"], arr[f"{name}.eos_mid"]
         ok = np.isfinite(mid)
-        ax[0, j].plot(step, eos, lw=0.6, color=COLORS["gd"], label="iterates")
+        solved = np.isfinite(eos)  # a map tracked on every track_stride-th row has NaN between
+        ax[0, j].plot(step[solved], eos[solved], lw=0.6, color=COLORS["gd"], label="iterates")
         ax[0, j].plot(step[ok], mid[ok], "o", ms=3, color=COLORS["ref"], label="midpoints")
         ax[0, j].axhline(2.0, color=COLORS["flow"], ls="--", lw=0.8)
         ax[0, j].set_title(f"{r}\n{name}", fontsize=7)

@@ -10,7 +10,11 @@ direction's dynamics depending on ``(eta, wd, w_0)`` only through ``eta * wd`` a
 effective rates, docs/theory.md section 2, these two axes are the whole parameter space of a
 given initial direction). The sweep tracks the multi-group EoS quantity
 ``eta * lambda_1(hess L(w_t))`` at the iterates every ``sharpness_every`` steps
-(:class:`theory.engine.LanczosTracker`, ``spherical=False``). Afterwards, on up to
+(:class:`theory.engine.LanczosTracker`, ``spherical=False``); with ``track_stride > 1`` (the full
+preset) only on every recorded row of the first ``dense_steps`` steps and on every
+``track_stride``-th recorded row after them (:class:`RowStrideTracker`; NaN on the other rows,
+which the classifier skips; docs/regimes.md, "Cost of the full map", compares both paths).
+Afterwards, on up to
 ``mid_rows + pre_rows + 2`` recorded rows per run, the EoS quantity and the spherical sharpness
 ``lambda_1(M H M)`` (``M`` the per-layer norms) are measured at the midpoint of consecutive
 iterates ``(w_t + w_{t+1}) / 2`` (``w_{t+1}`` recomputed from ``w_t``; vmapped over the runs,
@@ -70,6 +74,7 @@ from theory.core.invariance import group_norms
 from theory.engine import LanczosTracker, SaveAt
 from theory.engine.gd import predicted_eos_onset
 from theory.engine.sweep import SweepResult, gd_wd_sweep
+from theory.engine.trackers import AbstractTracker, Obs, StepContext
 from theory.problems import nets
 
 # Results stored before the label "chaotic" was renamed "inflated" (it measures the inflation of
@@ -142,6 +147,20 @@ class Config:
         metadata={"help": "a row every N steps (odd: both parities of the period-2 oscillation)"},
     )
     sharpness_every: int = field(default=5, metadata={"help": "track eta*lambda_1 every N steps"})
+    dense_steps: int = field(
+        default=0,
+        metadata={
+            "help": "with track_stride > 1: solve on every recorded row before this step (the "
+            "early EoS onsets at full resolution)"
+        },
+    )
+    track_stride: int = field(
+        default=1,
+        metadata={
+            "help": "solve eta*lambda_1 at the iterates only on every N-th recorded row (odd: "
+            "both parities of the period-2 oscillation; 1: every row, the old path)"
+        },
+    )
     mid_rows: int = field(default=24, metadata={"help": "midpoint rows over the settled phase"})
     pre_rows: int = field(default=8, metadata={"help": "midpoint rows before the onset"})
     seed: int = field(default=0, metadata={"help": "seed of the init and the fixed head"})
@@ -171,8 +190,19 @@ class Config:
             "sharpness_every",
             "mid_rows",
             "resnet_blocks",
+            "track_stride",
         )
-        check.int_fields_at_least(self, 0, "pre_rows")
+        if self.track_stride % 2 == 0:
+            raise ValueError(
+                f"track_stride must be odd (an even stride of rows sees one parity of the "
+                f"period-2 oscillation only), got {self.track_stride}"
+            )
+        if self.track_stride > 1 and self.sharpness_every != self.record_every:
+            raise ValueError(
+                f"track_stride > 1 thins the recorded rows: sharpness_every "
+                f"({self.sharpness_every}) must then equal record_every ({self.record_every})"
+            )
+        check.int_fields_at_least(self, 0, "pre_rows", "dense_steps")
         if self.n_train % 8 or self.n_train < 16:
             raise ValueError(f"n_train must be a multiple of 8 and >= 16, got {self.n_train}")
         if self.record_every % self.sharpness_every:
@@ -186,7 +216,7 @@ class Config:
             )
 
     @classmethod
-    def preset(cls, scale: str) -> Config:
+    def preset(cls, scale: str, tracking: Literal["new", "old"] = "new") -> Config:
         """``quick``: digits and MNIST-1D (256 training samples), MLP 32-32 with BatchNorm and
         cross-entropy and MLP 16-16 with LayerNorm and MSE (width paired with the
         normalization-loss pair, not crossed: 2 compiled program sets for the 4 networks),
@@ -194,7 +224,15 @@ class Config:
         ``full``: 1024 samples, widths 64 and 256 crossed with all four normalization-loss
         pairs, 3 initial EoS quantities x 5 eta*wd over 1.5 decades, 3000 steps, and the VGG CNN
         (16-32 channels) on digits images: 20 sweeps of 15 runs. CPU times of both in
-        docs/regimes.md; the full map runs unchanged on an accelerator."""
+        docs/regimes.md; the full map runs unchanged on an accelerator.
+
+        ``tracking`` (full scale only): ``"new"`` solves ``eta * lambda_1`` at the iterates on
+        every recorded row of the first 300 steps (the onsets of all but the slowest runs) and
+        on every third recorded row after them (every 45 steps, :class:`RowStrideTracker`);
+        ``"old"`` every 5 steps, as the map was first run (3 solves per recorded row, about 7x
+        the new path's solves). The quick scale tracks every recorded row either way."""
+        if tracking not in ("new", "old"):
+            raise ValueError(f"tracking must be 'new' or 'old', got {tracking!r}")
         if scale == "quick":
             return cls()
         if scale == "full":
@@ -207,7 +245,9 @@ class Config:
                 eta_wd=(1e-3, 2e-3, 5e-3, 1e-2, 3e-2),
                 steps=3000,
                 record_every=15,
-                sharpness_every=5,
+                sharpness_every=5 if tracking == "old" else 15,
+                track_stride=1 if tracking == "old" else 3,
+                dense_steps=0 if tracking == "old" else 300,
                 norm_loss=NORM_LOSS,
                 mid_rows=40,
                 pre_rows=12,
@@ -312,6 +352,92 @@ def make_network(cfg: Config, arch: dict[str, Any]) -> nets.NetProblem:
 
 
 # --------------------------------------------------------------------------------------------
+# Tracking only the rows the classifier reads
+# --------------------------------------------------------------------------------------------
+
+
+class RowStrideTracker(AbstractTracker):
+    """``inner``'s solve on its own steps (``t % inner.every == 0``) before ``dense_steps``,
+    and from then on on the steps with ``t % period == 0`` only; a plain ``value_and_grad``
+    elsewhere (``eos`` NaN there).
+
+    ``every`` is ``inner.every`` (the driver's period, which must divide the recording period);
+    ``period`` a multiple of it. The predicate depends on the step counter only, which every
+    configuration of a sweep shares, so under ``vmap`` it stays a real branch (the solve is
+    skipped, not computed and discarded). The final row of a run, which the driver forces to be
+    tracked, is solved only when its step is a multiple of ``period``. Warm starts carry over
+    from the last solved step (``inner``'s parity warm start then reads the solve ``2 period``
+    steps back: the same parity when ``period`` is odd).
+    """
+
+    inner: LanczosTracker
+    period: int = eqx.field(static=True)
+    dense_steps: int = eqx.field(static=True)
+    every: int = eqx.field(static=True)
+
+    def __init__(self, inner: LanczosTracker, period: int, dense_steps: int = 0) -> None:
+        if not isinstance(inner, LanczosTracker):
+            raise TypeError(f"RowStrideTracker.inner must be a LanczosTracker, got {inner!r}")
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"RowStrideTracker.period must be a positive int, got {period!r}")
+        if period % inner.every:
+            raise ValueError(
+                f"RowStrideTracker.period ({period}) must be a multiple of the inner tracker's "
+                f"every ({inner.every})"
+            )
+        if isinstance(dense_steps, bool) or not isinstance(dense_steps, int) or dense_steps < 0:
+            raise ValueError(
+                f"RowStrideTracker.dense_steps must be an int >= 0, got {dense_steps!r}"
+            )
+        self.inner = inner
+        self.period = period
+        self.dense_steps = dense_steps
+        self.every = inner.every
+
+    def init(self, objective: Any, w: jax.Array, lr: jax.Array, groups: Any, key: Any) -> Any:
+        return self.inner.init(objective, w, lr, groups, key)
+
+    def observe(
+        self,
+        objective: Any,
+        w: jax.Array,
+        lr: jax.Array,
+        groups: Any,
+        state: Any,
+        t: jax.Array,
+        key: jax.Array,
+        tracked: jax.Array,
+        record: bool,
+        ctx: StepContext,
+    ) -> tuple[Obs, Any]:
+        solve = jnp.logical_and(tracked, (t % self.period == 0) | (t < self.dense_steps))
+        return self.inner.observe(objective, w, lr, groups, state, t, key, solve, record, ctx)
+
+    def top_vector(self, state: Any, w: jax.Array) -> jax.Array:
+        return self.inner.top_vector(state, w)
+
+    def for_batch(self) -> RowStrideTracker:
+        return RowStrideTracker(self.inner.for_batch(), self.period, self.dense_steps)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **self.inner.config(),
+            "solve_period": self.period,
+            "dense_steps": self.dense_steps,
+        }
+
+
+def make_tracker(cfg: Config) -> AbstractTracker:
+    """The sweep's tracker: ``eta * lambda_1`` at the iterates every ``sharpness_every`` steps
+    (``track_stride = 1``, the old path), or on every recorded row of the first
+    ``dense_steps`` steps and on every ``track_stride``-th recorded row after them."""
+    base = LanczosTracker(every=cfg.sharpness_every, spherical=False, init_iters=32)
+    if cfg.track_stride == 1:
+        return base
+    return RowStrideTracker(base, cfg.record_every * cfg.track_stride, cfg.dense_steps)
+
+
+# --------------------------------------------------------------------------------------------
 # Midpoint curvature, vmapped over the runs of a sweep
 # --------------------------------------------------------------------------------------------
 
@@ -356,14 +482,22 @@ def initial_curvature(
 
 
 def midpoint_row_indices(
-    eos: np.ndarray, mid_rows: int, pre_rows: int, settle_frac: float, edge: float = 2.0
+    eos: np.ndarray,
+    mid_rows: int,
+    pre_rows: int,
+    settle_frac: float,
+    edge: float = 2.0,
+    loss: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row indices ``(mid_rows + pre_rows + 2,)`` (increasing, repeats allowed) of one run:
     row 0, ``pre_rows`` evenly before the onset (first row with ``eos >= edge``), the row
     before the onset, and ``mid_rows`` evenly over the settled phase (whole run without onset;
-    rows after a divergence are excluded)."""
+    rows after a divergence are excluded). ``eos`` may be NaN on rows that were not solved
+    (``track_stride > 1``); with ``loss`` given, the run's rows end at its last row with a
+    finite loss (and no infinite ``eos``), else at its last finite ``eos``."""
     n = len(eos)
-    valid = np.flatnonzero(np.isfinite(eos))
+    ok = np.isfinite(eos) if loss is None else np.isfinite(loss) & ~np.isinf(eos)
+    valid = np.flatnonzero(ok)
     last = int(valid[-1]) if valid.size else 0
     above = np.flatnonzero(np.isfinite(eos) & (eos >= edge))
     if above.size:
@@ -415,18 +549,23 @@ def midpoint_columns(
 # --------------------------------------------------------------------------------------------
 
 
-def _one_arch(
+def run_architecture(
     cfg: Config, arch: dict[str, Any], progress: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One architecture's sweep over :func:`grid`, its midpoints and every run's regime:
+    ``(arrays, summary)`` as stored by :func:`run` (the summary also holds the times: wall and
+    CPU seconds of the whole architecture, of the initial curvature solve, of the sweep and of
+    the midpoints, and the run's HVPs spent by the tracker)."""
     t0, c0 = time.perf_counter(), time.process_time()
     prob = make_network(cfg, arch)
     pairs = grid(cfg)
     # eta sets the initial EoS quantity: eta * lambda_1(H(w0)) = eos0 (the initial effective
     # learning rates are then eta / |W_g(0)|^2).
     lam0, s0 = initial_curvature(prob.loss, prob.w0, prob.groups, len(pairs), cfg)
+    t_init, c_init = time.perf_counter() - t0, time.process_time() - c0
     etas = np.array([p[0] / lam0 for p in pairs])
     wds = np.array([p[1] for p in pairs]) / etas
-    tracker = LanczosTracker(every=cfg.sharpness_every, spherical=False, init_iters=32)
+    tracker = make_tracker(cfg)
     with Progress(f"{NAME}/{arch['name']}", cfg.steps, progress) as bar:
         sweep = gd_wd_sweep(
             prob.loss,
@@ -447,15 +586,20 @@ def _one_arch(
             # inflated regimes are what the map classifies.
             warn_above_edge=False,
         )
-    t_sweep = time.perf_counter() - t0
+    t_sweep = time.perf_counter() - t0 - t_init
+    c_sweep = time.process_time() - c0 - c_init
     crit = RegimeCriteria()
     idx = np.stack(
         [
-            midpoint_row_indices(sweep.eos[i], cfg.mid_rows, cfg.pre_rows, crit.settle_frac)
+            midpoint_row_indices(
+                sweep.eos[i], cfg.mid_rows, cfg.pre_rows, crit.settle_frac, loss=sweep.loss[i]
+            )
             for i in range(len(pairs))
         ]
     )
+    t1, c1 = time.perf_counter(), time.process_time()
     eos_mid, sharp_mid = midpoint_columns(prob.loss, sweep, idx)
+    t_mid, c_mid = time.perf_counter() - t1, time.process_time() - c1
     arrays: dict[str, np.ndarray] = {f"{arch['name']}.step": sweep.step}
     summary: dict[str, Any] = {}
     pad = input_padding(cfg, arch)
@@ -510,6 +654,9 @@ def _one_arch(
             "predicted_onset": pred,
             "engine_onset": int(sweep.onset_step[i]) if sweep.onset_step[i] >= 0 else None,
             "diverged_at": bad if bad >= 0 else None,
+            "tracker_hvps": int(np.sum(sweep.block_matvecs[i]))
+            if sweep.block_matvecs is not None
+            else None,
             "dim": int(prob.w0.shape[0]) - pad * arch["sizes"][0],
             "input_padding": pad,
         }
@@ -518,6 +665,10 @@ def _one_arch(
         s["arch_seconds"] = seconds
         s["arch_cpu_seconds"] = cpu
         s["sweep_seconds"] = t_sweep
+        s["sweep_cpu_seconds"] = c_sweep
+        s["init_cpu_seconds"] = c_init
+        s["midpoint_seconds"] = t_mid
+        s["midpoint_cpu_seconds"] = c_mid
     return arrays, summary
 
 
@@ -532,7 +683,7 @@ def run(
     summary: dict[str, Any] = {}
     subruns = cached_runs(
         [a["name"] for a in archs],
-        lambda i, _name: _one_arch(cfg, archs[i], progress),
+        lambda i, _name: run_architecture(cfg, archs[i], progress),
         checkpoints,
         desc=NAME,
         progress=progress,

@@ -342,3 +342,116 @@ def test_results_stored_with_the_old_label_read_as_inflated():
     out = relabel({"a": {"regime": "chaotic", "x": 1}, "b": {"regime": "tame"}, "c": {}})
     assert out == {"a": {"regime": "inflated", "x": 1}, "b": {"regime": "tame"}, "c": {}}
     assert "chaotic" not in REGIMES and "inflated" in REGIMES
+
+
+# --------------------------------------------------------------------------------------------
+# The new path: tracking only every track_stride-th recorded row (issue 23)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_row_stride_tracker_solves_only_its_rows():
+    """On every row with ``t % period == 0`` the sweep's ``eos`` is ``eta lambda_1`` of the
+    dense Hessian at the stored iterate (``jax.hessian`` + ``eigvalsh``); on the other rows NaN;
+    the iterates equal those of the every-row tracker (tracking does not change the step)."""
+    import jax
+    import jax.numpy as jnp
+
+    from sims.studies.regime_map import RowStrideTracker
+    from theory.engine import LanczosTracker, SaveAt
+    from theory.engine.sweep import gd_wd_sweep
+    from theory.problems.analytic import curved_manifold
+
+    prob = curved_manifold()
+    w0 = jnp.asarray(prob.start)
+    kw = dict(
+        eta=np.array([0.05, 0.2]),
+        wd=np.array([1e-2, 3e-3]),
+        steps=60,
+        saveat=SaveAt(every=3, iterates=True),
+        check_invariance=False,
+        warn_above_edge=False,
+    )
+    base = LanczosTracker(every=3, spherical=False)
+    dense = gd_wd_sweep(prob.loss, w0, tracker=base, **kw)
+    sparse = gd_wd_sweep(prob.loss, w0, tracker=RowStrideTracker(base, 9), **kw)
+    np.testing.assert_allclose(sparse.w, dense.w, rtol=0, atol=1e-12)
+    solved = sparse.step % 9 == 0
+    assert solved.sum() == 7 and not solved.all()
+    assert np.all(np.isnan(sparse.eos[:, ~solved]))
+    hess = jax.jit(jax.hessian(prob.loss))
+    for b, eta in enumerate(kw["eta"]):
+        for r in np.flatnonzero(solved):
+            lam = np.linalg.eigvalsh(np.asarray(hess(jnp.asarray(sparse.w[b, r]))))[-1]
+            assert abs(sparse.eos[b, r] - eta * lam) <= 1e-6 * max(1.0, eta * lam)
+    # Fewer solves: the HVPs of the sparse run are below the dense run's.
+    assert sparse.block_matvecs.sum() < dense.block_matvecs.sum()
+    assert RowStrideTracker(base, 9).config()["solve_period"] == 9
+    # With a dense start: every recorded row before step 20 is solved, as by the dense tracker.
+    early = gd_wd_sweep(prob.loss, w0, tracker=RowStrideTracker(base, 9, dense_steps=20), **kw)
+    solved_early = solved | (early.step < 20)
+    assert np.all(np.isfinite(early.eos[:, solved_early]))
+    assert np.all(np.isnan(early.eos[:, ~solved_early]))
+    np.testing.assert_allclose(early.eos[:, early.step < 20], dense.eos[:, dense.step < 20], 1e-6)
+
+
+def test_row_stride_validation_named():
+    from sims.studies import regime_map
+    from theory.engine import LanczosTracker
+
+    with pytest.raises(ValueError, match=r"track_stride must be odd.*got 2"):
+        regime_map.Config(track_stride=2)
+    with pytest.raises(ValueError, match=r"sharpness_every \(5\) must then equal record_every"):
+        regime_map.Config(record_every=15, sharpness_every=5, track_stride=3)
+    with pytest.raises(ValueError, match=r"period \(10\) must be a multiple.*every \(3\)"):
+        regime_map.RowStrideTracker(LanczosTracker(every=3), 10)
+    with pytest.raises(TypeError, match="must be a LanczosTracker"):
+        regime_map.RowStrideTracker("lanczos", 9)  # type: ignore[arg-type]
+    full = regime_map.Config.preset("full")
+    assert full.track_stride == 3 and full.sharpness_every == full.record_every == 15
+    assert full.dense_steps == 300
+    with pytest.raises(ValueError, match="dense_steps must be an int >= 0, got -1"):
+        regime_map.RowStrideTracker(LanczosTracker(every=3), 9, dense_steps=-1)
+    with pytest.raises(ValueError, match="tracking must be 'new' or 'old', got 'fast'"):
+        regime_map.Config.preset("full", tracking="fast")  # type: ignore[arg-type]
+    old = regime_map.Config.preset("full", tracking="old")
+    assert old.track_stride == 1 and old.sharpness_every == 5
+    assert isinstance(regime_map.make_tracker(old), LanczosTracker)
+    assert isinstance(regime_map.make_tracker(full), regime_map.RowStrideTracker)
+
+
+def test_midpoint_rows_with_unsolved_rows():
+    """With ``eos`` NaN on unsolved rows, the settled midpoint rows still end at the run's last
+    row (read from the loss), and start from the first solved row at the edge."""
+    from sims.studies.regime_map import midpoint_row_indices
+
+    n = 40
+    eos = np.where(np.arange(n) < 10, 1.0, 2.05)
+    loss = np.ones(n)
+    dense = midpoint_row_indices(eos, 6, 3, 0.25, loss=loss)
+    sparse_eos = np.where(np.arange(n) % 3 == 0, eos, np.nan)  # rows 0, 3, ..., 39 solved
+    sparse = midpoint_row_indices(sparse_eos, 6, 3, 0.25, loss=loss)
+    assert dense[-1] == sparse[-1] == n - 1
+    # onset: row 10 (dense) and row 12 (the first solved row at the edge)
+    assert dense[0] == 0 and 9 in dense and 11 in sparse
+    # without the loss the last solved row ends the run (row 39 is solved here: 39 % 3 == 0)
+    assert midpoint_row_indices(sparse_eos[:-1], 6, 3, 0.25)[-1] == 36
+    # a divergence at row 30: no midpoint row after it
+    loss_div = np.where(np.arange(n) < 30, 1.0, np.nan)
+    assert midpoint_row_indices(sparse_eos, 6, 3, 0.25, loss=loss_div).max() == 29
+
+
+def test_classifier_reads_thinned_iterate_rows():
+    """With ``eos`` solved on every third row only (NaN between, as with ``track_stride = 3``)
+    the synthetic tame, inflated and no-EoS runs keep their regime; the onset moves to the
+    first solved row at the edge."""
+    keep = np.arange(N) % 3 == 0
+    for kw, regime in (({}, "tame"), ({"iter_level": 2.9}, "inflated")):
+        run = _run(**kw)
+        thin = {**run, "eos": np.where(keep, run["eos"], np.nan)}
+        dense, sparse = _classify(run), _classify(thin)
+        assert dense.regime == sparse.regime == regime, (dense.reasons, sparse.reasons)
+        assert dense.measurements["onset_step"] == STEP[40]
+        assert sparse.measurements["onset_step"] == STEP[42]  # 42: first row % 3 == 0 after 40
+    flat = {**_run(), "eos": np.where(keep, 0.5, np.nan)}
+    assert _classify(flat).regime == "no_eos"
