@@ -130,7 +130,7 @@ def measure(quick: bool = False, repeats: int = 3, verbose: bool = False) -> lis
                     errs.append(abs(float(res.eos[i]) - ref) / ref)
                 per_step = float(res.block_matvecs.sum()) / steps
                 fused = (isinstance(tr, RitzTracker) and tr.fused and not tr.uses_block()) or (
-                    isinstance(tr, RayleighTracker) and tr.fused
+                    isinstance(tr, RayleighTracker) and tr.fused and tr.every == 1
                 )
                 model = (
                     floor["fused"] + (per_step - 1.0) * floor["tangent"]
