@@ -16,7 +16,8 @@ Columns:
   from ``bench_networks``' floor table); for a RitzTracker with ``fused=True`` (single steps) the
   HVP is fused with the gradient, and its model is ``fused/grad + (HVPs/step - 1) * HVP/grad``;
   the same for a RayleighTracker (fused by default) tracking every step. ``RayleighTracker(tol=1)``
-  never corrects: its row is what one HVP per step (a power step on a carried vector) achieves.
+  corrects only where its estimate exceeds ``theta`` itself: its row is what one HVP per step (a
+  power step on a carried vector) achieves.
 * ``err med/95%/max``: ``|eos - ref| / ref`` over every recorded row (each row carries its own
   step's solve), ``ref`` from an independent Lanczos solve at the same iterate (random start,
   top two pairs to relative residual 1e-4, up to 80 HVPs).

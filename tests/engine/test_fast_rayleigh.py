@@ -92,7 +92,8 @@ def test_eos_error_below_tol_on_every_row(tracker: RayleighTracker, hvps_max: in
 
 @pytest.mark.slow
 def test_uncorrected_rows_spend_exactly_one_hvp_and_report_a_rayleigh_quotient() -> None:
-    # tol = 1 accepts every row: the pure one-HVP power tracker (what bench_floor's
+    # tol = 1 accepts every row here (it corrects only where the estimate exceeds theta):
+    # the pure one-HVP power tracker (what bench_floor's
     # "uncorrected" row measures on W1). Its values stay Rayleigh quotients (below lambda_1).
     loss, w0 = random_loss(20, None, 0)
     kw = {**EOS_KW, "steps": 40}
