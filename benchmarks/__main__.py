@@ -3,7 +3,9 @@
 Runs ``bench_core`` (Lanczos cold/warm HVP counts; cost of tracking sharpness every step),
 ``bench_flow`` (flow vs GD to tau = 4), ``bench_sweep`` (16 configurations as a sweep vs one by
 one), ``bench_networks`` (workload W1), ``bench_ire`` (IRE's selectors on W1's network) and
-``bench_memory`` (peak memory of chunked vs full-batch objectives, XLA's analysis), then writes
+``bench_memory`` (peak memory of chunked vs full-batch objectives, XLA's analysis),
+``bench_trackers`` (the add-on trackers on W1) and ``bench_floor`` (RitzTracker,
+RayleighTracker and LanczosTracker on W1 and W1-EoS against the floor), then writes
 ``<out>/report.json`` and ``<out>/report.md`` (default ``results/bench``). Every number is a
 ratio measured in the same run or an error; seconds are medians of warm runs.
 """
@@ -27,6 +29,8 @@ MODULES = (
     "bench_networks",
     "bench_ire",
     "bench_memory",
+    "bench_trackers",
+    "bench_floor",
 )
 
 

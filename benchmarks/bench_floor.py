@@ -14,16 +14,23 @@ Columns:
   corrections included).
 * ``model``: ``1 + HVPs/step * HVP/grad`` (``HVP/grad``: one tangent evaluation, in gradients,
   from ``bench_networks``' floor table); for a RitzTracker with ``fused=True`` (single steps) the
-  HVP is fused with the gradient, and its model is ``fused/grad + (HVPs/step - 1) * HVP/grad``.
+  HVP is fused with the gradient, and its model is ``fused/grad + (HVPs/step - 1) * HVP/grad``;
+  the same for a RayleighTracker (fused by default) tracking every step. ``RayleighTracker(tol=1)``
+  corrects only where its estimate exceeds ``theta`` itself: its row is what one HVP per step (a
+  power step on a carried vector) achieves.
 * ``err med/95%/max``: ``|eos - ref| / ref`` over every recorded row (each row carries its own
   step's solve), ``ref`` from an independent Lanczos solve at the same iterate (random start,
   top two pairs to relative residual 1e-4, up to 80 HVPs).
 * ``bound max``: the largest certificate ``ritz_bound`` the RitzTracker reported.
+
+``RitzTracker(every=1)`` is left out: it corrects on almost every row (8.99 HVPs per step on W1,
+42x untracked when it was last timed, ``docs/engine.md``), which made this benchmark too long.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any
@@ -34,18 +41,23 @@ import numpy as np
 
 from benchmarks.bench_networks import WD, WORKLOADS, _floor, _problem, _reference
 from theory.engine import LanczosTracker, NoTracking, SaveAt
-from theory.engine.fast import RitzTracker
+from theory.engine.fast import RayleighTracker, RitzTracker
 from theory.engine.gd import GDResult, gd_wd
 from theory.problems import nets
 
 CONFIGS: tuple[tuple[str, Any], ...] = (
     ("untracked", NoTracking()),
-    ("every step, Ritz tol 1e-2 (single steps)", RitzTracker(every=1, tol=1e-2, spherical=False)),
+    ("every step, Rayleigh tol 1e-2", RayleighTracker(every=1, tol=1e-2, spherical=False)),
+    (
+        "every step, Rayleigh uncorrected (1 HVP/step)",
+        RayleighTracker(every=1, tol=1.0, spherical=False),
+    ),
     (
         "every step, Lanczos error 1e-2",
         LanczosTracker(every=1, stop="error", tol=1e-2, spherical=False),
     ),
     ("every 10, Ritz tol 1e-3 (block of 2)", RitzTracker(every=10, tol=1e-3, spherical=False)),
+    ("every 10, Rayleigh tol 1e-3", RayleighTracker(every=10, tol=1e-3, spherical=False)),
     ("every 10, Lanczos residual 1e-2", LanczosTracker(every=10, tol=1e-2, spherical=False)),
     (
         "every 10, Lanczos error 1e-3",
@@ -70,6 +82,8 @@ def _run(prob: nets.NetProblem, eta: float, steps: int, tracker: Any) -> GDResul
 
 
 def measure(quick: bool = False, repeats: int = 3, verbose: bool = False) -> list[dict[str, Any]]:
+    """One row per workload and configuration (module docstring); ``load`` is ``os.getloadavg``
+    when the workload's timed rounds began and ended (the machine may be shared)."""
     prob = _problem()
     steps = 200 if quick else 400
     floor = _floor(prob)
@@ -79,11 +93,13 @@ def measure(quick: bool = False, repeats: int = 3, verbose: bool = False) -> lis
     for workload, eta in WORKLOADS:
         results = {label: _run(prob, eta, steps, tr) for label, tr in CONFIGS}  # compiles
         times: dict[str, list[float]] = {label: [] for label, _ in CONFIGS}
+        load_before = os.getloadavg()[0]
         for _ in range(repeats):  # interleaved rounds
             for label, tr in CONFIGS:
                 t0 = time.perf_counter()
                 results[label] = _run(prob, eta, steps, tr)
                 times[label].append(time.perf_counter() - t0)
+        load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
         base = statistics.median(times["untracked"])
         refs: dict[bytes, float] = {}
         for label, tr in CONFIGS:
@@ -101,6 +117,7 @@ def measure(quick: bool = False, repeats: int = 3, verbose: bool = False) -> lis
                 "err_95": None,
                 "err_max": None,
                 "bound_max": None,
+                "load": load,
             }
             if tr.every:
                 assert res.w is not None and res.block_matvecs is not None
@@ -113,7 +130,9 @@ def measure(quick: bool = False, repeats: int = 3, verbose: bool = False) -> lis
                     ref = refs[w.tobytes()]
                     errs.append(abs(float(res.eos[i]) - ref) / ref)
                 per_step = float(res.block_matvecs.sum()) / steps
-                fused = isinstance(tr, RitzTracker) and tr.fused and not tr.uses_block()
+                fused = (isinstance(tr, RitzTracker) and tr.fused and not tr.uses_block()) or (
+                    isinstance(tr, RayleighTracker) and tr.fused and tr.every == 1
+                )
                 model = (
                     floor["fused"] + (per_step - 1.0) * floor["tangent"]
                     if fused
@@ -155,7 +174,8 @@ def _print_row(r: dict[str, Any]) -> None:
             f" {r['err_median']:8.1e} {r['err_95']:8.1e} {r['err_max']:8.1e} {bound}"
         )
     print(
-        f"{r['workload']:68s} {r['seconds']:7.2f} {r['ratio_to_untracked']:11.2f}{extra}",
+        f"{r['workload']:68s} {r['seconds']:7.2f} {r['ratio_to_untracked']:11.2f}{extra}"
+        f"  load {r['load']}",
         flush=True,
     )
 

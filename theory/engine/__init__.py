@@ -3,6 +3,7 @@
 * methods (subclasses of :class:`AbstractMethod`): :class:`GDWD` (GD with weight decay),
   :class:`Optax` (any optax optimizer);
 * trackers (subclasses of :class:`AbstractTracker`): :class:`NoTracking`, :class:`RitzTracker`,
+  :class:`RayleighTracker`,
   :class:`LanczosTracker`;
 * recording: :class:`SaveAt`;
 * drivers: :func:`run` (one run: chunks, progress, checkpoints, non-finite handling) and
@@ -21,6 +22,8 @@ from theory.engine.core import SaveAt as SaveAt
 from theory.engine.core import State as State
 from theory.engine.driver import run as run
 from theory.engine.driver import run_batch as run_batch
+from theory.engine.fast import RayleighState as RayleighState
+from theory.engine.fast import RayleighTracker as RayleighTracker
 from theory.engine.fast import RitzState as RitzState
 from theory.engine.fast import RitzTracker as RitzTracker
 from theory.engine.methods import GDWD as GDWD

@@ -391,3 +391,258 @@ class RitzTracker(AbstractTracker):
             "warm_start": self.warm_start,
             **({} if self.spherical else {"spherical": False}),
         }
+
+
+class RayleighState(NamedTuple):
+    """Carried state of :class:`RayleighTracker`.
+
+    ``v``: ``(D,)`` unit vector, the next tracked step's Rayleigh-quotient vector; ``p``: ``(D,)``
+    the momentum partner (the previous iterate of the power recurrence, scaled by the same factor
+    as ``v``; zero right after a solve); ``v2``: ``(D,)`` unit vector orthogonal to the last
+    solve's top Ritz vector, the second direction a correction starts from; ``info``: ``(4,)``,
+    of the last Lanczos solve: ``alpha`` (its estimate of an upper bound on ``lambda_2``),
+    ``theta_1``, the step ``t`` it ran at, and the rise of ``alpha`` per step between the last
+    two solves (``>= 0``); ``vs``: top eigenvector of ``H(w_hat)`` where it was last solved
+    (several groups only).
+    """
+
+    v: Array
+    p: Array
+    v2: Array
+    info: Array
+    vs: Array
+
+
+def rayleigh_estimate(theta: Array, resid: Array, alpha: Array) -> Array:
+    """The error estimate :class:`RayleighTracker` certifies a Rayleigh quotient with (absolute).
+
+    ``theta``: the Rayleigh quotient of a unit vector ``v``; ``resid``: ``|A v - theta v|``;
+    ``alpha``: an estimate of an upper bound on ``lambda_2``. With ``gap = theta - alpha``:
+
+    * ``gap > resid``: ``resid^2 / gap``, Kato-Temple's bound on ``lambda_1 - theta`` (rigorous
+      when ``lambda_2 <= alpha``);
+    * ``0 < gap <= resid``: ``resid``. Some eigenvalue lies within ``resid`` of ``theta``
+      (always); with ``lambda_2 <= alpha`` it is ``lambda_1`` or ``lambda_2``, both within about
+      ``resid`` of ``theta`` when the top two are that close (a near-degeneracy, where any vector
+      of their span has a Rayleigh quotient near both): a heuristic, not a bound;
+    * ``gap <= 0`` (the ``lambda_2`` estimate at or above ``theta``: a crossing, or a widened
+      estimate): ``resid + (alpha - theta)``, i.e. heuristically ``lambda_1 <= alpha + resid``.
+    """
+    gap = theta - alpha
+    safe = jnp.where(gap > resid, gap, 1.0)
+    return jnp.where(
+        gap > resid, resid**2 / safe, jnp.where(gap > 0, resid, resid + jnp.maximum(-gap, 0.0))
+    )
+
+
+class RayleighTracker(AbstractTracker):
+    """``lr lambda_1`` from one HVP per tracked step: a Rayleigh quotient on a carried vector.
+
+    A tracked step at ``w`` spends one HVP: one linearization shared with the step and one
+    tangent (``fused=True``: ``objective.value_grad_hvp(w, v)``, the loss, the gradient and
+    ``H v`` in one forward-over-reverse pass), ``u = lr H v``, ``theta = v . u``,
+    ``r = |u - theta v|``. It estimates ``lambda_1 - theta`` with :func:`rayleigh_estimate`
+    against ``alpha_now = alpha + |theta - theta_s| + rate (t - t_s)``: the last solve's
+    ``lambda_2`` estimate ``alpha``, widened by how far ``theta`` has moved from that solve's
+    ``theta_s`` and by ``alpha``'s rise per step between the last two solves times the steps
+    since. If the estimate is ``<= tol theta`` the row reports ``theta`` and the vector takes one
+    power step for the next tracked step, at no further HVP: ``v <- (u - beta p) / s`` with
+    momentum ``beta = alpha^2 / 4`` (``momentum=True``; the accelerated power iteration, whose
+    rate on the components below ``lambda_2`` is Chebyshev's) or ``beta = 0``. Otherwise a
+    correction runs: Lanczos (:func:`theory.core.lanczos.lanczos`, ``stop="error"``, relative
+    eigenvalue accuracy ``tol * correction``) from ``u`` (the power step of ``v``), which
+    reports its top Ritz value; its Krylov gap ``g = theta_1 - theta_2`` gives the new
+    ``alpha = theta_1 - g / 3`` (the same safety factor 3 as the Lanczos stopping rule). Every
+    ``refresh``-th tracked step corrects regardless (0: never), which bounds how long an
+    eigenvalue rising past ``theta`` with an eigenvector orthogonal to ``v`` can go unseen.
+
+    What holds: every reported value is a Rayleigh quotient or a Ritz value, so ``eos <=
+    lr lambda_1``. The estimate is Kato-Temple's bound when the top gap exceeds the residual and
+    ``lambda_2 <= alpha_now``, and a heuristic otherwise (:func:`rayleigh_estimate`); its
+    maximum error is measured against dense eigenvalues in ``tests/engine/test_fast_rayleigh.py``
+    and against converged solves on W1 and W1-EoS by ``python -m benchmarks.bench_floor``.
+    ``result.observed["ritz_bound"]`` is the estimate over ``theta``; ``ritz_corrected`` is 1
+    on rows that ran a correction. ``Obs.matvecs`` counts every HVP.
+
+    With one group the spherical sharpness is ``eos |w|^2 / lr``; with several it is solved on
+    recorded rows as :class:`RitzTracker` does (``spherical=False`` skips it).
+
+    Attributes:
+        every: tracking period in steps (>= 1).
+        tol: relative accuracy asked of ``eos``.
+        correction: the correction's relative eigenvalue accuracy is ``tol * correction``.
+        max_iters: HVP cap of a correction.
+        init_iters: Krylov cap of the cold solve at the start (capped at ``D``).
+        refresh: every ``refresh``-th tracked step corrects (0: only when the estimate fails).
+        momentum: the power step's momentum ``beta = alpha^2 / 4`` (``False``: plain power).
+        fused: the tracked step's HVP in the gradient's own pass (``value_grad_hvp``); off by
+            default: on W1's BatchNorm MLP that pass measured slower than a linearization plus
+            one tangent (``python -m benchmarks.bench_floor``'s floor table).
+        spherical: with several groups, also solve the spherical sharpness on recorded rows.
+    """
+
+    every: int = eqx.field(static=True, default=1)
+    tol: float = eqx.field(static=True, default=1e-2)
+    correction: float = eqx.field(static=True, default=0.5)
+    max_iters: int = eqx.field(static=True, default=32)
+    init_iters: int = eqx.field(static=True, default=64)
+    refresh: int = eqx.field(static=True, default=0)
+    momentum: bool = eqx.field(static=True, default=False)
+    fused: bool = eqx.field(static=True, default=False)
+    spherical: bool = eqx.field(static=True, default=True)
+
+    def __check_init__(self) -> None:
+        if isinstance(self.refresh, bool) or not isinstance(self.refresh, int) or self.refresh < 0:
+            raise ValueError(f"RayleighTracker.refresh must be an int >= 0, got {self.refresh!r}")
+        for name, value in (
+            ("every", self.every),
+            ("max_iters", self.max_iters),
+            ("init_iters", self.init_iters),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"RayleighTracker.{name} must be a positive int, got {value!r}")
+        for label, x in (("tol", self.tol), ("correction", self.correction)):
+            if isinstance(x, bool) or not (isinstance(x, float | int) and 0 < x <= 1):
+                raise ValueError(f"RayleighTracker.{label} must be a float in (0, 1], got {x!r}")
+        for label, flag in (("momentum", self.momentum), ("fused", self.fused)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"RayleighTracker.{label} must be a bool, got {flag!r}")
+
+    def init(
+        self, objective: Objective, w: Array, lr: Array, groups: Groups, key: Array
+    ) -> RayleighState:
+        """A cold Lanczos solve for the top two pairs at ``w``."""
+        if w.shape[0] < 3:
+            raise ValueError(f"RayleighTracker needs D >= 3 parameters, got D = {w.shape[0]}")
+        _, hvp = objective.linearize(w)
+        m = min(w.shape[0], self.init_iters)
+        start = jax.random.normal(jax.random.fold_in(key, 1), w.shape, w.dtype)
+        res = lanczos(lambda x: lr * hvp(x), start, k=2, max_iters=m, tol=1e-2 * self.tol)
+        v, v2 = res.eigenvectors[:, 0], res.eigenvectors[:, 1]
+        alpha = res.eigenvalues[1] + jnp.linalg.norm(res.residuals)
+        zero = jnp.zeros((), w.dtype)
+        info = jnp.stack([alpha, res.eigenvalues[0], zero, zero]).astype(w.dtype)
+        vs = v
+        if len(groups) > 1:
+            s = expand_groups(group_norms(w, groups), groups)
+            vs = lanczos(lambda x: s * hvp(s * x), start, max_iters=m).eigenvectors[:, 0]
+        return RayleighState(v, jnp.zeros_like(v), v2, info, vs)
+
+    def observe(
+        self,
+        objective: Objective,
+        w: Array,
+        lr: Array,
+        groups: Groups,
+        state: RayleighState,
+        t: Array,
+        key: Array,
+        tracked: Array,
+        record: bool,
+        ctx: StepContext,
+    ) -> tuple[Obs, RayleighState]:
+        del key, ctx
+        dtype = w.dtype
+        tol = jnp.asarray(self.tol, dtype)
+        nan = jnp.asarray(jnp.nan, dtype)
+        max_iters = min(max(self.max_iters, 2), w.shape[0])
+        tf = jnp.asarray(t, dtype)
+
+        def solve(state: RayleighState) -> tuple[Obs, RayleighState]:
+            v = state.v
+            if self.fused:
+                val, grad, hv = objective.value_grad_hvp(w, v)
+                lin = None
+            else:
+                (val, grad), lin = objective.linearize(w)
+                hv = lin(v)
+            u = lr * hv
+            theta = jnp.vdot(v, u)
+            r = jnp.linalg.norm(u - theta * v)
+            alpha, theta_s, t_s, rate = state.info[0], state.info[1], state.info[2], state.info[3]
+            alpha_now = alpha + jnp.abs(theta - theta_s) + rate * (tf - t_s)
+            est = rayleigh_estimate(theta, r, alpha_now)
+            ok = est <= tol * jnp.abs(theta)
+            if self.refresh:
+                ok = ok & ((t // self.every) % self.refresh != 0)
+
+            def accept() -> tuple[Array, ...]:
+                beta = 0.25 * jnp.clip(alpha, 0.0, 0.9 * jnp.abs(theta)) ** 2
+                x = u - beta * state.p if self.momentum else u
+                s = jnp.linalg.norm(x)
+                zero = jnp.asarray(0, jnp.int32)
+                return theta, est, r, x / s, v / s, state.v2, state.info, zero
+
+            def correct() -> tuple[Array, ...]:
+                hvp = objective.linearize(w)[1] if lin is None else lin
+                res = lanczos(
+                    lambda x: lr * hvp(x),
+                    u / jnp.linalg.norm(u) + 0.1 * state.v2,
+                    max_iters=max_iters,
+                    tol=tol * self.correction,
+                    stop="error",
+                    prior_gap=jnp.maximum(theta_s - alpha, 0.0),
+                )
+                th, r1 = res.eigenvalues[0], res.residuals[0]
+                gap = res.gap if res.gap is not None else nan
+                a_new = jnp.where(jnp.isfinite(gap), th - gap / 3.0, alpha_now)
+                e_new = rayleigh_estimate(th, r1, a_new)
+                rise = jnp.maximum(a_new - alpha, 0.0) / jnp.maximum(tf - t_s, 1.0)
+                rise = jnp.where(jnp.isfinite(rise), rise, 0.0)
+                info = jnp.stack([a_new, th, tf, rise]).astype(dtype)
+                y = res.eigenvectors[:, 0]
+                # The second direction: what the old pair spans beside the new top vector (after
+                # a swap of the top two, the old top vector).
+                x2 = state.v2 + v
+                x2 = x2 - jnp.vdot(y, x2) * y
+                n2 = jnp.linalg.norm(x2)
+                y2 = jnp.where(n2 > 0, x2 / jnp.where(n2 > 0, n2, 1.0), state.v2)
+                spent = res.num_matvecs.astype(jnp.int32)
+                return th, e_new, r1, y, jnp.zeros_like(y), y2, info, spent
+
+            out = jax.lax.cond(ok, accept, correct)
+            eos, bound, r1, v_next, p_next, v2_next, info_next, more = out
+            matvecs = 1 + more
+            vs = state.vs
+            if len(groups) == 1:
+                sharp, vs = eos * jnp.vdot(w, w) / lr, v_next
+            elif record and self.spherical:
+                hvp = objective.linearize(w)[1]
+                m = expand_groups(group_norms(w, groups), groups)
+                res = lanczos(
+                    lambda x: m * hvp(m * x), state.vs, max_iters=max_iters, tol=tol, stop="error"
+                )
+                sharp, vs = res.eigenvalues[0], res.eigenvectors[:, 0]
+                matvecs = matvecs + res.num_matvecs
+            else:
+                sharp = nan
+            rel = jnp.abs(eos)
+            extra = {
+                "ritz_bound": (bound / rel).astype(dtype),
+                "ritz_corrected": jnp.asarray(~ok, dtype),
+            }
+            obs = Obs(val, grad, eos, sharp, jnp.asarray(matvecs, jnp.int32), r1 / rel, extra)
+            return obs, RayleighState(v_next, p_next, v2_next, info_next, vs)
+
+        def skip(state: RayleighState) -> tuple[Obs, RayleighState]:
+            obs = _untracked(objective, w)
+            return obs._replace(extra={"ritz_bound": nan, "ritz_corrected": nan}), state
+
+        return jax.lax.cond(tracked, solve, skip, state)
+
+    def top_vector(self, state: RayleighState, w: Array) -> Array:
+        del w
+        return state.v
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "tracker": "rayleigh",
+            "sharpness_every": self.every,
+            "ritz_tol": self.tol,
+            "ritz_correction": self.correction,
+            "ritz_iters": self.max_iters,
+            "ritz_refresh": self.refresh,
+            "momentum": self.momentum,
+            "fused": self.fused,
+            **({} if self.spherical else {"spherical": False}),
+        }
