@@ -317,9 +317,11 @@ def tracked_gd(prob: Problem, rates: dict[str, float], s: Settings) -> theory.GD
 #
 # Status (measured on the quick settings, docs/predict.md "When phase I has not finished at the
 # onset"): the flow enters the edge at step 186.76 against GD's 187 and runs at about one CPU
-# second per GD step up to step 206; the whole quick horizon had not finished after 12 CPU
-# minutes on a loaded machine, so its agreement with GD's averages on this CNN is not yet
-# measured and `tests/test_tutorial_cnn.py` skips the quick run.
+# second per GD step with one and then two eigenvalues at the edge (the second arrives at step
+# 217.3, an arrival that costs about 40 integrator steps) up to step 245 at least. The third
+# and fourth eigenvalues climb towards the edge behind them, and the whole quick horizon had
+# not finished after 12 CPU minutes on a loaded machine: the agreement with GD's averages on
+# this CNN is not yet measured and `tests/test_tutorial_cnn.py` skips the quick run.
 
 
 # %%
