@@ -319,9 +319,11 @@ def tracked_gd(prob: Problem, rates: dict[str, float], s: Settings) -> theory.GD
 # onset"): the flow enters the edge at step 186.76 against GD's 187 and runs at about one CPU
 # second per GD step with one and then two eigenvalues at the edge (the second arrives at step
 # 217.3, an arrival that costs about 40 integrator steps) up to step 245 at least. The third
-# and fourth eigenvalues climb towards the edge behind them, and the whole quick horizon had
-# not finished after 12 CPU minutes on a loaded machine: the agreement with GD's averages on
-# this CNN is not yet measured and `tests/test_tutorial_cnn.py` skips the quick run.
+# and fourth eigenvalues climb towards the edge behind them: the quick run stops with a
+# `RuntimeError` at step 298.8, where a fourth eigenvalue arrives while `max_edge = 3` are at
+# the edge (856 s CPU for the whole script, roughly 650-750 s of it the flow). The agreement with
+# GD's averages on this CNN is not yet measured and `tests/test_tutorial_cnn.py` skips the
+# quick run.
 
 
 # %%

@@ -3,7 +3,8 @@
 The quick run is slow-marked (`make test-slow`): a 2372-weight CNN tracked at every step, the
 smoothness scans of its GELU and ReLU versions, and the central flow with Lanczos over the
 163 steps from 20 before the onset to the end. Measured up to the flow (load ~14 on 2 cores):
-problem 38 s, rates 29 s, scans 95 s, GD 58 s; the flow did not finish in 12 CPU minutes.
+problem 38 s, rates 29 s, scans 95 s, GD 58 s wall; the flow stops at step 298.8 (a fourth
+eigenvalue at the edge, max_edge=3) after roughly 650-750 CPU s (856 s CPU for the script).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ def load_tutorial() -> ModuleType:
 
 @pytest.mark.slow
 @pytest.mark.skip(
-    reason="the quick run's central flow (GELU) reaches step 245 at ~1 CPU s per GD step but "
-    "had not finished its 163 steps after 12 CPU min (docs/predict.md): flow bounds unmeasured"
+    reason="the quick run's central flow (GELU) stops at step 298.8 of 330, where a fourth "
+    "eigenvalue reaches the edge (max_edge=3), after ~700 CPU s (docs/predict.md): flow bounds "
+    "unmeasured"
 )
 def test_tutorial_cnn_quick(tmp_path: Path) -> None:
     out = load_tutorial().main(tmp_path, quick=True)
