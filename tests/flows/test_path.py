@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 
+import diffrax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from theory import Dense, EdgeSettings, LanczosTracker, eos_quantity, gd_wd
+from theory import Budget, BudgetExceeded, Dense, EdgeSettings, LanczosTracker, eos_quantity, gd_wd
 from theory.flows.path import PathRule, central_path, choose_path
 from theory.problems import nets
 
@@ -158,3 +159,38 @@ def test_without_gamma_the_central_flow_tracks_gd_averages():
     assert res.loss_err < 0.02
     assert res.eos_err < 0.15
     assert res.max_angle < 0.03
+
+
+@pytest.mark.slow  # compile-bound: ~20 s CPU for the central flow's program
+def test_central_path_passes_controller_progress_and_budget():
+    # A scale-invariant loss on R^3 far below the edge (eta lambda_1 ~ 0.01): plain gradient
+    # flow, a few integrator steps per save; the pass-through is what is tested.
+    def loss(v):
+        u = v / jnp.linalg.norm(v)
+        return 0.5 * u[0] ** 2 + 0.25 * u[1] ** 2
+
+    rows = 40
+    common = {
+        "step": np.arange(rows),
+        "loss": np.ones(rows),
+        "eos": np.ones(rows),
+        "w_start": jnp.asarray([0.6, 0.8, 1.0]),
+        "start": 0,
+        "gd_onset": 3,
+        "eta": 0.01,
+        "wd": 0.1,
+        "geometry": Dense(),
+    }
+    controller = diffrax.PIDController(rtol=1e-4, atol=1e-7)
+    seen = []
+    res = central_path(
+        loss,
+        **common,
+        stepsize_controller=controller,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert res.flow.config["rtol"] == 1e-4 and res.flow.config["atol"] == 1e-7
+    assert seen and seen[-1] == (rows - 1, rows - 1)
+    with pytest.raises(BudgetExceeded, match="steps") as info:
+        central_path(loss, **common, stepsize_controller=controller, budget=Budget(steps=1))
+    assert 0 < len(info.value.partial.t) < rows

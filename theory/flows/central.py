@@ -100,9 +100,11 @@ __all__ = [
     "CentralFlowField",
     "CentralFlowResult",
     "CentralQuantities",
+    "CurvatureScan",
     "EdgeEvent",
     "EdgeSettings",
     "central_flow",
+    "curvature_scan",
     "equilibrium_on_gamma",
     "solve_sigma",
 ]
@@ -687,3 +689,94 @@ def equilibrium_on_gamma(
         "avg_loss": eta * wd * s / (2.0 * (2.0 - eta * wd) * balance),
         "drift_rate": 0.5 * eta * wd * g / balance,
     }
+
+
+@dataclass(frozen=True)
+class CurvatureScan:
+    """``lambda_1(hess L)`` on a short segment, and how much of its change is jumps.
+
+    Attributes:
+        s: ``(m,)`` the offsets: the points are ``w + s * direction``.
+        lam: ``(m,)`` ``lambda_1(hess L(w + s direction))``.
+        jumps: how many of the ``m - 1`` first differences ``d_i = lam[i+1] - lam[i]`` depart
+            from the median difference by more than ``factor`` times the median ``|d_i|``
+            (plus ``1e-9 max |lam|`` for the eigen-solver's error): on a loss whose Hessian is
+            continuous there are none once the segment is short; a ReLU network's Hessian
+            jumps where a unit's pre-activation changes sign.
+        rough_share: ``sum |d_i - median d| / sum |d_i|``, the share of ``lambda_1``'s
+            variation on the segment that a constant slope does not explain (about 0 for a
+            smooth ``lambda_1`` on a short segment, near 1 when jumps carry the change).
+    """
+
+    s: np.ndarray
+    lam: np.ndarray
+    jumps: int
+    rough_share: float
+
+
+@eqx.filter_jit
+def _scan_lambda1(
+    loss: LossFn, geometry: AbstractGeometry, w: Array, direction: Array, s: Array
+) -> Array:
+    return jax.lax.map(lambda si: geometry.top_eigs(loss, w + si * direction, 1)[0][0], s)
+
+
+def curvature_scan(
+    loss: LossFn,
+    w: Array,
+    direction: Array,
+    *,
+    span: float = 0.01,
+    points: int = 41,
+    factor: float = 3.0,
+    geometry: AbstractGeometry = _GEOMETRY,
+) -> CurvatureScan:
+    """Measure ``lambda_1(hess L)`` at ``points`` equally spaced points of ``w + s direction``,
+    ``0 <= s <= span``, and count its jumps (:class:`CurvatureScan`).
+
+    The central flow differentiates ``lambda_1`` (its ``Sigma`` balances ``grad lambda_1``
+    against the drift) and integrates with an adaptive step: both assume that ``hess L`` is
+    continuous, i.e. that ``L`` is ``C^2`` (``C^3`` for ``grad lambda_1``). Autodiff of a ReLU
+    network gives the Hessian of the current activation pattern, which jumps whenever a
+    pre-activation changes sign; the third derivative misses those jumps, and the integrator
+    shrinks its step to resolve each one. A scan along GD's step (``direction = w_{t+1} - w_t``,
+    a short ``span`` of it) shows which case a loss is in before a long solve starts.
+
+    Args:
+        loss: ``(D,) -> ()``.
+        w: ``(D,)`` the start of the segment; direction: ``(D,)``, nonzero.
+        span: the segment's length in units of ``direction`` (``> 0``).
+        points: grid points (``>= 3``).
+        factor: the jump threshold (see :class:`CurvatureScan`, ``> 0``).
+        geometry: the eigen-solver (:class:`theory.Lanczos` by default, :class:`theory.Dense`
+            for small ``D``).
+
+    Returns:
+        :class:`CurvatureScan`.
+    """
+    w, _ = check.flat_vector(w, "w")
+    direction = jnp.asarray(direction, w.dtype)
+    if direction.shape != w.shape:
+        raise ValueError(f"direction must have the shape of w {w.shape}, got {direction.shape}")
+    host = np.asarray(direction)
+    if not np.all(np.isfinite(host)) or not np.any(host):
+        raise ValueError("direction must be finite and nonzero (it spans the scanned segment)")
+    span = check.positive(span, "span")
+    points = check.positive_int(points, "points")
+    if points < 3:
+        raise ValueError(f"points must be >= 3 (two differences to compare), got {points}")
+    factor = check.positive(factor, "factor")
+    geometry = geometry_of(geometry)
+    s = np.linspace(0.0, span, points)
+    lam = np.asarray(_scan_lambda1(loss, geometry, w, direction, jnp.asarray(s, w.dtype)))
+    diffs = np.diff(lam)
+    med = float(np.median(diffs))
+    dev = np.abs(diffs - med)
+    tol = factor * float(np.median(np.abs(diffs))) + 1e-9 * float(np.max(np.abs(lam)))
+    total = float(np.sum(np.abs(diffs)))
+    return CurvatureScan(
+        s=s,
+        lam=lam,
+        jumps=int(np.sum(dev > tol)),
+        rough_share=float(np.sum(dev) / total) if total > 0 else 0.0,
+    )

@@ -32,16 +32,18 @@ trajectory from any point below the edge, holding the top eigenvalue(s) at the e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import diffrax
 import numpy as np
 
 from theory.analysis.trajectory import angle_between, moving_average
 from theory.core import validate as check
 from theory.core.types import Array, LossFn
-from theory.flows.central import CentralFlowResult, EdgeSettings, central_flow
-from theory.flows.common import AbstractGeometry, Lanczos, SaveTimes
+from theory.flows.central import _CONTROLLER, CentralFlowResult, EdgeSettings, central_flow
+from theory.flows.common import AbstractGeometry, Budget, Lanczos, Progress, SaveTimes
 
 __all__ = [
     "CentralPathResult",
@@ -227,6 +229,9 @@ def central_path(
     iterates: Any | None = None,
     geometry: AbstractGeometry | None = None,
     edge: EdgeSettings | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    progress: Progress | Callable[[int, int], None] | bool | None = None,
+    budget: Budget | None = None,
 ) -> CentralPathResult:
     """Run the central flow from GD's iterate at ``start`` and compare it with GD's averages.
 
@@ -250,6 +255,10 @@ def central_path(
         iterates: optional ``(T, D)`` GD's iterates (for the direction ``angle``).
         geometry: the flow's eigen-solver (default ``Lanczos()``).
         edge: the flow's edge settings (default ``EdgeSettings()``).
+        stepsize_controller: the flow's adaptive controller (default: :func:`central_flow`'s,
+            ``PIDController(rtol=1e-7, atol=1e-10)``).
+        progress, budget: passed to :func:`central_flow` (docs/central_flow.md, "Progress and
+            budgets").
 
     Returns:
         :class:`CentralPathResult`.
@@ -294,6 +303,9 @@ def central_path(
         saveat=SaveTimes(ts=times),
         geometry=Lanczos() if geometry is None else geometry,
         edge=EdgeSettings() if edge is None else edge,
+        progress=progress,
+        budget=budget,
+        stepsize_controller=_CONTROLLER if stepsize_controller is None else stepsize_controller,
     )
     m = len(flow.t)  # the flow may stop early (more eigenvalues at the edge than max_edge)
     rows, after = rows[:m], after[:m]
