@@ -42,7 +42,7 @@ import numpy as np
 from theory.analysis.trajectory import angle_between, moving_average
 from theory.core import validate as check
 from theory.core.types import Array, LossFn
-from theory.flows.central import _CONTROLLER, CentralFlowResult, EdgeSettings, central_flow
+from theory.flows.central import CentralFlowResult, EdgeSettings, central_flow
 from theory.flows.common import AbstractGeometry, Budget, Lanczos, Progress, SaveTimes
 
 __all__ = [
@@ -295,6 +295,10 @@ def central_path(
     if ws is not None and (ws.ndim != 2 or ws.shape[0] != steps.shape[0]):
         raise ValueError(f"iterates must be ({steps.shape[0]}, D), got shape {ws.shape}")
     times = (steps[rows] - start).astype(np.float64)
+    # central_flow's own default controller unless one is given
+    controller: dict[str, Any] = (
+        {} if stepsize_controller is None else {"stepsize_controller": stepsize_controller}
+    )
     flow = central_flow(
         loss_fn,
         w_start,
@@ -305,7 +309,7 @@ def central_path(
         edge=EdgeSettings() if edge is None else edge,
         progress=progress,
         budget=budget,
-        stepsize_controller=_CONTROLLER if stepsize_controller is None else stepsize_controller,
+        **controller,
     )
     m = len(flow.t)  # the flow may stop early (more eigenvalues at the edge than max_edge)
     rows, after = rows[:m], after[:m]
