@@ -345,7 +345,7 @@ def draw(
     angle_eq: float,
     out_dir: Path,
 ) -> Path:
-    fig = Figure(figsize=(11, 7.5))
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
     (ax_eos, ax_dens), (ax_adam, ax_sgd) = fig.subplots(2, 2)
     step = np.asarray(gd.step)
     ax_eos.plot(step, gd.eos, lw=0.8, color="k", label="eta lambda_1(H)")
@@ -381,7 +381,6 @@ def draw(
     ax_sgd.axhline(angle_eq, ls="--", color="gray", lw=0.8, label="predicted equilibrium")
     ax_sgd.set(xlabel="step", ylabel="angle (rad)", title="SGD + momentum + WD")
     ax_sgd.legend(fontsize=7)
-    fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "tutorial_instruments.png"
     fig.savefig(path, dpi=110)
