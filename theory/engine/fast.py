@@ -72,6 +72,36 @@ from theory.core.types import Array, Groups
 from theory.engine.trackers import AbstractTracker, Obs, StepContext, _untracked
 
 
+def _row_sharpness(
+    objective: Objective,
+    w: Array,
+    lr: Array,
+    groups: Groups,
+    eos: Array,
+    top: Array,
+    vs: Array,
+    *,
+    solve: bool,
+    max_iters: int,
+    tol: Array,
+    lin: Any = None,
+) -> tuple[Array, Array, Any]:
+    """A tracked row's spherical sharpness, its warm start for the next row and the HVPs spent.
+
+    One group: ``eos |w|^2 / lr`` (free; ``top``, the row's top eigenvector of ``lr H(w)``, is
+    kept). Several groups with ``solve``: a warm-started Lanczos (``stop="error"``) on
+    ``M H(w) M`` (``M`` the per-group norms) from ``vs``, through ``lin`` (the row's HVP, if
+    already linearized). Otherwise NaN, and ``vs`` is kept."""
+    if len(groups) == 1:
+        return eos * jnp.vdot(w, w) / lr, top, 0
+    if not solve:
+        return jnp.asarray(jnp.nan, w.dtype), vs, 0
+    hvp = objective.linearize(w)[1] if lin is None else lin
+    m = expand_groups(group_norms(w, groups), groups)
+    res = lanczos(lambda x: m * hvp(m * x), vs, max_iters=max_iters, tol=tol, stop="error")
+    return res.eigenvalues[0], res.eigenvectors[:, 0], res.num_matvecs
+
+
 class RitzState(NamedTuple):
     """Carried blocks of :class:`RitzTracker`, one per warm-start chain (``*p``: the tracked step
     before the last, the other parity's chain).
@@ -347,19 +377,11 @@ class RitzTracker(AbstractTracker):
             lin_or_none = None
             blk_next = _orthonormal(y)
             matvecs = spent + more
-            vs = state.vs
-            if len(groups) == 1:
-                sharp, vs = eos * jnp.vdot(w, w) / lr, blk_next[:, 0]
-            elif record and self.spherical:
-                lin = objective.linearize(w)[1] if lin_or_none is None else lin_or_none
-                m = expand_groups(group_norms(w, groups), groups)
-                res = lanczos(
-                    lambda x: m * lin(m * x), state.vs, max_iters=max_iters, tol=tol, stop="error"
-                )
-                sharp, vs = res.eigenvalues[0], res.eigenvectors[:, 0]
-                matvecs = matvecs + res.num_matvecs
-            else:
-                sharp = nan
+            sharp, vs, more = _row_sharpness(
+                objective, w, lr, groups, eos, blk_next[:, 0], state.vs,
+                solve=record and self.spherical, max_iters=max_iters, tol=tol, lin=lin_or_none,
+            )  # fmt: skip
+            matvecs = matvecs + more
             rel = jnp.abs(eos)
             extra = {
                 "ritz_bound": (bound / rel).astype(dtype),
@@ -603,19 +625,11 @@ class RayleighTracker(AbstractTracker):
             out = jax.lax.cond(ok, accept, correct)
             eos, bound, r1, v_next, p_next, v2_next, info_next, more = out
             matvecs = 1 + more
-            vs = state.vs
-            if len(groups) == 1:
-                sharp, vs = eos * jnp.vdot(w, w) / lr, v_next
-            elif record and self.spherical:
-                hvp = objective.linearize(w)[1]
-                m = expand_groups(group_norms(w, groups), groups)
-                res = lanczos(
-                    lambda x: m * hvp(m * x), state.vs, max_iters=max_iters, tol=tol, stop="error"
-                )
-                sharp, vs = res.eigenvalues[0], res.eigenvectors[:, 0]
-                matvecs = matvecs + res.num_matvecs
-            else:
-                sharp = nan
+            sharp, vs, more = _row_sharpness(
+                objective, w, lr, groups, eos, v_next, state.vs,
+                solve=record and self.spherical, max_iters=max_iters, tol=tol,
+            )  # fmt: skip
+            matvecs = matvecs + more
             rel = jnp.abs(eos)
             extra = {
                 "ritz_bound": (bound / rel).astype(dtype),
