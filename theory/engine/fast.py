@@ -72,6 +72,25 @@ from theory.core.types import Array, Groups
 from theory.engine.trackers import AbstractTracker, Obs, StepContext, _untracked
 
 
+def _check_solver_fields(tracker: Any) -> None:
+    """The settings :class:`RitzTracker` and :class:`RayleighTracker` share, named by class."""
+    owner = type(tracker).__name__
+    if (
+        isinstance(tracker.refresh, bool)
+        or not isinstance(tracker.refresh, int)
+        or tracker.refresh < 0
+    ):
+        raise ValueError(f"{owner}.refresh must be an int >= 0, got {tracker.refresh!r}")
+    for name in ("every", "max_iters", "init_iters"):
+        value = getattr(tracker, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
+    for label in ("tol", "correction"):
+        x = getattr(tracker, label)
+        if isinstance(x, bool) or not (isinstance(x, float | int) and 0 < x <= 1):
+            raise ValueError(f"{owner}.{label} must be a float in (0, 1], got {x!r}")
+
+
 def _row_sharpness(
     objective: Objective,
     w: Array,
@@ -197,18 +216,7 @@ class RitzTracker(AbstractTracker):
     v0: Array | None = None
 
     def __check_init__(self) -> None:
-        if isinstance(self.refresh, bool) or not isinstance(self.refresh, int) or self.refresh < 0:
-            raise ValueError(f"RitzTracker.refresh must be an int >= 0, got {self.refresh!r}")
-        for name, value in (
-            ("every", self.every),
-            ("max_iters", self.max_iters),
-            ("init_iters", self.init_iters),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RitzTracker.{name} must be a positive int, got {value!r}")
-        for label, x in (("tol", self.tol), ("correction", self.correction)):
-            if isinstance(x, bool) or not (isinstance(x, float | int) and 0 < x <= 1):
-                raise ValueError(f"RitzTracker.{label} must be a float in (0, 1], got {x!r}")
+        _check_solver_fields(self)
         if not isinstance(self.fused, bool):
             raise ValueError(f"RitzTracker.fused must be a bool, got {self.fused!r}")
         if self.block not in (None, True, False):
@@ -514,18 +522,7 @@ class RayleighTracker(AbstractTracker):
     spherical: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self) -> None:
-        if isinstance(self.refresh, bool) or not isinstance(self.refresh, int) or self.refresh < 0:
-            raise ValueError(f"RayleighTracker.refresh must be an int >= 0, got {self.refresh!r}")
-        for name, value in (
-            ("every", self.every),
-            ("max_iters", self.max_iters),
-            ("init_iters", self.init_iters),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"RayleighTracker.{name} must be a positive int, got {value!r}")
-        for label, x in (("tol", self.tol), ("correction", self.correction)):
-            if isinstance(x, bool) or not (isinstance(x, float | int) and 0 < x <= 1):
-                raise ValueError(f"RayleighTracker.{label} must be a float in (0, 1], got {x!r}")
+        _check_solver_fields(self)
         for label, flag in (("momentum", self.momentum), ("fused", self.fused)):
             if not isinstance(flag, bool):
                 raise ValueError(f"RayleighTracker.{label} must be a bool, got {flag!r}")
