@@ -72,21 +72,21 @@ from theory.core.types import Array, Groups
 from theory.engine.trackers import AbstractTracker, Obs, StepContext, _untracked
 
 
-def _check_solver_fields(tracker: Any) -> None:
-    """The settings :class:`RitzTracker` and :class:`RayleighTracker` share, named by class."""
-    owner = type(tracker).__name__
-    if (
-        isinstance(tracker.refresh, bool)
-        or not isinstance(tracker.refresh, int)
-        or tracker.refresh < 0
-    ):
-        raise ValueError(f"{owner}.refresh must be an int >= 0, got {tracker.refresh!r}")
+def _check_solver_fields(owner: str, fields: dict[str, Any]) -> None:
+    """The settings :class:`RitzTracker` and :class:`RayleighTracker` share, named by class.
+
+    ``fields`` maps each setting's name to its value (the tracker passes its own fields, so
+    this module never reads attributes by name).
+    """
+    refresh = fields["refresh"]
+    if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 0:
+        raise ValueError(f"{owner}.refresh must be an int >= 0, got {refresh!r}")
     for name in ("every", "max_iters", "init_iters"):
-        value = getattr(tracker, name)
+        value = fields[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
     for label in ("tol", "correction"):
-        x = getattr(tracker, label)
+        x = fields[label]
         if isinstance(x, bool) or not (isinstance(x, float | int) and 0 < x <= 1):
             raise ValueError(f"{owner}.{label} must be a float in (0, 1], got {x!r}")
 
@@ -216,7 +216,17 @@ class RitzTracker(AbstractTracker):
     v0: Array | None = None
 
     def __check_init__(self) -> None:
-        _check_solver_fields(self)
+        _check_solver_fields(
+            type(self).__name__,
+            {
+                "refresh": self.refresh,
+                "every": self.every,
+                "max_iters": self.max_iters,
+                "init_iters": self.init_iters,
+                "tol": self.tol,
+                "correction": self.correction,
+            },
+        )
         if not isinstance(self.fused, bool):
             raise ValueError(f"RitzTracker.fused must be a bool, got {self.fused!r}")
         if self.block not in (None, True, False):
@@ -522,7 +532,17 @@ class RayleighTracker(AbstractTracker):
     spherical: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self) -> None:
-        _check_solver_fields(self)
+        _check_solver_fields(
+            type(self).__name__,
+            {
+                "refresh": self.refresh,
+                "every": self.every,
+                "max_iters": self.max_iters,
+                "init_iters": self.init_iters,
+                "tol": self.tol,
+                "correction": self.correction,
+            },
+        )
         for label, flag in (("momentum", self.momentum), ("fused", self.fused)):
             if not isinstance(flag, bool):
                 raise ValueError(f"RayleighTracker.{label} must be a bool, got {flag!r}")
