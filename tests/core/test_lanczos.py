@@ -15,7 +15,9 @@ EIG_RTOL = {jnp.float32: 2e-5, jnp.float64: 1e-11}
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("k", [1, 3])
 def test_top_k_against_eigh(dtype, seed, k):
     a, ev = random_spd(120, seed, dtype)
@@ -96,7 +98,9 @@ def test_not_converged_is_reported():
     assert float(res.residuals[0]) > 1e-12 * 10
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("tol", [1e-3, 1e-6])
 def test_error_stop_meets_tol_for_fewer_matvecs(seed, tol):
     # stop="error": tol is the relative eigenvalue error (Kato-Temple, r^2 / gap), not the

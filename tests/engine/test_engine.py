@@ -216,6 +216,7 @@ def test_no_attribute_probing_in_the_engine():
     assert not re.search(r"\b(hasattr|getattr)\(", transforms.read_text())
 
 
+@pytest.mark.slow  # default-suite budget (16 s idle); its bad-input messages stay default below
 def test_warm_start_v0_is_the_trackers_own_state():
     # LanczosTracker(v0=v): the first solve starts from v, no cold solve. With v the exact top
     # eigenvector of eta H(w0) the first tracked step needs one HVP and its eigenvalue equals
@@ -229,6 +230,11 @@ def test_warm_start_v0_is_the_trackers_own_state():
     np.testing.assert_allclose(exact.eos[0], ETA * vals[-1], rtol=1e-12)
     cold = gd_wd(loss, w0, tracker=LanczosTracker(every=1), **kw)
     np.testing.assert_allclose(exact.eos, cold.eos, rtol=1e-8)
+
+
+def test_warm_start_v0_bad_input_is_named():
+    loss, w0 = random_loss(12, None, 0)
+    kw = {"eta": ETA, "wd": WD, "steps": 4, "saveat": SaveAt(every=1)}
     with pytest.raises(ValueError, match=r"LanczosTracker\.v0 must have the shape of w0 \(12,\)"):
         gd_wd(loss, w0, tracker=LanczosTracker(v0=jnp.ones(5)), **kw)
     with pytest.raises(ValueError, match=r"LanczosTracker\.v0 must be nonzero"):
@@ -300,6 +306,7 @@ def eos_runs():
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # default-suite budget: its module fixture eos_runs costs ~20 s idle
 def test_residual_stop_bounds_the_eos_error_through_the_eos(eos_runs):
     # The residual rule at tol 3e-3 (the comparison point of the next test): measured max
     # relative eos error 6.9e-5 over all 301 rows (~r^2/gap; the proven bound is r = 3e-3), the
@@ -313,6 +320,7 @@ def test_residual_stop_bounds_the_eos_error_through_the_eos(eos_runs):
     assert runs["error"].onset_step == res.onset_step
 
 
+@pytest.mark.slow  # default-suite budget: its module fixture eos_runs costs ~20 s idle
 def test_error_stop_meets_its_tolerance_through_the_eos(eos_runs):
     # Measured max relative eos error 5.9e-5 at tol 1e-4 (700 HVPs). Before the Ritz gap was
     # trusted only from three vectors on, 2-vector solves overestimated the gap: 1.9e-4.
@@ -387,6 +395,7 @@ def _sgd_wd(eta, wd):
     return optax.chain(optax.add_decayed_weights(wd), optax.sgd(eta))
 
 
+@pytest.mark.slow  # default-suite budget
 def test_run_optimizer_sgd_with_decay_equals_gd_wd():
     # Same update, -eta (g + wd w) vs (1 - eta wd) w - eta g: measured 4.6e-16 relative on w,
     # 5.4e-16 on the loss, 6.3e-16 on the gradient norm. With a tracker and lr = eta the EoS
@@ -759,6 +768,7 @@ def test_run_batch_stops_at_non_finite_iterates_like_run():
     np.testing.assert_array_equal(err.value.result.w, sweep.run(1).w)
 
 
+@pytest.mark.slow  # default-suite budget; divergence in one run stays default (test_gd)
 def test_run_batch_stops_once_every_configuration_has_diverged():
     done = []
     sweep = _batch([1, 2], on_nonfinite="stop", progress=lambda d, n: done.append(d))

@@ -64,7 +64,7 @@ def test_rayleigh_ritz_and_the_pair_bound_against_eigh() -> None:
 @pytest.mark.parametrize(
     ("tracker", "hvps_max"),
     [
-        (RitzTracker(every=1, tol=1e-2), 700),
+        pytest.param(RitzTracker(every=1, tol=1e-2), 700, marks=pytest.mark.slow),
         pytest.param(RitzTracker(every=1, tol=1e-2, block=True), 1000, marks=pytest.mark.slow),
         pytest.param(RitzTracker(every=10, tol=1e-3), 220, marks=pytest.mark.slow),
     ],

@@ -114,6 +114,7 @@ def test_eos_on_the_great_circle():
     assert res.sharpness[-1] < 0.5 * res.sharpness[on]
 
 
+@pytest.mark.slow  # default-suite budget (13 s idle)
 def test_exactly_on_gamma_needs_the_kick():
     # Started exactly on Gamma the gradient is exactly 0: the norm decays geometrically and
     # eta_eff * S grows without bound (~0.29 e^{2 eta wd t}); a 1e-10 kick restores the EoS.
@@ -302,6 +303,7 @@ def test_parity_warm_start_saves_hvps_at_the_eos():
     assert parity.block_matvecs.sum() < 0.5 * last.block_matvecs.sum()
 
 
+@pytest.mark.slow  # default-suite budget (17 s idle)
 @pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
 def test_rows_hvp_accounting_and_spherical_on_rows_only(groups):
     # Tracked every step, recorded every 5: rows carry the same eos as a run recording every

@@ -227,6 +227,7 @@ def _start(prob, eta, eos0):
     return u * math.sqrt(eta * lam / eos0)
 
 
+@pytest.mark.slow  # default-suite budget; the gradient-flow-on-f case below the edge stays default
 def test_below_the_edge_the_flow_is_gradient_flow_scipy():
     prob = great_circle()
     eta, wd = ETA, 1e-2 / ETA

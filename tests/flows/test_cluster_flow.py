@@ -135,7 +135,7 @@ def test_mixed_third_against_polarization():
     np.testing.assert_allclose(mixed_third(crossing_loss, w, a, b), polar, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("form", ["F0", "F1"])
+@pytest.mark.parametrize("form", ["F0", pytest.param("F1", marks=pytest.mark.slow)])
 def test_equals_smooth_field_away_from_crossings(form):
     theta = _point(T_START)
     smooth = SharpnessFlowField(crossing_loss, Dense(rank=2), form)(0.0, theta, None)

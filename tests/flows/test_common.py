@@ -112,6 +112,7 @@ def test_resolve_dense_gives_phi_and_the_rank():
     assert given.rank == 3  # a given rank is kept, not counted
 
 
+@pytest.mark.slow  # default-suite budget
 def test_resolve_gauss_newton_lands_on_gamma_with_rank_n():
     prob = curved_manifold()
     assert prob.residuals is not None
@@ -160,6 +161,7 @@ def test_jacobian_frame_pads_when_n_is_small():
     np.testing.assert_allclose(frame.values[0], prob.lambda1(u), rtol=1e-10)
 
 
+@pytest.mark.slow  # default-suite budget
 def test_retraction_returns_to_gamma():
     prob = curved_manifold()
     assert prob.residuals is not None

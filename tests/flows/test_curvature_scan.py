@@ -45,6 +45,7 @@ def test_relu_jumps_are_the_sign_changes() -> None:
     assert scan.rough_share == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow  # default-suite budget
 def test_lambda1_matches_dense_eigvalsh() -> None:
     scan = curvature_scan(softplus_sq, W, DIR, span=0.5, points=7, geometry=Lanczos())
     hess = jax.hessian(softplus_sq)

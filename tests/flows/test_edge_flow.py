@@ -46,7 +46,9 @@ def _point(name, seed, scale=1.0):
     return prob, w, v / jnp.linalg.norm(v)
 
 
-@pytest.mark.parametrize("name", ["great_circle", "ire_toy", "curved_manifold"])
+@pytest.mark.parametrize(
+    "name", ["great_circle", "ire_toy", pytest.param("curved_manifold", marks=pytest.mark.slow)]
+)
 def test_field_against_dense_and_finite_differences(name):
     prob, x, v = _point(name, 3, scale=0.4)
     eta, wd, rho = ETA, 0.05, 0.02
@@ -107,6 +109,7 @@ def test_field_closed_forms_on_great_circle():
         np.testing.assert_allclose(float(dlog), expect, rtol=1e-10)
 
 
+@pytest.mark.slow  # default-suite budget
 def test_without_oscillation_the_center_is_gradient_flow_on_f():
     prob, w0, _ = _point("ire_toy", 7, scale=1.0)
     eta, wd, t1 = ETA, 0.05, 40.0
@@ -130,7 +133,9 @@ class _Quadratic(eqx.Module):
         return 0.5 * w @ self.mat @ w
 
 
-@pytest.mark.parametrize("a1", [15.0, 25.0])  # eta (a1 + wd) below / above the edge 2
+@pytest.mark.parametrize(
+    "a1", [15.0, pytest.param(25.0, marks=pytest.mark.slow)]
+)  # eta (a1 + wd) below / above the edge 2
 def test_quadratic_closed_form(a1):
     """``L = 1/2 w^T A w``: the magnitude grows at GD's linearized rate, exactly."""
     a = jnp.asarray([a1, 6.0, 2.0, 0.5])
@@ -198,6 +203,7 @@ def test_convergence_order_of_fixed_step_integration():
     assert fixed.num_steps == int(t1 / 0.125)
 
 
+@pytest.mark.slow  # default-suite budget; the field against dense stays default
 def test_lanczos_geometry_equals_dense():
     prob = great_circle()
     w0 = jnp.asarray(prob.start) * 0.5

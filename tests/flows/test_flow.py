@@ -17,7 +17,7 @@ from theory.flows.reduction import Degeneracy, SharpnessFlowField, sharpness_flo
 from theory.problems.analytic import PROBLEMS
 
 
-@pytest.mark.parametrize("name", ["great_circle", "ire_toy"])
+@pytest.mark.parametrize("name", [pytest.param("great_circle", marks=pytest.mark.slow), "ire_toy"])
 @pytest.mark.parametrize("form", ["F1", pytest.param("F0", marks=pytest.mark.slow)])
 def test_flow_matches_closed_form(name, form):
     # Adaptive (rtol 1e-10) against the closed-form solution at every save; lambda_1 falls.

@@ -55,7 +55,13 @@ def test_phi_against_scipy_and_closed_forms(name):
     np.testing.assert_allclose(project_to_manifold(prob.loss, on), on, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(PROBLEMS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n == "curved_manifold" else n
+        for n in sorted(PROBLEMS)
+    ],
+)
 def test_tangent_projectors(name):
     prob = PROBLEMS[name]()
     u = prob.sample_on_manifold(jax.random.PRNGKey(5), jnp.float64)
@@ -146,6 +152,7 @@ def test_implicit_solver_on_a_stiff_flow():
 
 
 @pytest.mark.parametrize("name", ["curved_manifold"])
+@pytest.mark.slow  # default-suite budget (13 s idle)
 def test_implicit_solver_agrees_where_both_work(name):
     prob = PROBLEMS[name]()
     key = jax.random.PRNGKey(3)

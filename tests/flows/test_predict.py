@@ -254,6 +254,7 @@ def test_long_run_follows_gd_on_average() -> None:
     assert abs(s_gd / np.mean(pred.sharpness[-30:]) - 1) < 1e-2
 
 
+@pytest.mark.slow  # default-suite budget
 def test_top_eigenvalues_is_lambda1_on_the_manifold() -> None:
     """Rows on the great circle's equator (and scaled off the unit sphere): lambda_1 is
     1 + beta cos^2 phi (closed form); odd batch sizes are padded and cut back."""

@@ -63,7 +63,14 @@ def _steps(opt: optax.GradientTransformation, loss, p, n: int, *args):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["gd_wd", "adamw", "sam"])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "gd_wd",
+        pytest.param("adamw", marks=pytest.mark.slow),
+        pytest.param("sam", marks=pytest.mark.slow),
+    ],
+)
 @pytest.mark.parametrize("selector", ["exact", "mask"])
 def test_kappa_zero_reproduces_base_bit_for_bit(which: str, selector: str) -> None:
     a = _spd(8, 0)
@@ -205,7 +212,7 @@ def test_mask_threshold_is_global_over_a_pytree() -> None:
     np.testing.assert_array_equal(u["b"], [[-2.0, -1.0], [-2.0, -1.0]])
 
 
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("k", [1, pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("radial", [True, False])
 def test_exact_projection_is_orthogonal_to_the_top_k_eigenvectors(k: int, radial: bool) -> None:
     d = 12
@@ -260,6 +267,7 @@ def test_refresh_happens_at_warmup_plus_multiples_of_k_and_nothing_before_warmup
     assert calls == [4, 7, 10]
 
 
+@pytest.mark.slow  # default-suite budget
 def test_midpoint_refresh_uses_the_average_of_two_iterates() -> None:
     a = _spd(6, 5)
     p0 = jnp.linspace(0.5, 1.5, 6)

@@ -195,7 +195,9 @@ def test_default_epsilon_breaks_invariance():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["mlp_bn", "mlp_ln_tanh"])  # ReLU with BN, tanh with LN
+@pytest.mark.parametrize(
+    "case", ["mlp_bn", pytest.param("mlp_ln_tanh", marks=pytest.mark.slow)]
+)  # ReLU with BN, tanh with LN
 def test_third_derivative_vs_finite_differences(case):
     p = problem(case)
     w = _point(p, 2)
@@ -265,7 +267,14 @@ def test_evaluate_matches_direct_computation(loss):
     np.testing.assert_allclose(metrics["train_loss"], _loss(p, w), rtol=1e-12)
 
 
-@pytest.mark.parametrize("case", ["mlp_bn", pytest.param("vgg_bn", marks=pytest.mark.slow), "mc"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mlp_bn",
+        pytest.param("vgg_bn", marks=pytest.mark.slow),
+        pytest.param("mc", marks=pytest.mark.slow),
+    ],
+)
 def test_test_predictions_use_training_statistics(case):
     p = problem(case)
     w = _point(p, 5)
@@ -329,6 +338,7 @@ def test_vmap_over_weights(case):
     np.testing.assert_allclose(np.asarray(metrics["train_loss"]), looped, rtol=1e-12)
 
 
+@pytest.mark.slow  # default-suite budget (11 s idle)
 def test_float32_stays_float32():
     p = _build("mlp_bn", dtype=jnp.float32)
     assert p.w0.dtype == jnp.float32

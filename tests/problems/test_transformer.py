@@ -132,6 +132,7 @@ def test_loss_and_accuracy_against_explicit_sums() -> None:
     assert float(accuracy(SPEC, p, toks, y)) == acc
 
 
+@pytest.mark.slow  # default-suite budget (transformer oracles run in the slow suite)
 def test_gradient_matches_central_differences() -> None:
     spec = tf.TransformerSpec(vocab=5, seq_len=3, d_model=4, n_heads=2, d_mlp=6)
     p = _params(spec)
@@ -175,6 +176,7 @@ def test_residual_writers_mark_embeddings_and_output_projections() -> None:
         assert {k for k, v in blk.items() if v} == {"wo", "bo", "w2", "b2"}
 
 
+@pytest.mark.slow  # default-suite budget (14 s idle)
 def test_residual_writers_are_jointly_scale_invariant_at_eps_zero() -> None:
     spec = tf.TransformerSpec(
         vocab=7, seq_len=5, d_model=8, n_heads=2, n_layers=2, d_mlp=12, ln_eps=0.0

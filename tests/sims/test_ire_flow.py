@@ -40,6 +40,7 @@ def test_gains_and_flow_time() -> None:
     assert np.isnan(flow_time(np.array([0.0, 10.0]), grid, np.full(11, 0.5), 1.0, 1.0)[1])
 
 
+@pytest.mark.slow  # default-suite budget
 def test_ire_equilibrium_start_is_the_closed_form_gd_one_at_unit_gains() -> None:
     import jax.numpy as jnp
 
