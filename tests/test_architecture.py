@@ -63,10 +63,6 @@ CURVATURE_CALLS = frozenset(
 
 # (file relative to the repository, called name) -> why it is allowed there.
 CURVATURE_ALLOWED: dict[tuple[str, str], str] = {
-    ("sims/checks/identities.py", "hessian"): (
-        "the identity H(w) w = -grad L(w) is checked on the dense Hessian, an oracle "
-        "independent of theory's Hessian-vector routes"
-    ),
     ("sims/checks/identities.py", "grad_lambda1"): (
         "the check compares theory's third-derivative route with the problems' closed-form "
         "gradient of log lambda_1: calling it is what is checked"
