@@ -8,7 +8,7 @@
    ``__main__``) is imported from outside its own top-level package.
 3. No Hessian, eigen solve or Lanczos call in ``sims/`` or ``figures/`` outside
    :data:`CURVATURE_ALLOWED` (each entry with its reason): curvature is mathematics and lives in
-   ``theory``.
+   ``theory``. The names are :data:`CURVATURE_NAMES`, each with why it is curvature.
 4. No public name of a package is both a submodule and something else (``import theory.x as m``
    must bind the module).
 5. ``tests/`` mirrors ``theory/``: every subpackage of ``theory`` has a ``tests/<name>/`` folder.
@@ -44,40 +44,61 @@ THEORY_LAYERS: dict[str, int] = {
     "optim": 3,
 }
 
-CURVATURE_CALLS = frozenset(
+# The names whose call (or, for the raw JAX/NumPy routines, whose mere reference) is curvature
+# computed in place, each with what makes it so. A call is matched by its last name
+# (``jax.hessian(f)``, ``hessian(f)``, ``jnp.linalg.eigh(h)`` and ``linalg.eigh(h)`` alike), so a
+# theory routine of the same name is caught too: sims/ calls the routines that *use* these
+# (``spherical_sharpness``, ``curvature_along``, ``top_hessian_eigenvalues``, the trackers, ...).
+# Gradients (``jax.grad``, ``value_and_grad``) are not curvature: a study may take a GD step.
+CURVATURE_NAMES: dict[str, str] = {
+    "hessian": "jax.hessian: the dense Hessian",
+    "jacfwd": "jax.jacfwd: forward-mode Jacobian, of the gradient a dense Hessian",
+    "jacrev": "jax.jacrev: reverse-mode Jacobian, of the gradient a dense Hessian",
+    "jvp": "jax.jvp: a directional derivative, of the gradient a Hessian-vector product",
+    "vjp": "jax.vjp: a reverse directional derivative, of the gradient a Hessian-vector product",
+    "linearize": "jax.linearize: the tangent map, of the gradient the Hessian operator",
+    "eigh": "symmetric eigen-decomposition (jnp/np/scipy.linalg, theory.core.linalg)",
+    "eigvalsh": "symmetric eigenvalues (jnp/np/scipy.linalg, theory.core.linalg)",
+    "eig": "general eigen-decomposition",
+    "eigvals": "general eigenvalues",
+    "eigh_tridiagonal": "eigenvalues of a Lanczos tridiagonal (jax.scipy.linalg)",
+    "eigsh": "scipy.sparse.linalg's Lanczos/ARPACK eigensolver",
+    "lobpcg_standard": "jax.experimental.sparse.linalg's block eigensolver",
+    "svd": "singular values: eigenvalues of a Gram matrix",
+    "lanczos": "theory.core.lanczos.lanczos: the Krylov eigensolver on a matvec",
+    "slq": "theory.core.slq.slq: stochastic Lanczos quadrature on a matvec",
+    "tridiagonalize": "theory.core.slq.tridiagonalize: the Lanczos recursion on a matvec",
+    "gauss_rule": "theory.core.slq.gauss_rule: the eigen-decomposition of a tridiagonal",
+    "hvp": "theory.core.curvature.hvp: a Hessian-vector product",
+    "grad_and_hvp": "theory.core.curvature.grad_and_hvp: a Hessian-vector product",
+    "linearize_grad": "theory.core.curvature.linearize_grad: the Hessian operator",
+    "second_directional": "theory.core.curvature.second_directional: v^T H v",
+    "mixed_third": "theory.core.curvature.mixed_third: third derivatives",
+    "grad_lambda1": "theory.core.curvature.grad_lambda1: third derivatives",
+}
+CURVATURE_CALLS = frozenset(CURVATURE_NAMES)
+# Objects whose attribute of a name above is the raw routine: a reference without a call (e.g.
+# ``jax.vmap(jax.hessian(loss))`` or passing ``jnp.linalg.eigh`` on) is caught as well.
+CURVATURE_OWNERS = frozenset(
     {
-        "hessian",
-        "eigh",
-        "eigvalsh",
-        "eig",
-        "eigvals",
-        "lanczos",
-        "hvp",
-        "grad_and_hvp",
-        "linearize_grad",
-        "mixed_third",
-        "grad_lambda1",
-        "jacfwd",
+        "jax",
+        "jnp.linalg",
+        "np.linalg",
+        "numpy.linalg",
+        "linalg",
+        "jax.scipy.linalg",
+        "jsp.linalg",
+        "scipy.linalg",
+        "sla",
+        "scipy.sparse.linalg",
     }
 )
 
 # (file relative to the repository, called name) -> why it is allowed there.
 CURVATURE_ALLOWED: dict[tuple[str, str], str] = {
-    ("sims/checks/identities.py", "hessian"): (
-        "the identity H(w) w = -grad L(w) is checked on the dense Hessian, an oracle "
-        "independent of theory's Hessian-vector routes"
-    ),
     ("sims/checks/identities.py", "grad_lambda1"): (
         "the check compares theory's third-derivative route with the problems' closed-form "
         "gradient of log lambda_1: calling it is what is checked"
-    ),
-    ("sims/studies/crossing.py", "eigvalsh"): (
-        "eigenvalues of the stored 2x2 oscillation covariance Sigma (a summary of a result, "
-        "not curvature of the loss)"
-    ),
-    ("sims/studies/crossing.py", "eigh"): (
-        "axes of the stored 2x2 oscillation covariance Sigma, to weigh GD's oscillation on "
-        "them (a summary of a result, not curvature of the loss)"
     ),
 }
 
@@ -183,7 +204,7 @@ def curvature_violations(root: Path, allowed: dict[tuple[str, str], str]) -> lis
                 elif (
                     isinstance(node, ast.Attribute)
                     and node.attr in CURVATURE_CALLS
-                    and ast.unparse(node.value) in ("jax", "jnp.linalg", "np.linalg", "linalg")
+                    and ast.unparse(node.value) in CURVATURE_OWNERS
                     and (rel, node.attr) not in allowed
                 ):
                     out.append(f"{rel}:{node.lineno} uses {ast.unparse(node)}")
@@ -233,6 +254,7 @@ def test_curvature_allow_list_is_used_and_reasoned():
                     unused.discard((rel, _called_name(node) or ""))
     assert unused == set()
     assert all(len(reason) > 20 for reason in CURVATURE_ALLOWED.values())
+    assert all(name in CURVATURE_CALLS for _, name in CURVATURE_ALLOWED)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -331,3 +353,45 @@ def test_planted_shadowing_is_caught(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert shadowing_violations(["plantpkg"]) == ["plantpkg.thing is function, hiding the module"]
+
+
+def test_planted_directional_derivatives_and_solvers_are_caught(tmp_path):
+    # Each listed route to curvature, called or passed on, in sims/ and figures/; a gradient,
+    # a theory routine that uses curvature, and a name in a comment or string are not.
+    root = _plant(
+        tmp_path,
+        {
+            "sims/__init__.py": "",
+            "sims/hvp.py": (
+                "import jax\nimport jax.scipy.linalg as jsp_la\nfrom jax import jvp\n"
+                "def hv(loss, w, v):\n    return jax.jvp(jax.grad(loss), (w,), (v,))[1]\n"
+                "def hv2(loss, w, v):\n    return jvp(jax.grad(loss), (w,), (v,))[1]\n"
+                "def lin(loss, w):\n    return jax.linearize(jax.grad(loss), w)\n"
+                "def jac(loss, w):\n    return jax.jacrev(jax.grad(loss))(w)\n"
+                "def tri(d, e):\n    return jsp_la.eigh_tridiagonal(d, e)\n"
+                "SOLVER = jax.scipy.linalg.eigh\n"
+            ),
+            "sims/fine.py": (
+                "import jax\nfrom theory.analysis.midpoint import top_hessian_eigenvalues\n"
+                "def g(loss, w):\n    return jax.grad(loss)(w)  # not jax.hessian\n"
+                "def s(loss, ws):\n    return top_hessian_eigenvalues(loss, ws)\n"
+                "NOTE = 'jnp.linalg.eigh is not called here'\n"
+            ),
+            "figures/__init__.py": "",
+            "figures/f.py": "import numpy as np\ndef f(m):\n    return np.linalg.svd(m)\n",
+        },
+    )
+    found = curvature_violations(root, {})
+    assert set(found) == {
+        "figures/f.py:3 calls svd",
+        "figures/f.py:3 uses np.linalg.svd",
+        "sims/hvp.py:5 calls jvp",
+        "sims/hvp.py:5 uses jax.jvp",
+        "sims/hvp.py:7 calls jvp",
+        "sims/hvp.py:9 calls linearize",
+        "sims/hvp.py:9 uses jax.linearize",
+        "sims/hvp.py:11 calls jacrev",
+        "sims/hvp.py:11 uses jax.jacrev",
+        "sims/hvp.py:13 calls eigh_tridiagonal",
+        "sims/hvp.py:14 uses jax.scipy.linalg.eigh",
+    }

@@ -14,6 +14,7 @@ import numpy as np
 from sims._runtime import dtype_from_config
 from sims.checks.core import CheckResult, Context, at_most, register
 from theory.core.curvature import grad_lambda1
+from theory.core.invariance import identity_errors
 from theory.core.sharpness import spherical_sharpness
 from theory.engine import NoTracking
 from theory.engine.gd import gd_wd
@@ -34,23 +35,7 @@ def _identities(ctx: Context) -> list[CheckResult]:
     for name in PROBLEMS:
         prob = PROBLEMS[name]()
         pts = _near_points(prob, 4, 0) * 3.7
-        loss = prob.loss
-        vals = jax.vmap(loss)(pts)
-        homog = float(jnp.max(jnp.abs(jax.vmap(loss)(0.31 * pts) - vals)) / jnp.max(jnp.abs(vals)))
-        grads = jax.vmap(jax.grad(loss))(pts)
-        euler = float(
-            jnp.max(
-                jnp.abs(jnp.sum(grads * pts, 1))
-                / (jnp.linalg.norm(grads, axis=1) * jnp.linalg.norm(pts, axis=1))
-            )
-        )
-        hess = jax.vmap(jax.hessian(loss))(pts)
-        hw = float(
-            jnp.max(
-                jnp.linalg.norm(jnp.einsum("nij,nj->ni", hess, pts) + grads, axis=1)
-                / jnp.linalg.norm(grads, axis=1)
-            )
-        )
+        homog, euler, hw = identity_errors(prob.loss, pts)
         out += [
             at_most(
                 name=f"{name}: {what}",

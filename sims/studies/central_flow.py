@@ -63,7 +63,7 @@ from sims._store import StoredRun
 from sims.results import number
 from sims.simulation import Simulation, cached_runs, prefixed
 from sims.studies.phases import initial_point
-from theory.analysis.midpoint import curvature_along, iterate_midpoints
+from theory.analysis.midpoint import DENSE_MAX_DIM, iterate_midpoints, top_hessian_eigenvalues
 from theory.analysis.trajectory import angle_between, moving_average
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning, ProjectionError
@@ -80,7 +80,6 @@ from theory.problems.analytic import PROBLEMS
 NAME = "central_flow"
 NETWORK = "mlp_layernorm"
 _CHUNK = 50  # GD steps per compiled chunk: every run's step count is a multiple of it
-_DENSE_MAX = 16  # dimension up to which Hessians are dense (jax.hessian + eigh)
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def _setup(cfg: Config, problem: str) -> dict[str, Any]:
         u = net.w0 / jnp.linalg.norm(net.w0)
         s0 = float(_top_eig(net.loss, np.asarray(u)[None])[0])
         w0 = u * math.sqrt(cfg.eta * s0 / cfg.eos0)
-        geometry = Dense() if w0.shape[0] <= _DENSE_MAX else Lanczos()
+        geometry = Dense() if w0.shape[0] <= DENSE_MAX_DIM else Lanczos()
         return {
             "loss": net.loss,
             "w0": w0,
@@ -215,18 +214,11 @@ def _losses(loss: Any, ws: jax.Array) -> jax.Array:
 
 
 def _top_eig(loss: Any, ws: np.ndarray | jax.Array) -> np.ndarray:
-    """``lambda_1(hess L(w))`` for each row, warm started along the rows (dense ``eigh`` up to
-    ``_DENSE_MAX``, else Lanczos)."""
-    dense = ws.shape[1] <= _DENSE_MAX
-    curv = curvature_along(
-        loss,
-        jnp.asarray(ws),
-        lanczos_iters=None if dense else 64,
-        v0=jax.random.normal(jax.random.PRNGKey(1), ws.shape[1:], ws.dtype),
-        spherical=False,
-    )
-    assert curv.hessian is not None
-    return np.asarray(curv.hessian[:, 0])
+    """``lambda_1(hess L(w))`` for each row (``theory.analysis.midpoint.top_hessian_eigenvalues``:
+    dense up to ``DENSE_MAX_DIM`` parameters, else 64-vector Lanczos warm started along the
+    rows from a fixed normal draw)."""
+    v0 = jax.random.normal(jax.random.PRNGKey(1), ws.shape[1:], ws.dtype)
+    return top_hessian_eigenvalues(loss, ws, lanczos_iters=64, v0=v0)
 
 
 def _stat(v: np.ndarray, fn: Any) -> float:

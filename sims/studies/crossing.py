@@ -40,6 +40,7 @@ from sims._store import StoredRun
 from sims.simulation import Simulation, cached_runs, gd_from_equilibrium, prefixed
 from sims.studies.tame import binary_target
 from theory.analysis.fits import loglog_fit
+from theory.analysis.oscillation import oscillation_weights, principal_axes, second_moment
 from theory.core import validate as check
 from theory.core.errors import DegenerateSharpnessWarning
 from theory.core.types import Array, LossFn
@@ -126,20 +127,6 @@ def _top_two(loss: LossFn, geometry: GaussNewton, points: Array) -> Array:
     return jax.lax.map(lambda y: geometry.frame(loss, y, 3).vectors[:, :2], points)
 
 
-def _second_moment(x: np.ndarray) -> np.ndarray:
-    """``E[x x^T] / E[|x|^2]`` over rows ``x`` ``(m, 2)``; sign-free (period-2 oscillation)."""
-    m = np.einsum("ni,nj->ij", x, x) / len(x)
-    return m / np.trace(m)
-
-
-def _sigma_in_basis(
-    sigma_flow: np.ndarray, basis_flow: np.ndarray, basis_gd: np.ndarray
-) -> np.ndarray:
-    """``Sigma*`` (in the flow's eigenbasis) expressed in GD's eigenbasis at a nearby point."""
-    rot = basis_gd.T @ basis_flow  # (2, 2), ~orthogonal
-    return rot @ sigma_flow @ rot.T
-
-
 def _flows(
     cfg: Config, prob: nets.NetProblem, theta0: Array, geometry: GaussNewton
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -199,7 +186,7 @@ def _flows(
         "flow_gap_after": float(np.max(1 - flow.eigenvalues[after, 1] / flow.eigenvalues[after, 0]))
         if after.size
         else float("nan"),
-        "flow_sigma_eigs_end": np.linalg.eigvalsh(flow.sigma[-1]).tolist(),
+        "flow_sigma_eigs_end": principal_axes(flow.sigma[-1])[0].tolist(),
         "seconds": timings,
     }
     return arrays, info
@@ -268,19 +255,15 @@ def _gd_run(
         # pair) is compared correctly.
         idx = np.flatnonzero(past)
         gd_basis = np.asarray(_top_two(prob.loss, geometry, jnp.asarray(feet[idx])))
-        weights_gd, weights_flow = [], []
-        for k, j in enumerate(idx):
-            sig = _sigma_in_basis(fl["flow.sigma"][j], fl["flow.basis"][j], gd_basis[k])
-            evals, axes = np.linalg.eigh(sig)  # ascending: axes[:, 1] the heavy one
-            x = xs[j]
-            weights_gd.append((axes.T @ x) ** 2 / max(float(x @ x), 1e-300))
-            weights_flow.append(evals)
+        weights_gd, weights_flow = oscillation_weights(
+            xs[idx], fl["flow.sigma"][idx], fl["flow.basis"][idx], gd_basis
+        )
         w_gd = np.mean(weights_gd, axis=0)
         w_flow = np.mean(weights_flow, axis=0)
         info["sigma_weights_gd"] = w_gd.tolist()
         info["sigma_weights_flow"] = w_flow.tolist()
         info["sigma_error"] = float(abs(w_gd[1] - w_flow[1]))
-        info["sigma_gd_moment"] = _second_moment(xs[past]).tolist()
+        info["sigma_gd_moment"] = second_moment(xs[past]).tolist()
     info["seconds"] = time.process_time() - t0
     return arrays, info
 

@@ -10,8 +10,18 @@ stability of this operator is ``2 / eta_eff`` with ``eta_eff = eta / |w|^2``: ph
 shrinks, ``eta_eff`` grows, ``2 / eta_eff`` falls towards the spectrum), the onset (the top
 outliers meet it), phase III (they stay at it while the bulk stays where it was).
 
+At the EoS GD oscillates with period 2 along the top eigenvector, so the top eigenvalue at the
+iterates ``w_t`` is spread by the oscillation; the theory describes the midpoint
+``(w_t + w_{t+1}) / 2`` (``theory.analysis.midpoint``). After the run, the spherical sharpness
+and ``|.|^2`` are measured at the midpoint of every SLQ row (``w_{t+1}`` recomputed by one GD+WD
+step from the row's iterate: the run has no kicks; a Lanczos solve of ``MID_ITERS`` vectors per
+row, warm-started along the rows), and the checks compare the top of the spectrum with the edge
+there: the period-2 orbit is neutral where ``eta lambda_1 = 2 - eta wd``, i.e. the midpoint's
+``S / (2 |w|^2 / eta) = 1 - eta wd / 2``.
+
 Arrays (run ``gd``): ``step``, ``sharpness`` (Lanczos, NaN off tracked rows), ``norm_sq``
-(``|w|^2``), ``loss``; ``slq_step`` ``(K,)``, ``slq_nodes``/``slq_weights`` ``(K, probes, m)``.
+(``|w|^2``), ``loss``; ``slq_step`` ``(K,)``, ``slq_nodes``/``slq_weights`` ``(K, probes, m)``;
+``mid_sharpness``, ``mid_norm_sq`` ``(K,)`` at the SLQ rows' midpoints.
 """
 
 from __future__ import annotations
@@ -26,12 +36,14 @@ from sims._checkpoint import Checkpoints
 from sims._runtime import dtype_from_config
 from sims._store import StoredRun
 from sims.simulation import Simulation, resumable_gd_wd
+from theory.analysis.midpoint import curvature_along, gd_midpoint
 from theory.core import validate as check
 from theory.engine import LanczosTracker, SaveAt
 from theory.engine.spectral import SLQTracker, with_extras
 from theory.problems import nets
 
 NAME = "spectrum"
+MID_ITERS = 64  # Krylov dimension of each midpoint Lanczos solve
 
 
 @dataclass(frozen=True)
@@ -115,9 +127,10 @@ def run(
         wd=cfg.eta_wd / cfg.eta,
         groups=prob.groups,
         tracker=tracker,
-        saveat=SaveAt(every=cfg.record_every, iterates=False),
+        saveat=SaveAt(every=cfg.record_every, iterates=True),
         key=jax.random.PRNGKey(cfg.seed),
     )
+    assert res.w is not None
     norm_sq = np.sum(np.asarray(res.group_norms, np.float64) ** 2, axis=-1)
     nodes = np.asarray(res.observed["slq.nodes"])
     solved = np.all(np.isfinite(nodes.reshape(len(nodes), -1)), axis=1)
@@ -130,6 +143,7 @@ def run(
         "gd.slq_step": np.asarray(res.step)[solved],
         "gd.slq_nodes": nodes[solved],
         "gd.slq_weights": np.asarray(res.observed["slq.weights"])[solved],
+        **midpoint_rows(prob, cfg, np.asarray(res.w)[solved]),
     }
     onset = res.onset_step
     summary: dict[str, Any] = {
@@ -142,6 +156,30 @@ def run(
     return arrays, summary
 
 
+def midpoint_rows(prob: nets.NetProblem, cfg: Config, w: np.ndarray) -> dict[str, np.ndarray]:
+    """The spherical sharpness ``S`` and ``|.|^2`` at the GD+WD midpoint of each row ``w_t`` of
+    ``w`` ``(K, D)`` (``theory.analysis.midpoint``: ``w_{t+1}`` recomputed, the run has no kicks;
+    one ``MID_ITERS``-vector Lanczos per row, warm-started along the rows)."""
+    import jax
+    import jax.numpy as jnp
+
+    if not len(w):
+        return {"gd.mid_sharpness": np.zeros(0), "gd.mid_norm_sq": np.zeros(0)}
+    eta, wd = cfg.eta, cfg.eta_wd / cfg.eta
+    mids = jax.vmap(lambda x: gd_midpoint(prob.loss, x, eta, wd))(jnp.asarray(w))
+    curv = curvature_along(
+        prob.loss,
+        mids,
+        groups=prob.groups,
+        lanczos_iters=min(MID_ITERS, int(w.shape[1])),
+        hessian=False,
+        spherical=True,
+    )
+    assert curv.spherical is not None
+    norm_sq = np.sum(np.asarray(mids, np.float64) ** 2, axis=1)
+    return {"gd.mid_sharpness": np.asarray(curv.spherical[:, 0]), "gd.mid_norm_sq": norm_sq}
+
+
 def weighted_median(nodes: np.ndarray, weights: np.ndarray) -> float:
     """The median of the SLQ estimate of the spectral measure (all probes' rules pooled)."""
     x, w = nodes.ravel(), weights.ravel()
@@ -152,8 +190,11 @@ def weighted_median(nodes: np.ndarray, weights: np.ndarray) -> float:
 
 def bulk_and_top(arrays: dict[str, np.ndarray], eta: float, onset: int | None) -> dict[str, Any]:
     """Per SLQ row: the top node (over probes), the median of the pooled rule, ``2 / eta_eff``
-    and the Lanczos sharpness of the same row; and, across the onset (the last SLQ row before
-    it against the last row), the relative changes of the median and of the top node."""
+    and the Lanczos sharpness of the same row, and at the row's midpoint the sharpness and its
+    edge ``2 |w_mid|^2 / eta``; across the onset (the last SLQ row before it against the last
+    row), the relative changes of the median, of the top node and of the midpoint sharpness,
+    and after the onset the ratios to the edge (top node at the iterate; sharpness at the
+    midpoint)."""
     steps = arrays["gd.step"]
     rows = [int(np.flatnonzero(steps == s)[0]) for s in arrays["gd.slq_step"]]
     top = [float(np.max(n)) for n in arrays["gd.slq_nodes"]]
@@ -163,11 +204,15 @@ def bulk_and_top(arrays: dict[str, np.ndarray], eta: float, onset: int | None) -
     ]
     edge = [2.0 * float(arrays["gd.norm_sq"][r]) / eta for r in rows]
     lanczos = [float(arrays["gd.sharpness"][r]) for r in rows]
+    mid = [float(x) for x in arrays["gd.mid_sharpness"]]
+    mid_edge = [2.0 * float(x) / eta for x in arrays["gd.mid_norm_sq"]]
     out: dict[str, Any] = {
         "slq_top": top,
         "slq_median": med,
         "edge": edge,
         "lanczos_at_slq": lanczos,
+        "mid_sharpness": mid,
+        "mid_edge": mid_edge,
     }
     slq_steps = arrays["gd.slq_step"]
     before = np.flatnonzero(slq_steps < onset) if onset is not None else np.zeros(0, int)
@@ -176,17 +221,28 @@ def bulk_and_top(arrays: dict[str, np.ndarray], eta: float, onset: int | None) -
         i, j = int(before[-1]), int(after[-1])
         out["median_change"] = abs(med[j] - med[i]) / abs(med[i])
         out["top_change"] = abs(top[j] - top[i]) / abs(top[i])
+        out["mid_top_change"] = abs(mid[j] - mid[i]) / abs(mid[i])
         out["top_over_edge_after"] = [top[k] / edge[k] for k in after]
+        out["mid_over_edge_after"] = [mid[k] / mid_edge[k] for k in after]
     return out
 
 
 def _report(stored: StoredRun) -> list[str]:
     s = stored.meta["summary"]
     lines = [f"D = {s['dim']}, onset step {s['onset']}, {s['slq_rows']} SLQ rows"]
-    for t, top, med, edge in zip(
-        stored.arrays["gd.slq_step"], s["slq_top"], s["slq_median"], s["edge"], strict=True
+    for t, top, med, edge, mid, mid_edge in zip(
+        stored.arrays["gd.slq_step"],
+        s["slq_top"],
+        s["slq_median"],
+        s["edge"],
+        s["mid_sharpness"],
+        s["mid_edge"],
+        strict=True,
     ):
-        lines.append(f"step {int(t)}: top node {top:.4g}, median {med:.3g}, 2/eta_eff {edge:.4g}")
+        lines.append(
+            f"step {int(t)}: top node {top:.4g}, median {med:.3g}, 2/eta_eff {edge:.4g}; "
+            f"midpoint: sharpness {mid:.4g}, 2/eta_eff {mid_edge:.4g}"
+        )
     return lines
 
 

@@ -19,6 +19,7 @@ from theory.analysis.midpoint import (
     gd_wd_step,
     iterate_midpoints,
     midpoint_curvature,
+    top_hessian_eigenvalues,
 )
 from theory.analysis.trajectory import angle_between, moving_average
 from theory.flows.compare import eos_amplitude_sq
@@ -162,3 +163,37 @@ def test_moving_average_against_an_explicit_loop():
         np.testing.assert_allclose(moving_average(x[:, 0], window), ref[:, 0], rtol=1e-13)
     with pytest.raises(ValueError, match="window must be an int >= 1"):
         moving_average(x, 0)
+
+
+@pytest.mark.parametrize("dense_max_dim", [12, 0])
+def test_top_hessian_eigenvalues_dense_and_lanczos_against_eigvalsh(dense_max_dim):
+    # D = 12: dense at dense_max_dim = 12, Lanczos at 0 (12 vectors: the whole R^12, so exact up
+    # to rounding); both against NumPy's eigvalsh of the dense jax.hessian at each row.
+    loss, rows = _rows()
+    hess = jax.jit(jax.hessian(loss))
+    top = top_hessian_eigenvalues(loss, rows, dense_max_dim=dense_max_dim, lanczos_iters=12)
+    assert isinstance(top, np.ndarray) and top.shape == (len(rows),)
+    ref = [np.linalg.eigvalsh(np.asarray(hess(jnp.asarray(p))))[-1] for p in rows]
+    np.testing.assert_allclose(top, ref, rtol=1e-9)
+
+
+def test_top_hessian_eigenvalues_short_krylov_is_a_lower_bound():
+    # 2 Lanczos vectors on D = 12: Ritz values lie inside the spectrum, strictly below lambda_1
+    # here (the test can fail: a dense solve would give equality).
+    loss, rows = _rows()
+    hess = jax.jit(jax.hessian(loss))
+    top = top_hessian_eigenvalues(loss, rows, dense_max_dim=0, lanczos_iters=2)
+    ref = np.array([np.linalg.eigvalsh(np.asarray(hess(jnp.asarray(p))))[-1] for p in rows])
+    assert np.all(top <= ref * (1 + 1e-12)) and np.any(top < ref * (1 - 1e-6))
+
+
+def test_top_hessian_eigenvalues_bad_inputs():
+    loss, rows = _rows()
+    with pytest.raises(ValueError, match=r"dense_max_dim must be an int >= 0, got -1"):
+        top_hessian_eigenvalues(loss, rows, dense_max_dim=-1)
+    with pytest.raises(ValueError, match=r"dense_max_dim must be an int >= 0, got 2.5"):
+        top_hessian_eigenvalues(loss, rows, dense_max_dim=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"lanczos_iters must be >= 1, got 0"):
+        top_hessian_eigenvalues(loss, rows, lanczos_iters=0)
+    with pytest.raises(ValueError, match=r"points must have shape \(N, D\), got shape \(12,\)"):
+        top_hessian_eigenvalues(loss, rows[0])

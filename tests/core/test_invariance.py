@@ -15,6 +15,7 @@ from theory.core.invariance import (
     diagnose_groups,
     flatten_loss,
     group_norms,
+    identity_errors,
     leaves_of,
     make_scale_invariant,
     normalize,
@@ -198,3 +199,30 @@ def _check(spec):
     # One point (w itself): the messages' path, at a third of the default check's cost.
     flat = tiny_cnn(spec)
     return check_scale_invariance(flat.loss, flat.w0, groups=flat.groups, num_points=1)
+
+
+def test_identity_errors_vanish_for_an_invariant_loss():
+    # The Rayleigh quotient w^T A w / w^T w is invariant; float64: each error is rounding,
+    # below 1e-12 for these O(1) quantities.
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.normal(size=(5, 5)))
+    a = a + a.T
+
+    def loss(w):
+        return w @ a @ w / (w @ w)
+
+    pts = jnp.asarray(rng.normal(size=(3, 5)))
+    errs = identity_errors(loss, pts)
+    assert max(errs) < 1e-12
+
+
+def test_identity_errors_closed_form_for_a_quadratic():
+    # L(w) = |w|^2 / 2 (not invariant): L(c p) - L(p) = (c^2 - 1) L(p), so homogeneity =
+    # |c^2 - 1|; grad L = w is parallel to w (Euler cosine 1); H w + grad L = 2 w (ratio 2).
+    pts = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)))
+    errs = identity_errors(lambda w: 0.5 * jnp.sum(w**2), pts, scale=0.5)
+    np.testing.assert_allclose(errs, (0.75, 1.0, 2.0), rtol=1e-14)
+    with pytest.raises(ValueError, match=r"points must have shape \(N, D\) with N >= 1"):
+        identity_errors(lambda w: jnp.sum(w), pts[0])
+    with pytest.raises(ValueError, match=r"scale must be a finite number > 0, got -1\.0"):
+        identity_errors(lambda w: jnp.sum(w), pts, scale=-1.0)

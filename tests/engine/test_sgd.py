@@ -250,3 +250,44 @@ def test_bad_settings_are_refused_with_the_values() -> None:
         sgd_wd(_loss, (x, y), w0, eta=2.0, wd=0.5, **kw)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"batch_size = 25 is larger than the data: N = 24"):
         sgd_wd(_loss, (x, y), w0, eta=0.1, wd=0.0, batch_size=25, steps=2)
+
+
+def _full_lambda1(x: np.ndarray, y: np.ndarray, w0: jax.Array) -> float:
+    """Oracle: the top eigenvalue of the dense full-batch Hessian at ``w0`` (NumPy)."""
+    h = jax.hessian(lambda w: _loss(w, x, y))(w0)
+    return float(np.linalg.eigvalsh(np.asarray(h))[-1])
+
+
+@pytest.mark.parametrize(
+    ("eos", "beta", "warns"),
+    [
+        (4.0, 0.9, True),  # above heavy-ball's edge 2 (1 + 0.9) = 3.8
+        (3.0, 0.9, False),  # above GD's 2, below heavy-ball's 3.8: momentum moves the edge
+        (3.0, 0.0, True),  # without momentum the edge is GD's 2
+        (1.9, 0.0, False),
+    ],
+)
+def test_a_start_above_the_heavy_ball_edge_warns(eos, beta, warns) -> None:
+    import warnings
+
+    from theory.core.edge import AboveEdgeWarning
+
+    x, y, w0 = _problem()
+    eta = eos / _full_lambda1(x, y, w0)  # the full-batch eta * lambda_1(w0) is eos
+    kw = dict(wd=WD, momentum=beta, batch_size=B, steps=2, tracker=NoTracking())
+    if warns:
+        edge = 2 * (1 + beta)
+        with pytest.warns(AboveEdgeWarning) as caught:
+            sgd_wd(_loss, (x, y), w0, eta=eta, **kw)  # type: ignore[arg-type]
+        (msg,) = [str(w.message) for w in caught]
+        assert f"eta * lambda_1(hess L(w0)) = {eos:.3g} >= {edge:.3g} at step 0" in msg
+        assert f"(sgd_wd, momentum {beta:g}, the full-batch Hessian)" in msg
+        assert f"eta = {eta * 0.3 / eos:.3g} would start at 0.3" in msg
+        assert "warn_above_edge=False" in msg
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AboveEdgeWarning)  # the opt-out: no warning at all
+            sgd_wd(_loss, (x, y), w0, eta=eta, warn_above_edge=False, **kw)  # type: ignore[arg-type]
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AboveEdgeWarning)
+            sgd_wd(_loss, (x, y), w0, eta=eta, **kw)  # type: ignore[arg-type]

@@ -42,17 +42,6 @@ def test_interp_rows():
     )
 
 
-def test_second_moment_and_rotation():
-    x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]])
-    m = crossing._second_moment(x)
-    np.testing.assert_allclose(m, [[2 / 6, 0], [0, 4 / 6]])
-    basis = np.eye(4)[:, :2]
-    rot = np.array([[0.0, 1.0], [1.0, 0.0]])
-    np.testing.assert_allclose(
-        crossing._sigma_in_basis(m, basis, basis @ rot), rot @ m @ rot.T, atol=1e-15
-    )
-
-
 @pytest.mark.slow
 def test_tame_tiny_run_checks_and_figures(tmp_path):
     import figures.tame

@@ -14,7 +14,9 @@ the point ``Phi(w_t)`` the iterates straddle. This module is the one place that 
   spherical sharpness ``S(p)``) at a sequence of points: dense ``jax.hessian`` +
   :func:`theory.core.linalg.eigh` (``lanczos_iters=None``, small ``D``) or Lanczos warm-started
   from the previous point's top eigenvector (one ``lax.scan``; jit- and vmap-able);
-* :func:`midpoint_curvature`: :func:`curvature_along` at :func:`gd_midpoint` of every row.
+* :func:`midpoint_curvature`: :func:`curvature_along` at :func:`gd_midpoint` of every row;
+* :func:`top_hessian_eigenvalues`: ``lambda_1(H(p))`` at each row on the host, dense up to
+  :data:`DENSE_MAX_DIM` parameters and Lanczos above (the choice a study makes by dimension).
 """
 
 from __future__ import annotations
@@ -166,6 +168,58 @@ def curvature_along(
     if v0.shape != (dim,):
         raise ValueError(f"v0 must have shape ({dim},), got {v0.shape}")
     return _along(loss, points, v0, sizes, int(k), lanczos_iters, bool(hessian), bool(spherical))
+
+
+DENSE_MAX_DIM = 16
+"""The dimension up to which :func:`top_hessian_eigenvalues` uses the dense Hessian."""
+
+
+def top_hessian_eigenvalues(
+    loss: LossFn,
+    points: Array | np.ndarray,
+    *,
+    dense_max_dim: int = DENSE_MAX_DIM,
+    lanczos_iters: int = 64,
+    v0: Array | None = None,
+) -> np.ndarray:
+    """``lambda_1(H(p))``, the top Hessian eigenvalue, at each row ``p`` of ``points`` ``(N, D)``.
+
+    Dense (``jax.hessian`` and :func:`theory.core.linalg.eigh`: exact) when
+    ``D <= dense_max_dim``, else a Lanczos solve of ``lanczos_iters`` vectors per row, started
+    at ``v0`` and warm-started along the rows from the previous row's top eigenvector
+    (:func:`curvature_along` with ``spherical=False``). Times ``eta`` it is GD's EoS quantity
+    at each row.
+
+    Args:
+        loss: the loss on flat vectors.
+        points: ``(N, D)`` points, in the order a warm start should follow (a trajectory).
+        dense_max_dim: the largest ``D`` solved densely (``>= 0``; 0: always Lanczos).
+        lanczos_iters: Krylov dimension of each Lanczos solve (``>= 1``; unused when dense).
+        v0: ``(D,)`` Lanczos start at the first row (default: :func:`curvature_along`'s).
+
+    Returns:
+        ``(N,)`` NumPy array.
+    """
+    if (
+        isinstance(dense_max_dim, bool)
+        or not isinstance(dense_max_dim, (int, np.integer))
+        or dense_max_dim < 0
+    ):
+        raise ValueError(f"dense_max_dim must be an int >= 0, got {dense_max_dim!r}")
+    check.positive_int(lanczos_iters, "lanczos_iters")
+    points = jnp.asarray(points)
+    if points.ndim != 2:
+        raise ValueError(f"points must have shape (N, D), got shape {points.shape}")
+    dense = points.shape[1] <= dense_max_dim
+    curv = curvature_along(
+        loss,
+        points,
+        lanczos_iters=None if dense else int(lanczos_iters),
+        v0=v0,
+        spherical=False,
+    )
+    assert curv.hessian is not None
+    return np.asarray(curv.hessian[:, 0])
 
 
 def midpoint_curvature(

@@ -11,7 +11,9 @@ and ``S(w0) / min_g |w0_g|^2``.
 :func:`edge_at_init` measures these and solves for the ``eta`` that starts at a requested EoS
 quantity (the stability number is linear in ``eta``). :class:`AboveEdgeWarning` is what
 :func:`theory.gd_wd` and :func:`theory.gd_wd_sweep` warn with when their first tracked row (step 0)
-is already at or above the edge.
+is already at or above the edge, and :func:`theory.engine.sgd.sgd_wd` when the full-batch
+``eta * lambda_1(hess L(w0))`` is at or above heavy-ball's edge ``2 (1 + beta)`` (measured before
+the run).
 """
 
 from __future__ import annotations
@@ -162,13 +164,24 @@ def edge_at_init(
     )
 
 
-def above_edge_message(eos_start: float, eta: float, where: str = "") -> str:
-    """The text of :class:`AboveEdgeWarning` for a measured EoS quantity at step 0."""
+def above_edge_message(
+    eos_start: float,
+    eta: float,
+    where: str = "",
+    *,
+    edge: float = EDGE,
+    consequence: str = "so the first steps are unstable (a catapult) and onset_step is 0",
+) -> str:
+    """The text of :class:`AboveEdgeWarning` for a measured EoS quantity at step 0.
+
+    ``edge`` is the method's stability threshold of ``eta * lambda_1`` (GD's 2; heavy-ball
+    momentum ``beta`` moves it to ``2 (1 + beta)``, :func:`theory.engine.sgd.sgd_edge`) and
+    ``consequence`` what starting above it does to the run; the defaults give GD's text."""
     suggest = eta * SUGGESTED_EOS0 / eos_start
     return (
         f"the run{where} starts above the edge: the EoS quantity eta * lambda_1(hess L(w0)) = "
-        f"{eos_start:.3g} >= 2 at step 0 (eta = {eta:.3g}), so the first steps are unstable (a "
-        f"catapult) and onset_step is 0. eta = {suggest:.3g} would start at "
+        f"{eos_start:.3g} >= {edge:.3g} at step 0 (eta = {eta:.3g}), {consequence}. "
+        f"eta = {suggest:.3g} would start at "
         f"{SUGGESTED_EOS0:g}; theory.edge_at_init(loss, w0, eos0=...) gives the eta for any "
         "start. Pass warn_above_edge=False if the start above the edge is intended"
     )

@@ -479,3 +479,49 @@ def _failure_message(
         "normalizes each group before the loss, which changes the model (it trains a different "
         "function). check_invariance=False skips this check."
     )
+
+
+class IdentityErrors(NamedTuple):
+    """How far a loss is from the exact consequences of (one-group) scale invariance at a set of
+    points (:func:`identity_errors`); each is 0 in exact arithmetic for an invariant loss.
+
+    Attributes:
+        homogeneity: ``max_i |L(c p_i) - L(p_i)| / max_i |L(p_i)|`` (degree-0 homogeneity).
+        euler: ``max_i |<grad L(p_i), p_i>| / (|grad L(p_i)| |p_i|)`` (Euler's identity, as a
+            cosine).
+        hessian: ``max_i |H(p_i) p_i + grad L(p_i)| / |grad L(p_i)|`` (the derivative of Euler's
+            identity), with the dense ``jax.hessian``: an oracle independent of the
+            Hessian-vector products the rest of the library uses.
+    """
+
+    homogeneity: float
+    euler: float
+    hessian: float
+
+
+def identity_errors(loss: LossFn, points: Array, scale: float = 0.31) -> IdentityErrors:
+    """The three identity errors of :class:`IdentityErrors` of ``loss`` at the rows of
+    ``points`` ``(N, D)``, with the rescaling ``c = scale``. Dense Hessians: small ``D`` only.
+    At points where ``grad L = 0`` the last two are undefined (NaN)."""
+    points = jnp.asarray(points)
+    if points.ndim != 2 or points.shape[0] == 0:
+        raise ValueError(f"points must have shape (N, D) with N >= 1, got shape {points.shape}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    vals = jax.vmap(loss)(points)
+    homog = float(jnp.max(jnp.abs(jax.vmap(loss)(scale * points) - vals)) / jnp.max(jnp.abs(vals)))
+    grads = jax.vmap(jax.grad(loss))(points)
+    euler = float(
+        jnp.max(
+            jnp.abs(jnp.sum(grads * points, 1))
+            / (jnp.linalg.norm(grads, axis=1) * jnp.linalg.norm(points, axis=1))
+        )
+    )
+    hess = jax.vmap(jax.hessian(loss))(points)
+    hw = float(
+        jnp.max(
+            jnp.linalg.norm(jnp.einsum("nij,nj->ni", hess, points) + grads, axis=1)
+            / jnp.linalg.norm(grads, axis=1)
+        )
+    )
+    return IdentityErrors(homog, euler, hw)

@@ -28,6 +28,7 @@ angular update per step is ``arccos(1 - eta wd / (1 + beta)) ~ sqrt(2 eta wd / (
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from theory.core import validate as check
+from theory.core.edge import AboveEdgeWarning, above_edge_message, edge_at_init
 from theory.core.invariance import check_scale_invariance
 from theory.core.minibatch import Minibatch, Scheme
 from theory.core.types import Array
@@ -45,7 +47,14 @@ from theory.engine.methods import AbstractMethod
 from theory.engine.results import GDResult, GDSnapshot
 from theory.engine.trackers import AbstractTracker
 
-__all__ = ["SGD", "angular_equilibrium", "check_sgd_rates", "sgd_edge", "sgd_wd"]
+__all__ = [
+    "SGD",
+    "angular_equilibrium",
+    "check_sgd_rates",
+    "sgd_edge",
+    "sgd_wd",
+    "warn_if_sgd_above_edge",
+]
 
 
 def check_sgd_rates(eta: Any, wd: Any, momentum: Any) -> tuple[float, float, float]:
@@ -146,6 +155,7 @@ def sgd_wd(
     check_invariance: bool = True,
     on_snapshot: Callable[[GDSnapshot], None] | None = None,
     resume: GDSnapshot | None = None,
+    warn_above_edge: bool = True,
 ) -> GDResult:
     """Minibatch SGD with momentum and weight decay, compiled whole (modelled on ``gd_wd``).
 
@@ -173,6 +183,15 @@ def sgd_wd(
             :func:`theory.engine.gd.gd_wd` (a resumed run continues bitwise, batches included:
             they depend only on the key and the step counter, which the snapshot holds).
         check_invariance: reject a whole-data loss that is not scale-invariant around ``w0``.
+        warn_above_edge: warn (:class:`theory.AboveEdgeWarning`, before the run) when the
+            full-batch EoS quantity at the start, ``eta * lambda_1(hess L(w0))`` of the
+            whole-data loss (:func:`theory.edge_at_init`: one Lanczos solve, two with several
+            groups), is already at or above heavy-ball's edge ``2 (1 + momentum)``
+            (:func:`sgd_edge` without the weight decay's ``eta wd``, as ``gd_wd``'s edge 2):
+            the first steps are unstable along the top Hessian direction even without batch
+            noise. Not measured on ``resume`` (the run's start was checked when it started).
+            Choose ``eta`` with :func:`theory.edge_at_init`; pass ``False`` where the start
+            above the edge is intended (and to skip the solve).
 
     Returns:
         :class:`theory.engine.GDResult` (``loss`` and ``grad_norm`` are the step's batch loss
@@ -201,6 +220,8 @@ def sgd_wd(
     tracker, saveat = check_parts(method, tracker, saveat)
     if check_invariance:
         check_scale_invariance(objective, w0, groups=sizes)
+    if warn_above_edge and resume is None:
+        warn_if_sgd_above_edge(objective, w0, eta=eta, momentum=momentum, groups=sizes)
     config = {
         "method": "sgd",
         "eta": eta,
@@ -228,3 +249,40 @@ def sgd_wd(
         on_nonfinite=on_nonfinite,
         config=config,
     )
+
+
+def warn_if_sgd_above_edge(
+    loss: Callable[[Array], Array],
+    w0: Array,
+    *,
+    eta: float,
+    momentum: float,
+    groups: Sequence[int] | None = None,
+    stacklevel: int = 3,
+) -> float:
+    """Warn (:class:`theory.AboveEdgeWarning`) when heavy-ball SGD starts above its edge.
+
+    Measures the full-batch EoS quantity ``eta * lambda_1(hess L(w0))`` of ``loss`` (the
+    whole-data loss; :func:`theory.edge_at_init`) and warns when it is ``>= 2 (1 + momentum)``,
+    the stability threshold of heavy-ball GD on the top Hessian direction (:func:`sgd_edge`
+    with ``wd = 0``; ``momentum = 0`` gives GD's edge 2, the threshold of ``gd_wd``'s warning).
+
+    Returns:
+        the measured EoS quantity at ``w0``.
+    """
+    info = edge_at_init(loss, w0, eta=eta, groups=groups, check_invariance=False)
+    assert info.eos is not None
+    edge = 2.0 * (1.0 + momentum)
+    if info.eos >= edge:
+        msg = above_edge_message(
+            info.eos,
+            eta,
+            f" (sgd_wd, momentum {momentum:g}, the full-batch Hessian)",
+            edge=edge,
+            consequence=(
+                f"above heavy-ball's edge 2 (1 + momentum) = {edge:.3g}, so the first steps are "
+                "unstable along the top Hessian direction, batch noise aside"
+            ),
+        )
+        warnings.warn(msg, AboveEdgeWarning, stacklevel=stacklevel)
+    return info.eos
