@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) -q --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) -q
+	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS) -q --durations=25
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
