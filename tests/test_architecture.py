@@ -211,6 +211,43 @@ def curvature_violations(root: Path, allowed: dict[tuple[str, str], str]) -> lis
     return sorted(set(out))
 
 
+# docs/conventions.md rule 13: one module calls the dense symmetric eigen-solvers directly.
+EIGH_NAMES = frozenset({"eigh", "eigvalsh"})
+EIGH_OWNERS = frozenset({"jnp.linalg", "jax.numpy.linalg", "jsp_la", "jax.scipy.linalg", "jla"})
+EIGH_HOME = "theory/core/linalg.py"
+
+
+def direct_eigh_violations(root: Path) -> list[str]:
+    """``jnp.linalg.eigh``/``eigvalsh`` (or jax.scipy's) called in library code outside
+    theory/core/linalg.py (rule 13: under ``vmap`` it is one batched LAPACK call that can hang on
+    a 2-core CPU). NumPy's ``np.linalg.eigh`` on host arrays is not covered."""
+    out = []
+    for top in ("theory", "sims", "figures"):
+        if not (root / top).is_dir():
+            continue
+        for path, tree in _modules(root, top):
+            rel = path.relative_to(root).as_posix()
+            if rel == EIGH_HOME:
+                continue
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr in EIGH_NAMES
+                    and ast.unparse(node.value) in EIGH_OWNERS
+                ):
+                    out.append(f"{rel}:{node.lineno} uses {ast.unparse(node)}")
+                elif isinstance(node, ast.ImportFrom) and node.module in (
+                    "jax.numpy.linalg",
+                    "jax.scipy.linalg",
+                ):
+                    hits = [a.name for a in node.names if a.name in EIGH_NAMES]
+                    if hits:
+                        out.append(
+                            f"{rel}:{node.lineno} imports {', '.join(hits)} from {node.module}"
+                        )
+    return sorted(set(out))
+
+
 def shadowing_violations(packages: list[str]) -> list[str]:
     """Public attributes of a package that hide a submodule of the same name (rule 4)."""
     out = []
@@ -241,6 +278,36 @@ def test_no_private_module_imported_across_packages():
 
 def test_curvature_lives_in_theory():
     assert curvature_violations(ROOT, CURVATURE_ALLOWED) == []
+
+
+def test_symmetric_eigensolvers_go_through_theory_core_linalg():
+    assert direct_eigh_violations(ROOT) == []
+
+
+def test_planted_direct_eigh_is_caught(tmp_path):
+    root = _plant(
+        tmp_path,
+        {
+            "theory/__init__.py": "",
+            "theory/core/__init__.py": "",
+            "theory/core/linalg.py": (
+                "import jax.numpy as jnp\ndef eigh(a):\n    return jnp.linalg.eigh(a)\n"
+            ),
+            "theory/engine/__init__.py": "",
+            "theory/engine/x.py": (
+                "import jax.numpy as jnp\ndef f(a):\n    return jnp.linalg.eigh(a)\n"
+            ),
+            "theory/engine/y.py": "from jax.numpy.linalg import eigvalsh\n",
+            "theory/engine/z.py": "import numpy as np\ndef f(a):\n    return np.linalg.eigh(a)\n",
+            "sims/__init__.py": "",
+            "sims/s.py": "import jax\ndef f(a):\n    return jax.numpy.linalg.eigvalsh(a)\n",
+        },
+    )
+    assert direct_eigh_violations(root) == [
+        "sims/s.py:3 uses jax.numpy.linalg.eigvalsh",
+        "theory/engine/x.py:3 uses jnp.linalg.eigh",
+        "theory/engine/y.py:1 imports eigvalsh from jax.numpy.linalg",
+    ]
 
 
 def test_curvature_allow_list_is_used_and_reasoned():

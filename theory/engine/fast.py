@@ -67,6 +67,7 @@ import jax.numpy as jnp
 
 from theory.core.invariance import expand_groups, group_norms
 from theory.core.lanczos import lanczos
+from theory.core.linalg import eigh
 from theory.core.objective import Objective
 from theory.core.types import Array, Groups
 from theory.engine.trackers import AbstractTracker, Obs, StepContext, _untracked
@@ -157,7 +158,7 @@ def rayleigh_ritz(v: Array, av: Array) -> tuple[Array, Array, Array]:
     """Rayleigh-Ritz on the span of the orthonormal columns of ``v`` (``(D, k)``), given
     ``av = A v``: ``(theta (k,) descending, Ritz vectors (D, k), residual norms (k,))``."""
     g = v.T @ av
-    theta, s = jnp.linalg.eigh(0.5 * (g + g.T))
+    theta, s = eigh(0.5 * (g + g.T))
     theta, s = theta[::-1], s[:, ::-1]
     y, ay = v @ s, av @ s
     resid = jnp.linalg.norm(ay - y * theta[None, :], axis=0)
