@@ -9,7 +9,7 @@
 sweep: the initial curvature solve (the midpoint program at ``w_0``, which compiles it; then
 warm), and the sweep's chunk untracked (``NoTracking``), with the old tracker (Lanczos on
 ``eta H`` every ``sharpness_every = 5`` steps) and with the new one (only every
-``track_stride``-th recorded row, :class:`sims.studies.regime_map.RowStrideTracker`), each run
+``track_stride``-th recorded row, :class:`theory.engine.RowStrideTracker`), each run
 twice: the first call compiles, the second gives the per-step cost. Extrapolated to the preset's
 3000 steps: ``init + 2 x midpoints + steps x per-step`` (the midpoint program runs once at
 ``w_0`` and once on the rows; a warm call of the initial solve stands in for the rows'). The

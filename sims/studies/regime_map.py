@@ -12,8 +12,9 @@ given initial direction). The sweep tracks the multi-group EoS quantity
 ``eta * lambda_1(hess L(w_t))`` at the iterates every ``sharpness_every`` steps
 (:class:`theory.engine.LanczosTracker`, ``spherical=False``); with ``track_stride > 1`` (the full
 preset) only on every recorded row of the first ``dense_steps`` steps and on every
-``track_stride``-th recorded row after them (:class:`RowStrideTracker`; NaN on the other rows,
-which the classifier skips; docs/regimes.md, "Cost of the full map", compares both paths).
+``track_stride``-th recorded row after them (:class:`theory.engine.RowStrideTracker`; NaN on
+the other rows, which the classifier skips; docs/regimes.md, "Cost of the full map", compares
+both paths).
 Afterwards, on up to
 ``mid_rows + pre_rows + 2`` recorded rows per run, the EoS quantity and the spherical sharpness
 ``lambda_1(M H M)`` (``M`` the per-layer norms) are measured at the midpoint of consecutive
@@ -71,10 +72,10 @@ from theory.analysis import midpoint
 from theory.analysis.regimes import RegimeCriteria, classify_regime
 from theory.core import validate as check
 from theory.core.invariance import group_norms
-from theory.engine import LanczosTracker, SaveAt
+from theory.engine import LanczosTracker, RowStrideTracker, SaveAt
 from theory.engine.gd import predicted_eos_onset
 from theory.engine.sweep import SweepResult, gd_wd_sweep
-from theory.engine.trackers import AbstractTracker, Obs, StepContext
+from theory.engine.trackers import AbstractTracker
 from theory.problems import nets
 
 # Results stored before the label "chaotic" was renamed "inflated" (it measures the inflation of
@@ -167,13 +168,18 @@ class Config:
     dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "precision"})
 
     def __post_init__(self) -> None:
-        check.among(self.datasets, "datasets", DATASETS, empty=bool(self.cnn_channels))
+        convnets = bool(self.cnn_channels or self.resnet_channels)
+        check.among(self.datasets, "datasets", DATASETS, empty=convnets)
         check.among(self.norm_loss, "norm_loss", NORM_LOSS)
         check.all_ints_at_least(self.widths, "widths", 2)
         check.all_ints_at_least(self.cnn_channels, "cnn_channels", 2)
+        check.all_ints_at_least(self.resnet_channels, "resnet_channels", 2)
         if not self.widths and self.datasets:
             raise ValueError("widths must not be empty when datasets are given")
-        if not self.cross_widths and len(self.widths) != len(self.norm_loss):
+        # The pairing of widths with normalization-loss pairs only concerns the MLPs: a map of
+        # convolutional networks only (no datasets) runs every pair on each of them.
+        mlps = bool(self.datasets)
+        if mlps and not self.cross_widths and len(self.widths) != len(self.norm_loss):
             raise ValueError(
                 f"cross_widths=False pairs widths[i] with norm_loss[i]: they need equal lengths, "
                 f"got widths {self.widths} and norm_loss {self.norm_loss}"
@@ -354,77 +360,6 @@ def make_network(cfg: Config, arch: dict[str, Any]) -> nets.NetProblem:
 # --------------------------------------------------------------------------------------------
 # Tracking only the rows the classifier reads
 # --------------------------------------------------------------------------------------------
-
-
-class RowStrideTracker(AbstractTracker):
-    """``inner``'s solve on its own steps (``t % inner.every == 0``) before ``dense_steps``,
-    and from then on on the steps with ``t % period == 0`` only; a plain ``value_and_grad``
-    elsewhere (``eos`` NaN there).
-
-    ``every`` is ``inner.every`` (the driver's period, which must divide the recording period);
-    ``period`` a multiple of it. The predicate depends on the step counter only, which every
-    configuration of a sweep shares, so under ``vmap`` it stays a real branch (the solve is
-    skipped, not computed and discarded). The final row of a run, which the driver forces to be
-    tracked, is solved only when its step is a multiple of ``period``. Warm starts carry over
-    from the last solved step (``inner``'s parity warm start then reads the solve ``2 period``
-    steps back: the same parity when ``period`` is odd).
-    """
-
-    inner: LanczosTracker
-    period: int = eqx.field(static=True)
-    dense_steps: int = eqx.field(static=True)
-    every: int = eqx.field(static=True)
-
-    def __init__(self, inner: LanczosTracker, period: int, dense_steps: int = 0) -> None:
-        if not isinstance(inner, LanczosTracker):
-            raise TypeError(f"RowStrideTracker.inner must be a LanczosTracker, got {inner!r}")
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-            raise ValueError(f"RowStrideTracker.period must be a positive int, got {period!r}")
-        if period % inner.every:
-            raise ValueError(
-                f"RowStrideTracker.period ({period}) must be a multiple of the inner tracker's "
-                f"every ({inner.every})"
-            )
-        if isinstance(dense_steps, bool) or not isinstance(dense_steps, int) or dense_steps < 0:
-            raise ValueError(
-                f"RowStrideTracker.dense_steps must be an int >= 0, got {dense_steps!r}"
-            )
-        self.inner = inner
-        self.period = period
-        self.dense_steps = dense_steps
-        self.every = inner.every
-
-    def init(self, objective: Any, w: jax.Array, lr: jax.Array, groups: Any, key: Any) -> Any:
-        return self.inner.init(objective, w, lr, groups, key)
-
-    def observe(
-        self,
-        objective: Any,
-        w: jax.Array,
-        lr: jax.Array,
-        groups: Any,
-        state: Any,
-        t: jax.Array,
-        key: jax.Array,
-        tracked: jax.Array,
-        record: bool,
-        ctx: StepContext,
-    ) -> tuple[Obs, Any]:
-        solve = jnp.logical_and(tracked, (t % self.period == 0) | (t < self.dense_steps))
-        return self.inner.observe(objective, w, lr, groups, state, t, key, solve, record, ctx)
-
-    def top_vector(self, state: Any, w: jax.Array) -> jax.Array:
-        return self.inner.top_vector(state, w)
-
-    def for_batch(self) -> RowStrideTracker:
-        return RowStrideTracker(self.inner.for_batch(), self.period, self.dense_steps)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            **self.inner.config(),
-            "solve_period": self.period,
-            "dense_steps": self.dense_steps,
-        }
 
 
 def make_tracker(cfg: Config) -> AbstractTracker:

@@ -46,6 +46,7 @@ from theory.engine.spectral import SLQTracker as SLQTracker
 from theory.engine.spectral import StepDiagnostics as StepDiagnostics
 from theory.engine.spectral import with_extras as with_extras
 from theory.engine.stochastic import StochasticTracker as StochasticTracker
+from theory.engine.stride import RowStrideTracker as RowStrideTracker
 from theory.engine.trackers import AbstractTracker as AbstractTracker
 from theory.engine.trackers import LanczosTracker as LanczosTracker
 from theory.engine.trackers import NoTracking as NoTracking
