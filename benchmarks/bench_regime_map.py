@@ -1,8 +1,11 @@
 """The regime map's cost, and its classifications with the old and the new tracking side by side.
 
-    python -m benchmarks.bench_regime_map costs [--archs NAME ...] [--steps N]
+    python -m benchmarks.bench_regime_map costs [--archs NAME ...] [--steps N] [--trackers ...]
     python -m benchmarks.bench_regime_map compare --grid quick [--stride 3]
     python -m benchmarks.bench_regime_map compare --grid full --archs NAME ... [--steps N]
+
+The new path's levers default to the full preset's (``Config.preset("full")``): ``--stride``,
+``--pre-rows``, ``--mid-tol``, ``--track-tol`` override them (e.g. ``--mid-tol 0``).
 
 ``costs``: for full-grid architectures (``sims.studies.regime_map.Config.preset("full")``, all
 15 runs of the sweep) with ``--steps`` steps instead of 3000, the CPU seconds of each part of a
@@ -11,19 +14,23 @@ warm), and the sweep's chunk untracked (``NoTracking``), with the old tracker (L
 ``eta H`` every ``sharpness_every = 5`` steps) and with the new one (only every
 ``track_stride``-th recorded row, :class:`theory.engine.RowStrideTracker`), each run
 twice: the first call compiles, the second gives the per-step cost. Extrapolated to the preset's
-3000 steps: ``init + 2 x midpoints + steps x per-step`` (the midpoint program runs once at
-``w_0`` and once on the rows; a warm call of the initial solve stands in for the rows'). The
+3000 steps: ``init + compile + midpoints + steps x per-step``, where the midpoints are timed
+(cold, then warm) on the last sweep's own rows with the old rule (``mid_rows + pre_rows + 2``
+rows, residual) and the new one; ``--trackers`` picks which sweeps run (default all three). The
 per-step cost includes the tracker's cold solve at ``w_0`` (32 HVPs) spread over ``--steps``,
-and the warm call at ``w_0`` understates the midpoints (its rows are all equal): use 90 steps
-or more and read the extrapolation as rough (docs/regimes.md fits the per-HVP cost instead).
+and the midpoints of a short sweep's rows (close together, so cheap warm starts) understate
+those of a 3000-step run: read the extrapolation as rough (docs/regimes.md fits the per-HVP
+cost instead). On a 256-256 network each midpoint call takes minutes of CPU.
 
 ``compare``: every run of the given architectures by both paths
 (:func:`sims.studies.regime_map.run_architecture`): ``old`` is the grid's configuration with
-``track_stride = 1`` (and, for ``--grid full``, the preset's ``sharpness_every = 5``), ``new``
-has ``sharpness_every = record_every`` and ``track_stride = --stride``. Printed side by side:
-regime, onset, settled midpoint / iterate means of ``eta lambda_1``, sharpness factor; per
-architecture the CPU seconds of each path's sweep and its tracker HVPs. ``--steps`` shortens both
-paths alike (the comparison is then of the shortened map).
+``track_stride = 1`` (``Config.preset(grid, tracking="old")``: for ``--grid full``
+``sharpness_every = 5``, 54 midpoint rows, the residual rule), ``new`` has ``sharpness_every =
+record_every``, ``track_stride = --stride`` and the other levers. Also printed: in how many runs
+both paths set the same ``eta`` (the same ``lambda_1(w_0)``, so identical GD trajectories).
+Printed side by side: regime, onset, settled midpoint / iterate means of ``eta lambda_1``,
+sharpness factor; per architecture the CPU seconds of each path's sweep and its tracker HVPs.
+``--steps`` shortens both paths alike (the comparison is then of the shortened map).
 
 Both write ``<out>/regime_map_<mode>[_<grid>].json`` (default ``results/bench``) with the
 provenance: commit, configurations, ``uptime`` before and after, platform, start and end times.
