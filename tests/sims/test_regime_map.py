@@ -26,7 +26,7 @@ def test_solver_tolerances_and_the_new_full_preset() -> None:
         with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\) .*got -0.1"):
             rm.Config(**{name: -0.1})
     new, old = rm.Config.preset("full"), rm.Config.preset("full", tracking="old")
-    assert (new.pre_rows, new.mid_tol, new.track_tol) == (0, rm.NEW_TOL, rm.NEW_TOL)
+    assert (new.pre_rows, new.mid_tol, new.track_tol) == (0, 0.0, rm.NEW_TOL)
     assert (old.pre_rows, old.mid_tol, old.track_tol) == (12, 0.0, 0.0)
     tracker = rm.make_tracker(new)
     assert tracker.config()["solve_period"] == 45
