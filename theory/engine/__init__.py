@@ -4,7 +4,8 @@
   :class:`Optax` (any optax optimizer);
 * trackers (subclasses of :class:`AbstractTracker`): :class:`NoTracking`, :class:`RitzTracker`,
   :class:`RayleighTracker`,
-  :class:`LanczosTracker`;
+  :class:`LanczosTracker`, :class:`RowStrideTracker` (a tracker's solves on a coarser grid of
+  steps after a dense start);
 * recording: :class:`SaveAt`;
 * drivers: :func:`run` (one run: chunks, progress, checkpoints, non-finite handling) and
   :func:`run_batch` (many configurations, one program per device).
