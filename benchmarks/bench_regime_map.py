@@ -1,29 +1,36 @@
 """The regime map's cost, and its classifications with the old and the new tracking side by side.
 
-    python -m benchmarks.bench_regime_map costs [--archs NAME ...] [--steps N]
+    python -m benchmarks.bench_regime_map costs [--archs NAME ...] [--steps N] [--trackers ...]
     python -m benchmarks.bench_regime_map compare --grid quick [--stride 3]
     python -m benchmarks.bench_regime_map compare --grid full --archs NAME ... [--steps N]
+
+The new path's levers default to the full preset's (``Config.preset("full")``): ``--stride``,
+``--pre-rows``, ``--mid-tol``, ``--track-tol`` override them (e.g. ``--mid-tol 0``).
 
 ``costs``: for full-grid architectures (``sims.studies.regime_map.Config.preset("full")``, all
 15 runs of the sweep) with ``--steps`` steps instead of 3000, the CPU seconds of each part of a
 sweep: the initial curvature solve (the midpoint program at ``w_0``, which compiles it; then
 warm), and the sweep's chunk untracked (``NoTracking``), with the old tracker (Lanczos on
 ``eta H`` every ``sharpness_every = 5`` steps) and with the new one (only every
-``track_stride``-th recorded row, :class:`sims.studies.regime_map.RowStrideTracker`), each run
+``track_stride``-th recorded row, :class:`theory.engine.RowStrideTracker`), each run
 twice: the first call compiles, the second gives the per-step cost. Extrapolated to the preset's
-3000 steps: ``init + 2 x midpoints + steps x per-step`` (the midpoint program runs once at
-``w_0`` and once on the rows; a warm call of the initial solve stands in for the rows'). The
+3000 steps: ``init + compile + midpoints + steps x per-step``, where the midpoints are timed
+(cold, then warm) on the last sweep's own rows with the old rule (``mid_rows + pre_rows + 2``
+rows, residual) and the new one; ``--trackers`` picks which sweeps run (default all three). The
 per-step cost includes the tracker's cold solve at ``w_0`` (32 HVPs) spread over ``--steps``,
-and the warm call at ``w_0`` understates the midpoints (its rows are all equal): use 90 steps
-or more and read the extrapolation as rough (docs/regimes.md fits the per-HVP cost instead).
+and the midpoints of a short sweep's rows (close together, so cheap warm starts) understate
+those of a 3000-step run: read the extrapolation as rough (docs/regimes.md fits the per-HVP
+cost instead). On a 256-256 network each midpoint call takes minutes of CPU.
 
 ``compare``: every run of the given architectures by both paths
 (:func:`sims.studies.regime_map.run_architecture`): ``old`` is the grid's configuration with
-``track_stride = 1`` (and, for ``--grid full``, the preset's ``sharpness_every = 5``), ``new``
-has ``sharpness_every = record_every`` and ``track_stride = --stride``. Printed side by side:
-regime, onset, settled midpoint / iterate means of ``eta lambda_1``, sharpness factor; per
-architecture the CPU seconds of each path's sweep and its tracker HVPs. ``--steps`` shortens both
-paths alike (the comparison is then of the shortened map).
+``track_stride = 1`` (``Config.preset(grid, tracking="old")``: for ``--grid full``
+``sharpness_every = 5``, 54 midpoint rows, the residual rule), ``new`` has ``sharpness_every =
+record_every``, ``track_stride = --stride`` and the other levers. Also printed: in how many runs
+both paths set the same ``eta`` (the same ``lambda_1(w_0)``, so identical GD trajectories).
+Printed side by side: regime, onset, settled midpoint / iterate means of ``eta lambda_1``,
+sharpness factor; per architecture the CPU seconds of each path's sweep and its tracker HVPs.
+``--steps`` shortens both paths alike (the comparison is then of the shortened map).
 
 Both write ``<out>/regime_map_<mode>[_<grid>].json`` (default ``results/bench``) with the
 provenance: commit, configurations, ``uptime`` before and after, platform, start and end times.
@@ -47,6 +54,7 @@ import jax
 import numpy as np
 
 from sims.studies import regime_map as rm
+from theory.analysis.regimes import RegimeCriteria
 from theory.engine import NoTracking, SaveAt
 from theory.engine.sweep import gd_wd_sweep
 
@@ -80,9 +88,16 @@ def _timed(fn: Any) -> tuple[float, float, Any]:
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 
-def _arch_costs(full: rm.Config, name: str, steps: int, stride: int) -> dict[str, Any]:
+def _arch_costs(
+    full: rm.Config,
+    name: str,
+    steps: int,
+    stride: int,
+    levers: dict[str, Any],
+    which: tuple[str, ...] = ("untracked", "old", "new"),
+) -> dict[str, Any]:
     """CPU seconds of the parts of one full-grid architecture's sweep (module docstring)."""
-    new_cfg = dataclasses.replace(full, sharpness_every=full.record_every, track_stride=stride)
+    new_cfg = new_config(full, stride, levers)
     arch = _arch(full, name)
     prob = rm.make_network(full, arch)
     pairs = rm.grid(full)
@@ -101,9 +116,13 @@ def _arch_costs(full: rm.Config, name: str, steps: int, stride: int) -> dict[str
     etas = np.array([p[0] / lam0 for p in pairs])
     wds = np.array([p[1] for p in pairs]) / etas
     trackers = {
-        "untracked": NoTracking(),
-        "old": rm.make_tracker(full),
-        "new": rm.make_tracker(new_cfg),
+        label: t
+        for label, t in (
+            ("untracked", NoTracking()),
+            ("old", rm.make_tracker(full)),
+            ("new", rm.make_tracker(new_cfg)),
+        )
+        if label in which
     }
 
     def sweep(tracker: Any) -> Any:
@@ -136,41 +155,84 @@ def _arch_costs(full: rm.Config, name: str, steps: int, stride: int) -> dict[str
             f"wall {w_warm:.1f} s | {_uptime()}",
             flush=True,
         )
+    # Midpoint solves on this sweep's own rows (the last tracked sweep's iterates): the old
+    # rule (residual 3 sqrt(eps), mid_rows + pre_rows + 2 rows) and the new one.
+    crit = RegimeCriteria()
+    for label, cfg in (("mid_old", full), ("mid_new", new_cfg)):
+        idx = np.stack(
+            [
+                rm.midpoint_row_indices(
+                    res.eos[i], cfg.mid_rows, cfg.pre_rows, crit.settle_frac, loss=res.loss[i]
+                )
+                for i in range(len(pairs))
+            ]
+        )
+
+        def mids(idx: np.ndarray = idx, tol: float = cfg.mid_tol) -> Any:
+            return rm.midpoint_columns(prob.loss, res, idx, tol)
+
+        _, c_cold, _ = _timed(mids)
+        _, c_warm, _ = _timed(mids)
+        row[f"{label}_rows"] = int(idx.shape[1])
+        row[f"{label}_cold_cpu"], row[f"{label}_warm_cpu"] = c_cold, c_warm
+        print(
+            f"{name} {label}: {idx.shape[1]} rows x {len(pairs)} runs, cold {c_cold:.1f} s, "
+            f"warm {c_warm:.1f} s CPU | {_uptime()}",
+            flush=True,
+        )
     for label in trackers:
         compile_s = max(0.0, row[f"{label}_cold_cpu"] - row[f"{label}_warm_cpu"])
         row[f"{label}_compile_cpu"] = compile_s
+        mid = row["mid_old_warm_cpu"] if label == "old" else row["mid_new_warm_cpu"]
         row[f"{label}_full_cpu_h"] = (
-            row["init_cold_cpu"]
-            + row["init_warm_cpu"]
-            + compile_s
-            + FULL_STEPS * row[f"{label}_cpu_per_step"]
+            row["init_cold_cpu"] + mid + compile_s + FULL_STEPS * row[f"{label}_cpu_per_step"]
         ) / 3600
-    print(
-        f"{name}: extrapolated to {FULL_STEPS} steps, CPU hours untracked "
-        f"{row['untracked_full_cpu_h']:.2f}, old {row['old_full_cpu_h']:.2f}, new "
-        f"{row['new_full_cpu_h']:.2f}",
-        flush=True,
-    )
+    hours = ", ".join(f"{label} {row[f'{label}_full_cpu_h']:.2f}" for label in trackers)
+    print(f"{name}: extrapolated to {FULL_STEPS} steps, CPU hours {hours}", flush=True)
     return row
 
 
-def costs(names: list[str], steps: int, stride: int) -> dict[str, Any]:
+def costs(
+    names: list[str],
+    steps: int,
+    stride: int,
+    levers: dict[str, Any],
+    which: tuple[str, ...] = ("untracked", "old", "new"),
+) -> dict[str, Any]:
     """Per architecture: CPU seconds of the parts of one full-grid sweep (module docstring)."""
     full = rm.Config.preset("full", tracking="old")
-    return {name: _arch_costs(full, name, steps, stride) for name in names}
+    return {name: _arch_costs(full, name, steps, stride, levers, which) for name in names}
 
 
-def compare(grid: str, names: list[str] | None, steps: int | None, stride: int) -> dict[str, Any]:
+def new_config(base: rm.Config, stride: int, levers: dict[str, Any]) -> rm.Config:
+    """``base`` with the new path: tracking every ``stride``-th recorded row (every row before
+    ``dense_steps``) and the given ``pre_rows``, ``mid_tol``, ``track_tol``."""
+    return dataclasses.replace(
+        base, sharpness_every=base.record_every, track_stride=stride, **levers
+    )
+
+
+def compare(
+    grid: str, names: list[str] | None, steps: int | None, stride: int, levers: dict[str, Any]
+) -> dict[str, Any]:
     """Every run of the architectures by the old and the new path (module docstring)."""
-    base = rm.Config.preset(grid)
+    base = rm.Config.preset(grid, tracking="old")
     if steps is not None:
         base = dataclasses.replace(base, steps=steps)
     old_cfg = dataclasses.replace(base, track_stride=1)
-    new_cfg = dataclasses.replace(base, sharpness_every=base.record_every, track_stride=stride)
+    new_cfg = new_config(base, stride, levers)
     archs = [_arch(base, n) for n in names] if names else rm.architectures(base)
     runs: dict[str, Any] = {}
     per_arch: dict[str, Any] = {}
-    keys = ("regime", "onset_step", "eos_mid_mean", "eos_iter_mean", "sharpness_ratio", "cycles")
+    keys = (
+        "regime",
+        "onset_step",
+        "eos_mid_mean",
+        "eos_iter_mean",
+        "sharpness_ratio",
+        "cycles",
+        "lambda1_0",
+    )
     for arch in archs:
         res = {}
         for label, cfg in (("old", old_cfg), ("new", new_cfg)):
@@ -199,6 +261,7 @@ def compare(grid: str, names: list[str] | None, steps: int | None, stride: int) 
                 label: {k: res[label][run].get(k) for k in keys} for label in ("old", "new")
             }
     agree = sum(r["old"]["regime"] == r["new"]["regime"] for r in runs.values())
+    same_eta = sum(r["old"]["lambda1_0"] == r["new"]["lambda1_0"] for r in runs.values())
     print(
         "\n| run | old | new | onset old / new | <mid> old / new | <it> old / new | S x old / new |"
     )
@@ -217,7 +280,7 @@ def compare(grid: str, names: list[str] | None, steps: int | None, stride: int) 
             f"| {run} | {o['regime']} | {n['regime']}{mark} | {pair('onset_step')} | "
             f"{pair('eos_mid_mean')} | {pair('eos_iter_mean')} | {pair('sharpness_ratio')} |"
         )
-    print(f"\nsame regime: {agree} of {len(runs)}")
+    print(f"\nsame regime: {agree} of {len(runs)}; the same eta (lambda_1(w_0)): {same_eta}")
     return {
         "grid": grid,
         "steps": base.steps,
@@ -225,6 +288,7 @@ def compare(grid: str, names: list[str] | None, steps: int | None, stride: int) 
         "old_config": dataclasses.asdict(old_cfg),
         "new_config": dataclasses.asdict(new_cfg),
         "agree": agree,
+        "same_eta": same_eta,
         "runs_total": len(runs),
         "architectures": per_arch,
         "runs": runs,
@@ -239,7 +303,14 @@ def main() -> None:
     parser.add_argument("--grid", choices=("quick", "full"), default="quick")
     parser.add_argument("--archs", nargs="*", default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--stride", type=int, default=3)
+    full_new = rm.Config.preset("full")
+    parser.add_argument("--stride", type=int, default=full_new.track_stride)
+    parser.add_argument("--pre-rows", type=int, default=full_new.pre_rows)
+    parser.add_argument("--mid-tol", type=float, default=full_new.mid_tol)
+    parser.add_argument("--track-tol", type=float, default=full_new.track_tol)
+    parser.add_argument(
+        "--trackers", nargs="*", default=["untracked", "old", "new"], help="costs: which sweeps"
+    )
     parser.add_argument("--out", default="results/bench")
     ns = parser.parse_args()
     meta: dict[str, Any] = {
@@ -250,12 +321,13 @@ def main() -> None:
         "uptime_start": _uptime(),
         "argv": vars(ns),
     }
+    levers = {"pre_rows": ns.pre_rows, "mid_tol": ns.mid_tol, "track_tol": ns.track_tol}
     if ns.mode == "costs":
         names = ns.archs or ["digits_mlp64-64_bn_ce"]
-        result = costs(names, ns.steps or 45, ns.stride)
+        result = costs(names, ns.steps or 45, ns.stride, levers, tuple(ns.trackers))
         fname = "regime_map_costs.json"
     else:
-        result = compare(ns.grid, ns.archs, ns.steps, ns.stride)
+        result = compare(ns.grid, ns.archs, ns.steps, ns.stride, levers)
         fname = f"regime_map_compare_{ns.grid}.json"
     meta["end"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta["uptime_end"] = _uptime()

@@ -349,75 +349,24 @@ def test_results_stored_with_the_old_label_read_as_inflated():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_row_stride_tracker_solves_only_its_rows():
-    """On every row with ``t % period == 0`` the sweep's ``eos`` is ``eta lambda_1`` of the
-    dense Hessian at the stored iterate (``jax.hessian`` + ``eigvalsh``); on the other rows NaN;
-    the iterates equal those of the every-row tracker (tracking does not change the step)."""
-    import jax
-    import jax.numpy as jnp
-
-    from sims.studies.regime_map import RowStrideTracker
-    from theory.engine import LanczosTracker, SaveAt
-    from theory.engine.sweep import gd_wd_sweep
-    from theory.problems.analytic import curved_manifold
-
-    prob = curved_manifold()
-    w0 = jnp.asarray(prob.start)
-    kw = dict(
-        eta=np.array([0.05, 0.2]),
-        wd=np.array([1e-2, 3e-3]),
-        steps=60,
-        saveat=SaveAt(every=3, iterates=True),
-        check_invariance=False,
-        warn_above_edge=False,
-    )
-    base = LanczosTracker(every=3, spherical=False)
-    dense = gd_wd_sweep(prob.loss, w0, tracker=base, **kw)
-    sparse = gd_wd_sweep(prob.loss, w0, tracker=RowStrideTracker(base, 9), **kw)
-    np.testing.assert_allclose(sparse.w, dense.w, rtol=0, atol=1e-12)
-    solved = sparse.step % 9 == 0
-    assert solved.sum() == 7 and not solved.all()
-    assert np.all(np.isnan(sparse.eos[:, ~solved]))
-    hess = jax.jit(jax.hessian(prob.loss))
-    for b, eta in enumerate(kw["eta"]):
-        for r in np.flatnonzero(solved):
-            lam = np.linalg.eigvalsh(np.asarray(hess(jnp.asarray(sparse.w[b, r]))))[-1]
-            assert abs(sparse.eos[b, r] - eta * lam) <= 1e-6 * max(1.0, eta * lam)
-    # Fewer solves: the HVPs of the sparse run are below the dense run's.
-    assert sparse.block_matvecs.sum() < dense.block_matvecs.sum()
-    assert RowStrideTracker(base, 9).config()["solve_period"] == 9
-    # With a dense start: every recorded row before step 20 is solved, as by the dense tracker.
-    early = gd_wd_sweep(prob.loss, w0, tracker=RowStrideTracker(base, 9, dense_steps=20), **kw)
-    solved_early = solved | (early.step < 20)
-    assert np.all(np.isfinite(early.eos[:, solved_early]))
-    assert np.all(np.isnan(early.eos[:, ~solved_early]))
-    np.testing.assert_allclose(early.eos[:, early.step < 20], dense.eos[:, dense.step < 20], 1e-6)
-
-
 def test_row_stride_validation_named():
     from sims.studies import regime_map
-    from theory.engine import LanczosTracker
+    from theory.engine import LanczosTracker, RowStrideTracker
 
     with pytest.raises(ValueError, match=r"track_stride must be odd.*got 2"):
         regime_map.Config(track_stride=2)
     with pytest.raises(ValueError, match=r"sharpness_every \(5\) must then equal record_every"):
         regime_map.Config(record_every=15, sharpness_every=5, track_stride=3)
-    with pytest.raises(ValueError, match=r"period \(10\) must be a multiple.*every \(3\)"):
-        regime_map.RowStrideTracker(LanczosTracker(every=3), 10)
-    with pytest.raises(TypeError, match="must be a LanczosTracker"):
-        regime_map.RowStrideTracker("lanczos", 9)  # type: ignore[arg-type]
     full = regime_map.Config.preset("full")
     assert full.track_stride == 3 and full.sharpness_every == full.record_every == 15
     assert full.dense_steps == 300
-    with pytest.raises(ValueError, match="dense_steps must be an int >= 0, got -1"):
-        regime_map.RowStrideTracker(LanczosTracker(every=3), 9, dense_steps=-1)
     with pytest.raises(ValueError, match="tracking must be 'new' or 'old', got 'fast'"):
         regime_map.Config.preset("full", tracking="fast")  # type: ignore[arg-type]
     old = regime_map.Config.preset("full", tracking="old")
     assert old.track_stride == 1 and old.sharpness_every == 5
     assert isinstance(regime_map.make_tracker(old), LanczosTracker)
-    assert isinstance(regime_map.make_tracker(full), regime_map.RowStrideTracker)
+    # The tracker itself is tested in tests/engine/test_stride.py.
+    assert isinstance(regime_map.make_tracker(full), RowStrideTracker)
 
 
 def test_midpoint_rows_with_unsolved_rows():

@@ -93,6 +93,8 @@ def _along(
     lanczos_iters: int | None,
     hessian: bool,
     spherical: bool,
+    tol: float | None = None,
+    stop: str = "residual",
 ) -> Curvature:
     def body(carry: tuple[Array, Array], p: Array) -> tuple[tuple[Array, Array], Curvature]:
         v, vs = carry
@@ -107,10 +109,12 @@ def _along(
         else:
             _, lin = linearize_grad(loss, p)
             if hessian:
-                res = lanczos(lin, v, k=k, max_iters=lanczos_iters)
+                res = lanczos(lin, v, k=k, max_iters=lanczos_iters, tol=tol, stop=stop)
                 lam, v = res.eigenvalues, res.eigenvectors[:, 0]
             if spherical:
-                res_s = lanczos(lambda x: m * lin(m * x), vs, k=k, max_iters=lanczos_iters)
+                res_s = lanczos(
+                    lambda x: m * lin(m * x), vs, k=k, max_iters=lanczos_iters, tol=tol, stop=stop
+                )
                 sph, vs = res_s.eigenvalues, res_s.eigenvectors[:, 0]
         return (v, vs), Curvature(lam, sph)
 
@@ -128,6 +132,8 @@ def curvature_along(
     v0: Array | None = None,
     hessian: bool = True,
     spherical: bool = True,
+    tol: float | None = None,
+    stop: str = "residual",
 ) -> Curvature:
     """Top-``k`` eigenvalues of ``H(p)`` and of ``M H(p) M`` at each row ``p`` of ``points``.
 
@@ -142,6 +148,10 @@ def curvature_along(
         v0: ``(D,)`` Lanczos start at the first point (default: a fixed normal draw); each
             later point starts from the previous point's top eigenvector.
         hessian, spherical: which of the two operators to measure.
+        tol, stop: each Lanczos solve's stopping rule (:func:`theory.core.lanczos.lanczos`):
+            ``stop="residual"`` at relative Ritz residual ``tol`` (default ``3 sqrt(eps)``), or
+            ``stop="error"`` (``k = 1``) at relative eigenvalue error ``tol`` (Kato-Temple
+            estimate); either way at most ``lanczos_iters`` HVPs.
 
     Returns:
         :class:`Curvature` with ``(N, k)`` arrays. Jit-, vmap- and scan-compatible (no
@@ -167,7 +177,22 @@ def curvature_along(
     v0 = jnp.asarray(v0, points.dtype)
     if v0.shape != (dim,):
         raise ValueError(f"v0 must have shape ({dim},), got {v0.shape}")
-    return _along(loss, points, v0, sizes, int(k), lanczos_iters, bool(hessian), bool(spherical))
+    if stop not in ("residual", "error"):
+        raise ValueError(f"stop must be 'residual' or 'error', got {stop!r}")
+    if tol is not None:
+        check.positive(tol, "tol")
+    return _along(
+        loss,
+        points,
+        v0,
+        sizes,
+        int(k),
+        lanczos_iters,
+        bool(hessian),
+        bool(spherical),
+        None if tol is None else float(tol),
+        stop,
+    )
 
 
 DENSE_MAX_DIM = 16
@@ -234,6 +259,8 @@ def midpoint_curvature(
     v0: Array | None = None,
     hessian: bool = True,
     spherical: bool = True,
+    tol: float | None = None,
+    stop: str = "residual",
 ) -> Curvature:
     """:func:`curvature_along` at the GD+WD midpoints ``(w_t + w_{t+1}) / 2`` of the rows
     ``w_t`` of ``w`` ``(N, D)`` (``w_{t+1}`` recomputed by :func:`gd_wd_step`, so only for runs
@@ -258,6 +285,8 @@ def midpoint_curvature(
         v0=v0,
         hessian=hessian,
         spherical=spherical,
+        tol=tol,
+        stop=stop,
     )
 
 

@@ -4,7 +4,8 @@
   :class:`Optax` (any optax optimizer);
 * trackers (subclasses of :class:`AbstractTracker`): :class:`NoTracking`, :class:`RitzTracker`,
   :class:`RayleighTracker`,
-  :class:`LanczosTracker`;
+  :class:`LanczosTracker`, :class:`RowStrideTracker` (a tracker's solves on a coarser grid of
+  steps after a dense start);
 * recording: :class:`SaveAt`;
 * drivers: :func:`run` (one run: chunks, progress, checkpoints, non-finite handling) and
   :func:`run_batch` (many configurations, one program per device).
@@ -46,6 +47,7 @@ from theory.engine.spectral import SLQTracker as SLQTracker
 from theory.engine.spectral import StepDiagnostics as StepDiagnostics
 from theory.engine.spectral import with_extras as with_extras
 from theory.engine.stochastic import StochasticTracker as StochasticTracker
+from theory.engine.stride import RowStrideTracker as RowStrideTracker
 from theory.engine.trackers import AbstractTracker as AbstractTracker
 from theory.engine.trackers import LanczosTracker as LanczosTracker
 from theory.engine.trackers import NoTracking as NoTracking
