@@ -340,9 +340,10 @@ def tracked_gd(prob: Problem, rates: dict[str, float], s: Settings) -> theory.GD
 # Status (measured on the quick settings, docs/predict.md "When phase I has not finished at the
 # onset"): GD reaches the edge at step 10, so the flow starts from `w0` (step 0); it enters the
 # edge at step 6.9 (3.1 steps early, -31% of the short way to the onset), holds two eigenvalues
-# there from step 43.6 and three from step 59.7, and takes 162 integrator steps for the 76 GD
-# steps. On the 43 compared steps (26-68) the time-averaged loss agrees within 2.0% on average and
-# the direction within 0.020 rad; the flow's `eta_eff * S` is 2.000 (its edge `2 - eta wd` =
+# there from step 43.6 and three from step 59.7, and takes 112 integrator steps for the 76 GD
+# steps (162 when a progress callback splits the solve into segments). On the 43 compared
+# steps (26-68) the time-averaged loss agrees within 2.0% on average and the direction within
+# 0.020 rad; the flow's `eta_eff * S` is 2.001 (its edge `2 - eta wd` =
 # 1.995 plus the restoring term's lag), GD's moving average at its iterates 2.545: step 5b.
 # The default settings (128 digits, width 64, `eos0 = 0.6`, `eta wd = 3e-3`, 500 steps) were
 # not run to the end: on 64 digits the flow stopped at step 298.8 of 330, where a fourth
@@ -402,7 +403,7 @@ def follow_path(
 #
 # Measured on the quick settings (means over the 43 compared steps 26-68): 2.543 at the
 # iterates (the tracker's own 2.542), 2.170 at the midpoints, 2.171 at the averaged iterates,
-# against the flow's 2.000. Measuring at the time-averaged point removes 0.37 of the 0.54 gap
+# against the flow's 2.001. Measuring at the time-averaged point removes 0.37 of the 0.54 gap
 # (69%); midpoints and averaged iterates agree within 0.002, so either is the place to compare.
 # The remaining 0.17 (8.5%, about `34 eta wd`) is GD's time-averaged trajectory itself sitting
 # above the edge, which the central flow (held at `2 - eta wd`) does not model.
@@ -565,7 +566,8 @@ def main(
         print(
             f"     central flow from step {path.start}: onset {flow_onset:.1f} (GD {onset}, "
             f"{path.onset_err:+.1%}); over steps {int(path.step[path.after][0])}.."
-            f"{int(path.step[-1])}: mean eta_eff * S GD (moving avg) {path.eos_gd_mean:.3f} vs "
+            f"{int(path.step[path.after][-1])}: mean eta_eff * S GD (moving avg) "
+            f"{path.eos_gd_mean:.3f} vs "
             f"flow {path.eos_flow_mean:.3f} (rel. diff {path.eos_err:.3f}); time-averaged loss "
             f"rel. err {path.loss_err:.3f}; max angle {path.max_angle:.3f} rad; "
             f"{int(path.flow.mode.max())} eigenvalue(s) at the edge at most"
