@@ -12,7 +12,7 @@
 #    not ReLU: step 3b measures why the central flow needs that);
 # 2. flatten it and **check the invariance**;
 # 3. **choose the learning rate** from the top Hessian eigenvalue at the start, for a start
-#    below the edge (`eta_eff * S = eos0`, 0.6 or 1.0 where the edge is 2);
+#    at half the edge (`eta_eff * S = eos0 = 1`, the edge is 2);
 # 4. run **tracked GD+WD** to and past the onset: the network reaches the edge with its loss
 #    still at a sizeable fraction of the start, and its sharpness moves during phase I, so the
 #    onset prediction from the start's sharpness is off;
@@ -64,15 +64,17 @@ from theory.flows.path import CentralPathResult, PathChoice, central_path, choos
 # `eos0` is where the run starts, `eta_eff * S = eta * lambda_1(H(w0))`; the edge is 2.
 # `eta_wd` is the intrinsic learning rate `eta * wd`: larger values reach the edge sooner but
 # put GD's oscillating iterates further above it (docs/central_flow.md measures an offset of
-# about `55-65 eta wd` on the project's MLP). The quick settings are what the test suite runs,
-# chosen to finish in a few minutes: 32 digits (320 one-hot residuals), the widths 4, 8, 32
-# (`D = 1348` weights in three groups), a start at half the edge (`eos0 = 1`) with
-# `eta wd = 5e-3`, so that GD reaches the edge within about 10 steps (before `lead`: the
-# central flow then starts from `w0`), and 76 GD steps, which end before a fourth eigenvalue
-# reaches the edge (the flow held three from step 59.7 on; with 140 steps it stopped at step
-# 83.8 when a fourth arrived, `max_edge = 3`). The flow's error control is looser than
-# `central_flow`'s default (`rtol = 1e-5, atol = 1e-8` against `1e-7, 1e-10`): the compared
-# quantities are moving averages known to a few percent, far above that error.
+# about `55-65 eta wd` on the project's MLP). The settings are chosen so that the run finishes
+# on a CPU: 32 digits (320 one-hot residuals), the widths 4, 8, 32 (`D = 1348` weights in three
+# groups), a start at half the edge (`eos0 = 1`) with `eta wd = 5e-3`, so that GD reaches the
+# edge within about 10 steps (before `lead`: the central flow then starts from `w0`), and 130
+# GD steps with up to `max_edge = 4` eigenvalues at the edge (a fifth arrives at step 137.4:
+# with 140 steps the flow stopped there). The central flow's error control is looser than
+# `central_flow`'s default (`rtol = 1e-6, atol = 1e-9` against `1e-7, 1e-10`): the compared
+# quantities are moving averages known to a few percent, far above that error. The quick
+# settings, what the test suite runs in a few minutes, stop at 76 GD steps, before a fourth
+# eigenvalue reaches the edge (the flow holds three from step 59.7 on; it stopped at step 83.8
+# when a fourth arrived with `max_edge = 3`), with `rtol = 1e-5, atol = 1e-8`.
 
 
 # %%
@@ -80,31 +82,23 @@ from theory.flows.path import CentralPathResult, PathChoice, central_path, choos
 class Settings:
     """Everything the tutorial needs to know, in one place."""
 
-    n_train: int = 128  # digits (a random subset of the 1797)
-    widths: tuple[int, int, int] = (4, 8, 64)  # conv, conv, dense
+    n_train: int = 32  # digits (a random subset of the 1797)
+    widths: tuple[int, int, int] = (4, 8, 32)  # conv, conv, dense
     seed: int = 0  # initialization and fixed head (the subset uses seed + 1)
-    eos0: float = 0.6  # eta * lambda_1(H(w0)): 0.3 of the edge (the edge is 2)
-    eta_wd: float = 3e-3  # eta * wd
-    gd_steps: int = 500  # tracked GD steps (to and past the onset)
+    eos0: float = 1.0  # eta * lambda_1(H(w0)): half the edge (the edge is 2)
+    eta_wd: float = 5e-3  # eta * wd
+    gd_steps: int = 130  # tracked GD steps (to and past the onset)
     lead: int = 20  # the central flow starts this many steps before GD's onset (or at 0)
     window: int = 16  # GD's moving-average window (steps; even: whole oscillation periods)
     activation: str = "gelu"  # "gelu" (smooth: the central flow needs it) or "relu" (Flax's)
-    max_edge: int = 3  # eigenvalues the central flow may hold at the edge at once
+    max_edge: int = 4  # eigenvalues the central flow may hold at the edge at once
     leave_tol: float = 1e-2  # the flow leaves the edge below eta (lambda_k + wd) = 2 - leave_tol
-    rtol: float = 1e-7  # the central flow's PID controller (central_flow's defaults)
-    atol: float = 1e-10
+    rtol: float = 1e-6  # the central flow's PID controller
+    atol: float = 1e-9
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(
-            n_train=32,
-            widths=(4, 8, 32),
-            eos0=1.0,
-            eta_wd=5e-3,
-            gd_steps=76,
-            rtol=1e-5,
-            atol=1e-8,
-        )
+        return cls(gd_steps=76, max_edge=3, rtol=1e-5, atol=1e-8)
 
 
 # %% [markdown]
@@ -124,8 +118,8 @@ class Settings:
 #
 # BatchNorm keeps running statistics in a `batch_stats` collection; in training mode they are
 # not used, so the loss applies the model with `mutable=["batch_stats"]` and drops the update.
-# The widths are narrowed to 4, 8 and 64 (32 in the quick settings) and the images are 8x8:
-# `D = 3*3*1*4 + 3*3*4*8 + (2*2*8)*64 = 2372` weights (1348 with 32). The loss is the one-hot
+# The widths are narrowed to 4, 8 and 32 and the images are 8x8: `D = 3*3*1*4 + 3*3*4*8 +
+# (2*2*8)*32 = 1348` weights. The loss is the one-hot
 # MSE `L = |r|^2 / 2` with residuals `r = vec(f(X) - Y) / sqrt(n)` (`n * 10` of them).
 
 
@@ -239,8 +233,9 @@ def check_invariance(prob: Problem) -> dict[str, float]:
 # scale-invariant loss this is `eta_eff * S` with `eta_eff = eta / |w|^2` and `S` the spherical
 # sharpness (the top eigenvalue at `w / |w|`). `theory.eos_quantity(loss, w0, 1.0)` gives
 # `lambda_1(H(w0))`, and `eta = eos0 / lambda_1(H(w0))` starts the run at `eta_eff * S = eos0`,
-# 0.6 (0.3 of the edge) by default, 1.0 in the quick settings: below it, so that the onset is
-# GD's own doing, and near enough to reach it within a few hundred (quick: about ten) steps.
+# 1.0 (half the edge): below it, so that the onset is GD's own doing (from 0.6 on this network
+# GD crosses the edge without oscillating and runs far above it for about 45 steps:
+# docs/predict.md), and near enough to reach it within about ten steps.
 #
 # If phase I were over at once, the sharpness would stay at `S(w0)` and the norm would decay
 # like `(1 - eta wd)^t`: the onset would come after `theory.predicted_eos_onset(eta, wd, eos0)`
@@ -270,13 +265,14 @@ def choose_eta(prob: Problem, s: Settings) -> dict[str, float]:
 # `grad lambda_1` against the drift) and is integrated with an adaptive step: it needs a loss
 # whose Hessian is continuous. A ReLU network's is not: autodiff gives the Hessian of the
 # current activation pattern, which jumps whenever one of the network's pre-activations changes
-# sign (here `64 * (8*8*4 + 4*4*8 + 64) = 28672` of them). `theory.flows.central.curvature_scan`
+# sign (here `32 * (8*8*4 + 4*4*8 + 32) = 13312` of them). `theory.flows.central.curvature_scan`
 # measures `lambda_1` at 41 points along the first 1% of GD's first step and counts the jumps.
-# With ReLU most of `lambda_1`'s change on that segment is jumps; the integrator shrinks its
-# step to resolve each one (the quick run's central flow with ReLU did not finish in 50 minutes
-# on a loaded machine), and `grad lambda_1` by autodiff misses the jumps altogether. The
-# tutorial therefore uses GELU (`Settings.activation`), which is smooth: no jumps. GELU keeps
-# the scale invariance (BatchNorm comes before the activation).
+# With ReLU a large share of `lambda_1`'s change on that segment is jumps (0.39 here, all of it
+# on 64 digits with width 64); the integrator shrinks its step to resolve each one (on 64 digits
+# the central flow with ReLU did not finish in 50 minutes on a loaded machine), and
+# `grad lambda_1` by autodiff misses the jumps altogether. The tutorial therefore uses GELU
+# (`Settings.activation`), which is smooth: no jumps. GELU keeps the scale invariance
+# (BatchNorm comes before the activation).
 
 
 # %%
@@ -345,9 +341,14 @@ def tracked_gd(prob: Problem, rates: dict[str, float], s: Settings) -> theory.GD
 # steps (26-68) the time-averaged loss agrees within 2.0% on average and the direction within
 # 0.020 rad; the flow's `eta_eff * S` is 2.001 (its edge `2 - eta wd` =
 # 1.995 plus the restoring term's lag), GD's moving average at its iterates 2.545: step 5b.
-# The default settings (128 digits, width 64, `eos0 = 0.6`, `eta wd = 3e-3`, 500 steps) were
-# not run to the end: on 64 digits the flow stopped at step 298.8 of 330, where a fourth
-# eigenvalue arrived while three were at the edge (docs/predict.md).
+# The default settings (130 GD steps, `max_edge = 4`, `rtol = 1e-6`) run to the end (531 CPU
+# seconds, 536 s wall at a load of about 6): the fourth eigenvalue reaches the edge at step
+# 83.8, 457 integrator steps for the 130 GD steps; on the 97 compared steps 26-122 the
+# time-averaged loss within 2.1% on average, the direction within 0.042 rad, the flow's
+# `eta_eff * S` 1.995 against GD's moving average at its iterates 2.788 (step 5b: 2.487 at the
+# midpoints, 2.379 at the averaged iterates). The earlier settings (64 digits, width 64,
+# `eos0 = 0.6`, `eta wd = 3e-3`) did not finish: the flow stopped at step 298.8 of 330, where
+# a fourth eigenvalue arrived with `max_edge = 3` (docs/predict.md).
 
 
 # %%
@@ -406,7 +407,11 @@ def follow_path(
 # against the flow's 2.001. Measuring at the time-averaged point removes 0.37 of the 0.54 gap
 # (69%); midpoints and averaged iterates agree within 0.002, so either is the place to compare.
 # The remaining 0.17 (8.5%, about `34 eta wd`) is GD's time-averaged trajectory itself sitting
-# above the edge, which the central flow (held at `2 - eta wd`) does not model.
+# above the edge, which the central flow (held at `2 - eta wd`) does not model. Over the default
+# settings' longer horizon (97 steps 26-122) GD drifts further above: 2.778 at the iterates,
+# 2.487 at the midpoints, 2.379 at the averaged iterates against the flow's 1.995 (the
+# averaged point closes 0.40 of the 0.78 gap; it stays near 2.05 over steps 30-55 and rises to
+# about 2.7 by step 120, after a fourth eigenvalue has reached the flow's edge).
 
 
 # %%
