@@ -6,7 +6,8 @@ from `w0` over the 76 steps (up to three eigenvalues at the edge), and the curva
 midpoints and averaged iterates. Measured (`/usr/bin/time python examples/tutorial_cnn.py
 --quick`): 187 CPU s (user + system) in 379 s wall under a load of 8-15 on the shared 2 cores
 (problem 42 s, rates 29, scans 52, GD 13, flow 194, midpoints 26, figure 2); the test itself
-took 792 s wall at a load of about 15 with a second flow of the same size running.
+took 792 s wall at a load of about 15 with a second flow of the same size running, and 183 s
+wall (`pytest tests/test_tutorial_cnn.py -n 0`, all three tests) at a load of about 6.
 """
 
 from __future__ import annotations
