@@ -97,6 +97,7 @@ def test_midpoint_curvature_is_curvature_at_the_explicit_midpoints():
         assert curv.spherical[i, 0] == pytest.approx(ref_s[0], rel=1e-9)
 
 
+@pytest.mark.slow  # default-suite budget
 def test_midpoint_curvature_vmaps_over_runs():
     # Batched over runs (traced eta, wd, v0), as the regime map calls it: each run equals its
     # own unbatched call.

@@ -39,7 +39,7 @@ def test_hvp_matches_dense_hessian(groups, dtype):
     )
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_grad_lambda1_against_finite_differences(seed):
     # The third-derivative pass against central differences of lambda_1(dense eigh), float64.
     # Step 1e-5: truncation ~h^2 * |D^5 L| ~ 1e-10, rounding ~eps/h * |H| ~ 1e-11.
@@ -71,6 +71,7 @@ def test_grad_lambda1_against_finite_differences(seed):
     assert float(jnp.vdot(g, w)) == pytest.approx(-2 * float(vals[-1]), rel=1e-10)
 
 
+@pytest.mark.slow  # default-suite budget; grad_lambda1 against finite differences stays default
 def test_mixed_third_against_central_differences_of_the_dense_hessian():
     # grad_x (a^T H(x) b) by central differences of the dense Hessian (step 1e-5: truncation
     # ~1e-10, rounding ~1e-11 relative in float64); symmetric in (a, b); (v, v) is grad_lambda1.

@@ -17,7 +17,7 @@ from theory.engine.gd import gd_wd
 from theory.engine.sweep import gd_wd_sweep
 
 
-@pytest.mark.parametrize("groups", [None, (3, 4, 5)])
+@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
 def test_edge_at_init_against_eigvalsh(groups):
     # float64; Lanczos at its default tol gives lambda_1 to ~1e-11 relative on this gap.
     loss, w = random_loss(12, groups, 3)

@@ -307,6 +307,7 @@ def test_network_chunked_bad_arguments():
         nets.chunked_objective(ln.evaluate, chunk_size=4)
 
 
+@pytest.mark.slow  # default-suite budget
 def test_sharpness_and_eos_through_chunked_objective():
     prob = _problem("layer")
     obj = nets.chunked_objective(prob, chunk_size=3)

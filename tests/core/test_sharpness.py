@@ -12,7 +12,7 @@ from theory.core.sharpness import eos_quantity, sharpness_eigs, spherical_sharpn
 RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-11}  # Lanczos default tol -> ~eps/gap on lambda_1
 
 
-@pytest.mark.parametrize("groups", [None, (3, 4, 5)])
+@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
 @pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64])
 def test_spherical_sharpness_against_eigh(groups, dtype):
     loss, w = random_loss(12, groups, 2, dtype)

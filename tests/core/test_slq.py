@@ -46,7 +46,7 @@ def test_full_depth_gives_the_eigenvalues_and_the_probe_projections() -> None:
     np.testing.assert_allclose(jnp.sum(quad.weights, axis=1), 1.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("m", [3, 7])
+@pytest.mark.parametrize("m", [3, pytest.param(7, marks=pytest.mark.slow)])
 def test_moments_up_to_degree_2m_minus_1_are_exact_with_orthonormal_probes(m: int) -> None:
     a = jnp.asarray(_spherical_hessian())
     dim = a.shape[0]

@@ -10,7 +10,7 @@ from theory.core.invariance import normalize
 from theory.core.trace import spherical_trace
 
 
-@pytest.mark.parametrize("groups", [None, (3, 4, 5)])
+@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
 def test_spherical_trace_is_the_mean_of_the_dense_quadratic_forms(groups):
     loss, w = random_loss(12, groups, 4)
     h = np.asarray(jax.hessian(loss)(normalize(w, groups)))

@@ -94,6 +94,7 @@ def _normalize_by_hand(ws, groups):
 RUN_KW = {"eta": ETA, "wd": WD, "steps": STEPS, "perturbation": 1e-10, "chunk_steps": 20}
 
 
+@pytest.mark.slow  # default-suite budget
 def test_default_tracker_tracks_every_recorded_row():
     # gd_wd's default tracker is LanczosTracker(every=saveat.every): the same arrays as the
     # explicit object, and the config of the keywords it replaced.

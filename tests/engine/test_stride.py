@@ -46,6 +46,7 @@ def _runs():
     return loss, full, strided
 
 
+@pytest.mark.slow  # default-suite budget (about 10 s of CPU); its settings and errors stay default
 def test_row_stride_solves_exactly_its_rows_with_the_inner_values() -> None:
     loss, full, strided = _runs()
     np.testing.assert_array_equal(strided.step, [*range(0, STEPS, EVERY), STEPS])
