@@ -104,7 +104,7 @@ def _arch_costs(
     row: dict[str, Any] = {"dim": int(prob.w0.shape[0]), "runs": len(pairs), "steps": steps}
 
     def init() -> Any:
-        return rm.initial_curvature(prob.loss, prob.w0, prob.groups, full)
+        return rm.initial_curvature(prob.loss, prob.w0, prob.groups, len(pairs), full)
 
     row["init_cold_wall"], row["init_cold_cpu"], (lam0, _) = _timed(init)
     row["init_warm_wall"], row["init_warm_cpu"], _ = _timed(init)
