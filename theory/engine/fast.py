@@ -76,8 +76,8 @@ from theory.engine.trackers import AbstractTracker, Obs, StepContext, _untracked
 def _check_solver_fields(owner: str, fields: dict[str, Any]) -> None:
     """The settings :class:`RitzTracker` and :class:`RayleighTracker` share, named by class.
 
-    ``fields`` maps each setting's name to its value (the tracker passes its own fields, so
-    this module never reads attributes by name).
+    ``fields`` maps each setting's name to its value: the tracker passes ``vars(self)``, so
+    this module never reads attributes by name.
     """
     refresh = fields["refresh"]
     if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 0:
@@ -217,17 +217,7 @@ class RitzTracker(AbstractTracker):
     v0: Array | None = None
 
     def __check_init__(self) -> None:
-        _check_solver_fields(
-            type(self).__name__,
-            {
-                "refresh": self.refresh,
-                "every": self.every,
-                "max_iters": self.max_iters,
-                "init_iters": self.init_iters,
-                "tol": self.tol,
-                "correction": self.correction,
-            },
-        )
+        _check_solver_fields(type(self).__name__, vars(self))
         if not isinstance(self.fused, bool):
             raise ValueError(f"RitzTracker.fused must be a bool, got {self.fused!r}")
         if self.block not in (None, True, False):
@@ -533,17 +523,7 @@ class RayleighTracker(AbstractTracker):
     spherical: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self) -> None:
-        _check_solver_fields(
-            type(self).__name__,
-            {
-                "refresh": self.refresh,
-                "every": self.every,
-                "max_iters": self.max_iters,
-                "init_iters": self.init_iters,
-                "tol": self.tol,
-                "correction": self.correction,
-            },
-        )
+        _check_solver_fields(type(self).__name__, vars(self))
         for label, flag in (("momentum", self.momentum), ("fused", self.fused)):
             if not isinstance(flag, bool):
                 raise ValueError(f"RayleighTracker.{label} must be a bool, got {flag!r}")
