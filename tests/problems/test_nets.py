@@ -506,3 +506,55 @@ def test_bad_builder_arguments_raise():
         nets.make_matrix_completion(data._replace(train_idx=np.zeros((8, 3), int)), rank=1)
     with pytest.raises(ValueError, match="num_observed must be < num_rows"):
         nets.matrix_completion_data(4, 5, true_rank=1, num_observed=20)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "strides"),
+    [
+        ((3, 8, 8, 1), (3, 3), (1, 1)),
+        ((2, 8, 8, 4), (3, 3), (2, 2)),  # the ResNet's downsampling convolution
+        ((2, 7, 5, 3), (3, 3), (2, 2)),  # odd sizes: SAME pads unevenly
+        ((2, 1, 6, 2), (3, 3), (1, 2)),  # a spatial axis of size 1
+        ((2, 9, 3), (5,), (3,)),  # one spatial axis, a wider kernel
+    ],
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_patch_conv_is_flax_conv(shape, kernel, strides, dtype):
+    """Oracle: ``nn.Conv(..., padding="SAME", use_bias=False)``. The parameters must be bitwise
+    equal (same name, shape, initializer and key), and so must their dtype; outputs and both
+    gradients (input and kernel) agree to a few roundings of a sum of
+    ``prod(kernel) * channels`` terms: rtol 1e-5 in float32, 1e-12 in float64 (relative to the
+    largest entry)."""
+    x = jax.random.normal(jax.random.PRNGKey(1), shape, dtype)
+    ours = nets.PatchConv(5, kernel, strides)
+    flax_conv = nn.Conv(5, kernel, strides, padding="SAME", use_bias=False)
+    p_ours = ours.init(jax.random.PRNGKey(0), x)
+    p_flax = flax_conv.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(p_ours) == jax.tree.structure(p_flax)
+    k_ours, k_flax = p_ours["params"]["kernel"], p_flax["params"]["kernel"]
+    assert k_ours.dtype == k_flax.dtype and np.array_equal(k_ours, k_flax)
+    params = jax.tree.map(lambda a: a.astype(dtype), p_flax)
+    rtol = 1e-5 if dtype == jnp.float32 else 1e-12
+
+    def close(a: jax.Array, b: jax.Array) -> None:
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=0, atol=rtol * float(jnp.max(jnp.abs(b))))
+
+    close(ours.apply(params, x), flax_conv.apply(params, x))
+    probe = jax.random.normal(jax.random.PRNGKey(2), flax_conv.apply(params, x).shape, dtype)
+
+    def scalar(module: nn.Module) -> object:
+        return lambda p, z: jnp.vdot(probe, module.apply(p, z))
+
+    g_ours = jax.grad(scalar(ours), argnums=(0, 1))(params, x)
+    g_flax = jax.grad(scalar(flax_conv), argnums=(0, 1))(params, x)
+    close(g_ours[0]["params"]["kernel"], g_flax[0]["params"]["kernel"])
+    close(g_ours[1], g_flax[1])
+
+
+def test_patch_conv_rejects_mismatched_shapes():
+    x = jnp.zeros((2, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"2 spatial axes, got \(2, 8, 8\)"):
+        nets.PatchConv(4, (3, 3)).init(jax.random.PRNGKey(0), x[..., 0])
+    with pytest.raises(ValueError, match=r"strides \(1,\)"):
+        nets.PatchConv(4, (3, 3), (1,)).init(jax.random.PRNGKey(0), x)
