@@ -5,7 +5,8 @@ Runs ``bench_core`` (Lanczos cold/warm HVP counts; cost of tracking sharpness ev
 one), ``bench_networks`` (workload W1), ``bench_ire`` (IRE's selectors on W1's network) and
 ``bench_memory`` (peak memory of chunked vs full-batch objectives, XLA's analysis),
 ``bench_trackers`` (the add-on trackers on W1) and ``bench_floor`` (RitzTracker,
-RayleighTracker and LanczosTracker on W1 and W1-EoS against the floor), then writes
+RayleighTracker and LanczosTracker on W1 and W1-EoS against the floor) and ``bench_conv``
+(``nn.Conv`` against ``PatchConv`` at the top level and inside ``lax.scan``), then writes
 ``<out>/report.json`` and ``<out>/report.md`` (default ``results/bench``). Every number is a
 ratio measured in the same run or an error; seconds are medians of warm runs.
 """
@@ -31,6 +32,7 @@ MODULES = (
     "bench_memory",
     "bench_trackers",
     "bench_floor",
+    "bench_conv",
 )
 
 
