@@ -43,9 +43,7 @@ from theory.problems import nets
 def _flax_conv(
     features: int, kernel_size: tuple[int, ...], strides: Any = None, *, name: str | None = None
 ) -> nn.Module:
-    return nn.Conv(
-        features, kernel_size, strides or 1, padding="SAME", use_bias=False, name=name
-    )
+    return nn.Conv(features, kernel_size, strides or 1, padding="SAME", use_bias=False, name=name)
 
 
 @contextmanager
@@ -76,34 +74,36 @@ def _problem(model: nn.Module, n: int) -> nets.NetProblem:
     )
 
 
+def _times(
+    kind: str, model: nn.Module, n: int, runs: int, steps: int, repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Wall and CPU seconds of one gradient, and per step of ``lax.scan`` (one run, ``runs``
+    vmapped), with the convolution ``kind``."""
+    with _conv(kind):
+        prob = _problem(model, n)
+    loss, w0 = prob.loss, prob.w0
+
+    def step(w: jax.Array, _: Any) -> tuple[jax.Array, jax.Array]:
+        value, g = jax.value_and_grad(loss)(w)
+        return w - 1e-3 * g - 1e-5 * w, value
+
+    def scan(w: jax.Array) -> jax.Array:
+        return jax.lax.scan(step, w, None, length=steps)[0]
+
+    grad, scan_1, scan_b = jax.jit(jax.grad(loss)), jax.jit(scan), jax.jit(jax.vmap(scan))
+    ws = jnp.broadcast_to(w0, (runs, *w0.shape))
+    g_w, g_c = _timed(lambda: grad(w0), repeats)
+    s_w, s_c = _timed(lambda: scan_1(w0), repeats)
+    v_w, v_c = _timed(lambda: scan_b(ws), repeats)
+    return {
+        "grad": (g_w, g_c),
+        "scan": (s_w / steps, s_c / steps),
+        f"scan x {runs}": (v_w / steps, v_c / steps),
+    }
+
+
 def _rows(label: str, model: nn.Module, n: int, runs: int, steps: int, repeats: int) -> list[dict]:
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for kind in ("nn.Conv", "PatchConv"):
-        with _conv(kind):
-            prob = _problem(model, n)
-            loss, w0 = prob.loss, prob.w0
-
-            def step(w: jax.Array, _: Any, loss: Any = loss) -> tuple[jax.Array, jax.Array]:
-                value, g = jax.value_and_grad(loss)(w)
-                return w - 1e-3 * g - 1e-5 * w, value
-
-            grad = jax.jit(jax.grad(lambda w, loss: loss(w)))
-            scan = jax.jit(lambda w, loss: jax.lax.scan(step, w, None, length=steps)[0])
-            vscan = jax.jit(
-                jax.vmap(
-                    lambda w, loss: jax.lax.scan(step, w, None, length=steps)[0],
-                    in_axes=(0, None),
-                )
-            )
-            ws = jnp.broadcast_to(w0, (runs, *w0.shape))
-            g_w, g_c = _timed(lambda: grad(w0, loss), repeats)
-            s_w, s_c = _timed(lambda: scan(w0, loss), repeats)
-            v_w, v_c = _timed(lambda: vscan(ws, loss), repeats)
-            out[kind] = {
-                "grad": (g_w, g_c),
-                "scan": (s_w / steps, s_c / steps),
-                f"scan x {runs}": (v_w / steps, v_c / steps),
-            }
+    out = {kind: _times(kind, model, n, runs, steps, repeats) for kind in ("nn.Conv", "PatchConv")}
     rows = []
     for setting in out["PatchConv"]:
         (fw, fc), (pw, pc) = out["nn.Conv"][setting], out["PatchConv"][setting]
@@ -126,8 +126,12 @@ def measure(quick: bool = False) -> list[dict[str, Any]]:
     runs, steps, repeats = (4, 3, 3) if quick else (15, 5, 3)
     rows = _rows("VGG 16-32", nets.vgg((16, 32)), 256 if quick else 1024, runs, steps, repeats)
     rows += _rows(
-        "ResNet 4-8-16 x1", nets.resnet((4, 8, 16), blocks=1), 64 if quick else 256, runs,
-        steps, repeats,
+        "ResNet 4-8-16 x1",
+        nets.resnet((4, 8, 16), blocks=1),
+        64 if quick else 256,
+        runs,
+        steps,
+        repeats,
     )
     return rows
 

@@ -173,10 +173,11 @@ class PatchConv(nn.Module):
 
     Why: on CPU, XLA runs a convolution (and its two transposes in the gradient) several
     times slower inside a loop body (``lax.scan``, ``while_loop``: every chunk of a run and
-    every Lanczos solve) than at the top level of a program. Measured on the VGG 16-32 of the
-    full regime map (1024 digits images, float32, 2 cores): a GD step inside ``lax.scan`` took
-    377 ms of CPU with ``nn.Conv`` against 59 ms with this, and 15 vmapped runs 8.7 s against
-    1.3 s (``benchmarks/bench_conv.py``). Products of matrices do not slow down in loops.
+    every Lanczos solve) than at the top level of a program; products of matrices do not slow
+    down in loops. On the full regime map's VGG 16-32 (1024 digits images, float32) a GD step
+    inside ``lax.scan`` took 468 ms of CPU with ``nn.Conv`` against 74 ms with this, 15
+    vmapped runs 9.9 s against 1.3 s; a gradient at the top level 67 ms against 92 ms
+    (``benchmarks/bench_conv.py``, docs/models.md).
     """
 
     features: int
@@ -196,7 +197,7 @@ class PatchConv(nn.Module):
             )
         cin = x.shape[-1]
         kernel = self.param(
-            "kernel", self.kernel_init, window + (cin, self.features), self.param_dtype
+            "kernel", self.kernel_init, (*window, cin, self.features), self.param_dtype
         )
         dtype = jnp.result_type(x, kernel)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
