@@ -18,7 +18,7 @@ both paths).
 Afterwards, on up to
 ``mid_rows + pre_rows + 2`` recorded rows per run, the EoS quantity and the spherical sharpness
 ``lambda_1(M H M)`` (``M`` the per-layer norms) are measured at the midpoint of consecutive
-iterates ``(w_t + w_{t+1}) / 2`` (``w_{t+1}`` recomputed from ``w_t``; vmapped over the runs,
+iterates ``(w_t + w_{t+1}) / 2`` (``w_{t+1}`` recomputed from ``w_t``; one run at a time,
 warm-started from row to row): evenly over the settled phase (from a quarter of the way between
 the onset and the end; the whole run if there is no onset), evenly before the onset
 (progressive sharpening), at step 0 and just before the onset. Each run is then classified by
@@ -34,8 +34,9 @@ of ``S(0)`` against ``2 / eta_eff(0)``), ``S0`` and ``eta_eff0``, ``predicted_on
 phase-II prediction from ``eos0`` with the sharpness held fixed, docs/theory.md section 2) next
 to the measured onset, and ``tau_end = 2 * steps * eta * wd`` (the slow time of docs/theory.md).
 
-Compiled programs are shared: the sweep's chunk, its tracker initialization and the midpoint
-program take the data as arguments, so networks of equal shapes (the same widths,
+Compiled programs are shared: the sweep's chunk, its tracker initialization and the two midpoint
+programs (vmapped over the runs for the initial solve, one run at a time after the sweep) take
+the data as arguments, so networks of equal shapes (the same widths,
 normalization and loss) reuse them. With ``pad_inputs`` MNIST-1D's 40 inputs are zero-padded to
 digits' 64 for the MLPs, and the padded first-layer weights start at 0: they receive no gradient
 (their inputs are 0) and weight decay keeps them at 0, so the run is the unpadded network's run
@@ -414,7 +415,7 @@ def make_tracker(cfg: Config) -> AbstractTracker:
 
 
 # --------------------------------------------------------------------------------------------
-# Midpoint curvature, vmapped over the runs of a sweep
+# Midpoint curvature over the runs of a sweep (vmapped for the initial solve, mapped after)
 # --------------------------------------------------------------------------------------------
 
 
@@ -445,6 +446,39 @@ def _mid_rows(
 
 
 _mid_rows_jit = eqx.filter_jit(_mid_rows)
+
+
+def _mid_rows_each(
+    loss: Any,
+    w_rows: jax.Array,
+    eta: jax.Array,
+    wd: jax.Array,
+    v0: jax.Array,
+    groups: tuple[int, ...],
+    tol: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`_mid_rows` one run at a time (``lax.map`` over the runs instead of ``vmap``).
+
+    Under ``vmap`` every Lanczos iteration runs until the slowest of the runs stops and carries
+    all their Krylov bases through each iteration's selects; one run at a time, each solve stops
+    at its own tolerance. On digits 64-64 BN-CE (15 runs, 450 steps, 42 rows) the midpoints took
+    36 s of CPU instead of 102 s, with the same values to 1e-8 (docs/regimes.md). The initial
+    solve keeps the vmapped program: its ``lambda_1(w_0)`` sets ``eta``, and the mapped program
+    rounds it differently in the seventh digit, which would change every trajectory."""
+    stop: dict[str, Any] = {"tol": tol, "stop": "error"} if tol > 0 else {}
+
+    def one(args: tuple[jax.Array, ...]) -> Any:
+        w, eta_, wd_, v = args
+        c = midpoint.midpoint_curvature(
+            loss, w, eta_, wd_, groups=groups, lanczos_iters=MID_ITERS, v0=v, **stop
+        )
+        assert c.hessian is not None and c.spherical is not None
+        return c.hessian[:, 0], c.spherical[:, 0]
+
+    return jax.lax.map(one, (w_rows, eta, wd, v0))
+
+
+_mid_rows_each_jit = eqx.filter_jit(_mid_rows_each)
 
 
 def initial_curvature(
@@ -498,7 +532,8 @@ def midpoint_columns(
     loss: Any, sweep: SweepResult, idx: np.ndarray, tol: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(eos_mid, sharpness_mid)`` ``(B, n)`` at the midpoint rows ``idx`` ``(B, M)`` (NaN on
-    other rows and on rows with a non-finite iterate); ``tol`` as in :func:`_mid_rows`."""
+    other rows and on rows with a non-finite iterate), one run at a time
+    (:func:`_mid_rows_each`); ``tol`` as in :func:`_mid_rows`."""
     assert sweep.w is not None
     b, n = sweep.eos.shape
     w = np.asarray(sweep.w)
@@ -507,7 +542,7 @@ def midpoint_columns(
     rows = np.where(finite[..., None], rows, np.asarray(sweep.w[:, 0])[:, None])
     dt = rows.dtype
     v0 = jax.random.normal(jax.random.PRNGKey(7), (b, rows.shape[2]), dt)
-    lam, sph = _mid_rows_jit(
+    lam, sph = _mid_rows_each_jit(
         loss,
         jnp.asarray(rows),
         jnp.asarray(sweep.eta, dt),

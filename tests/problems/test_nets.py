@@ -518,7 +518,9 @@ def test_bad_builder_arguments_raise():
         ((2, 9, 3), (5,), (3,)),  # one spatial axis, a wider kernel
     ],
 )
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize(
+    "dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)]
+)  # default-suite budget: float64 in make test-slow
 def test_patch_conv_is_flax_conv(shape, kernel, strides, dtype):
     """Oracle: ``nn.Conv(..., padding="SAME", use_bias=False)``. The parameters must be bitwise
     equal (same name, shape, initializer and key), and so must their dtype; outputs and both
