@@ -54,6 +54,7 @@ at the end grows with ``eta * wd``; "no EoS" means no EoS within that budget.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -419,6 +420,25 @@ def make_tracker(cfg: Config) -> AbstractTracker:
 # --------------------------------------------------------------------------------------------
 
 
+def _mid_run(
+    loss: Any,
+    groups: tuple[int, ...],
+    tol: float,
+    w: jax.Array,
+    eta: jax.Array,
+    wd: jax.Array,
+    v: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """One run's ``lambda_1(H(mid))`` and ``lambda_1(M H(mid) M)`` ``(M,)`` at the midpoints of
+    its rows ``w`` ``(M, D)``: :func:`theory.analysis.midpoint.midpoint_curvature`."""
+    stop: dict[str, Any] = {"tol": tol, "stop": "error"} if tol > 0 else {}
+    c = midpoint.midpoint_curvature(
+        loss, w, eta, wd, groups=groups, lanczos_iters=MID_ITERS, v0=v, **stop
+    )
+    assert c.hessian is not None and c.spherical is not None
+    return c.hessian[:, 0], c.spherical[:, 0]
+
+
 def _mid_rows(
     loss: Any,
     w_rows: jax.Array,
@@ -430,19 +450,10 @@ def _mid_rows(
 ) -> tuple[jax.Array, jax.Array]:
     """``lambda_1(H(mid))`` and ``lambda_1(M H(mid) M)`` ``(B, M)`` at the midpoints of the rows
     ``w_rows`` ``(B, M, D)`` (rows in increasing order per run, warm starts carried along; ``eta
-    = 0`` gives them at the rows themselves): :func:`theory.analysis.midpoint.midpoint_curvature`
-    vmapped over the runs. ``tol``: 0, each solve stops at the default relative residual; > 0,
-    at this relative eigenvalue error (``stop="error"``)."""
-    stop: dict[str, Any] = {"tol": tol, "stop": "error"} if tol > 0 else {}
-
-    def one(w: jax.Array, eta_: jax.Array, wd_: jax.Array, v: jax.Array) -> Any:
-        c = midpoint.midpoint_curvature(
-            loss, w, eta_, wd_, groups=groups, lanczos_iters=MID_ITERS, v0=v, **stop
-        )
-        assert c.hessian is not None and c.spherical is not None
-        return c.hessian[:, 0], c.spherical[:, 0]
-
-    return jax.vmap(one)(w_rows, eta, wd, v0)
+    = 0`` gives them at the rows themselves): :func:`_mid_run` vmapped over the runs. ``tol``:
+    0, each solve stops at the default relative residual; > 0, at this relative eigenvalue
+    error (``stop="error"``)."""
+    return jax.vmap(functools.partial(_mid_run, loss, groups, tol))(w_rows, eta, wd, v0)
 
 
 _mid_rows_jit = eqx.filter_jit(_mid_rows)
@@ -465,17 +476,7 @@ def _mid_rows_each(
     36 s of CPU instead of 102 s, with the same values to 1e-8 (docs/regimes.md). The initial
     solve keeps the vmapped program: its ``lambda_1(w_0)`` sets ``eta``, and the mapped program
     rounds it differently in the seventh digit, which would change every trajectory."""
-    stop: dict[str, Any] = {"tol": tol, "stop": "error"} if tol > 0 else {}
-
-    def one(args: tuple[jax.Array, ...]) -> Any:
-        w, eta_, wd_, v = args
-        c = midpoint.midpoint_curvature(
-            loss, w, eta_, wd_, groups=groups, lanczos_iters=MID_ITERS, v0=v, **stop
-        )
-        assert c.hessian is not None and c.spherical is not None
-        return c.hessian[:, 0], c.spherical[:, 0]
-
-    return jax.lax.map(one, (w_rows, eta, wd, v0))
+    return jax.lax.map(lambda a: _mid_run(loss, groups, tol, *a), (w_rows, eta, wd, v0))
 
 
 _mid_rows_each_jit = eqx.filter_jit(_mid_rows_each)
