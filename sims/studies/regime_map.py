@@ -447,39 +447,28 @@ def _mid_rows(
     v0: jax.Array,
     groups: tuple[int, ...],
     tol: float = 0.0,
+    each: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """``lambda_1(H(mid))`` and ``lambda_1(M H(mid) M)`` ``(B, M)`` at the midpoints of the rows
     ``w_rows`` ``(B, M, D)`` (rows in increasing order per run, warm starts carried along; ``eta
-    = 0`` gives them at the rows themselves): :func:`_mid_run` vmapped over the runs. ``tol``:
-    0, each solve stops at the default relative residual; > 0, at this relative eigenvalue
-    error (``stop="error"``)."""
-    return jax.vmap(functools.partial(_mid_run, loss, groups, tol))(w_rows, eta, wd, v0)
+    = 0`` gives them at the rows themselves): :func:`_mid_run` over the runs. ``tol``: 0, each
+    solve stops at the default relative residual; > 0, at this relative eigenvalue error
+    (``stop="error"``).
 
-
-_mid_rows_jit = eqx.filter_jit(_mid_rows)
-
-
-def _mid_rows_each(
-    loss: Any,
-    w_rows: jax.Array,
-    eta: jax.Array,
-    wd: jax.Array,
-    v0: jax.Array,
-    groups: tuple[int, ...],
-    tol: float = 0.0,
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`_mid_rows` one run at a time (``lax.map`` over the runs instead of ``vmap``).
-
+    ``each=False`` vmaps over the runs; ``each=True`` solves one run at a time (``lax.map``).
     Under ``vmap`` every Lanczos iteration runs until the slowest of the runs stops and carries
     all their Krylov bases through each iteration's selects; one run at a time, each solve stops
     at its own tolerance. On digits 64-64 BN-CE (15 runs, 450 steps, 42 rows) the midpoints took
     36 s of CPU instead of 102 s, with the same values to 1e-8 (docs/regimes.md). The initial
     solve keeps the vmapped program: its ``lambda_1(w_0)`` sets ``eta``, and the mapped program
     rounds it differently in the seventh digit, which would change every trajectory."""
-    return jax.lax.map(lambda a: _mid_run(loss, groups, tol, *a), (w_rows, eta, wd, v0))
+    run = functools.partial(_mid_run, loss, groups, tol)
+    if each:
+        return jax.lax.map(lambda a: run(*a), (w_rows, eta, wd, v0))
+    return jax.vmap(run)(w_rows, eta, wd, v0)
 
 
-_mid_rows_each_jit = eqx.filter_jit(_mid_rows_each)
+_mid_rows_jit = eqx.filter_jit(_mid_rows)
 
 
 def initial_curvature(
@@ -534,7 +523,7 @@ def midpoint_columns(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(eos_mid, sharpness_mid)`` ``(B, n)`` at the midpoint rows ``idx`` ``(B, M)`` (NaN on
     other rows and on rows with a non-finite iterate), one run at a time
-    (:func:`_mid_rows_each`); ``tol`` as in :func:`_mid_rows`."""
+    (:func:`_mid_rows` with ``each=True``); ``tol`` as in :func:`_mid_rows`."""
     assert sweep.w is not None
     b, n = sweep.eos.shape
     w = np.asarray(sweep.w)
@@ -543,7 +532,7 @@ def midpoint_columns(
     rows = np.where(finite[..., None], rows, np.asarray(sweep.w[:, 0])[:, None])
     dt = rows.dtype
     v0 = jax.random.normal(jax.random.PRNGKey(7), (b, rows.shape[2]), dt)
-    lam, sph = _mid_rows_each_jit(
+    lam, sph = _mid_rows_jit(
         loss,
         jnp.asarray(rows),
         jnp.asarray(sweep.eta, dt),
@@ -551,6 +540,7 @@ def midpoint_columns(
         v0,
         tuple(sweep.groups),
         float(tol),
+        True,
     )
     e = np.where(finite, np.asarray(lam) * np.asarray(sweep.eta)[:, None], np.nan)
     s = np.where(finite, np.asarray(sph), np.nan)
