@@ -5,7 +5,8 @@
     python -m benchmarks.bench_regime_map compare --grid full --archs NAME ... [--steps N]
 
 The new path's levers default to the full preset's (``Config.preset("full")``): ``--stride``,
-``--pre-rows``, ``--mid-tol``, ``--track-tol`` override them (e.g. ``--mid-tol 0``).
+``--pre-rows``, ``--mid-tol``, ``--track-tol``, ``--[no-]sequential`` override them (e.g.
+``--mid-tol 0``).
 
 ``costs``: for full-grid architectures (``sims.studies.regime_map.Config.preset("full")``, all
 15 runs of the sweep) with ``--steps`` steps instead of 3000, the CPU seconds of each part of a
@@ -206,7 +207,8 @@ def costs(
 
 def new_config(base: rm.Config, stride: int, levers: dict[str, Any]) -> rm.Config:
     """``base`` with the new path: tracking every ``stride``-th recorded row (every row before
-    ``dense_steps``) and the given ``pre_rows``, ``mid_tol``, ``track_tol``."""
+    ``dense_steps``) and the given ``pre_rows``, ``mid_tol``, ``track_tol``,
+    ``sequential_solves``."""
     return dataclasses.replace(
         base, sharpness_every=base.record_every, track_stride=stride, **levers
     )
@@ -309,6 +311,12 @@ def main() -> None:
     parser.add_argument("--mid-tol", type=float, default=full_new.mid_tol)
     parser.add_argument("--track-tol", type=float, default=full_new.track_tol)
     parser.add_argument(
+        "--sequential",
+        action=argparse.BooleanOptionalAction,
+        default=full_new.sequential_solves,
+        help="new path: the tracker's solves one run at a time (--no-sequential: in lockstep)",
+    )
+    parser.add_argument(
         "--trackers", nargs="*", default=["untracked", "old", "new"], help="costs: which sweeps"
     )
     parser.add_argument("--out", default="results/bench")
@@ -321,7 +329,12 @@ def main() -> None:
         "uptime_start": _uptime(),
         "argv": vars(ns),
     }
-    levers = {"pre_rows": ns.pre_rows, "mid_tol": ns.mid_tol, "track_tol": ns.track_tol}
+    levers = {
+        "pre_rows": ns.pre_rows,
+        "mid_tol": ns.mid_tol,
+        "track_tol": ns.track_tol,
+        "sequential_solves": ns.sequential,
+    }
     if ns.mode == "costs":
         names = ns.archs or ["digits_mlp64-64_bn_ce"]
         result = costs(names, ns.steps or 45, ns.stride, levers, tuple(ns.trackers))

@@ -116,6 +116,10 @@ class Config:
         default=DATASETS, metadata={"help": "MLP datasets: digits, mnist1d"}
     )
     n_train: int = field(default=256, metadata={"help": "training samples per dataset"})
+    cnn_train: int = field(
+        default=0,
+        metadata={"help": "training images of the VGG and the ResNet (0: n_train)"},
+    )
     widths: tuple[int, ...] = field(default=(32, 16), metadata={"help": "MLP hidden widths"})
     depth: int = field(default=2, metadata={"help": "MLP hidden layers"})
     cnn_channels: tuple[int, ...] = field(
@@ -187,6 +191,13 @@ class Config:
             "solve); > 0 at this relative eigenvalue error (Kato-Temple estimate)"
         },
     )
+    sequential_solves: bool = field(
+        default=False,
+        metadata={
+            "help": "solve eta*lambda_1 at the iterates one run at a time instead of in "
+            "lockstep over the sweep's vmapped runs (the same trajectories, bitwise)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the init and the fixed head"})
     dtype: Literal["float32", "float64"] = field(default="float32", metadata={"help": "precision"})
 
@@ -238,6 +249,11 @@ class Config:
                 raise ValueError(f"{name} must be in [0, 1) (0: the residual rule), got {value!r}")
         if self.n_train % 8 or self.n_train < 16:
             raise ValueError(f"n_train must be a multiple of 8 and >= 16, got {self.n_train}")
+        cnn_train = self.cnn_train
+        if isinstance(cnn_train, bool) or not isinstance(cnn_train, int) or cnn_train < 0:
+            raise ValueError(f"cnn_train must be an int >= 0 (0: n_train), got {cnn_train!r}")
+        if cnn_train and (cnn_train % 8 or cnn_train < 16):
+            raise ValueError(f"cnn_train must be 0 or a multiple of 8 >= 16, got {cnn_train}")
         if self.record_every % self.sharpness_every:
             raise ValueError(
                 f"sharpness_every ({self.sharpness_every}) must divide record_every "
@@ -256,16 +272,20 @@ class Config:
         2 initial EoS quantities x 4 eta*wd over 1.5 decades, 600 steps: 4 sweeps of 8 runs.
         ``full``: 1024 samples, widths 64 and 256 crossed with all four normalization-loss
         pairs, 3 initial EoS quantities x 5 eta*wd over 1.5 decades, 3000 steps, and the VGG CNN
-        (16-32 channels) on digits images: 20 sweeps of 15 runs. CPU times of both in
-        docs/regimes.md; the full map runs unchanged on an accelerator.
+        (8-16 channels) on 256 digits images: 20 sweeps of 15 runs. (The VGG was 16-32 on 1024
+        images until its stepping alone, 4.3 CPU hours for the four sweeps, put the map out of
+        a laptop's reach; docs/regimes.md.) CPU times of both in docs/regimes.md; the full map
+        runs unchanged on an accelerator.
 
         ``tracking`` (full scale only): ``"new"`` solves ``eta * lambda_1`` at the iterates on
         every recorded row of the first 300 steps (the onsets of all but the slowest runs) and
         on every third recorded row after them (every 45 steps, :class:`RowStrideTracker`),
         measures the midpoints on the 42 rows the classifier reads (``pre_rows = 0``: the
-        rows before the onset only fed figures; row 0 and the row before the onset stay), and
+        rows before the onset only fed figures; row 0 and the row before the onset stay),
         stops the solves at the iterates at a relative eigenvalue error of ``NEW_TOL``
-        (``stop="error"``) instead of the residual ``3 sqrt(eps)``; ``"old"`` every 5 steps
+        (``stop="error"``) instead of the residual ``3 sqrt(eps)``, and runs those solves one
+        run at a time (``sequential_solves``; the trajectories are bitwise those of the
+        lockstep solves); ``"old"`` every 5 steps
         with 54 midpoint rows, as the map was first run. Both solve the midpoints by the
         residual rule (``mid_tol = 0``). The quick scale tracks every recorded
         row either way."""
@@ -279,7 +299,8 @@ class Config:
                 n_train=1024,
                 widths=(64, 256),
                 cross_widths=True,
-                cnn_channels=(16, 32),
+                cnn_channels=(8, 16),
+                cnn_train=256,
                 eos0=(0.1, 0.5, 3.0),
                 eta_wd=(1e-3, 2e-3, 5e-3, 1e-2, 3e-2),
                 steps=3000,
@@ -292,6 +313,7 @@ class Config:
                 pre_rows=12 if old else 0,
                 mid_tol=0.0,
                 track_tol=0.0 if old else NEW_TOL,
+                sequential_solves=not old,
             )
         raise ValueError(f"scale must be 'quick' or 'full', got {scale!r}")
 
@@ -340,7 +362,8 @@ def run_name(arch: dict[str, Any], eos0: float, ewd: float) -> str:
 def _dataset(name: str, cfg: Config, images: bool) -> datasets.Dataset:
     dtype = np.float64 if cfg.dtype == "float64" else np.float32
     if name == "digits":
-        return datasets.digits(n_train=cfg.n_train, images=images, dtype=dtype, seed=cfg.seed)
+        n = cfg.cnn_train if images and cfg.cnn_train else cfg.n_train
+        return datasets.digits(n_train=n, images=images, dtype=dtype, seed=cfg.seed)
     n_samples = cfg.n_train * 5 // 4  # train_split 0.8: n_train training signals
     return datasets.mnist1d(n_samples=n_samples, dtype=dtype, seed=cfg.seed)
 
@@ -400,16 +423,17 @@ def make_network(cfg: Config, arch: dict[str, Any]) -> nets.NetProblem:
 def make_tracker(cfg: Config) -> AbstractTracker:
     """The sweep's tracker: ``eta * lambda_1`` at the iterates every ``sharpness_every`` steps
     (``track_stride = 1``, the old path), or on every recorded row of the first
-    ``dense_steps`` steps and on every ``track_stride``-th recorded row after them."""
-    base = LanczosTracker(every=cfg.sharpness_every, spherical=False, init_iters=32)
-    if cfg.track_tol > 0:
-        base = LanczosTracker(
-            every=cfg.sharpness_every,
-            spherical=False,
-            init_iters=32,
-            tol=cfg.track_tol,
-            stop="error",
-        )
+    ``dense_steps`` steps and on every ``track_stride``-th recorded row after them; with
+    ``sequential_solves`` each tracked step's solves run one run at a time
+    (:class:`LanczosTracker` ``sequential=True``)."""
+    stop: dict[str, Any] = {"tol": cfg.track_tol, "stop": "error"} if cfg.track_tol > 0 else {}
+    base = LanczosTracker(
+        every=cfg.sharpness_every,
+        spherical=False,
+        init_iters=32,
+        sequential=cfg.sequential_solves,
+        **stop,
+    )
     if cfg.track_stride == 1:
         return base
     return RowStrideTracker(base, cfg.record_every * cfg.track_stride, cfg.dense_steps)

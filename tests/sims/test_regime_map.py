@@ -31,6 +31,21 @@ def test_solver_tolerances_and_the_new_full_preset() -> None:
     tracker = rm.make_tracker(new)
     assert tracker.config()["solve_period"] == 45
     assert tracker.config()["stop"] == "error" and tracker.config()["lanczos_tol"] == rm.NEW_TOL
+    # The new path solves one run at a time; the old one in lockstep, as first run.
+    assert tracker.config()["sequential"] is True
+    assert "sequential" not in rm.make_tracker(old).config()
+    # The convolutional networks at a laptop's size (both paths): VGG 8-16 on 256 images,
+    # while the MLPs keep their 1024 samples.
+    for cfg in (new, old):
+        assert (cfg.cnn_channels, cfg.cnn_train, cfg.n_train) == ((8, 16), 256, 1024)
+    vgg = [a for a in rm.architectures(new) if a["model"] == "vgg"]
+    assert len(vgg) == 4 and vgg[0]["name"] == "digits_vgg8-16_bn_ce"
+    with pytest.raises(ValueError, match=r"cnn_train must be 0 or a multiple of 8 >= 16, got 12"):
+        rm.Config(cnn_train=12)
+    with pytest.raises(ValueError, match=r"cnn_train must be an int >= 0 .*got -8"):
+        rm.Config(cnn_train=-8)
+    small = rm.Config(datasets=(), cnn_channels=(2, 2), cnn_train=32, n_train=64)
+    assert rm.make_network(small, rm.architectures(small)[0]).config["num_train"] == 32
 
 
 def test_midpoint_columns_match_dense_eigenvalues_run_by_run() -> None:

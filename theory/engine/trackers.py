@@ -228,6 +228,17 @@ class LanczosTracker(AbstractTracker):
             same.
         v0: the first warm start (a ``(D,)`` vector, normalized here; part of the tracker's
             state from then on); ``None``: an accurate cold solve at the start (``init``).
+        sequential: under ``vmap`` (a sweep), solve the configurations' eigenproblems one
+            after another (``jax.custom_batching.sequential_vmap``) instead of in lockstep.
+            In lockstep every Lanczos iteration runs until the slowest configuration stops,
+            and every configuration's Krylov basis goes through each iteration's selects (both
+            branches of every ``lax.cond``); one at a time, each solve stops at its own
+            tolerance on single-vector HVPs. The loss and gradient that drive the step stay
+            batched (the primal pass of the batched linearization, as without it), so the
+            trajectories are bitwise those of the lockstep tracker; each configuration's solve
+            re-linearizes at its own ``w`` (one extra forward and backward pass per tracked
+            step and configuration). Tracked values agree with the lockstep ones to rounding.
+            No effect on a single run. Measured in ``benchmarks/bench_regime_map.py``.
     """
 
     every: int = eqx.field(static=True, default=1)
@@ -240,6 +251,7 @@ class LanczosTracker(AbstractTracker):
     spherical: bool = eqx.field(static=True, default=True)
     batched: bool = eqx.field(static=True, default=False)
     v0: Array | None = None
+    sequential: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self) -> None:
         for name, value in (
@@ -311,13 +323,15 @@ class LanczosTracker(AbstractTracker):
         ctx: StepContext,
     ) -> tuple[Obs, LanczosState]:
         del ctx
-        tol = self._tol(w.dtype)
         max_iters = min(self.max_iters, w.shape[0])
 
         def top(
             matvec: Callable[[Array], Array], start: Array, prior_gap: Array
         ) -> tuple[Array, ...]:
             """``(eigenvalue, unit eigenvector, relative residual, HVPs, gap to carry)``."""
+            # Made here, not closed over: under ``sequential`` this runs inside a
+            # ``custom_vmap`` body, which must not capture values traced outside it.
+            tol = self._tol(start.dtype)
             res = lanczos(
                 matvec,
                 start,
@@ -330,13 +344,15 @@ class LanczosTracker(AbstractTracker):
             )
             lam = res.eigenvalues[0]
             # The last trusted Ritz gap (three vectors or more) is carried forward.
-            gap = res.gap if res.gap is not None else jnp.asarray(jnp.nan, w.dtype)
-            gap = jnp.where(jnp.isfinite(gap), gap, prior_gap).astype(w.dtype)
+            gap = res.gap if res.gap is not None else jnp.asarray(jnp.nan, start.dtype)
+            gap = jnp.where(jnp.isfinite(gap), gap, prior_gap).astype(start.dtype)
             resid = res.residuals[0] / jnp.abs(lam)
             return lam, res.eigenvectors[:, 0], resid, res.num_matvecs, gap
 
-        def solve(state: LanczosState) -> tuple[Obs, LanczosState]:
-            (val, grad), hvp = objective.linearize(w)
+        def spectral(
+            hvp: Callable[[Array], Array], w: Array, lr: Array, state: LanczosState
+        ) -> tuple[Any, ...]:
+            """``(eos, sharpness, relative residual, HVPs, new state)`` at ``w``."""
             start, prior = state.v, state.gap
             if self.warm_start == "parity" and self.every % 2 == 1:
                 start, prior = state.vp, state.gp
@@ -353,8 +369,28 @@ class LanczosTracker(AbstractTracker):
                 matvecs = matvecs + matvecs_s
             else:
                 sharp = jnp.asarray(jnp.nan, w.dtype)
+            return eos, sharp, resid, matvecs, LanczosState(v, state.v, vs, gap, state.gap)
+
+        def solve(state: LanczosState) -> tuple[Obs, LanczosState]:
+            if self.sequential:
+                # The primal pass of the batched linearization drives the step (its tangent
+                # program is unused and dropped), so the trajectory is the lockstep one; the
+                # objective's arrays are explicit arguments, as a minibatch objective's draw
+                # differs between configurations.
+                (val, grad), _ = objective.linearize(w)
+                dyn, static = eqx.partition(objective, eqx.is_array)
+
+                @jax.custom_batching.sequential_vmap
+                def each(dyn: Any, w: Array, lr: Array, state: LanczosState) -> tuple[Any, ...]:
+                    _, hvp = eqx.combine(dyn, static).linearize(w)
+                    return spectral(hvp, w, lr, state)
+
+                eos, sharp, resid, matvecs, new = each(dyn, w, lr, state)
+            else:
+                (val, grad), hvp = objective.linearize(w)
+                eos, sharp, resid, matvecs, new = spectral(hvp, w, lr, state)
             obs = Obs(val, grad, eos, sharp, jnp.asarray(matvecs, jnp.int32), resid)
-            return obs, LanczosState(v, state.v, vs, gap, state.gap)
+            return obs, new
 
         def skip(state: LanczosState) -> tuple[Obs, LanczosState]:
             return _untracked(objective, w), state
@@ -377,4 +413,5 @@ class LanczosTracker(AbstractTracker):
             "warm_start": self.warm_start,
             **({"stop": "error", "safety": self.safety} if self.stop == "error" else {}),
             **({} if self.spherical else {"spherical": False}),
+            **({"sequential": True} if self.sequential else {}),
         }
