@@ -17,7 +17,9 @@ from theory.core.curvature import (
 )
 
 
-@pytest.mark.parametrize("groups", [None, (3, 4, 5)])
+@pytest.mark.parametrize(
+    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)]
+)  # default-suite budget: several groups in make test-slow
 @pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64])
 def test_hvp_matches_dense_hessian(groups, dtype):
     # Same arithmetic up to reassociation: float32 ~1e-6, float64 ~1e-14 of |H||v|.

@@ -163,6 +163,7 @@ def test_check_names_the_leaf_and_the_fix_for_a_flax_net():
     assert "which changes the model" in msg
 
 
+@pytest.mark.slow  # default-suite budget (12 s); the check's refusals stay in make test
 def test_check_reports_epsilon_growing_as_the_group_shrinks():
     with pytest.raises(ScaleInvarianceError) as err:
         _check(NetSpec(epsilon=1e-3))

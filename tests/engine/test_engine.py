@@ -471,6 +471,7 @@ def _interrupt_after(n, into):
     return hook
 
 
+@pytest.mark.slow  # default-suite budget; test_gd.py's snapshot/resume test stays in make test
 def test_interrupted_gd_wd_resumes_bitwise():
     loss, w0 = random_loss(12, None, 4)
     tracker = LanczosTracker(every=2)

@@ -39,6 +39,7 @@ def _spherical_hessian(loss, w, groups):
     return np.asarray(m[:, None] * h * m[None, :])
 
 
+@pytest.mark.slow  # default-suite budget (17 s); tests/core/test_slq.py tests SLQ in make test
 def test_slq_at_full_depth_gives_the_spectrum_of_the_spherical_hessian() -> None:
     loss, w0 = random_loss(12, GROUPS, 0)
     # alone, a period must divide SaveAt.every (the driver's rule); inside a composite not

@@ -72,7 +72,9 @@ def test_field_against_dense_and_finite_differences(name):
     np.testing.assert_allclose(dlog, math.log(abs(1 - eta * (q + wd))), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["great_circle", "curved_manifold"])
+@pytest.mark.parametrize(
+    "name", ["great_circle", pytest.param("curved_manifold", marks=pytest.mark.slow)]
+)  # default-suite budget: the second problem (15 s) in make test-slow
 def test_center_force_is_third_order_sharpness_gradient(name):
     """``dx/dt + eta grad f = -(eta/2) rho^2 grad lambda_1 + O(rho^4)`` along the top
     eigenvector; ``grad lambda_1`` by autodiff through the dense ``eigvalsh``."""

@@ -226,7 +226,9 @@ def _evaluate(loss, w0, scales):
 FRAMEWORKS = ("linen", "nnx", "equinox")
 
 
-@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize(
+    "name", [n if n == "linen" else pytest.param(n, marks=pytest.mark.slow) for n in FRAMEWORKS]
+)  # default-suite budget: linen in make test, nnx and equinox in make test-slow
 def test_loss_grad_groups_and_invariance_match_the_framework(name):
     ml, value, grad, names = _case(name)
     assert isinstance(ml, ModelLoss)
