@@ -17,6 +17,7 @@ from theory.analysis.midpoint import curvature_along, midpoint_curvature
 GROUPS = (20, 20)
 
 
+@pytest.mark.slow  # default-suite budget (12 s); core/test_lanczos.py tests the error stop
 def test_error_stop_meets_its_tolerance_at_every_point() -> None:
     loss, w = random_loss(sum(GROUPS), GROUPS, 5)
     rng = np.random.default_rng(6)

@@ -25,7 +25,9 @@ GROUPS = [None, (3, 4, 5)]
 
 
 @pytest.mark.parametrize("groups", GROUPS)
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.slow)]
+)  # default-suite budget: the others in make test-slow
 def test_identities(groups, seed):
     # float64: every identity holds to rounding, ~1e-13 relative for these O(1) quantities.
     loss, w = random_loss(12, groups, seed)

@@ -69,7 +69,10 @@ def _all_passes(obj, w, v):
     return obj(w), obj.value_and_grad(w), (val, grad), hvp(v), cols, obj.value_grad_hvp(w, v)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, N])
+@pytest.mark.parametrize(
+    "chunk_size",
+    [pytest.param(1, marks=pytest.mark.slow), 4, pytest.param(N, marks=pytest.mark.slow)],
+)  # default-suite budget: the others in make test-slow
 def test_chunked_and_fullbatch_match_dense_hessian(chunk_size):
     x, y, w, v = _toy()
     loss = _full(x, y)

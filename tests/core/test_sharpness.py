@@ -36,7 +36,9 @@ def test_spherical_sharpness_against_eigh(groups, dtype):
     )
 
 
-@pytest.mark.parametrize("groups", [None, (3, 4, 5)])
+@pytest.mark.parametrize(
+    "groups", [pytest.param(None, marks=pytest.mark.slow), (3, 4, 5)]
+)  # default-suite budget: one group in make test-slow
 def test_eos_quantity(groups):
     # eta * lambda_1(hess L(w)) computed three ways: raw Hessian, D^{1/2} H(w_hat) D^{1/2}, and
     # for one group eta_eff * S.

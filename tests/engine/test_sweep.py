@@ -120,32 +120,35 @@ def test_sharded_over_eight_forced_devices():
 # --------------------------------------------------------------------------------------------
 
 
-def _seq_sweep(objective, sequential: bool, etas: np.ndarray, groups, w0, keys):
+def _seq_sweep(objective, sequential: bool, etas: np.ndarray, groups, w0, keys, steps=40):
     from theory.engine import GDWD, run_batch
 
     tracker = LanczosTracker(every=2, tol=1e-12, max_iters=8, sequential=sequential)
     n = len(etas)
     method = GDWD(jnp.asarray(etas), jnp.full(n, 0.05), jnp.zeros(n), groups)
     return run_batch(
-        objective, method, np.stack([np.asarray(w0)] * n), keys, steps=40, groups=groups,
+        objective, method, np.stack([np.asarray(w0)] * n), keys, steps=steps, groups=groups,
         tracker=tracker, saveat=SaveAt(every=2, iterates=True),
     )  # fmt: skip
 
 
-def test_sequential_solves_keep_the_trajectories_and_match_dense_eigenvalues() -> None:
-    """Several groups (so the spherical operator is solved too), three configurations: the
-    iterates and losses are bitwise those of the lockstep tracker, and the EoS quantity and the
-    spherical sharpness equal dense ``eigvalsh`` at the recorded iterates to 1e-9."""
+@pytest.mark.parametrize(
+    "groups", [(8,), pytest.param((3, 5), marks=pytest.mark.slow)]
+)  # default-suite budget: several groups (the spherical operator solved too) in make test-slow
+def test_sequential_solves_keep_the_trajectories_and_match_dense_eigenvalues(groups) -> None:
+    """Three configurations: the iterates and losses are bitwise those of the lockstep tracker,
+    and the EoS quantity and the spherical sharpness equal dense ``eigvalsh`` at the recorded
+    iterates to 1e-9."""
     from tests._losses import random_loss
     from theory.core.invariance import expand_groups, group_norms
     from theory.core.objective import FullBatch
 
-    groups = (3, 5)
-    loss, w0 = random_loss(8, groups, 2)
+    loss, w0 = random_loss(8, None if len(groups) == 1 else groups, 2)
     etas = np.array([0.1, 0.4, 1.2])
     keys = np.stack([np.asarray(jax.random.PRNGKey(i)) for i in range(3)])
-    lock = _seq_sweep(FullBatch(loss), False, etas, groups, w0, keys)
-    seq = _seq_sweep(FullBatch(loss), True, etas, groups, w0, keys)
+    steps = 40 if len(groups) > 1 else 16
+    lock = _seq_sweep(FullBatch(loss), False, etas, groups, w0, keys, steps)
+    seq = _seq_sweep(FullBatch(loss), True, etas, groups, w0, keys, steps)
     np.testing.assert_array_equal(seq.w, lock.w)
     np.testing.assert_array_equal(seq.loss, lock.loss)
     np.testing.assert_allclose(seq.eos, lock.eos, rtol=1e-9)

@@ -85,9 +85,14 @@ def _sym_problem(dim: int = 12, seed: int = 0):
 
 @pytest.mark.parametrize(
     "geometry",
-    [Dense(), Lanczos(), Lanczos(iters=12, seed=None), GaussNewton(lambda w: w[:1])],
+    [
+        Dense(),
+        Lanczos(),
+        pytest.param(Lanczos(iters=12, seed=None), marks=pytest.mark.slow),
+        GaussNewton(lambda w: w[:1]),
+    ],
     ids=["dense", "lanczos", "lanczos-ones", "gauss_newton"],
-)
+)  # default-suite budget: the others in make test-slow
 def test_top_eigs_against_dense_eigh(geometry):
     loss, w = _sym_problem()
     vals, vecs = jax.jit(lambda x: geometry.top_eigs(loss, x, 3))(w)

@@ -47,8 +47,13 @@ def _point(name, seed, scale=1.0):
 
 
 @pytest.mark.parametrize(
-    "name", ["great_circle", "ire_toy", pytest.param("curved_manifold", marks=pytest.mark.slow)]
-)
+    "name",
+    [
+        pytest.param("great_circle", marks=pytest.mark.slow),
+        "ire_toy",
+        pytest.param("curved_manifold", marks=pytest.mark.slow),
+    ],
+)  # default-suite budget: the others in make test-slow
 def test_field_against_dense_and_finite_differences(name):
     prob, x, v = _point(name, 3, scale=0.4)
     eta, wd, rho = ETA, 0.05, 0.02

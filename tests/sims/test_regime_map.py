@@ -48,6 +48,7 @@ def test_solver_tolerances_and_the_new_full_preset() -> None:
     assert rm.make_network(small, rm.architectures(small)[0]).config["num_train"] == 32
 
 
+@pytest.mark.slow  # default-suite budget (17 s); analysis/test_midpoint.py keeps its oracle
 def test_midpoint_columns_match_dense_eigenvalues_run_by_run() -> None:
     """The sweep's midpoint columns (one run at a time, ``lax.map``) against an independent
     oracle per run: the GD+WD midpoint recomputed by an explicit step, NumPy ``eigvalsh`` of
