@@ -6,9 +6,10 @@ On CPU, XLA runs a convolution and its gradient's transposes several times slowe
 loop body (``lax.scan``, ``while_loop``) than at the top level of a program; products of
 matrices do not slow down. The simulator runs every chunk of GD and every Lanczos solve in such
 loops, so the project's VGG and ResNet compute their convolutions as patches times a matrix
-(``PatchConv``: the same function and parameters). This prints, for the regime map's VGG 16-32
-on 1024 digits images (quick: 256) and a ResNet 4-8-16 with one block per stage on 256 (quick:
-64), both convolution kinds side by side in one run:
+(``PatchConv``: the same function and parameters). This prints, for a VGG 16-32 on 1024 digits
+images (quick: 256; the full regime map's VGG until it became 8-16 on 256 images) and a
+ResNet 4-8-16 with one block per stage on 256 (quick: 64), both convolution kinds side by side
+in one run:
 
 - ``grad``: one jitted gradient at the top level of a program;
 - ``scan``: a GD step inside ``lax.scan`` (``steps`` steps per call);

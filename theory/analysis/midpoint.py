@@ -293,6 +293,7 @@ def midpoint_curvature(
 @eqx.filter_jit
 def _midpoints(loss: LossFn, w: Array, eta: Array, wd: Array) -> Array:
     # One row at a time (``lax.map``), not vmapped over the rows: a gradient's activations for
-    # every row at once do not fit in memory for convolutional networks (the regime map's VGG
-    # 16-32 on 1024 images asked for 49 GB with 42 rows x 15 vmapped runs).
+    # every row at once do not fit in memory for convolutional networks (a VGG 16-32 on 1024
+    # images, the regime map's former full-scale VGG, asked for 49 GB with 42 rows x 15
+    # vmapped runs).
     return jax.lax.map(lambda p: gd_midpoint(loss, p, eta, wd), w)

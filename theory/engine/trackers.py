@@ -238,7 +238,8 @@ class LanczosTracker(AbstractTracker):
             trajectories are bitwise those of the lockstep tracker; each configuration's solve
             re-linearizes at its own ``w`` (one extra forward and backward pass per tracked
             step and configuration). Tracked values agree with the lockstep ones to rounding.
-            No effect on a single run. Measured in ``benchmarks/bench_regime_map.py``.
+            A single run gains nothing and pays the extra pass: leave it off there. Measured
+            in ``benchmarks/bench_regime_map.py`` (``--sequential``) and docs/regimes.md.
     """
 
     every: int = eqx.field(static=True, default=1)

@@ -174,7 +174,8 @@ class PatchConv(nn.Module):
     Why: on CPU, XLA runs a convolution (and its two transposes in the gradient) several
     times slower inside a loop body (``lax.scan``, ``while_loop``: every chunk of a run and
     every Lanczos solve) than at the top level of a program; products of matrices do not slow
-    down in loops. On the full regime map's VGG 16-32 (1024 digits images, float32) a GD step
+    down in loops. On a VGG 16-32 (1024 digits images, float32; the full regime map's VGG
+    until 2026-12-07, now 8-16 on 256 images) a GD step
     inside ``lax.scan`` took 468 ms of CPU with ``nn.Conv`` against 74 ms with this, 15
     vmapped runs 9.9 s against 1.3 s; a gradient at the top level 67 ms against 92 ms
     (``benchmarks/bench_conv.py``, docs/models.md).
