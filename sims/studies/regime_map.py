@@ -242,18 +242,17 @@ class Config:
                 f"track_stride > 1 thins the recorded rows: sharpness_every "
                 f"({self.sharpness_every}) must then equal record_every ({self.record_every})"
             )
-        check.int_fields_at_least(self, 0, "pre_rows", "dense_steps")
+        check.int_fields_at_least(self, 0, "pre_rows", "dense_steps", "cnn_train")
         for name in ("mid_tol", "track_tol"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
                 raise ValueError(f"{name} must be in [0, 1) (0: the residual rule), got {value!r}")
         if self.n_train % 8 or self.n_train < 16:
             raise ValueError(f"n_train must be a multiple of 8 and >= 16, got {self.n_train}")
-        cnn_train = self.cnn_train
-        if isinstance(cnn_train, bool) or not isinstance(cnn_train, int) or cnn_train < 0:
-            raise ValueError(f"cnn_train must be an int >= 0 (0: n_train), got {cnn_train!r}")
-        if cnn_train and (cnn_train % 8 or cnn_train < 16):
-            raise ValueError(f"cnn_train must be 0 or a multiple of 8 >= 16, got {cnn_train}")
+        if self.cnn_train and (self.cnn_train % 8 or self.cnn_train < 16):
+            raise ValueError(
+                f"cnn_train must be 0 (n_train) or a multiple of 8 >= 16, got {self.cnn_train}"
+            )
         if self.record_every % self.sharpness_every:
             raise ValueError(
                 f"sharpness_every ({self.sharpness_every}) must divide record_every "
