@@ -203,8 +203,8 @@ def test_top_hessian_eigenvalues_bad_inputs():
 def test_midpoints_memory_does_not_grow_with_the_rows():
     """The midpoints are computed one row at a time: XLA's temporary memory for 64 rows equals
     that for 4 (vmapped over the rows it grew 20x with the rows on this network, and a VGG
-    16-32 on 1024 images, the regime map's former full-scale VGG, asked for 49 GB). Oracle: the compiled program's memory analysis;
-    the output (64 rows) is not temporary memory."""
+    16-32 on 1024 images, the regime map's former full-scale VGG, asked for 49 GB). Oracle:
+    the compiled program's memory analysis; the output (64 rows) is not temporary memory."""
     from sims import data as datasets
     from theory.analysis import midpoint
     from theory.problems import nets
