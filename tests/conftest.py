@@ -13,6 +13,7 @@ import jax
 import pytest
 
 from sims.cache import ENV, enable_compilation_cache
+from tests._markers import heavy_cover_problems
 
 jax.config.update("jax_enable_x64", True)
 # JAX's persistent compilation cache (sims/cache.py) only when SHARPSIM_COMPILE_CACHE names a
@@ -32,3 +33,15 @@ def _drop_compiled_programs() -> Iterator[None]:
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Before ``-m`` deselects: every heavy case names a collected, CI-run test (item 14)."""
+    covers = {}
+    for item in items:
+        mark = item.get_closest_marker("heavy")
+        covers[item.nodeid] = None if mark is None else str(mark.kwargs.get("covered_by"))
+    problems = heavy_cover_problems(covers)
+    if problems:
+        raise pytest.UsageError("heavy tests with a bad covered_by:\n" + "\n".join(problems))

@@ -12,6 +12,11 @@
 4. No public name of a package is both a submodule and something else (``import theory.x as m``
    must bind the module).
 5. ``tests/`` mirrors ``theory/``: every subpackage of ``theory`` has a ``tests/<name>/`` folder.
+6. A test that CI skips says which CI-run test covers its path: ``pytest.mark.heavy`` (run by
+   ``make test-heavy``, not by ``make test`` or ``make test-slow``) always carries
+   ``covered_by="tests/<file>.py::<test>"`` naming a test function that exists and is not itself
+   heavy, and a heavy test is not also ``slow`` (docs/conventions.md item 14); the exact case is
+   checked on collection (``tests/_markers.py``, run from ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests._markers import heavy_cover_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,6 +256,69 @@ def direct_eigh_violations(root: Path) -> list[str]:
     return sorted(set(out))
 
 
+HEAVY = "pytest.mark.heavy"
+COVER_RE = re.compile(r"^(tests/[\w/]+\.py)::(\w+)(\[[^\]]+\])?$")
+
+
+def _decorator_marks(fn: ast.FunctionDef) -> set[str]:
+    """The ``pytest.mark.<name>`` names among a function's decorators (called or bare)."""
+    out = set()
+    for dec in fn.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        text = ast.unparse(target)
+        if text.startswith("pytest.mark."):
+            out.add(text.removeprefix("pytest.mark."))
+    return out
+
+
+def heavy_marker_violations(root: Path) -> list[str]:
+    """``pytest.mark.heavy`` uses against rule 6, in every test module under ``root/tests``."""
+    out = []
+    tests = root / "tests"
+    if not tests.is_dir():
+        return out
+    for path in sorted(tests.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        rel = path.relative_to(root).as_posix()
+        called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and {"heavy", "slow"} <= _decorator_marks(node):
+                out.append(f"{rel}:{node.lineno} {node.name} is both slow and heavy")
+            if not (isinstance(node, ast.Attribute) and ast.unparse(node) == HEAVY):
+                continue
+            if id(node) not in called:
+                out.append(f"{rel}:{node.lineno} heavy without covered_by")
+                continue
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            if ast.unparse(call.func) != HEAVY:
+                continue
+            kw = {k.arg: k.value for k in call.keywords}
+            cover = kw.get("covered_by")
+            if not (isinstance(cover, ast.Constant) and isinstance(cover.value, str)):
+                out.append(f"{rel}:{call.lineno} heavy without covered_by")
+                continue
+            match = COVER_RE.match(cover.value)
+            if match is None:
+                out.append(f"{rel}:{call.lineno} covered_by {cover.value!r} is not file.py::test")
+                continue
+            file, name, _ = match.groups()  # the case is checked on collection (tests/_markers.py)
+            target = root / file
+            if not target.is_file():
+                out.append(f"{rel}:{call.lineno} covered_by names a missing file {file}")
+                continue
+            source = target.read_text()
+            fns = [
+                n
+                for n in ast.parse(source).body
+                if isinstance(n, ast.FunctionDef) and n.name == name
+            ]
+            if not fns:
+                out.append(f"{rel}:{call.lineno} covered_by names a missing test {file}::{name}")
+            elif "heavy" in _decorator_marks(fns[0]):
+                out.append(f"{rel}:{call.lineno} covered_by names a heavy test {file}::{name}")
+    return sorted(set(out), key=lambda v: (v.split(":")[0], int(v.split(":")[1].split()[0])))
+
+
 def shadowing_violations(packages: list[str]) -> list[str]:
     """Public attributes of a package that hide a submodule of the same name (rule 4)."""
     out = []
@@ -327,6 +398,10 @@ def test_curvature_allow_list_is_used_and_reasoned():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_no_public_name_hides_a_module():
     assert shadowing_violations(["theory", "sims", "figures"]) == []
+
+
+def test_tests_ci_skips_name_their_ci_run_sibling():
+    assert heavy_marker_violations(ROOT) == []
 
 
 def test_tests_mirror_theory():
@@ -462,3 +537,62 @@ def test_planted_directional_derivatives_and_solvers_are_caught(tmp_path):
         "sims/hvp.py:13 calls eigh_tridiagonal",
         "sims/hvp.py:14 uses jax.scipy.linalg.eigh",
     }
+
+
+def test_planted_heavy_markers_are_caught(tmp_path):
+    # A heavy test without covered_by (bare or called), naming a missing file or test, or a heavy
+    # test; one both slow and heavy; two correct uses (a function and a param). The missing case
+    # (test_f) is left to the collection check (tests/_markers.py).
+    ok = (
+        "import pytest\n"
+        "@pytest.mark.slow\n"
+        "@pytest.mark.parametrize('n', ['a', pytest.param('b', marks=pytest.mark.heavy("
+        "covered_by='tests/t_ok.py::test_small[a]'))])\n"
+        "def test_small(n):\n    pass\n"
+        "@pytest.mark.heavy(covered_by='tests/t_ok.py::test_small')\n"
+        "def test_big():\n    pass\n"
+    )
+    bad = (
+        "import pytest\n"
+        "@pytest.mark.heavy\n"
+        "def test_a():\n    pass\n"
+        "@pytest.mark.heavy()\n"
+        "def test_b():\n    pass\n"
+        "@pytest.mark.heavy(covered_by='tests/nope.py::test_x')\n"
+        "def test_c():\n    pass\n"
+        "@pytest.mark.heavy(covered_by='tests/t_ok.py::test_nope')\n"
+        "def test_d():\n    pass\n"
+        "@pytest.mark.heavy(covered_by='tests/t_ok.py::test_big')\n"
+        "def test_e():\n    pass\n"
+        "@pytest.mark.heavy(covered_by='tests/t_ok.py::test_small[zz]')\n"
+        "def test_f():\n    pass\n"
+        "@pytest.mark.heavy(covered_by='test_small')\n"
+        "def test_g():\n    pass\n"
+        "@pytest.mark.slow\n"
+        "@pytest.mark.heavy(covered_by='tests/t_ok.py::test_small')\n"
+        "def test_h():\n    pass\n"
+    )
+    root = _plant(tmp_path, {"tests/t_ok.py": ok, "tests/t_bad.py": bad})
+    assert heavy_marker_violations(root) == [
+        "tests/t_bad.py:2 heavy without covered_by",
+        "tests/t_bad.py:5 heavy without covered_by",
+        "tests/t_bad.py:8 covered_by names a missing file tests/nope.py",
+        "tests/t_bad.py:11 covered_by names a missing test tests/t_ok.py::test_nope",
+        "tests/t_bad.py:14 covered_by names a heavy test tests/t_ok.py::test_big",
+        "tests/t_bad.py:20 covered_by 'test_small' is not file.py::test",
+        "tests/t_bad.py:25 test_h is both slow and heavy",
+    ]
+
+
+def test_heavy_cover_problems_on_collected_ids():
+    covers = {
+        "tests/a.py::test_x[f64]": None,
+        "tests/a.py::test_x[f32]": "tests/a.py::test_x[f64]",  # fine
+        "tests/a.py::test_y": "tests/a.py::test_x[f16]",  # no such case
+        "tests/a.py::test_z": "tests/a.py::test_x[f32]",  # a heavy case
+        "tests/a.py::test_w": "tests/b.py::test_v",  # b.py not collected: not judged
+    }
+    assert heavy_cover_problems(covers) == [
+        "tests/a.py::test_y: covered_by tests/a.py::test_x[f16] was not collected",
+        "tests/a.py::test_z: covered_by tests/a.py::test_x[f32] is heavy itself",
+    ]

@@ -1,6 +1,7 @@
 """The tutorial (examples/tutorial.py) runs end to end and its numbers make sense.
 
-Both runs are slow-marked (`make test-slow`, which CI runs): the quick one costs about 80 s of
+The quick run is slow-marked (`make test-slow`, which CI runs), the full one heavy (`make
+test-heavy`: the same code over more steps). The quick one costs about 80 s of
 one core, most of it compilation, which kept the default suite over its 8-minute budget.
 Tolerances are on float64 runs of a 384-parameter network and leave a margin over the
 measured values (in the comments).
@@ -70,7 +71,9 @@ def test_tutorial_quick(tmp_path: Path) -> None:
     check_numbers(out, tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy(
+    covered_by="tests/test_tutorial.py::test_tutorial_quick"
+)  # same code, more steps
 def test_tutorial_full(tmp_path: Path) -> None:
     out = load_tutorial().main(tmp_path, quick=False)
     check_numbers(out, tmp_path)

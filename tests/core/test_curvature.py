@@ -16,11 +16,15 @@ from theory.core.curvature import (
     second_directional,
 )
 
+HVP_CI = "tests/core/test_curvature.py::test_hvp_matches_dense_hessian[float64-None]"
+
 
 @pytest.mark.parametrize(
-    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)]
+    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.heavy(covered_by=HVP_CI))]
 )  # default-suite budget: several groups in make test-slow
-@pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64])
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(jnp.float32, marks=pytest.mark.heavy(covered_by=HVP_CI)), jnp.float64]
+)
 def test_hvp_matches_dense_hessian(groups, dtype):
     # Same arithmetic up to reassociation: float32 ~1e-6, float64 ~1e-14 of |H||v|.
     loss, w = random_loss(12, groups, 0, dtype)
@@ -41,7 +45,18 @@ def test_hvp_matches_dense_hessian(groups, dtype):
     )
 
 
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0,
+        pytest.param(
+            1,
+            marks=pytest.mark.heavy(
+                covered_by="tests/core/test_curvature.py::test_grad_lambda1_against_finite_differences[0]"
+            ),
+        ),
+    ],
+)
 def test_grad_lambda1_against_finite_differences(seed):
     # The third-derivative pass against central differences of lambda_1(dense eigh), float64.
     # Step 1e-5: truncation ~h^2 * |D^5 L| ~ 1e-10, rounding ~eps/h * |H| ~ 1e-11.

@@ -16,8 +16,12 @@ from theory.engine import NoTracking
 from theory.engine.gd import gd_wd
 from theory.engine.sweep import gd_wd_sweep
 
+EDGE_CI = "tests/core/test_edge.py::test_edge_at_init_against_eigvalsh[None]"
 
-@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
+
+@pytest.mark.parametrize(
+    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.heavy(covered_by=EDGE_CI))]
+)
 def test_edge_at_init_against_eigvalsh(groups):
     # float64; Lanczos at its default tol gives lambda_1 to ~1e-11 relative on this gap.
     loss, w = random_loss(12, groups, 3)

@@ -26,7 +26,16 @@ GROUPS = [None, (3, 4, 5)]
 
 @pytest.mark.parametrize("groups", GROUPS)
 @pytest.mark.parametrize(
-    "seed", [0, pytest.param(1, marks=pytest.mark.slow)]
+    "seed",
+    [
+        0,
+        pytest.param(
+            1,
+            marks=pytest.mark.heavy(
+                covered_by="tests/core/test_invariance.py::test_identities[0-None]"
+            ),
+        ),
+    ],
 )  # default-suite budget: the others in make test-slow
 def test_identities(groups, seed):
     # float64: every identity holds to rounding, ~1e-13 relative for these O(1) quantities.

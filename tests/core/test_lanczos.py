@@ -14,9 +14,13 @@ from theory.core.lanczos import default_tol, lanczos
 EIG_RTOL = {jnp.float32: 2e-5, jnp.float64: 1e-11}
 
 
+TOPK_CI = "tests/core/test_lanczos.py::test_top_k_against_eigh[1-0-float64]"
+STOP_CI = "tests/core/test_lanczos.py::test_error_stop_meets_tol_for_fewer_matvecs[0.001-0]"
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize(
-    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+    "seed", [0, *(pytest.param(s, marks=pytest.mark.heavy(covered_by=TOPK_CI)) for s in (1, 2))]
 )
 @pytest.mark.parametrize("k", [1, 3])
 def test_top_k_against_eigh(dtype, seed, k):
@@ -99,7 +103,7 @@ def test_not_converged_is_reported():
 
 
 @pytest.mark.parametrize(
-    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+    "seed", [0, *(pytest.param(s, marks=pytest.mark.heavy(covered_by=STOP_CI)) for s in (1, 2))]
 )
 @pytest.mark.parametrize(
     "tol", [1e-3, pytest.param(1e-6, marks=pytest.mark.slow)]

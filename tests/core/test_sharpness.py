@@ -12,8 +12,16 @@ from theory.core.sharpness import eos_quantity, sharpness_eigs, spherical_sharpn
 RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-11}  # Lanczos default tol -> ~eps/gap on lambda_1
 
 
-@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
-@pytest.mark.parametrize("dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64])
+SHARP_CI = "tests/core/test_sharpness.py::test_spherical_sharpness_against_eigh[float64-None]"
+EOS_CI = "tests/core/test_sharpness.py::test_eos_quantity[groups1]"
+
+
+@pytest.mark.parametrize(
+    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.heavy(covered_by=SHARP_CI))]
+)
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(jnp.float32, marks=pytest.mark.heavy(covered_by=SHARP_CI)), jnp.float64]
+)
 def test_spherical_sharpness_against_eigh(groups, dtype):
     loss, w = random_loss(12, groups, 2, dtype)
     w_hat = normalize(w, groups)
@@ -37,7 +45,7 @@ def test_spherical_sharpness_against_eigh(groups, dtype):
 
 
 @pytest.mark.parametrize(
-    "groups", [pytest.param(None, marks=pytest.mark.slow), (3, 4, 5)]
+    "groups", [pytest.param(None, marks=pytest.mark.heavy(covered_by=EOS_CI)), (3, 4, 5)]
 )  # default-suite budget: one group in make test-slow
 def test_eos_quantity(groups):
     # eta * lambda_1(hess L(w)) computed three ways: raw Hessian, D^{1/2} H(w_hat) D^{1/2}, and

@@ -9,8 +9,14 @@ from tests._losses import random_loss
 from theory.core.invariance import normalize
 from theory.core.trace import spherical_trace
 
+TRACE_CI = (
+    "tests/core/test_trace.py::test_spherical_trace_is_the_mean_of_the_dense_quadratic_forms[None]"
+)
 
-@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
+
+@pytest.mark.parametrize(
+    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.heavy(covered_by=TRACE_CI))]
+)
 def test_spherical_trace_is_the_mean_of_the_dense_quadratic_forms(groups):
     loss, w = random_loss(12, groups, 4)
     h = np.asarray(jax.hessian(loss)(normalize(w, groups)))

@@ -204,7 +204,8 @@ def test_multi_process_quick(tmp_path):
     _check_multi_process(tmp_path, "quick")
 
 
-@pytest.mark.slow  # ~3 min
+# ~3 min: the same processes, collectives and checks as the quick run, over more steps
+@pytest.mark.heavy(covered_by="tests/engine/test_distributed.py::test_multi_process_quick")
 def test_multi_process_through_eos(tmp_path):
     """As above with both runs through the EoS onset (the data-parallel one at step 347)."""
     _check_multi_process(tmp_path, "eos")

@@ -30,7 +30,18 @@ def _python_loop(loss, w0, eta, wd, steps):
     return jnp.stack(ws)
 
 
-@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "groups",
+    [
+        None,
+        pytest.param(
+            (3, 4, 5),
+            marks=pytest.mark.heavy(
+                covered_by="tests/engine/test_gd.py::test_runner_matches_python_loop[None]"
+            ),
+        ),
+    ],
+)
 def test_runner_matches_python_loop(groups):
     # float64, 60 steps: the runner takes its gradient from a linearization, the loop from
     # jax.grad; both are exact up to reassociation, so rows agree to ~1e-13 relative.
@@ -134,7 +145,18 @@ def test_no_weight_decay_norm_grows():
     assert np.all(np.diff(res.norm) >= 0)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        jnp.float32,
+        pytest.param(
+            jnp.float64,
+            marks=pytest.mark.heavy(
+                covered_by="tests/engine/test_gd.py::test_dtype_is_kept[float32]"
+            ),
+        ),
+    ],
+)
 def test_dtype_is_kept(dtype):
     loss, w0 = random_loss(12, None, 5, dtype)
     res = gd_wd(loss, w0, eta=0.3, wd=0.01, steps=20)
@@ -304,7 +326,19 @@ def test_parity_warm_start_saves_hvps_at_the_eos():
 
 
 @pytest.mark.slow  # default-suite budget (17 s idle)
-@pytest.mark.parametrize("groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "groups",
+    [
+        None,
+        pytest.param(
+            (3, 4, 5),
+            marks=pytest.mark.heavy(
+                covered_by="tests/engine/test_gd.py::"
+                "test_rows_hvp_accounting_and_spherical_on_rows_only[None]"
+            ),
+        ),
+    ],
+)
 def test_rows_hvp_accounting_and_spherical_on_rows_only(groups):
     # Tracked every step, recorded every 5: rows carry the same eos as a run recording every
     # step; block_matvecs counts every HVP of its block. With one group the spherical sharpness

@@ -73,7 +73,17 @@ def _start(name: str, d: float, seed: int = 0, scale: float = 2.5) -> np.ndarray
 
 
 @pytest.mark.parametrize(
-    "dtype", [pytest.param(jnp.float32, marks=pytest.mark.slow), jnp.float64]
+    "dtype",
+    [
+        pytest.param(
+            jnp.float32,
+            marks=pytest.mark.heavy(
+                covered_by="tests/flows/test_gauss_newton.py::"
+                "test_converges_quadratically_onto_gamma[great_circle-float64]"
+            ),
+        ),
+        jnp.float64,
+    ],
 )  # default-suite budget: float32 in make test-slow
 @pytest.mark.parametrize("name", MAIN)
 def test_converges_quadratically_onto_gamma(name, dtype):

@@ -297,8 +297,25 @@ def test_nnx_runs_under_vmap_and_jit_and_through_optax():
         run_optimizer(optax.sgd(0.1), ml.pytree_loss, steps=2)
 
 
+# The engine runs a ModelLoss whatever framework made it: linen in CI (make test-slow), nnx and
+# Equinox in make test-heavy (their adapters' loss, gradient and groups are checked in CI, by
+# test_loss_grad_groups_and_invariance_match_the_framework).
 @pytest.mark.slow
-@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        if n == "linen"
+        else pytest.param(
+            n,
+            marks=pytest.mark.heavy(
+                covered_by="tests/problems/test_adapters.py::"
+                "test_runs_through_gd_wd_sweep_and_run_optimizer[linen]"
+            ),
+        )
+        for n in FRAMEWORKS
+    ],
+)
 def test_runs_through_gd_wd_sweep_and_run_optimizer(name):
     ml = _case(name)[0]
     tracker = LanczosTracker(every=1)

@@ -520,7 +520,17 @@ def test_bad_builder_arguments_raise():
     ],
 )
 @pytest.mark.parametrize(
-    "dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)]
+    "dtype",
+    [
+        jnp.float32,
+        pytest.param(
+            jnp.float64,
+            marks=pytest.mark.heavy(  # float32 of the same shapes runs in CI
+                covered_by="tests/problems/test_nets.py::"
+                "test_patch_conv_is_flax_conv[float32-shape0-kernel0-strides0]"
+            ),
+        ),
+    ],
 )  # default-suite budget: float64 in make test-slow
 def test_patch_conv_is_flax_conv(shape, kernel, strides, dtype):
     """Oracle: ``nn.Conv(..., padding="SAME", use_bias=False)``. The parameters must be bitwise
