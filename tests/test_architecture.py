@@ -281,6 +281,16 @@ def heavy_marker_violations(root: Path) -> list[str]:
         tree = ast.parse(path.read_text(), filename=str(path))
         rel = path.relative_to(root).as_posix()
         called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        # covered_by may name a module-level string constant (HVP_CI = "tests/...")
+        consts = {
+            t.id: n.value.value
+            for n in tree.body
+            if isinstance(n, ast.Assign)
+            and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and {"heavy", "slow"} <= _decorator_marks(node):
                 out.append(f"{rel}:{node.lineno} {node.name} is both slow and heavy")
@@ -293,13 +303,17 @@ def heavy_marker_violations(root: Path) -> list[str]:
             if ast.unparse(call.func) != HEAVY:
                 continue
             kw = {k.arg: k.value for k in call.keywords}
-            cover = kw.get("covered_by")
-            if not (isinstance(cover, ast.Constant) and isinstance(cover.value, str)):
+            node_cover = kw.get("covered_by")
+            if isinstance(node_cover, ast.Name) and node_cover.id in consts:
+                cover = consts[node_cover.id]
+            elif isinstance(node_cover, ast.Constant) and isinstance(node_cover.value, str):
+                cover = node_cover.value
+            else:
                 out.append(f"{rel}:{call.lineno} heavy without covered_by")
                 continue
-            match = COVER_RE.match(cover.value)
+            match = COVER_RE.match(cover)
             if match is None:
-                out.append(f"{rel}:{call.lineno} covered_by {cover.value!r} is not file.py::test")
+                out.append(f"{rel}:{call.lineno} covered_by {cover!r} is not file.py::test")
                 continue
             file, name, _ = match.groups()  # the case is checked on collection (tests/_markers.py)
             target = root / file
@@ -540,8 +554,9 @@ def test_planted_directional_derivatives_and_solvers_are_caught(tmp_path):
 
 
 def test_planted_heavy_markers_are_caught(tmp_path):
-    # A heavy test without covered_by (bare or called), naming a missing file or test, or a heavy
-    # test; one both slow and heavy; two correct uses (a function and a param). The missing case
+    # A heavy test without covered_by (bare, called, or naming no module constant), naming a
+    # missing file or test, or a heavy test; one both slow and heavy; three correct uses (a
+    # function, a param, a module-level constant). The missing case
     # (test_f) is left to the collection check (tests/_markers.py).
     ok = (
         "import pytest\n"
@@ -551,6 +566,9 @@ def test_planted_heavy_markers_are_caught(tmp_path):
         "def test_small(n):\n    pass\n"
         "@pytest.mark.heavy(covered_by='tests/t_ok.py::test_small')\n"
         "def test_big():\n    pass\n"
+        "CI = 'tests/t_ok.py::test_small[a]'\n"
+        "@pytest.mark.heavy(covered_by=CI)\n"
+        "def test_big2():\n    pass\n"
     )
     bad = (
         "import pytest\n"
@@ -571,6 +589,8 @@ def test_planted_heavy_markers_are_caught(tmp_path):
         "@pytest.mark.slow\n"
         "@pytest.mark.heavy(covered_by='tests/t_ok.py::test_small')\n"
         "def test_h():\n    pass\n"
+        "@pytest.mark.heavy(covered_by=UNDEFINED)\n"
+        "def test_i():\n    pass\n"
     )
     root = _plant(tmp_path, {"tests/t_ok.py": ok, "tests/t_bad.py": bad})
     assert heavy_marker_violations(root) == [
@@ -581,6 +601,7 @@ def test_planted_heavy_markers_are_caught(tmp_path):
         "tests/t_bad.py:14 covered_by names a heavy test tests/t_ok.py::test_big",
         "tests/t_bad.py:20 covered_by 'test_small' is not file.py::test",
         "tests/t_bad.py:25 test_h is both slow and heavy",
+        "tests/t_bad.py:27 heavy without covered_by",
     ]
 
 
