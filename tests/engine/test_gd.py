@@ -30,17 +30,13 @@ def _python_loop(loss, w0, eta, wd, steps):
     return jnp.stack(ws)
 
 
+# The grouped cases CI skips (make test-heavy), each covered by its ungrouped case.
+RUNNER_CI = "tests/engine/test_gd.py::test_runner_matches_python_loop[None]"
+ROWS_CI = "tests/engine/test_gd.py::test_rows_hvp_accounting_and_spherical_on_rows_only[None]"
+
+
 @pytest.mark.parametrize(
-    "groups",
-    [
-        None,
-        pytest.param(
-            (3, 4, 5),
-            marks=pytest.mark.heavy(
-                covered_by="tests/engine/test_gd.py::test_runner_matches_python_loop[None]"
-            ),
-        ),
-    ],
+    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.heavy(covered_by=RUNNER_CI))]
 )
 def test_runner_matches_python_loop(groups):
     # float64, 60 steps: the runner takes its gradient from a linearization, the loop from
@@ -327,17 +323,7 @@ def test_parity_warm_start_saves_hvps_at_the_eos():
 
 @pytest.mark.slow  # default-suite budget (17 s idle)
 @pytest.mark.parametrize(
-    "groups",
-    [
-        None,
-        pytest.param(
-            (3, 4, 5),
-            marks=pytest.mark.heavy(
-                covered_by="tests/engine/test_gd.py::"
-                "test_rows_hvp_accounting_and_spherical_on_rows_only[None]"
-            ),
-        ),
-    ],
+    "groups", [None, pytest.param((3, 4, 5), marks=pytest.mark.heavy(covered_by=ROWS_CI))]
 )
 def test_rows_hvp_accounting_and_spherical_on_rows_only(groups):
     # Tracked every step, recorded every 5: rows carry the same eos as a run recording every
